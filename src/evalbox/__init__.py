@@ -1,0 +1,18 @@
+"""evalbox: run untrusted code on Linux in milliseconds, safely.
+
+Landlock, seccomp-BPF, rlimits and privilege hardening around every program; many sandboxes
+from one event loop. See README.md and the contract in SPEC.md.
+"""
+
+from evalbox.errors import CommandNotFound, SandboxError, SpawnError, UnsupportedKernel, ValidationError
+from evalbox.executor.executor import Completed, Event, Executor, SandboxId, Stderr, Stdout, Timeout
+from evalbox.faces.api import run
+from evalbox.policy.plan import File, Mount, NotifyMode, Plan, Syscalls
+from evalbox.process.result import Output, Protections, Status
+
+__all__ = [
+    "CommandNotFound", "Completed", "Event", "Executor", "File", "Mount", "NotifyMode", "Output", "Plan",
+    "Protections", "SandboxError", "SandboxId", "SpawnError", "Status", "Stderr", "Stdout", "Syscalls",
+    "Timeout", "UnsupportedKernel", "ValidationError", "run",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The event loop that runs many sandboxes at once."""

@@ -1,0 +1,308 @@
+"""One event loop for many sandboxes: epoll over pidfds and pipes, no thread per sandbox.
+
+`poll()` turns kernel readiness into events (output chunks as they are produced, completions,
+timeouts) and enforces the limits that need a clock or a counter: wall time, tree CPU time and
+total output.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import select
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import NewType
+
+from evalbox.errors import SandboxError
+from evalbox.policy.plan import Plan
+from evalbox.process.host import probe
+from evalbox.process.result import Output, Status
+from evalbox.process.sandbox import Sandbox
+
+SandboxId = NewType("SandboxId", int)
+
+CPU_CHECK_INTERVAL = 0.05  # seconds between tree CPU samples for plans with cpu_time
+DRAIN_GRACE = 1.0  # after the tree is killed, how long pipes may take to report EOF
+READ_CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class Stdout:
+    id: SandboxId
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Stderr:
+    id: SandboxId
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Completed:
+    id: SandboxId
+    output: Output
+
+
+@dataclass(frozen=True)
+class Timeout:
+    id: SandboxId
+    output: Output
+
+
+Event = Stdout | Stderr | Completed | Timeout
+
+_PIDFD, _STDOUT, _STDERR, _STDIN = "pidfd", 1, 2, "stdin"
+
+
+class _Running:
+    """Executor-side state of one sandbox: which fds are open, what stdin is still queued."""
+
+    def __init__(self, sid: SandboxId, box: Sandbox) -> None:
+        self.id = sid
+        self.box = box
+        self.open_pipes = {box.stdout_r: _STDOUT, box.stderr_r: _STDERR}
+        self.stdin_queue: deque[memoryview] = deque()
+        self.stdin_closing = False
+        self.drain_until: float | None = None
+        self.next_cpu_check = box.started + CPU_CHECK_INTERVAL
+
+
+class Executor:
+    """Runs sandboxes concurrently from the calling thread. Use as a context manager."""
+
+    def __init__(self) -> None:
+        self._host = probe()
+        self._epoll = select.epoll()
+        self._running: dict[SandboxId, _Running] = {}
+        self._by_fd: dict[int, tuple[_Running, object]] = {}
+        self._ids = itertools.count(1)
+        self._ready: deque[Event] = deque()
+        self._closed = False
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def spawn(self, plan: Plan) -> SandboxId:
+        """Start a sandbox; returns at once. Raises SandboxError if it cannot start safely."""
+        if self._closed:
+            raise SandboxError("this Executor is closed; create a new one")
+        box = Sandbox(plan, self._host)
+        sid = SandboxId(next(self._ids))
+        run = _Running(sid, box)
+        self._running[sid] = run
+        self._watch(run, box.pidfd, _PIDFD, select.EPOLLIN)
+        self._watch(run, box.stdout_r, _STDOUT, select.EPOLLIN)
+        self._watch(run, box.stderr_r, _STDERR, select.EPOLLIN)
+        if plan.stdin:
+            self.write_stdin(sid, plan.stdin)
+        self.close_stdin(sid)
+        return sid
+
+    @property
+    def active_count(self) -> int:
+        return len(self._running)
+
+    def write_stdin(self, sid: SandboxId, data: bytes) -> None:
+        """Queue bytes for the program's stdin; written as the pipe drains, never blocking."""
+        run = self._get(sid)
+        if run.box.stdin_w < 0 or run.stdin_closing:
+            raise SandboxError(f"stdin of sandbox {sid} is closed")
+        if data:
+            run.stdin_queue.append(memoryview(bytes(data)))
+            self._pump_stdin(run)
+
+    def close_stdin(self, sid: SandboxId) -> None:
+        """Close stdin once everything queued is written (the program then sees EOF)."""
+        run = self._get(sid)
+        run.stdin_closing = True
+        self._pump_stdin(run)
+
+    def kill(self, sid: SandboxId) -> None:
+        """Kill the sandbox's whole process tree; its Completed event follows (status SIGNALED)."""
+        run = self._running.get(sid)
+        if run is not None:
+            run.box.kill_tree()
+
+    def poll(self, timeout: float | None = None) -> list[Event]:
+        """Wait up to `timeout` seconds (None: until something happens) and return the events."""
+        if self._ready:
+            return self._take_ready()
+        if not self._running:
+            return []
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            wait = self._next_wakeup(now)
+            if end is not None:
+                wait = min(wait, max(0.0, end - now)) if wait is not None else max(0.0, end - now)
+            for fd, mask in self._epoll.poll(-1 if wait is None else wait):
+                self._dispatch(fd, mask)
+            self._enforce_clocks(time.monotonic())
+            self._finish_ready()
+            if self._ready or (end is not None and time.monotonic() >= end) or not self._running:
+                return self._take_ready()
+
+    def run(self, plan: Plan) -> Output:
+        """Run one plan to completion and return its Output (the blocking form)."""
+        sid = self.spawn(plan)
+        while True:
+            for ev in self.poll():
+                if isinstance(ev, (Completed, Timeout)) and ev.id == sid:
+                    return ev.output
+
+    def close(self) -> None:
+        """Kill and reap every sandbox, remove their workspaces and cgroups."""
+        if self._closed:
+            return
+        self._closed = True
+        for run in list(self._running.values()):
+            run.box.end(None)
+            if run.box.wait_status is None:
+                run.box.reap()
+            self._release(run)
+        self._running.clear()
+        self._epoll.close()
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- loop internals --------------------------------------------------------------------------
+
+    def _get(self, sid: SandboxId) -> _Running:
+        try:
+            return self._running[sid]
+        except KeyError:
+            raise SandboxError(f"no running sandbox {sid} in this Executor (finished or never started)") from None
+
+    def _watch(self, run: _Running, fd: int, kind: object, mask: int) -> None:
+        self._epoll.register(fd, mask)
+        self._by_fd[fd] = (run, kind)
+
+    def _unwatch(self, fd: int) -> None:
+        if self._by_fd.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+
+    def _take_ready(self) -> list[Event]:
+        out = list(self._ready)
+        self._ready.clear()
+        return out
+
+    def _next_wakeup(self, now: float) -> float | None:
+        soonest = None
+        for run in self._running.values():
+            box = run.box
+            for t in (box.deadline if box.wait_status is None else None, run.drain_until,
+                      run.next_cpu_check if box.plan.cpu_time is not None and box.wait_status is None else None):
+                if t is not None and (soonest is None or t < soonest):
+                    soonest = t
+        return None if soonest is None else max(0.0, soonest - now)
+
+    def _dispatch(self, fd: int, mask: int) -> None:
+        entry = self._by_fd.get(fd)
+        if entry is None:
+            return
+        run, kind = entry
+        box = run.box
+        if kind is _PIDFD:
+            self._unwatch(fd)
+            box.reap()
+            run.drain_until = time.monotonic() + DRAIN_GRACE
+        elif kind is _STDIN:
+            self._pump_stdin(run)
+        else:
+            self._read_pipe(run, fd, kind)  # type: ignore[arg-type]
+
+    def _read_pipe(self, run: _Running, fd: int, stream: int) -> bool:
+        """Read one chunk; False when nothing more is available now (or ever: EOF closes)."""
+        try:
+            data = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            return False
+        if not data:
+            self._close_pipe(run, fd)
+            return False
+        kept = run.box.take_output(stream, data)
+        if kept:
+            self._ready.append(Stdout(run.id, kept) if stream == _STDOUT else Stderr(run.id, kept))
+        return True
+
+    def _close_pipe(self, run: _Running, fd: int) -> None:
+        self._unwatch(fd)
+        run.open_pipes.pop(fd, None)
+
+    def _pump_stdin(self, run: _Running) -> None:
+        box = run.box
+        fd = box.stdin_w
+        if fd < 0:
+            return
+        try:
+            while run.stdin_queue:
+                chunk = run.stdin_queue[0]
+                n = os.write(fd, chunk)
+                if n < len(chunk):
+                    run.stdin_queue[0] = chunk[n:]
+                    break
+                run.stdin_queue.popleft()
+        except BlockingIOError:
+            pass
+        except (BrokenPipeError, OSError):
+            run.stdin_queue.clear()  # the program closed its stdin: nothing more to deliver
+            run.stdin_closing = True
+        if run.stdin_queue:
+            if fd not in self._by_fd:
+                self._watch(run, fd, _STDIN, select.EPOLLOUT)
+            return
+        self._unwatch(fd)
+        if run.stdin_closing:
+            os.close(fd)
+            box.stdin_w = -1
+
+    def _enforce_clocks(self, now: float) -> None:
+        for run in self._running.values():
+            box = run.box
+            if box.wait_status is not None:
+                continue
+            if box.deadline is not None and now >= box.deadline:
+                box.end(Status.TIMEOUT)
+            elif box.plan.cpu_time is not None and now >= run.next_cpu_check:
+                run.next_cpu_check = now + CPU_CHECK_INTERVAL
+                if box.over_cpu_limit():
+                    box.end(Status.CPU_LIMIT)
+
+    def _finish_ready(self) -> None:
+        now = time.monotonic()
+        for sid, run in list(self._running.items()):
+            box = run.box
+            if box.wait_status is None:
+                continue
+            if run.open_pipes and run.drain_until is not None and now < run.drain_until:
+                continue
+            # Output already in the pipes after the tree died is still delivered; a pipe still
+            # open after the grace period has a writer that escaped the kill, and is abandoned.
+            for fd, stream in list(run.open_pipes.items()):
+                while box.kill_reason is not Status.OUTPUT_LIMIT and self._read_pipe(run, fd, stream):
+                    pass
+                self._close_pipe(run, fd)
+            output = box.output()
+            self._release(run)
+            del self._running[sid]
+            self._ready.append(Timeout(sid, output) if output.status is Status.TIMEOUT else Completed(sid, output))
+
+    def _release(self, run: _Running) -> None:
+        box = run.box
+        for fd in (box.pidfd, box.stdout_r, box.stderr_r, box.stdin_w):
+            if fd >= 0:
+                self._unwatch(fd)
+        box.close()
+

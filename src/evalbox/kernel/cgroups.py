@@ -1,0 +1,280 @@
+"""cgroup v1 and v2 file interfaces (no policy: callers choose the limits).
+
+Hosts differ: most run the unified v2 hierarchy, some (this project's CI among them) the v1
+"hybrid" layout where memory, pids and cpuacct are separate v1 hierarchies. A `Group` hides the
+difference: one directory per controller on v1, one directory on v2. Groups are created below
+the caller's own cgroup, so delegation (systemd, containers) is respected.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+CONTROLLERS = ("memory", "pids", "cpuacct")  # cpuacct only matters on v1; v2 has cpu.stat always
+
+
+@dataclass(frozen=True)
+class Layout:
+    version: int  # 1 or 2; 0 when no usable hierarchy
+    roots: dict[str, str]  # controller -> directory under which this process may create groups
+
+    @property
+    def controllers(self) -> frozenset[str]:
+        return frozenset(self.roots)
+
+
+def _mounts() -> list[tuple[str, str, list[str]]]:
+    """(mount point, fs type, super options) for each cgroup mount."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, rfields = left.split(), right.split()
+            if rfields and rfields[0] in ("cgroup", "cgroup2"):
+                out.append((fields[4], rfields[0], rfields[2].split(",") if len(rfields) > 2 else []))
+    return out
+
+
+def _own_paths() -> dict[str, str]:
+    """Controller (or "" for v2) -> this process's cgroup path, from /proc/self/cgroup."""
+    out = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            hid, controllers, path = line.rstrip("\n").split(":", 2)
+            if hid == "0":
+                out[""] = path
+            for c in controllers.split(","):
+                if c:
+                    out[c] = path
+    return out
+
+
+def _writable_dir(path: str) -> bool:
+    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
+
+
+@functools.cache
+def layout() -> Layout:
+    """Where this process can create child cgroups with memory/pids/cpu accounting."""
+    try:
+        mounts, own = _mounts(), _own_paths()
+    except OSError:
+        return Layout(0, {})
+    v1: dict[str, str] = {}
+    for point, fstype, opts in mounts:
+        if fstype != "cgroup":
+            continue
+        for c in CONTROLLERS:
+            if c in opts and c in own and c not in v1:
+                d = os.path.normpath(point + own[c])
+                if _writable_dir(d):
+                    v1[c] = d
+    if "memory" in v1 or "pids" in v1:
+        return Layout(1, v1)
+    for point, fstype, _ in mounts:
+        if fstype == "cgroup2" and "" in own:
+            d = os.path.normpath(point + own[""])
+            try:
+                with open(os.path.join(d, "cgroup.controllers")) as f:
+                    available = set(f.read().split())
+            except OSError:
+                continue
+            if _writable_dir(d) and {"memory", "pids"} & available:
+                return Layout(2, {c: d for c in ("memory", "pids", "cpuacct") if c in available or c == "cpuacct"})
+    return Layout(0, {})
+
+
+def _write(path: str, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+class Group:
+    """One sandbox's cgroup(s): limits, the fds the child writes itself into, accounting, kill."""
+
+    def __init__(self, lay: Layout, name: str) -> None:
+        self.version = lay.version
+        self.dirs: dict[str, str] = {}
+        parents = {c: os.path.join(d, f"evalbox-{os.getpid()}") for c, d in lay.roots.items()}
+        try:
+            if self.version == 2:
+                parent = parents["memory"] if "memory" in parents else next(iter(parents.values()))
+                self._make_parent_v2(parent, lay)
+                d = os.path.join(parent, name)
+                os.mkdir(d)
+                self.dirs = {c: d for c in lay.roots}
+            else:
+                for c, parent in parents.items():
+                    os.makedirs(parent, exist_ok=True)
+                    d = os.path.join(parent, name)
+                    os.mkdir(d)
+                    self.dirs[c] = d
+        except BaseException:
+            self.remove()
+            raise
+
+    @staticmethod
+    def _make_parent_v2(parent: str, lay: Layout) -> None:
+        # v2 allows controllers only in groups without processes of their own: our parent group
+        # holds no process, only enables the controllers for the sandboxes below it.
+        os.makedirs(parent, exist_ok=True)
+        want = " ".join(f"+{c}" for c in ("memory", "pids") if c in lay.roots)
+        try:
+            _write(os.path.join(os.path.dirname(parent), "cgroup.subtree_control"), want)
+            _write(os.path.join(parent, "cgroup.subtree_control"), want)
+        except OSError:
+            pass  # already enabled, or not allowed: limits are checked when they are written
+
+    @property
+    def distinct_dirs(self) -> list[str]:
+        return sorted(set(self.dirs.values()))
+
+    def set_memory(self, limit: int) -> None:
+        d = self.dirs["memory"]
+        if self.version == 2:
+            _write(os.path.join(d, "memory.max"), str(limit))
+            try:
+                _write(os.path.join(d, "memory.swap.max"), "0")
+            except OSError:
+                pass  # no swap accounting: nothing to cap
+        else:
+            _write(os.path.join(d, "memory.limit_in_bytes"), str(limit))
+            try:
+                _write(os.path.join(d, "memory.memsw.limit_in_bytes"), str(limit))
+            except OSError:
+                pass
+
+    def set_pids(self, limit: int) -> None:
+        _write(os.path.join(self.dirs["pids"], "pids.max"), str(limit))
+
+    def procs_fds(self) -> list[int]:
+        """Write-only fds of cgroup.procs; the spawned child writes "0" to join before exec."""
+        return [os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC) for d in self.distinct_dirs]
+
+    def oom_killed(self) -> bool:
+        d = self.dirs.get("memory")
+        if d is None:
+            return False
+        try:
+            if self.version == 2:
+                text = _read(os.path.join(d, "memory.events"))
+            else:
+                text = _read(os.path.join(d, "memory.oom_control"))
+        except OSError:
+            return False
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and int(value) > 0:
+                return True
+        return False
+
+    def memory_peak(self) -> int | None:
+        d = self.dirs.get("memory")
+        name = "memory.peak" if self.version == 2 else "memory.max_usage_in_bytes"
+        try:
+            return int(_read(os.path.join(d, name))) if d else None
+        except (OSError, ValueError):
+            return None
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time of every process that ever ran in the group."""
+        try:
+            if self.version == 2:
+                for line in _read(os.path.join(self.dirs["memory"], "cpu.stat")).splitlines():
+                    if line.startswith("usage_usec "):
+                        return int(line.split()[1]) / 1e6
+                return None
+            d = self.dirs.get("cpuacct")
+            return int(_read(os.path.join(d, "cpuacct.usage"))) / 1e9 if d else None
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def pids(self) -> set[int]:
+        out: set[int] = set()
+        for d in self.distinct_dirs:
+            try:
+                out |= {int(p) for p in _read(os.path.join(d, "cgroup.procs")).split()}
+            except OSError:
+                pass
+        return out
+
+    def kill(self, deadline: float = 2.0) -> bool:
+        """SIGKILL everything in the group until it is empty. False if something survived."""
+        if self.version == 2:
+            try:
+                _write(os.path.join(self.distinct_dirs[0], "cgroup.kill"), "1")
+            except (OSError, IndexError):
+                pass
+        end = time.monotonic() + deadline
+        while True:
+            pids = self.pids()
+            if not pids:
+                return True
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.0005)
+
+    def remove(self) -> None:
+        """Remove the group directories (they must be empty of processes)."""
+        for d in self.distinct_dirs:
+            for _ in range(200):
+                try:
+                    os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as e:
+                    if e.errno != errno.EBUSY:
+                        break
+                    time.sleep(0.001)  # the last task's exit is accounted a moment after its death
+        self.dirs = {}
+
+
+def sweep_stale() -> None:
+    """Remove empty parent groups left by evalbox processes that died without cleaning up."""
+    for d in set(layout().roots.values()):
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:
+            prefix, _, pid = name.partition("-")
+            if prefix == "evalbox" and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                parent = os.path.join(d, name)
+                for child in os.listdir(parent) if os.path.isdir(parent) else ():
+                    if os.path.isdir(os.path.join(parent, child)):
+                        try:
+                            os.rmdir(os.path.join(parent, child))
+                        except OSError:
+                            pass
+                try:
+                    os.rmdir(parent)
+                except OSError:
+                    pass
+
+
+def remove_parents() -> None:
+    """Remove this process's evalbox parent groups (empty once all sandboxes are gone)."""
+    for d in set(layout().roots.values()):
+        try:
+            os.rmdir(os.path.join(d, f"evalbox-{os.getpid()}"))
+        except OSError:
+            pass

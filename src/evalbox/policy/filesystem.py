@@ -1,0 +1,91 @@
+"""Which host paths a plan's program may read, execute and write (as Landlock rules).
+
+Reads: the system program and library trees, a narrow list of /etc files (never shadow, sudoers,
+ssh or TLS private keys), a few devices, /proc (Landlock's own ptrace rules keep other domains'
+/proc/<pid>/environ, mem and fds out of reach), the runtime files of a program installed outside
+the system trees (its ELF interpreter and libraries, found by `resolve`), and the plan's mounts.
+Writes: the workspace and `rw` mounts only.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+
+from evalbox.kernel import landlock as ll
+from evalbox.policy.plan import Plan
+from evalbox.policy.resolve import Runtime
+
+# Program and library trees (merged-/usr systems make the top-level ones links into /usr).
+SYSTEM_TREES = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
+
+# What ordinary programs read in /etc: the loader cache, user and host name lookups, time zone,
+# locale, certificates (public), interpreter configuration.
+ETC_FILES = (
+    "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
+    "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/hosts", "/etc/host.conf",
+    "/etc/resolv.conf", "/etc/gai.conf", "/etc/protocols", "/etc/services", "/etc/networks",
+    "/etc/hostname", "/etc/localtime", "/etc/timezone", "/etc/locale.alias", "/etc/locale.conf",
+    "/etc/os-release", "/etc/debian_version", "/etc/lsb-release", "/etc/shells",
+    "/etc/mime.types", "/etc/magic", "/etc/magic.mime", "/etc/inputrc", "/etc/terminfo",
+    "/etc/bash.bashrc", "/etc/alternatives", "/etc/ssl/certs", "/etc/ssl/openssl.cnf",
+    "/etc/ca-certificates", "/etc/fonts", "/etc/perl", "/etc/gitconfig",
+)
+ETC_GLOBS = ("/etc/python3*",)
+
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+PROC = "/proc"
+SYS_READABLE = ("/sys/devices/system/cpu",)
+
+DEVICE_RIGHTS = ll.READ_FILE | ll.WRITE_FILE | ll.TRUNCATE | ll.IOCTL_DEV
+EVERYTHING = (1 << 16) - 1  # trimmed to the ABI's rights when the rule is added
+
+
+@dataclass(frozen=True)
+class PathRule:
+    path: str
+    rights: int
+
+
+def _readable_system_paths() -> list[PathRule]:
+    rules = [PathRule(p, ll.READ_EXEC) for p in SYSTEM_TREES]
+    etc = list(ETC_FILES)
+    for pattern in ETC_GLOBS:
+        etc += sorted(glob.glob(pattern))
+    rules += [PathRule(p, ll.READ) for p in etc]
+    rules += [PathRule(p, DEVICE_RIGHTS) for p in DEVICES]
+    rules.append(PathRule(PROC, ll.READ))
+    rules += [PathRule(p, ll.READ) for p in SYS_READABLE]
+    return rules
+
+
+def _inside(path: str, trees: tuple[str, ...]) -> bool:
+    real = os.path.realpath(path)
+    return any(real == t or real.startswith(t + "/") for t in trees)
+
+
+def path_rules(plan: Plan, workspace: str, runtime: Runtime) -> list[PathRule]:
+    """Every Landlock rule for this run. Missing paths are skipped when the rules are applied."""
+    rules = _readable_system_paths()
+    system_real = tuple(os.path.realpath(t) for t in SYSTEM_TREES if os.path.exists(t))
+    for path in sorted(runtime.executables | runtime.libraries):
+        if not _inside(path, system_real) and not _inside(path, (workspace,)):
+            rules.append(PathRule(path, ll.READ_FILE | ll.EXECUTE))
+    for mount in plan.mounts:
+        rules.append(PathRule(mount.source, EVERYTHING if mount.writable else ll.READ_EXEC))
+    rules.append(PathRule(workspace, EVERYTHING))
+    return rules
+
+
+def build_ruleset(rules: list[PathRule], abi: int, network: bool) -> ll.Ruleset:
+    """A Landlock ruleset enforcing `rules`, TCP off unless `network`, and the ABI's scopes."""
+    handled_net = 0 if network else ll.net_rights(abi)
+    ruleset = ll.Ruleset(ll.fs_rights(abi), handled_net, ll.scopes(abi))
+    try:
+        for rule in rules:
+            ruleset.allow_path(rule.path, rule.rights)
+    except BaseException:
+        ruleset.close()
+        raise
+    return ruleset

@@ -1,0 +1,315 @@
+"""Plan: an immutable, validated description of one sandboxed run.
+
+Everything a user can get wrong is caught here, at construction, with a message that says what
+to change; nothing later has to re-check the plan's shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from evalbox.errors import ValidationError
+from evalbox.kernel.syscall_table import known_syscall
+
+WORK_DIR = "work"  # the cwd inside the workspace, and where plan files are written
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(value: int | str | None, name: str) -> int | None:
+    """Bytes from an int or a string like "64K", "256M", "2G" (binary units); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValidationError(f"{name} must be a size like 256M or a number of bytes, not {value!r}")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        m = _SIZE.match(value)
+        if not m:
+            raise ValidationError(f"{name}={value!r} is not a size: use bytes or a number with K, M, G or T (e.g. '256M')")
+        size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    else:
+        raise ValidationError(f"{name} must be an int or a string like '256M', not {type(value).__name__}")
+    if size <= 0:
+        raise ValidationError(f"{name} must be positive, got {value!r}; use None for no limit")
+    return size
+
+
+def parse_seconds(value: float | int | str | None, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValidationError(f"{name} must be a number of seconds, not {value!r}")
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValidationError(f"{name}={value!r} is not a number of seconds") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValidationError(f"{name} must be a positive number of seconds, got {value!r}; use None for no limit")
+    return seconds
+
+
+def parse_count(value: int | None, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{name} must be a whole number, not {value!r}")
+    if value <= 0:
+        raise ValidationError(f"{name} must be positive, got {value}; use None for no limit")
+    return value
+
+
+def _no_nul(text: str, what: str) -> str:
+    if not isinstance(text, str):
+        raise ValidationError(f"{what} must be a str, not {type(text).__name__}: {text!r}")
+    if "\0" in text:
+        raise ValidationError(f"{what} contains a NUL byte, which no program can receive: {text!r}")
+    return text
+
+
+def workspace_path(path: str, what: str) -> str:
+    """A relative path that stays inside the workspace: no absolute paths, no '..'."""
+    _no_nul(path, what)
+    if not path or path.startswith("/"):
+        raise ValidationError(f"{what} {path!r} must be a relative path inside the workspace (e.g. 'main.py' or 'data/in.txt')")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        raise ValidationError(f"{what} {path!r} leaves the workspace; use a path below it without '..'")
+    return "/".join(parts)
+
+
+@dataclass(frozen=True)
+class File:
+    """A file written into the workspace before the run."""
+
+    content: bytes
+    executable: bool = False
+
+    def __init__(self, content: str | bytes, executable: bool = False) -> None:
+        if isinstance(content, str):
+            content = content.encode()
+        elif isinstance(content, (bytearray, memoryview)):
+            content = bytes(content)
+        if not isinstance(content, bytes):
+            raise ValidationError(f"file content must be str or bytes, not {type(content).__name__}")
+        object.__setattr__(self, "content", content)
+        object.__setattr__(self, "executable", bool(executable))
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host path made visible to the program, read-only or writable.
+
+    Without mount namespaces the program sees the host path itself (`dest` None or equal to the
+    source); a relative `dest` also places a link to it in the workspace (`work/<dest>`).
+    """
+
+    source: str
+    dest: str | None = None
+    writable: bool = False
+
+    def __post_init__(self) -> None:
+        _no_nul(self.source, "mount source")
+        if not os.path.isabs(self.source):
+            raise ValidationError(f"mount source {self.source!r} must be an absolute host path")
+        object.__setattr__(self, "source", os.path.normpath(self.source))
+        if self.dest is not None:
+            if os.path.isabs(self.dest):
+                if os.path.normpath(self.dest) != self.source:
+                    raise ValidationError(
+                        f"mount dest {self.dest!r} differs from its source {self.source!r}: mapping to another "
+                        "absolute path needs mount namespaces; give a relative dest (a link in the workspace) "
+                        "or leave dest out to see the source path as is"
+                    )
+                object.__setattr__(self, "dest", None)
+            else:
+                object.__setattr__(self, "dest", workspace_path(self.dest, "mount dest"))
+
+    @classmethod
+    def ro(cls, source: str, dest: str | None = None) -> "Mount":
+        return cls(source, dest, False)
+
+    @classmethod
+    def rw(cls, source: str, dest: str | None = None) -> "Mount":
+        return cls(source, dest, True)
+
+
+@dataclass(frozen=True)
+class Syscalls:
+    """Adjustments to the default system call policy, by name.
+
+    `allow` adds calls (unconditionally: it also lifts the default argument checks on them, an
+    explicit weakening reported in `protections`); `deny` makes calls fail with EPERM.
+    """
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for attr in ("allow", "deny"):
+            names = getattr(self, attr)
+            if isinstance(names, str):
+                names = (names,)
+            names = tuple(names)
+            for name in names:
+                if not isinstance(name, str) or not known_syscall(name):
+                    raise ValidationError(f"Syscalls({attr}=...): unknown system call name {name!r} (see `man 2 syscalls`)")
+            object.__setattr__(self, attr, names)
+        both = set(self.allow) & set(self.deny)
+        if both:
+            raise ValidationError(f"system calls both allowed and denied: {sorted(both)}")
+
+
+class NotifyMode(enum.Enum):
+    DISABLED = "disabled"
+    MONITOR = "monitor"
+    SUPERVISE = "supervise"
+    VIRTUALIZE = "virtualize"
+
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_MEMORY = "256M"
+DEFAULT_MAX_PIDS = 64
+DEFAULT_MAX_OUTPUT = "16M"
+DEFAULT_MAX_OPEN_FILES = 256
+DEFAULT_MAX_FILE_SIZE = "16M"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One sandboxed run. Immutable: derive variants with `plan.replace(...)`."""
+
+    argv: tuple[str, ...]
+    files: Mapping[str, File] = field(default_factory=dict)
+    stdin: bytes = b""
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    timeout: float | None = DEFAULT_TIMEOUT
+    cpu_time: float | None = None
+    memory: int | None = DEFAULT_MEMORY  # type: ignore[assignment]  (parsed from str)
+    max_pids: int | None = DEFAULT_MAX_PIDS
+    max_output: int | None = DEFAULT_MAX_OUTPUT  # type: ignore[assignment]
+    max_open_files: int | None = DEFAULT_MAX_OPEN_FILES
+    max_file_size: int | None = DEFAULT_MAX_FILE_SIZE  # type: ignore[assignment]
+    network: bool = False
+    mounts: tuple[Mount, ...] = ()
+    syscalls: Syscalls = field(default_factory=Syscalls)
+    notify: NotifyMode = NotifyMode.DISABLED
+    intercept: tuple[str, ...] = ()
+    supervisor: Callable[..., Any] | None = None
+    virtual_paths: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+
+        argv = self.argv
+        if isinstance(argv, (str, bytes)):
+            raise ValidationError(
+                f"argv must be a list of strings, not one string {argv!r}: split it (shlex.split) or use evalbox.shell"
+            )
+        argv = tuple(argv)
+        if not argv:
+            raise ValidationError("argv is empty: give the program to run, e.g. ['python3', 'main.py']")
+        for i, arg in enumerate(argv):
+            if isinstance(arg, os.PathLike):
+                arg = os.fspath(arg)
+            _no_nul(arg, f"argv[{i}]")
+        if not argv[0]:
+            raise ValidationError("argv[0] is empty: name the program to run")
+        set_("argv", tuple(os.fspath(a) for a in argv))
+
+        files: dict[str, File] = {}
+        for path, content in dict(self.files).items():
+            rel = workspace_path(path, "file path")
+            files[rel] = content if isinstance(content, File) else File(content)
+        set_("files", _FrozenDict(files))
+
+        stdin = self.stdin
+        if isinstance(stdin, str):
+            stdin = stdin.encode()
+        if not isinstance(stdin, (bytes, bytearray, memoryview)):
+            raise ValidationError(f"stdin must be bytes or str, not {type(stdin).__name__}")
+        set_("stdin", bytes(stdin))
+
+        env: dict[str, str] = {}
+        for key, value in dict(self.env).items():
+            _no_nul(key, "env name")
+            _no_nul(value, f"env {key}")
+            if not key or "=" in key:
+                raise ValidationError(f"env name {key!r} must be non-empty and contain no '='")
+            env[key] = value
+        set_("env", _FrozenDict(env))
+
+        if self.cwd is not None:
+            set_("cwd", workspace_path(self.cwd, "cwd"))
+
+        set_("timeout", parse_seconds(self.timeout, "timeout"))
+        set_("cpu_time", parse_seconds(self.cpu_time, "cpu_time"))
+        for name in ("memory", "max_output", "max_file_size"):
+            set_(name, parse_size(getattr(self, name), name))
+        for name in ("max_pids", "max_open_files"):
+            set_(name, parse_count(getattr(self, name), name))
+        if self.max_open_files is not None and self.max_open_files < 4:
+            raise ValidationError(f"max_open_files={self.max_open_files} leaves no room beyond stdin/stdout/stderr; use at least 4")
+        set_("network", bool(self.network))
+
+        mounts = tuple(self.mounts)
+        for m in mounts:
+            if not isinstance(m, Mount):
+                raise ValidationError(f"mounts must be evalbox.Mount.ro(...) or Mount.rw(...), not {m!r}")
+        set_("mounts", mounts)
+        if isinstance(self.syscalls, Mapping):
+            set_("syscalls", Syscalls(**self.syscalls))
+        elif not isinstance(self.syscalls, Syscalls):
+            raise ValidationError(f"syscalls must be evalbox.Syscalls(allow=[...], deny=[...]), not {self.syscalls!r}")
+
+        try:
+            set_("notify", NotifyMode(self.notify))
+        except ValueError:
+            raise ValidationError(f"notify must be a NotifyMode, not {self.notify!r}") from None
+        intercept = (self.intercept,) if isinstance(self.intercept, str) else tuple(self.intercept)
+        for name in intercept:
+            if not known_syscall(name):
+                raise ValidationError(f"intercept: unknown system call name {name!r}")
+        set_("intercept", intercept)
+        set_("virtual_paths", _FrozenDict(dict(self.virtual_paths)))
+        if self.notify is not NotifyMode.DISABLED:
+            raise ValidationError(
+                f"notify={self.notify.name} is not available in this version of evalbox; use NotifyMode.DISABLED"
+            )
+
+    @property
+    def workdir(self) -> str:
+        """The cwd relative to the workspace root."""
+        return self.cwd if self.cwd is not None else WORK_DIR
+
+    def replace(self, **changes: Any) -> "Plan":
+        return dataclasses.replace(self, **changes)
+
+
+class _FrozenDict(dict):
+    """A dict that refuses mutation, so a Plan stays a value."""
+
+    def _readonly(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("Plan fields are immutable; use plan.replace(...)")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _readonly  # type: ignore[assignment]
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items(), key=lambda kv: kv[0])))
+
+
+def as_plan(target: "Plan | Iterable[str]", **overrides: Any) -> Plan:
+    """Accept a Plan or an argv, with keyword overrides (the shape of `evalbox.run`)."""
+    if isinstance(target, Plan):
+        return target.replace(**overrides) if overrides else target
+    return Plan(target, **overrides)

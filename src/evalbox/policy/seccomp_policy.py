@@ -1,0 +1,198 @@
+"""The default system call policy: which calls a sandboxed program may make, and how.
+
+Three answers: allowed (possibly only with safe arguments), refused with an errno that ordinary
+programs handle (ENOSYS makes glibc, libuv and Python fall back), or the process is killed
+(SIGSYS) for calls that only an attack needs. Anything not listed kills.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+
+from evalbox.kernel import bpf
+from evalbox.kernel.bpf import Arg, Rule
+
+ALLOW = bpf.RET_ALLOW
+KILL = bpf.RET_KILL_PROCESS
+
+
+def refuse(e: int) -> int:
+    return bpf.errno_action(e)
+
+
+# Ordinary computation, files, memory, time, signals, processes and threads.
+ALLOWED = """
+read write readv writev pread64 pwrite64 preadv pwritev preadv2 pwritev2 lseek close close_range
+open openat openat2 creat stat fstat lstat newfstatat statx statfs fstatfs access faccessat faccessat2
+readlink readlinkat getdents getdents64 getcwd chdir fchdir
+mkdir mkdirat rmdir unlink unlinkat rename renameat renameat2 link linkat symlink symlinkat
+chmod fchmod fchmodat fchmodat2 chown fchown lchown fchownat utime utimes utimensat futimesat
+truncate ftruncate fallocate fsync fdatasync sync_file_range fadvise64 readahead flock fcntl
+getxattr lgetxattr fgetxattr listxattr llistxattr flistxattr getxattrat listxattrat
+dup dup2 dup3 pipe pipe2 splice tee vmsplice sendfile copy_file_range cachestat
+mmap munmap mprotect mremap msync mincore madvise brk mlock mlock2 munlock mlockall munlockall
+remap_file_pages pkey_alloc pkey_free pkey_mprotect get_mempolicy mseal map_shadow_stack membarrier
+poll ppoll select pselect6 epoll_create epoll_create1 epoll_ctl epoll_wait epoll_pwait epoll_pwait2
+eventfd eventfd2 signalfd signalfd4 timerfd_create timerfd_settime timerfd_gettime
+inotify_init inotify_init1 inotify_add_watch inotify_rm_watch
+rt_sigaction rt_sigprocmask rt_sigreturn rt_sigpending rt_sigtimedwait rt_sigsuspend rt_sigqueueinfo
+rt_tgsigqueueinfo sigaltstack pause kill tkill tgkill pidfd_open pidfd_send_signal
+nanosleep clock_nanosleep clock_gettime clock_getres gettimeofday time times alarm getitimer setitimer
+timer_create timer_settime timer_gettime timer_getoverrun timer_delete
+futex futex_waitv futex_wake futex_wait futex_requeue set_robust_list get_robust_list set_tid_address
+rseq arch_prctl sched_yield sched_getaffinity sched_getparam sched_getscheduler sched_getattr
+sched_get_priority_max sched_get_priority_min sched_rr_get_interval getcpu getpriority ioprio_get
+fork vfork execve exit exit_group wait4 waitid restart_syscall
+getpid getppid gettid getuid geteuid getgid getegid getgroups getresuid getresgid getpgrp getpgid getsid
+setuid setgid setreuid setregid setresuid setresgid setfsuid setfsgid setgroups capget capset
+getrlimit setrlimit getrusage umask uname sysinfo getrandom
+socket socketpair bind listen accept accept4 getsockname getpeername getsockopt setsockopt
+sendto recvfrom sendmsg recvmsg sendmmsg recvmmsg shutdown
+landlock_create_ruleset landlock_add_rule landlock_restrict_self seccomp
+""".split()
+
+# Calls only an attack needs (or that reach far outside the sandbox): the process is killed.
+KILLED = """
+ptrace process_vm_readv process_vm_writev kcmp pidfd_getfd process_madvise process_mrelease
+mount umount2 pivot_root chroot fsopen fsconfig fsmount fspick move_mount open_tree open_tree_attr
+mount_setattr unshare setns bpf perf_event_open userfaultfd
+keyctl add_key request_key init_module finit_module delete_module kexec_load kexec_file_load reboot
+swapon swapoff acct quotactl quotactl_fd open_by_handle_at name_to_handle_at iopl ioperm modify_ldt
+vhangup settimeofday clock_settime clock_adjtime adjtimex syslog sethostname setdomainname
+fanotify_init fanotify_mark lookup_dcookie uselib memfd_secret lsm_set_self_attr
+
+""".split()
+
+# Refused with an error ordinary programs expect and handle; nothing is done.
+REFUSED = {
+    # newer interfaces with a fallback: glibc retries clone3 as clone, libuv and others fall back
+    # from io_uring; fileless executables (memfd) have no place in a sandbox
+    "clone3": errno.ENOSYS,
+    "io_uring_setup": errno.ENOSYS,
+    "io_uring_enter": errno.ENOSYS,
+    "io_uring_register": errno.ENOSYS,
+    "memfd_create": errno.ENOSYS,
+    "io_setup": errno.ENOSYS,
+    "io_destroy": errno.ENOSYS,
+    "io_submit": errno.ENOSYS,
+    "io_cancel": errno.ENOSYS,
+    "io_getevents": errno.ENOSYS,
+    "io_pgetevents": errno.ENOSYS,
+    # System V and POSIX message IPC are shared by the whole host
+    "shmget": errno.ENOSYS, "shmat": errno.ENOSYS, "shmdt": errno.ENOSYS, "shmctl": errno.ENOSYS,
+    "semget": errno.ENOSYS, "semop": errno.ENOSYS, "semtimedop": errno.ENOSYS, "semctl": errno.ENOSYS,
+    "msgget": errno.ENOSYS, "msgsnd": errno.ENOSYS, "msgrcv": errno.ENOSYS, "msgctl": errno.ENOSYS,
+    "mq_open": errno.ENOSYS, "mq_unlink": errno.ENOSYS, "mq_timedsend": errno.ENOSYS,
+    "mq_timedreceive": errno.ENOSYS, "mq_notify": errno.ENOSYS, "mq_getsetattr": errno.ENOSYS,
+    # the process group is how the whole tree is found and killed: it may not leave it
+    "setsid": errno.EPERM,
+    "setpgid": errno.EPERM,
+    # Landlock does not cover extended attributes; `cp -a` treats this as "not supported here"
+    "setxattr": errno.EOPNOTSUPP, "lsetxattr": errno.EOPNOTSUPP, "fsetxattr": errno.EOPNOTSUPP,
+    "removexattr": errno.EOPNOTSUPP, "lremovexattr": errno.EOPNOTSUPP, "fremovexattr": errno.EOPNOTSUPP,
+    "setxattrat": errno.EOPNOTSUPP, "removexattrat": errno.EOPNOTSUPP,
+    # host-wide effects answered as if done
+    "sync": 0,
+    "syncfs": 0,
+    # memory placement of other processes, mount listings of the host
+    "mbind": errno.EPERM, "set_mempolicy": errno.EPERM, "set_mempolicy_home_node": errno.EPERM,
+    "migrate_pages": errno.EPERM, "move_pages": errno.EPERM,
+    "statmount": errno.ENOSYS, "listmount": errno.ENOSYS,
+    "lsm_get_self_attr": errno.ENOSYS, "lsm_list_modules": errno.ENOSYS,
+    "file_getattr": errno.ENOSYS, "file_setattr": errno.EPERM,
+}
+
+# Terminal ioctls that inject input or reconfigure the line discipline (CVE-2017-5226 and
+# friends). The kernel reads the request as 32 bits, so only the low word is compared: garbage in
+# the high word (CVE-2019-10063) cannot slip past.
+TIOCSTI = 0x5412
+TIOCLINUX = 0x541C
+TIOCSETD = 0x5423
+TIOCCONS = 0x541D
+
+# Namespaces, and CLONE_PARENT (a child of the host process would escape reaping).
+CLONE_FORBIDDEN = 0x7E020000 | 0x00008000
+
+AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
+SOCK_STREAM, SOCK_SEQPACKET = 1, 5
+SOCK_TYPE_MASK = 0xF
+NETLINK_ROUTE = 0
+AT_EMPTY_PATH = 0x1000
+
+# prctl options with no reach beyond the calling process.
+PRCTL_ALLOWED = (
+    1, 2, 3, 4, 7, 15, 16, 21, 22, 23, 27, 29, 30, 36, 37, 38, 39, 40, 41, 42, 47, 52, 53,
+    0x53564D41,  # PR_SET_VMA (anonymous mapping names)
+    0x59616D61,  # PR_SET_PTRACER (ptrace is refused anyway)
+    0x41555856,  # PR_GET_AUXV
+    65, 66,  # memory-deny-write-execute
+    74, 75, 76,  # shadow stack status (glibc with CET)
+)
+
+
+def _self_only(name: str, index: int) -> list[Rule]:
+    """Calls that may target another process: allowed on the caller itself only."""
+    return [Rule(name, ALLOW, (Arg(index, "eq", 0, width=32),)), Rule(name, refuse(errno.EPERM))]
+
+
+def _network_rules(network: bool) -> list[Rule]:
+    if network:
+        return [
+            Rule("socket", ALLOW, (Arg(0, "eq", AF_UNIX, width=32),)),
+            Rule("socket", ALLOW, (Arg(0, "eq", AF_INET, width=32),)),
+            Rule("socket", ALLOW, (Arg(0, "eq", AF_INET6, width=32),)),
+            # interface listing (getaddrinfo's AI_ADDRCONFIG); no netfilter, no audit
+            Rule("socket", ALLOW, (Arg(0, "eq", AF_NETLINK, width=32), Arg(2, "eq", NETLINK_ROUTE, width=32))),
+            Rule("socket", refuse(errno.EAFNOSUPPORT)),
+            Rule("connect", ALLOW),
+        ]
+    # Only connection-oriented Unix sockets: a datagram socket could send to any pathname socket
+    # (/dev/log) without connect(), and connect() itself cannot be checked by path here, so it is
+    # refused. Socket pairs and workspace listeners still work for in-sandbox IPC.
+    unix_only = []
+    for call in ("socket", "socketpair"):
+        for kind in (SOCK_STREAM, SOCK_SEQPACKET):
+            unix_only.append(
+                Rule(call, ALLOW, (Arg(0, "eq", AF_UNIX, width=32), Arg(1, "masked_eq", kind, mask=SOCK_TYPE_MASK, width=32)))
+            )
+        unix_only.append(Rule(call, refuse(errno.EACCES)))
+    unix_only.append(Rule("connect", refuse(errno.EACCES)))
+    return unix_only
+
+
+def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()) -> list[Rule]:
+    """The rule list for a plan's network switch and its Syscalls(allow=..., deny=...)."""
+    out: list[Rule] = []
+    # The plan's explicit choices come first: the first matching rule decides.
+    out += [Rule(name, refuse(errno.EPERM)) for name in deny]
+    out += [Rule(name, ALLOW) for name in allow]
+    out += [Rule("ioctl", KILL, (Arg(1, "masked_eq", req, width=32),)) for req in (TIOCSTI, TIOCLINUX, TIOCSETD, TIOCCONS)]
+    out.append(Rule("ioctl", ALLOW))
+    out.append(Rule("clone", ALLOW, (Arg(0, "masked_eq", 0, mask=CLONE_FORBIDDEN),)))
+    out.append(Rule("clone", KILL))
+    out.append(Rule("execveat", ALLOW, (Arg(4, "masked_eq", 0, mask=AT_EMPTY_PATH, width=32),)))
+    out.append(Rule("execveat", KILL))
+    out += [Rule("prctl", ALLOW, (Arg(0, "eq", option, width=32),)) for option in PRCTL_ALLOWED]
+    out.append(Rule("prctl", refuse(errno.EPERM)))
+    # personality: reading it is fine, changing it (e.g. READ_IMPLIES_EXEC, no ASLR) is not
+    out.append(Rule("personality", ALLOW, (Arg(0, "eq", 0xFFFFFFFF, width=32),)))
+    out.append(Rule("personality", ALLOW, (Arg(0, "eq", 0, width=32),)))
+    out.append(Rule("personality", refuse(errno.EPERM)))
+    out += _self_only("prlimit64", 0)
+    out += _self_only("setpriority", 1)
+    out += _self_only("ioprio_set", 1)
+    for name in ("sched_setaffinity", "sched_setscheduler", "sched_setparam", "sched_setattr"):
+        out += _self_only(name, 0)
+    out += _network_rules(network)
+    listed = {r.syscall for r in out}
+    out += [Rule(name, ALLOW) for name in ALLOWED if name not in listed]
+    out += [Rule(name, KILL) for name in KILLED if name not in listed]
+    out += [Rule(name, refuse(e)) for name, e in REFUSED.items() if name not in listed]
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def program(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), arch: str | None = None) -> bytes:
+    """The BPF program for these choices (cached: plans share a handful of shapes)."""
+    return bpf.build(rules(network, allow, deny), default=KILL, arch=arch)

@@ -1,0 +1,92 @@
+"""What this host can enforce, probed once per process (and reported by `evalbox check`)."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import os
+import platform
+from dataclasses import dataclass
+
+from evalbox.kernel import capabilities as caps
+from evalbox.kernel import cgroups, landlock
+from evalbox.kernel.syscall_table import native_arch
+
+CAP_SETGID, CAP_SETUID = 6, 7
+PR_GET_SECCOMP = 21
+PR_SET_NO_NEW_PRIVS = 38
+
+# Landlock floors (see README "Security model"): truncation control needs ABI 3 (Linux 6.2);
+# a sandbox that shares the caller's uid needs ABI 6 (Linux 6.12) so it cannot signal the
+# caller's other processes.
+MIN_LANDLOCK_ABI = 3
+MIN_LANDLOCK_ABI_SAME_UID = 6
+
+
+@dataclass(frozen=True)
+class Host:
+    kernel: str
+    arch: str
+    euid: int
+    landlock_abi: int
+    seccomp: bool
+    seccomp_notify: bool
+    pidfd: bool
+    privileged: bool  # root with CAP_SETUID/SETGID/SETPCAP: sandboxes get their own uid
+    cgroup: cgroups.Layout
+    user_namespaces: bool
+
+    @property
+    def switches_uid(self) -> bool:
+        return self.privileged
+
+
+def _seccomp_available() -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_GET_SECCOMP, 0, 0, 0, 0) < 0:
+        return ctypes.get_errno() != errno.EINVAL
+    return True
+
+
+def _user_namespaces() -> bool:
+    try:
+        with open("/proc/sys/user/max_user_namespaces") as f:
+            if int(f.read()) == 0:
+                return False
+    except (OSError, ValueError):
+        return False
+    try:
+        with open("/proc/sys/kernel/unprivileged_userns_clone") as f:
+            return f.read().strip() != "0" or os.geteuid() == 0
+    except OSError:
+        return True
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    parts = platform.release().split(".")
+    try:
+        return (int(parts[0]), int(parts[1].split("-")[0])) >= (major, minor)
+    except (IndexError, ValueError):
+        return False
+
+
+@functools.cache
+def probe() -> Host:
+    effective = caps.effective()
+    privileged = os.geteuid() == 0 and all(effective >> c & 1 for c in (CAP_SETUID, CAP_SETGID, caps.CAP_SETPCAP))
+    seccomp = _seccomp_available()
+    if privileged:
+        cgroups.sweep_stale()
+    return Host(
+        kernel=platform.release(),
+        arch=native_arch(),
+        euid=os.geteuid(),
+        landlock_abi=landlock.abi_version(),
+        seccomp=seccomp,
+        seccomp_notify=seccomp and _kernel_at_least(5, 5),
+        pidfd=hasattr(os, "pidfd_open"),
+        privileged=privileged,
+        cgroup=cgroups.layout(),
+        user_namespaces=_user_namespaces(),
+    )

@@ -1,0 +1,258 @@
+"""Turn a Plan into everything the spawn child applies: ids, rlimits, cgroup, Landlock, seccomp.
+
+All decisions happen here, in the parent, before the child exists. If a protection the plan
+needs cannot be had on this host, `prepare` raises UnsupportedKernel and nothing runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+
+from evalbox.errors import SandboxError, UnsupportedKernel, ValidationError
+from evalbox.kernel import capabilities as caps
+from evalbox.kernel import cgroups, landlock
+from evalbox.policy import filesystem, seccomp_policy
+from evalbox.policy.plan import Plan
+from evalbox.policy.resolve import find_executable, runtime_files
+from evalbox.process.host import MIN_LANDLOCK_ABI, MIN_LANDLOCK_ABI_SAME_UID, Host
+from evalbox.process.result import Protections
+from evalbox.process.workspace import Workspace
+
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+# Sandboxes of a root host run as their own uid, far above any real account or subuid range.
+SANDBOX_UID_BASE = 2_000_000_000
+SANDBOX_UID_SPAN = 1 << 20
+UMASK = 0o022
+
+_counter = itertools.count()
+
+
+@dataclass
+class Lockdown:
+    """A prepared run. `close()` releases what the parent holds once the child has exec'd."""
+
+    executable: str
+    argv: list[bytes]
+    env: list[bytes]
+    cwd: str
+    workspace: Workspace
+    ruleset: landlock.Ruleset
+    filters: list[tuple[bytes, int]]
+    rlimits: list[tuple[int, int, int]]
+    uid: int
+    gid: int
+    drop_bounding_set: bool
+    securebits: int
+    cgroup: cgroups.Group | None
+    protections: Protections
+    cgroup_fds: list[int] = field(default_factory=list)
+
+    def release_spawn_resources(self) -> None:
+        """Close the fds only the child needed (the ruleset, the cgroup.procs fds)."""
+        self.ruleset.close()
+        for fd in self.cgroup_fds:
+            os.close(fd)
+        self.cgroup_fds = []
+
+    def close(self) -> None:
+        """Release everything: call after every process of the run is dead."""
+        self.release_spawn_resources()
+        if self.cgroup is not None:
+            self.cgroup.remove()
+            self.cgroup = None
+        self.workspace.remove()
+
+
+def _sandbox_uid() -> int:
+    return SANDBOX_UID_BASE + (os.getpid() * 4099 + next(_counter)) % SANDBOX_UID_SPAN
+
+
+_user_procs_cache: tuple[float, int] = (0.0, 0)
+
+
+def _processes_of_uid(uid: int) -> int:
+    """How many processes this uid runs now (RLIMIT_NPROC counts them all), cached briefly."""
+    global _user_procs_cache
+    now = time.monotonic()
+    if now - _user_procs_cache[0] < 0.5:
+        return _user_procs_cache[1]
+    count = 0
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                count += os.stat(f"/proc/{name}").st_uid == uid
+            except OSError:
+                pass
+    _user_procs_cache = (now, count)
+    return count
+
+
+def check_floor(host: Host) -> None:
+    """Fail closed when the kernel lacks a layer every run depends on."""
+    if not host.seccomp:
+        raise UnsupportedKernel("seccomp filters are not available (CONFIG_SECCOMP_FILTER, Linux 3.5+); nothing was run")
+    if host.landlock_abi == 0:
+        raise UnsupportedKernel(
+            "Landlock is not available: evalbox needs Linux 6.2+ built with CONFIG_SECURITY_LANDLOCK and "
+            "'landlock' in the lsm= boot parameter (check /sys/kernel/security/lsm); nothing was run"
+        )
+    if host.landlock_abi < MIN_LANDLOCK_ABI:
+        raise UnsupportedKernel(
+            f"Landlock ABI {host.landlock_abi} cannot stop truncation of readable files; evalbox needs ABI "
+            f"{MIN_LANDLOCK_ABI} (Linux 6.2+); nothing was run"
+        )
+    if not host.switches_uid and host.landlock_abi < MIN_LANDLOCK_ABI_SAME_UID:
+        raise UnsupportedKernel(
+            f"Landlock ABI {host.landlock_abi} has no signal scoping, so a sandbox sharing your uid could signal "
+            f"your other processes; evalbox needs ABI {MIN_LANDLOCK_ABI_SAME_UID} (Linux 6.12+) when not run as "
+            "root; run as root (sandboxes then get their own uid) or upgrade the kernel; nothing was run"
+        )
+
+
+def _rlimits(plan: Plan, host: Host, uid: int, use_cgroup_memory: bool, use_cgroup_pids: bool) -> tuple[list[tuple[int, int, int]], list[str], str, str]:
+    limits: list[tuple[int, int, int]] = [(resource.RLIMIT_CORE, 0, 0)]
+    if plan.max_open_files is not None:
+        limits.append((resource.RLIMIT_NOFILE, plan.max_open_files, plan.max_open_files))
+    if plan.max_file_size is not None:
+        limits.append((resource.RLIMIT_FSIZE, plan.max_file_size, plan.max_file_size))
+    if plan.cpu_time is not None:
+        soft = max(1, math.ceil(plan.cpu_time))
+        limits.append((resource.RLIMIT_CPU, soft, soft + 1))  # SIGXCPU, then SIGKILL a second later
+    memory_how = "unlimited"
+    if plan.memory is not None:
+        if use_cgroup_memory:
+            memory_how = f"cgroup v{host.cgroup.version} limit on the whole tree"
+        else:
+            limits.append((resource.RLIMIT_AS, plan.memory, plan.memory))
+            memory_how = "RLIMIT_AS per process (no memory cgroup on this host)"
+    pids_how = "unlimited"
+    if plan.max_pids is not None:
+        if host.switches_uid:
+            limits.append((resource.RLIMIT_NPROC, plan.max_pids, plan.max_pids))
+        else:
+            # RLIMIT_NPROC counts every process of the uid: leave room for the ones already running.
+            room = _processes_of_uid(uid) + plan.max_pids
+            limits.append((resource.RLIMIT_NPROC, room, room))
+        if use_cgroup_pids:
+            pids_how = f"cgroup v{host.cgroup.version} pids.max on the whole tree, and RLIMIT_NPROC"
+        elif host.switches_uid:
+            pids_how = "RLIMIT_NPROC of the sandbox's own uid"
+        else:
+            pids_how = "RLIMIT_NPROC of your uid, raised by its current process count (approximate: no cgroup)"
+    if not host.privileged:
+        for res, soft, hard in limits:
+            current = resource.getrlimit(res)[1]
+            if current != resource.RLIM_INFINITY and hard > current:
+                raise SandboxError(
+                    f"the plan asks for a limit above this process's hard limit ({res=}, {hard} > {current}); "
+                    "lower the plan's limit or raise the hard limit (ulimit -H) before starting"
+                )
+    names = {
+        resource.RLIMIT_CORE: "core=0", resource.RLIMIT_NOFILE: "nofile", resource.RLIMIT_FSIZE: "fsize",
+        resource.RLIMIT_CPU: "cpu", resource.RLIMIT_AS: "as", resource.RLIMIT_NPROC: "nproc",
+    }
+    described = [names[r] if names[r] == "core=0" else f"{names[r]}={h}" for r, _, h in limits]
+    return limits, described, memory_how, pids_how
+
+
+def _environment(plan: Plan, ws: Workspace) -> dict[str, str]:
+    env = {"PATH": DEFAULT_PATH, "HOME": ws.home, "TMPDIR": ws.tmp, "LANG": "C.UTF-8"}
+    env.update(plan.env)
+    return env
+
+
+def prepare(plan: Plan, host: Host) -> Lockdown:
+    check_floor(host)
+    for mount in plan.mounts:
+        if not os.path.exists(mount.source):
+            raise ValidationError(f"mount source {mount.source} does not exist on this host; create it or fix the path")
+
+    uid = gid = -1
+    owner = None
+    if host.switches_uid:
+        uid = gid = _sandbox_uid()
+        owner = (uid, gid)
+    ws = Workspace(plan, owner)
+    ruleset = None
+    group = None
+    cgroup_fds: list[int] = []
+    try:
+        env = _environment(plan, ws)
+        cwd = ws.path(plan.workdir)
+        if not os.path.isdir(cwd):
+            os.makedirs(cwd, 0o700)
+            if owner:
+                os.chown(cwd, *owner)
+        executable = find_executable(plan.argv[0], env["PATH"], cwd)
+        runtime = runtime_files(executable, env_path=env["PATH"], ld_library_path=env.get("LD_LIBRARY_PATH", ""))
+
+        want = {c for c, needed in (("memory", plan.memory), ("pids", plan.max_pids)) if needed is not None}
+        if host.cgroup.version and want & host.cgroup.controllers:
+            group = cgroups.Group(host.cgroup, f"sb-{os.getpid()}-{next(_counter)}")
+            if plan.memory is not None and "memory" in group.dirs:
+                group.set_memory(plan.memory)
+            if plan.max_pids is not None and "pids" in group.dirs:
+                group.set_pids(plan.max_pids)
+            cgroup_fds = group.procs_fds()
+        use_mem = group is not None and "memory" in group.dirs
+        use_pids = group is not None and "pids" in group.dirs
+        if host.privileged and plan.max_pids is not None and not use_pids and not host.switches_uid:
+            raise UnsupportedKernel("no pids cgroup to bound processes of a root sandbox; mount the pids controller")
+        rlimits, rlimit_names, memory_how, pids_how = _rlimits(plan, host, uid if uid >= 0 else os.getuid(), use_mem, use_pids)
+
+        rules = filesystem.path_rules(plan, ws.root, runtime)
+        ruleset = filesystem.build_ruleset(rules, host.landlock_abi, plan.network)
+        program = seccomp_policy.program(plan.network, plan.syscalls.allow, plan.syscalls.deny, host.arch)
+
+        has_setpcap = caps.has(caps.CAP_SETPCAP)
+        scope_names = []
+        if landlock.scopes(host.landlock_abi):
+            scope_names = ["abstract_unix_socket", "signal"]
+        protections = Protections(
+            landlock_abi=host.landlock_abi,
+            filesystem=f"landlock ABI {host.landlock_abi}: system trees read-only, narrow /etc, workspace read-write",
+            network="host network" if plan.network else "off: seccomp allows only Unix stream sockets and no connect()",
+            tcp_landlock=bool(not plan.network and landlock.net_rights(host.landlock_abi)),
+            scopes=tuple(scope_names),
+            seccomp=f"allow-list, {len(program) // 8} instructions, SIGSYS kill on forbidden calls, i386/x32 killed",
+            no_new_privs=True,
+            capabilities="all dropped, bounding set cleared" if has_setpcap else "all dropped (none were held)",
+            securebits="locked (noroot, no_setuid_fixup, keep_caps, no_cap_ambient_raise)" if has_setpcap else "not needed (no capabilities)",
+            identity=f"uid/gid {uid} (own uid per sandbox; host is root)" if uid >= 0 else f"caller's uid {os.getuid()}",
+            cgroup=f"v{host.cgroup.version}: {', '.join(sorted(set(group.dirs)))}" if group else "none",
+            processes=pids_how,
+            memory=memory_how,
+            rlimits=tuple(rlimit_names),
+            weakened=tuple(f"syscall {n} allowed unconditionally" for n in plan.syscalls.allow),
+        )
+        return Lockdown(
+            executable=executable,
+            argv=[a.encode() for a in plan.argv],
+            env=[f"{k}={v}".encode() for k, v in env.items()],
+            cwd=cwd,
+            workspace=ws,
+            ruleset=ruleset,
+            filters=[(program, 0)],
+            rlimits=rlimits,
+            uid=uid,
+            gid=gid,
+            drop_bounding_set=has_setpcap,
+            securebits=caps.LOCKED_SECUREBITS if has_setpcap else -1,
+            cgroup=group,
+            protections=protections,
+            cgroup_fds=cgroup_fds,
+        )
+    except BaseException:
+        if ruleset is not None:
+            ruleset.close()
+        for fd in cgroup_fds:
+            os.close(fd)
+        if group is not None:
+            group.remove()
+        ws.remove()
+        raise

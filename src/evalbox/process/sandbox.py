@@ -1,0 +1,176 @@
+"""One running sandbox: its process, pipes, limits bookkeeping, tree kill, reaping and verdict.
+
+I/O multiplexing is the executor's job; this class owns the per-run state and the rules that
+turn what happened into an Output.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from evalbox.policy.plan import Plan
+from evalbox.process.host import Host
+from evalbox.process.lockdown import Lockdown, prepare
+from evalbox.process.result import Output, Status
+from evalbox.process.spawn import spawn
+
+# Messages by which common runtimes report an allocation refused by RLIMIT_AS (used only when no
+# memory cgroup can tell us directly).
+_OOM_MARKERS = (b"MemoryError", b"Cannot allocate memory", b"std::bad_alloc", b"out of memory", b"Out of memory")
+
+
+class Sandbox:
+    def __init__(self, plan: Plan, host: Host) -> None:
+        self.plan = plan
+        self.lock: Lockdown = prepare(plan, host)
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.stdout_truncated = self.stderr_truncated = False
+        self.kill_reason: Status | None = None
+        self.wait_status: int | None = None
+        self.rusage = None
+        self.ended_at: float | None = None
+        child_fds: list[int] = []
+        try:
+            in_r, self.stdin_w = os.pipe2(os.O_CLOEXEC)
+            self.stdout_r, out_w = os.pipe2(os.O_CLOEXEC)
+            self.stderr_r, err_w = os.pipe2(os.O_CLOEXEC)
+            child_fds = [in_r, out_w, err_w]
+            for fd in (self.stdin_w, self.stdout_r, self.stderr_r):
+                os.set_blocking(fd, False)
+            self.started = time.monotonic()
+            self.pid, self.pidfd = spawn(self.lock, in_r, out_w, err_w)
+        except BaseException:
+            for fd in child_fds + [getattr(self, n, -1) for n in ("stdin_w", "stdout_r", "stderr_r")]:
+                if fd >= 0:
+                    os.close(fd)
+            self.lock.close()
+            raise
+        finally:
+            for fd in child_fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.lock.release_spawn_resources()
+        self.deadline = self.started + plan.timeout if plan.timeout is not None else None
+
+    # -- limits ------------------------------------------------------------------------------
+
+    def take_output(self, stream: int, data: bytes) -> bytes:
+        """Keep what fits under max_output (stdout and stderr together); returns the kept part."""
+        cap = self.plan.max_output
+        buf = self.stdout if stream == 1 else self.stderr
+        if cap is not None:
+            room = cap - len(self.stdout) - len(self.stderr)
+            if len(data) > room:
+                data = data[: max(room, 0)]
+                if stream == 1:
+                    self.stdout_truncated = True
+                else:
+                    self.stderr_truncated = True
+                self.end(Status.OUTPUT_LIMIT)
+        buf += data
+        return data
+
+    def tree_cpu_seconds(self) -> float | None:
+        group = self.lock.cgroup
+        return group.cpu_seconds() if group is not None else None
+
+    def over_cpu_limit(self) -> bool:
+        used = self.tree_cpu_seconds()
+        return self.plan.cpu_time is not None and used is not None and used >= self.plan.cpu_time
+
+    # -- ending --------------------------------------------------------------------------------
+
+    def end(self, reason: Status | None) -> None:
+        """Stop the run: remember why (the first reason wins) and kill every process in it."""
+        if self.kill_reason is None and reason is not None and self.wait_status is None:
+            self.kill_reason = reason
+        self.kill_tree()
+
+    def kill_tree(self) -> None:
+        # The program cannot leave its process group (setsid/setpgid are refused), and until the
+        # leader is reaped its pid cannot be reused, so the group id is safe to signal.
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.lock.cgroup is not None:
+            self.lock.cgroup.kill()
+
+    def reap(self) -> None:
+        """The leader has exited: kill the rest of the tree, then collect its status."""
+        if self.wait_status is not None:
+            return
+        self.ended_at = time.monotonic()
+        self.kill_tree()
+        _, self.wait_status, self.rusage = os.wait4(self.pid, 0)
+        os.close(self.pidfd)
+        self.pidfd = -1
+        self._sweep_group()
+
+    def _sweep_group(self) -> None:
+        """Orphans of the leader are still in its group until they die: make sure they do."""
+        if self.lock.cgroup is not None:
+            return  # the cgroup was emptied by kill_tree
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            except PermissionError:
+                return
+            time.sleep(0.001)
+
+    def output(self) -> Output:
+        assert self.wait_status is not None and self.rusage is not None and self.ended_at is not None
+        plan = self.plan
+        status_code = self.wait_status
+        exit_code = os.waitstatus_to_exitcode(status_code)
+        sig = -exit_code if exit_code < 0 else None
+        code = exit_code if exit_code >= 0 else None
+        cpu = self.rusage.ru_utime + self.rusage.ru_stime
+        tree_cpu = self.tree_cpu_seconds()
+        if tree_cpu is not None:
+            cpu = max(cpu, tree_cpu)
+        group = self.lock.cgroup
+        status = self.kill_reason
+        if status is None and group is not None and group.oom_killed():
+            status = Status.MEMORY_LIMIT
+        if status is None and plan.cpu_time is not None and (sig == signal.SIGXCPU or cpu >= plan.cpu_time):
+            status = Status.CPU_LIMIT
+        if status is None and plan.memory is not None and (group is None or "memory" not in group.dirs):
+            failed = sig is not None or (code or 0) != 0
+            if failed and any(m in self.stderr for m in _OOM_MARKERS):
+                status = Status.MEMORY_LIMIT
+        if status is None:
+            status = Status.SIGNALED if sig is not None else Status.EXITED
+        return Output(
+            stdout=bytes(self.stdout),
+            stderr=bytes(self.stderr),
+            status=status,
+            exit_code=code,
+            signal=sig,
+            wall_time=self.ended_at - self.started,
+            cpu_time=cpu,
+            max_rss=self.rusage.ru_maxrss * 1024,
+            stdout_truncated=self.stdout_truncated,
+            stderr_truncated=self.stderr_truncated,
+            protections=self.lock.protections,
+        )
+
+    def close(self) -> None:
+        """Release every fd and the workspace/cgroup. The tree must already be dead and reaped."""
+        for name in ("stdin_w", "stdout_r", "stderr_r", "pidfd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                setattr(self, name, -1)
+        self.lock.close()

@@ -1,0 +1,72 @@
+"""Start a prepared Lockdown: the Python face of the C clone-and-lockdown child."""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+
+from evalbox.errors import CommandNotFound, SpawnError, UnsupportedKernel
+from evalbox.kernel import _spawn
+from evalbox.kernel import capabilities as caps
+from evalbox.process.lockdown import UMASK, Lockdown
+
+# Must match `enum step` in _spawn.c.
+STEPS = {
+    1: "reset signals", 2: "setsid", 3: "set the parent-death signal", 4: "check the caller is alive",
+    5: "join the cgroup", 6: "set up stdin/stdout/stderr", 7: "close inherited fds", 8: "chdir to the workspace",
+    9: "set rlimits", 10: "drop the capability bounding set", 11: "lock securebits", 12: "clear groups",
+    13: "switch gid", 14: "switch uid", 15: "drop capabilities", 16: "set no_new_privs",
+    17: "apply Landlock", 18: "install the seccomp filter", 19: "hand over the notify listener", 20: "exec",
+}
+STEP_LANDLOCK, STEP_SECCOMP, STEP_EXEC = 17, 18, 20
+
+
+def _high_fd(fd: int) -> int:
+    """Stdio sources must not sit on 0-2, where the child's dup2 calls would clobber them."""
+    return fd if fd > 2 else os.fcntl(fd, os.F_DUPFD_CLOEXEC, 3)
+
+
+def spawn(lock: Lockdown, stdin: int, stdout: int, stderr: int, listener_sock: int = -1) -> tuple[int, int]:
+    """Clone, lock down and exec. Returns (pid, pidfd) once the program runs; raises otherwise."""
+    stdio = [_high_fd(fd) for fd in (stdin, stdout, stderr)]
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    read_end, write_end = _high_fd(read_end), _high_fd(write_end)
+    try:
+        pid, pidfd = _spawn.spawn(
+            lock.executable.encode(), lock.argv, lock.env, lock.cwd.encode(), stdio, write_end, os.getpid(),
+            lock.cgroup_fds, lock.rlimits, lock.drop_bounding_set, caps.last_cap(), lock.securebits,
+            lock.uid, lock.gid, lock.ruleset.fd, lock.filters, listener_sock, UMASK,
+        )
+        os.close(write_end)
+        write_end = -1
+        report = os.read(read_end, 8)
+    finally:
+        if write_end >= 0:
+            os.close(write_end)
+        os.close(read_end)
+        for given, used in zip((stdin, stdout, stderr), stdio):
+            if used != given:
+                os.close(used)
+    if len(report) < 8:
+        return pid, pidfd
+    step, err = struct.unpack("=ii", report)
+    os.waitpid(pid, 0)
+    os.close(pidfd)
+    raise _spawn_error(lock, step, err)
+
+
+def _spawn_error(lock: Lockdown, step: int, err: int) -> Exception:
+    what = STEPS.get(step, f"step {step}")
+    reason = os.strerror(err)
+    if step == STEP_EXEC and err in (errno.ENOENT, errno.ENOTDIR):
+        return CommandNotFound(
+            f"cannot exec {lock.executable}: {reason}; a script's interpreter or the ELF loader may be missing "
+            "(check the #! line) or not granted (pass it as a Mount)"
+        )
+    if step == STEP_EXEC and err == errno.EACCES:
+        return SpawnError(err, f"cannot exec {lock.executable}: permission denied inside the sandbox; the file "
+                          "must be executable and under a granted path (system trees, workspace, or a Mount)")
+    if step in (STEP_LANDLOCK, STEP_SECCOMP) and err in (errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+        return UnsupportedKernel(f"the kernel refused to {what} ({reason}); nothing was run. Run `evalbox check`")
+    return SpawnError(err, f"sandbox set-up failed while trying to {what}: {reason}; nothing was run")
