@@ -663,8 +663,8 @@ def test_allow_list_size():
 
 def test_too_long_raises():
     names = sorted(tables.X86_64)
-    rules = [Rule(n, bpf.errno_action(k + 1), (Arg(k, "gt", 1 << 33), Arg(5, "lt", 1 << 34)))
-             for n in names for k in range(3)]
+    rules = [Rule(n, bpf.errno_action(k + 1), (Arg(k, "gt", i << 33), Arg(5, "lt", i << 34)))
+             for i, n in enumerate(names, 1) for k in range(3)]
     with pytest.raises(ValueError, match="4096"):
         bpf.build(rules, bpf.RET_ALLOW, arch="x86_64")
 
@@ -733,20 +733,22 @@ def test_kernel_enforces_filter():
 
 @needs_x86_64
 def test_kernel_accepts_long_program():
-    magic = 0xDEAD_BEEF_0000_0001
     names = sorted(tables.X86_64)
-    rules = [Rule(n, bpf.errno_action(errno.EPERM), (Arg(0, "eq", magic), Arg(1, "ne", 7)))
+    magic = {n: 0xDEAD_BEEF_0000_0000 + i for i, n in enumerate(names)}
+    rules = [Rule(n, bpf.errno_action(errno.EPERM), (Arg(0, "eq", magic[n]), Arg(1, "ne", 7)))
              for n in names]
     code = bpf.build(rules, bpf.RET_ALLOW)
     assert len(code) // 8 > 2000
 
     def body(libc):
-        if raw_syscall(libc, "getppid", magic) != (-1, errno.EPERM):
+        if raw_syscall(libc, "getppid", magic["getppid"]) != (-1, errno.EPERM):
             return 1
-        if raw_syscall(libc, "getppid", magic, 7)[0] == -1:
+        if raw_syscall(libc, "getppid", magic["getppid"], 7)[0] == -1:
             return 2
-        if raw_syscall(libc, "getpid", magic - 1)[0] != os.getpid():
+        if raw_syscall(libc, "getpid", magic["getppid"])[0] != os.getpid():
             return 3
+        if raw_syscall(libc, "getpid", magic["getpid"]) != (-1, errno.EPERM):
+            return 4
         return 0
 
     status = run_filtered_child(code, body)

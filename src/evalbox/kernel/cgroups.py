@@ -8,6 +8,7 @@ the caller's own cgroup, so delegation (systemd, containers) is respected.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import functools
 import os
@@ -108,20 +109,29 @@ class Group:
     def __init__(self, lay: Layout, name: str) -> None:
         self.version = lay.version
         self.dirs: dict[str, str] = {}
+        self.procs_fds: list[int] = []  # write-only cgroup.procs: the child writes "0" to join
+        self._oom_baseline = 0
         parents = {c: os.path.join(d, f"evalbox-{os.getpid()}") for c, d in lay.roots.items()}
         try:
             if self.version == 2:
                 parent = parents["memory"] if "memory" in parents else next(iter(parents.values()))
-                self._make_parent_v2(parent, lay)
+                if parent not in _made_parents:
+                    self._make_parent_v2(parent, lay)
+                    _made_parents.add(parent)
                 d = os.path.join(parent, name)
                 os.mkdir(d)
                 self.dirs = {c: d for c in lay.roots}
             else:
                 for c, parent in parents.items():
-                    os.makedirs(parent, exist_ok=True)
+                    if parent not in _made_parents:
+                        os.makedirs(parent, exist_ok=True)
+                        _made_parents.add(parent)
                     d = os.path.join(parent, name)
                     os.mkdir(d)
                     self.dirs[c] = d
+            self.procs_fds = [
+                os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC) for d in self.distinct_dirs
+            ]
         except BaseException:
             self.remove()
             raise
@@ -160,11 +170,7 @@ class Group:
     def set_pids(self, limit: int) -> None:
         _write(os.path.join(self.dirs["pids"], "pids.max"), str(limit))
 
-    def procs_fds(self) -> list[int]:
-        """Write-only fds of cgroup.procs; the spawned child writes "0" to join before exec."""
-        return [os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC) for d in self.distinct_dirs]
-
-    def oom_killed(self) -> bool:
+    def _oom_kills(self) -> int:
         d = self.dirs.get("memory")
         if d is None:
             return False
@@ -174,12 +180,30 @@ class Group:
             else:
                 text = _read(os.path.join(d, "memory.oom_control"))
         except OSError:
-            return False
+            return 0
         for line in text.splitlines():
             key, _, value = line.partition(" ")
-            if key == "oom_kill" and int(value) > 0:
-                return True
-        return False
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def oom_killed(self) -> bool:
+        """Did the kernel kill a process of this group for memory since it was (re)used?"""
+        return self._oom_kills() > self._oom_baseline
+
+    def reset(self) -> None:
+        """Make a group whose processes are all gone ready for the next sandbox."""
+        self._oom_baseline = self._oom_kills()
+        if self.version == 1:
+            for c, name in (("memory", "memory.max_usage_in_bytes"), ("cpuacct", "cpuacct.usage")):
+                if c in self.dirs:
+                    try:
+                        _write(os.path.join(self.dirs[c], name), "0")
+                    except OSError:
+                        pass
+        else:
+            self._cpu_baseline = 0.0
+            self._cpu_baseline = self.cpu_seconds() or 0.0
 
     def memory_peak(self) -> int | None:
         d = self.dirs.get("memory")
@@ -189,13 +213,15 @@ class Group:
         except (OSError, ValueError):
             return None
 
+    _cpu_baseline = 0.0
+
     def cpu_seconds(self) -> float | None:
-        """CPU time of every process that ever ran in the group."""
+        """CPU time of every process that ran in the group since it was (re)used."""
         try:
             if self.version == 2:
                 for line in _read(os.path.join(self.dirs["memory"], "cpu.stat")).splitlines():
                     if line.startswith("usage_usec "):
-                        return int(line.split()[1]) / 1e6
+                        return int(line.split()[1]) / 1e6 - self._cpu_baseline
                 return None
             d = self.dirs.get("cpuacct")
             return int(_read(os.path.join(d, "cpuacct.usage"))) / 1e9 if d else None
@@ -234,6 +260,9 @@ class Group:
 
     def remove(self) -> None:
         """Remove the group directories (they must be empty of processes)."""
+        for fd in self.procs_fds:
+            os.close(fd)
+        self.procs_fds = []
         for d in self.distinct_dirs:
             for _ in range(200):
                 try:
@@ -246,6 +275,37 @@ class Group:
                         break
                     time.sleep(0.001)  # the last task's exit is accounted a moment after its death
         self.dirs = {}
+
+
+_made_parents: set[str] = set()
+_pool: list[Group] = []
+POOL_SIZE = 64
+
+
+def acquire(lay: Layout, name: str) -> Group:
+    """A fresh or recycled group (creating cgroup directories costs more than a spawn)."""
+    while _pool:
+        group = _pool.pop()
+        if group.version == lay.version:
+            return group
+        group.remove()
+    return Group(lay, name)
+
+
+def release(group: Group) -> None:
+    """Recycle a group whose processes are all dead, or remove it."""
+    if len(_pool) < POOL_SIZE and not group.pids():
+        group.reset()
+        _pool.append(group)
+    else:
+        group.remove()
+
+
+@atexit.register
+def drain_pool() -> None:
+    while _pool:
+        _pool.pop().remove()
+    remove_parents()
 
 
 def sweep_stale() -> None:

@@ -109,15 +109,18 @@ class Ruleset:
         except (FileNotFoundError, NotADirectoryError):
             return False
         try:
-            if not stat.S_ISDIR(os.fstat(fd).st_mode):
-                rights &= FILE_RIGHTS
-            rights &= self.handled_fs
-            if rights:
-                attr = struct.pack("=Qi", rights, fd)
-                _spawn.syscall(SYS_ADD_RULE, self.fd, RULE_PATH_BENEATH, attr, 0)
+            self.allow_fd(fd, stat.S_ISDIR(os.fstat(fd).st_mode), rights)
         finally:
             os.close(fd)
         return True
+
+    def allow_fd(self, fd: int, is_dir: bool, rights: int) -> None:
+        """Like allow_path, for an O_PATH fd the caller keeps (saves the open on hot paths)."""
+        if not is_dir:
+            rights &= FILE_RIGHTS
+        rights &= self.handled_fs
+        if rights:
+            _spawn.syscall(SYS_ADD_RULE, self.fd, RULE_PATH_BENEATH, struct.pack("=Qi", rights, fd), 0)
 
     def allow_port(self, port: int, rights: int) -> None:
         attr = struct.pack("=QQ", rights, port)

@@ -11,7 +11,7 @@ import math
 import os
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from evalbox.errors import SandboxError, UnsupportedKernel, ValidationError
 from evalbox.kernel import capabilities as caps
@@ -50,20 +50,20 @@ class Lockdown:
     securebits: int
     cgroup: cgroups.Group | None
     protections: Protections
-    cgroup_fds: list[int] = field(default_factory=list)
+
+    @property
+    def cgroup_fds(self) -> list[int]:
+        return self.cgroup.procs_fds if self.cgroup is not None else []
 
     def release_spawn_resources(self) -> None:
-        """Close the fds only the child needed (the ruleset, the cgroup.procs fds)."""
+        """Close what only the child needed (the Landlock ruleset)."""
         self.ruleset.close()
-        for fd in self.cgroup_fds:
-            os.close(fd)
-        self.cgroup_fds = []
 
     def close(self) -> None:
         """Release everything: call after every process of the run is dead."""
         self.release_spawn_resources()
         if self.cgroup is not None:
-            self.cgroup.remove()
+            cgroups.release(self.cgroup)
             self.cgroup = None
         self.workspace.remove()
 
@@ -180,7 +180,6 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
     ws = Workspace(plan, owner)
     ruleset = None
     group = None
-    cgroup_fds: list[int] = []
     try:
         env = _environment(plan, ws)
         cwd = ws.path(plan.workdir)
@@ -193,12 +192,11 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
 
         want = {c for c, needed in (("memory", plan.memory), ("pids", plan.max_pids)) if needed is not None}
         if host.cgroup.version and want & host.cgroup.controllers:
-            group = cgroups.Group(host.cgroup, f"sb-{os.getpid()}-{next(_counter)}")
+            group = cgroups.acquire(host.cgroup, f"sb-{next(_counter)}")
             if plan.memory is not None and "memory" in group.dirs:
                 group.set_memory(plan.memory)
             if plan.max_pids is not None and "pids" in group.dirs:
                 group.set_pids(plan.max_pids)
-            cgroup_fds = group.procs_fds()
         use_mem = group is not None and "memory" in group.dirs
         use_pids = group is not None and "pids" in group.dirs
         if host.privileged and plan.max_pids is not None and not use_pids and not host.switches_uid:
@@ -245,14 +243,11 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             securebits=caps.LOCKED_SECUREBITS if has_setpcap else -1,
             cgroup=group,
             protections=protections,
-            cgroup_fds=cgroup_fds,
         )
     except BaseException:
         if ruleset is not None:
             ruleset.close()
-        for fd in cgroup_fds:
-            os.close(fd)
         if group is not None:
-            group.remove()
+            cgroups.release(group)
         ws.remove()
         raise

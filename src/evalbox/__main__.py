@@ -1,0 +1,3 @@
+from evalbox.faces.cli import main
+
+main()

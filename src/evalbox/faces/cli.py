@@ -1,0 +1,142 @@
+"""The `evalbox` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from evalbox.errors import SandboxError
+from evalbox.executor.executor import Completed, Executor, Stderr, Stdout, Timeout
+from evalbox.faces.report import host_report
+from evalbox.policy.plan import File, Mount, Plan
+
+LIMIT_OPTIONS = [
+    click.option("--timeout", type=float, default=30.0, show_default=True, help="Wall-clock limit, seconds."),
+    click.option("--cpu-time", type=float, default=None, help="CPU-time limit, seconds (whole process tree)."),
+    click.option("--memory", default="256M", show_default=True, help="Memory limit: bytes or 64K/256M/2G."),
+    click.option("--max-pids", type=int, default=64, show_default=True, help="Most processes and threads at once."),
+    click.option("--max-output", default="16M", show_default=True, help="Cap on stdout+stderr together."),
+]
+
+
+def limit_options(f: Any) -> Any:
+    for option in reversed(LIMIT_OPTIONS):
+        f = option(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="evalbox")
+def main() -> None:
+    """Run untrusted code on Linux in milliseconds, safely.
+
+    \b
+    Examples:
+      evalbox check
+      evalbox run -- python3 -c 'print(2 + 2)'
+      evalbox run --timeout 2 --memory 64M --json -- sh -c 'echo hi'
+    """
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def check(as_json: bool) -> None:
+    """What this host can enforce, feature by feature, and a live self-test.
+
+    \b
+    Examples:
+      evalbox check
+      evalbox check --json | jq .ready
+    """
+    report = host_report()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        width = max(len(k) for k in report["features"])
+        for name, value in report["features"].items():
+            click.echo(f"{name:<{width}}  {value}")
+        click.echo("")
+        for name, value in report["defaults"].items():
+            click.echo(f"{name:<{width}}  {value}")
+        click.echo("")
+        click.echo(f"{'ready':<{width}}  {'yes' if report['ready'] else 'NO: ' + report['problem']}")
+    sys.exit(0 if report["ready"] else 1)
+
+
+def _split_spec(spec: str, what: str) -> tuple[str, str | None, bool]:
+    """SRC[:DEST][:rw|:ro] -> (src, dest, writable)."""
+    parts = spec.split(":")
+    writable = False
+    if len(parts) > 1 and parts[-1] in ("rw", "ro"):
+        writable = parts.pop() == "rw"
+    if not parts[0] or len(parts) > 2:
+        raise click.BadParameter(f"{spec!r}: expected SRC[:DEST][:rw]", param_hint=what)
+    return parts[0], parts[1] if len(parts) == 2 else None, writable
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@limit_options
+@click.option("--file", "files", multiple=True, metavar="SRC[:DEST]", help="Copy a host file into the workspace.")
+@click.option("--mount", "mounts", multiple=True, metavar="SRC[:DEST][:rw]", help="Expose a host path (read-only unless :rw).")
+@click.option("--net", is_flag=True, help="Allow the host network (off by default).")
+@click.option("--env", "envs", multiple=True, metavar="K=V", help="Set an environment variable inside.")
+@click.option("--json", "as_json", is_flag=True, help="Print the Output as JSON instead of streaming.")
+@click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(timeout: float, cpu_time: float | None, memory: str, max_pids: int, max_output: str, files: tuple[str, ...],
+        mounts: tuple[str, ...], net: bool, envs: tuple[str, ...], as_json: bool, cmd: tuple[str, ...]) -> None:
+    """Run CMD in a sandbox; exits with its exit code (128+N for signal N, 124 for a timeout).
+
+    \b
+    Examples:
+      evalbox run -- ls -l
+      evalbox run --file solution.py --timeout 5 -- python3 solution.py
+      evalbox run --mount /srv/data:data --memory 1G -- sh -c 'wc -l data/*'
+      evalbox run --json -- sh -c 'echo out; echo err >&2; exit 3'
+    """
+    file_map: dict[str, File] = {}
+    for spec in files:
+        src, dest, _ = _split_spec(spec, "--file")
+        with open(src, "rb") as f:
+            file_map[dest or os.path.basename(src)] = File(f.read(), executable=os.access(src, os.X_OK))
+    env = {}
+    for item in envs:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r}: expected K=V", param_hint="--env")
+        env[key] = value
+    try:
+        mount_list = []
+        for spec in mounts:
+            src, dest, writable = _split_spec(spec, "--mount")
+            mount_list.append(Mount(os.path.abspath(src), dest, writable))
+        plan = Plan(list(cmd), files=file_map, env=env, timeout=timeout, cpu_time=cpu_time, memory=memory,
+                    max_pids=max_pids, max_output=max_output, network=net, mounts=mount_list)
+        with Executor() as ex:
+            sid = ex.spawn(plan)
+            output = None
+            while output is None:
+                for ev in ex.poll():
+                    if isinstance(ev, Stdout) and not as_json:
+                        sys.stdout.buffer.write(ev.data)
+                        sys.stdout.buffer.flush()
+                    elif isinstance(ev, Stderr) and not as_json:
+                        sys.stderr.buffer.write(ev.data)
+                        sys.stderr.buffer.flush()
+                    elif isinstance(ev, (Completed, Timeout)) and ev.id == sid:
+                        output = ev.output
+    except SandboxError as e:
+        click.echo(f"evalbox: {type(e).__name__}: {e}", err=True)
+        sys.exit(125)
+    if as_json:
+        click.echo(json.dumps(output.as_dict(), indent=2))
+    elif output.status.value not in ("exited", "signaled"):
+        click.echo(f"evalbox: {output.status.name} after {output.wall_time:.2f}s", err=True)
+    sys.exit(output.shell_code)
+
+
+if __name__ == "__main__":
+    main()
