@@ -1,0 +1,139 @@
+"""The default policy's decisions, evaluated by an independent BPF interpreter."""
+
+import errno
+
+import pytest
+
+import bpf_interpreter as interp
+from evalbox.kernel import bpf
+from evalbox.kernel.syscall_table import AUDIT_ARCH, syscall_number
+from evalbox.policy import seccomp_policy as sp
+
+ARCH = "x86_64"
+AUDIT = AUDIT_ARCH[ARCH]
+
+
+def decide(network, name, *args, allow=(), deny=()):
+    program = sp.program(network, tuple(allow), tuple(deny), ARCH)
+    padded = list(args) + [0] * (6 - len(args))
+    return interp.run(program, syscall_number(name, ARCH), AUDIT, padded)
+
+
+def errno_of(action):
+    assert action & 0xFFFF0000 == bpf.RET_ERRNO, hex(action)
+    return action & 0xFFFF
+
+
+@pytest.mark.parametrize("name", ["read", "write", "openat", "execve", "mmap", "futex", "wait4", "kill", "getdents64"])
+def test_ordinary_calls_allowed(name):
+    assert decide(False, name) == bpf.RET_ALLOW
+
+
+@pytest.mark.parametrize("name", ["ptrace", "mount", "unshare", "setns", "bpf", "keyctl", "add_key", "perf_event_open",
+                                  "userfaultfd", "init_module", "kexec_load", "reboot", "fsopen", "fsconfig",
+                                  "process_vm_readv", "open_by_handle_at", "pidfd_getfd"])
+def test_attack_surface_killed(name):
+    assert decide(False, name) == bpf.RET_KILL_PROCESS
+
+
+@pytest.mark.parametrize("name", ["io_uring_setup", "clone3", "memfd_create", "shmget", "mq_open"])
+def test_fallback_calls_answer_enosys(name):
+    assert errno_of(decide(False, name)) == errno.ENOSYS
+
+
+def test_unknown_numbers_kill():
+    program = sp.program(False, (), (), ARCH)
+    assert interp.run(program, 1000, AUDIT, [0] * 6) == bpf.RET_KILL_PROCESS
+
+
+def test_i386_and_x32_killed():
+    program = sp.program(False, (), (), ARCH)
+    assert interp.run(program, 20, 0x40000003, [0] * 6) == bpf.RET_KILL_PROCESS
+    assert interp.run(program, 0x40000000 | 39, AUDIT, [0] * 6) == bpf.RET_KILL_PROCESS
+
+
+@pytest.mark.parametrize("req", [0x5412, 0x541C, 0x5423, 0x541D, 0xDEADBEEF00005412, 0xFFFFFFFF00005412])
+def test_terminal_injection_ioctls_killed_whatever_the_upper_bits(req):
+    assert decide(False, "ioctl", 1, req) == bpf.RET_KILL_PROCESS
+
+
+def test_other_ioctls_allowed():
+    assert decide(False, "ioctl", 1, 0x5401) == bpf.RET_ALLOW  # TCGETS
+
+
+@pytest.mark.parametrize("domain,kind,expected", [
+    (1, 1, "allow"), (1, 1 | 0x80000, "allow"), (1, 5, "allow"), (1, 2, errno.EACCES),
+    (2, 1, errno.EACCES), (2, 2, errno.EACCES), (2, 3, errno.EACCES), (10, 1, errno.EACCES),
+    (16, 3, errno.EACCES), (17, 3, errno.EACCES), (40, 1, errno.EACCES),
+    (1 | (1 << 32), 1, "allow"),  # the kernel reads the domain as int: garbage above is ignored
+])
+def test_network_off_sockets(domain, kind, expected):
+    action = decide(False, "socket", domain, kind, 0)
+    if expected == "allow":
+        assert action == bpf.RET_ALLOW
+    else:
+        assert errno_of(action) == expected
+
+
+def test_network_off_refuses_connect_and_datagram_pairs():
+    assert errno_of(decide(False, "connect", 3, 0, 0)) == errno.EACCES
+    assert errno_of(decide(False, "socketpair", 1, 2, 0)) == errno.EACCES
+    assert decide(False, "socketpair", 1, 1, 0) == bpf.RET_ALLOW
+
+
+def test_network_on_allows_inet_but_not_netfilter():
+    assert decide(True, "socket", 2, 1, 0) == bpf.RET_ALLOW
+    assert decide(True, "connect", 3, 0, 0) == bpf.RET_ALLOW
+    assert decide(True, "socket", 16, 3, 0) == bpf.RET_ALLOW  # NETLINK_ROUTE
+    assert errno_of(decide(True, "socket", 16, 3, 12)) == errno.EAFNOSUPPORT  # NETLINK_NETFILTER
+    assert errno_of(decide(True, "socket", 17, 3, 0)) == errno.EAFNOSUPPORT  # AF_PACKET
+
+
+@pytest.mark.parametrize("flags", [0x10000000, 0x20000000, 0x40000000, 0x00020000, 0x08000000, 0x04000000,
+                                   0x02000000, 0x00008000, 0x10000000 | 0x11])
+def test_clone_with_namespaces_or_parent_killed(flags):
+    assert decide(False, "clone", flags) == bpf.RET_KILL_PROCESS
+
+
+def test_clone_for_threads_and_fork_allowed():
+    assert decide(False, "clone", 0x3D0F00) == bpf.RET_ALLOW  # pthread_create's flags
+    assert decide(False, "clone", 0x01200011) == bpf.RET_ALLOW  # fork()
+
+
+def test_fileless_exec_killed():
+    assert decide(False, "execveat", 3, 0, 0, 0, 0x1000) == bpf.RET_KILL_PROCESS
+    assert decide(False, "execveat", 3, 0, 0, 0, 0) == bpf.RET_ALLOW
+
+
+def test_calls_on_other_processes_refused():
+    for name, index in [("prlimit64", 0), ("sched_setaffinity", 0), ("setpriority", 1), ("ioprio_set", 1)]:
+        args = [0] * 6
+        assert decide(False, name, *args) == bpf.RET_ALLOW
+        args[index] = 4242
+        assert errno_of(decide(False, name, *args)) == errno.EPERM
+
+
+def test_personality_query_only():
+    assert decide(False, "personality", 0xFFFFFFFF) == bpf.RET_ALLOW
+    assert errno_of(decide(False, "personality", 0x0400000)) == errno.EPERM  # READ_IMPLIES_EXEC
+
+
+def test_prctl_allow_list():
+    assert decide(False, "prctl", 15) == bpf.RET_ALLOW  # PR_SET_NAME
+    assert errno_of(decide(False, "prctl", 35)) == errno.EPERM  # PR_SET_MM
+
+
+def test_process_group_cannot_be_left():
+    assert errno_of(decide(False, "setsid")) == errno.EPERM
+    assert errno_of(decide(False, "setpgid", 0, 0)) == errno.EPERM
+
+
+def test_plan_choices_come_first():
+    assert errno_of(decide(False, "mkdir", deny=["mkdir"])) == errno.EPERM
+    assert decide(False, "ptrace", allow=["ptrace"]) == bpf.RET_ALLOW
+
+
+def test_program_is_cached_and_loadable_size():
+    a = sp.program(False, (), (), ARCH)
+    assert a is sp.program(False, (), (), ARCH)
+    assert len(a) // 8 < 1000
