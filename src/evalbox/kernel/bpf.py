@@ -203,7 +203,7 @@ class Rule:
 
 # One instruction: (code, k, jt_label, jf_label).  Conditional jumps use both
 # labels; JA uses jt_label as its target; everything else uses neither.
-_Ins = tuple[int, int, "int | None", "int | None"]
+_Ins = tuple[int, int, int | None, int | None]
 
 # An outcome is hashable so identical argument blocks can be shared:
 #   ("ret", action)
@@ -422,7 +422,7 @@ def build(
     shared_blocks: list[_Outcome] = []
 
     def target(t) -> int:
-        """Label for subtree ``t``, (creating it, not placing it)."""
+        """Label for subtree ``t`` (created here, placed by ``emit``)."""
         if not _is_leaf(t):
             return em.label()
         if t[0] == "ret":

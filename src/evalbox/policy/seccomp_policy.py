@@ -43,7 +43,7 @@ timer_create timer_settime timer_gettime timer_getoverrun timer_delete
 futex futex_waitv futex_wake futex_wait futex_requeue set_robust_list get_robust_list set_tid_address
 rseq arch_prctl sched_yield sched_getaffinity sched_getparam sched_getscheduler sched_getattr
 sched_get_priority_max sched_get_priority_min sched_rr_get_interval getcpu getpriority ioprio_get
-fork vfork execve exit exit_group wait4 waitid restart_syscall
+fork vfork execve exit exit_group wait4 waitid restart_syscall setsid setpgid
 getpid getppid gettid getuid geteuid getgid getegid getgroups getresuid getresgid getpgrp getpgid getsid
 setuid setgid setreuid setregid setresuid setresgid setfsuid setfsgid setgroups capget capset
 getrlimit setrlimit getrusage umask uname sysinfo getrandom
@@ -85,9 +85,6 @@ REFUSED = {
     "msgget": errno.ENOSYS, "msgsnd": errno.ENOSYS, "msgrcv": errno.ENOSYS, "msgctl": errno.ENOSYS,
     "mq_open": errno.ENOSYS, "mq_unlink": errno.ENOSYS, "mq_timedsend": errno.ENOSYS,
     "mq_timedreceive": errno.ENOSYS, "mq_notify": errno.ENOSYS, "mq_getsetattr": errno.ENOSYS,
-    # the process group is how the whole tree is found and killed: it may not leave it
-    "setsid": errno.EPERM,
-    "setpgid": errno.EPERM,
     # Landlock does not cover extended attributes; `cp -a` treats this as "not supported here"
     "setxattr": errno.EOPNOTSUPP, "lsetxattr": errno.EOPNOTSUPP, "fsetxattr": errno.EOPNOTSUPP,
     "removexattr": errno.EOPNOTSUPP, "lremovexattr": errno.EOPNOTSUPP, "fremovexattr": errno.EOPNOTSUPP,
@@ -161,9 +158,15 @@ def _network_rules(network: bool) -> list[Rule]:
     return unix_only
 
 
-def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()) -> list[Rule]:
-    """The rule list for a plan's network switch and its Syscalls(allow=..., deny=...)."""
+def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), group_only: bool = False) -> list[Rule]:
+    """The rule list for a plan's network switch and its Syscalls(allow=..., deny=...).
+
+    `group_only`: the process group is the only way to find the whole tree (no cgroup, no uid of
+    its own), so the program may not leave it; `timeout` and job-control shells then stay in it.
+    """
     out: list[Rule] = []
+    if group_only:
+        out += [Rule("setsid", refuse(errno.EPERM)), Rule("setpgid", refuse(errno.EPERM))]
     # The plan's explicit choices come first: the first matching rule decides.
     out += [Rule(name, refuse(errno.EPERM)) for name in deny]
     out += [Rule(name, ALLOW) for name in allow]
@@ -193,6 +196,7 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
 
 
 @functools.lru_cache(maxsize=64)
-def program(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), arch: str | None = None) -> bytes:
+def program(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), arch: str | None = None,
+            group_only: bool = False) -> bytes:
     """The BPF program for these choices (cached: plans share a handful of shapes)."""
-    return bpf.build(rules(network, allow, deny), default=KILL, arch=arch)
+    return bpf.build(rules(network, allow, deny, group_only), default=KILL, arch=arch)

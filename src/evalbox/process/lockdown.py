@@ -65,6 +65,8 @@ class Lockdown:
         if self.cgroup is not None:
             cgroups.release(self.cgroup)
             self.cgroup = None
+        if self.uid >= 0:
+            filesystem.remove_shm_entries(self.uid)
         self.workspace.remove()
 
 
@@ -203,9 +205,11 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             raise UnsupportedKernel("no pids cgroup to bound processes of a root sandbox; mount the pids controller")
         rlimits, rlimit_names, memory_how, pids_how = _rlimits(plan, host, uid if uid >= 0 else os.getuid(), use_mem, use_pids)
 
-        rules = filesystem.path_rules(plan, ws.root, runtime)
+        rules = filesystem.path_rules(plan, ws.root, runtime, own_uid=uid >= 0)
         ruleset = filesystem.build_ruleset(rules, host.landlock_abi, plan.network)
-        program = seccomp_policy.program(plan.network, plan.syscalls.allow, plan.syscalls.deny, host.arch)
+        # The tree is found by the cgroup, else by the sandbox's own uid, else by its process group.
+        group_only = group is None and uid < 0
+        program = seccomp_policy.program(plan.network, plan.syscalls.allow, plan.syscalls.deny, host.arch, group_only)
 
         has_setpcap = caps.has(caps.CAP_SETPCAP)
         scope_names = []

@@ -14,7 +14,7 @@ from evalbox.policy.plan import Plan
 from evalbox.process.host import Host
 from evalbox.process.lockdown import Lockdown, prepare
 from evalbox.process.result import Output, Status
-from evalbox.process.spawn import spawn
+from evalbox.process.spawn import kill_uid, spawn
 
 # Messages by which common runtimes report an allocation refused by RLIMIT_AS (used only when no
 # memory cgroup can tell us directly).
@@ -92,14 +92,17 @@ class Sandbox:
         self.kill_tree()
 
     def kill_tree(self) -> None:
-        # The program cannot leave its process group (setsid/setpgid are refused), and until the
-        # leader is reaped its pid cannot be reused, so the group id is safe to signal.
+        # Until the leader is reaped its pid cannot be reused, so the group id is safe to signal.
+        # Processes that left the group are found by the cgroup, or by the sandbox's own uid
+        # (without either, the policy keeps them from leaving the group).
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         if self.lock.cgroup is not None:
             self.lock.cgroup.kill()
+        elif self.lock.uid >= 0:
+            kill_uid(self.lock.uid, self.lock.gid)
 
     def reap(self) -> None:
         """The leader has exited: kill the rest of the tree, then collect its status."""
@@ -114,8 +117,8 @@ class Sandbox:
 
     def _sweep_group(self) -> None:
         """Orphans of the leader are still in its group until they die: make sure they do."""
-        if self.lock.cgroup is not None:
-            return  # the cgroup was emptied by kill_tree
+        if self.lock.cgroup is not None or self.lock.uid >= 0:
+            return  # kill_tree already reached every process
         end = time.monotonic() + 1.0
         while time.monotonic() < end:
             try:

@@ -70,3 +70,27 @@ def _spawn_error(lock: Lockdown, step: int, err: int) -> Exception:
     if step in (STEP_LANDLOCK, STEP_SECCOMP) and err in (errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
         return UnsupportedKernel(f"the kernel refused to {what} ({reason}); nothing was run. Run `evalbox check`")
     return SpawnError(err, f"sandbox set-up failed while trying to {what}: {reason}; nothing was run")
+
+
+def kill_uid(uid: int, gid: int) -> None:
+    """SIGKILL every process of a sandbox's own uid, by running `kill -KILL -1` as that uid.
+
+    kill(-1) reaches exactly the processes the caller may signal: with the sandbox's uid and no
+    capabilities, those of that uid. Used when no cgroup tracks the tree.
+    """
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    stdio = [_high_fd(devnull)] * 3
+    try:
+        pid, pidfd = _spawn.spawn(
+            b"/bin/kill", [b"kill", b"-KILL", b"-1"], [b"PATH=/usr/bin:/bin"], b"/", stdio,
+            _high_fd(write_end), os.getpid(), [], [], False, caps.last_cap(), -1, uid, gid, -1, [], -1, UMASK,
+        )
+        os.close(pidfd)
+        os.waitpid(pid, 0)
+    finally:
+        for fd in {devnull, stdio[0], read_end, write_end}:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
