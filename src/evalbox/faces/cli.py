@@ -138,5 +138,25 @@ def run(timeout: float, cpu_time: float | None, memory: str, max_pids: int, max_
     sys.exit(output.shell_code)
 
 
+@main.command()
+@click.option("--quick", is_flag=True, help="Few iterations: a smoke test, not a measurement.")
+@click.option("-n", "--runs", type=int, default=None, help="Iterations per benchmark (default 200, 30 with --quick).")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+def bench(quick: bool, runs: int | None, as_json: bool) -> None:
+    """Benchmarks, measured side by side with bare spawning in one run (medians).
+
+    \b
+    Examples:
+      evalbox bench
+      evalbox bench --quick --json
+    """
+    from dataclasses import asdict
+
+    from evalbox.faces.bench import format_table, run_suite
+
+    rows = run_suite(quick=quick, runs=runs)
+    click.echo(json.dumps([asdict(r) for r in rows], indent=2) if as_json else format_table(rows))
+
+
 if __name__ == "__main__":
     main()

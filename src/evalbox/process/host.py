@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from evalbox.kernel import capabilities as caps
 from evalbox.kernel import cgroups, landlock
 from evalbox.kernel.syscall_table import native_arch
+from evalbox.process import workspace
 
 CAP_SETGID, CAP_SETUID = 6, 7
 PR_GET_SECCOMP = 21
@@ -76,8 +77,8 @@ def probe() -> Host:
     effective = caps.effective()
     privileged = os.geteuid() == 0 and all(effective >> c & 1 for c in (CAP_SETUID, CAP_SETGID, caps.CAP_SETPCAP))
     seccomp = _seccomp_available()
-    if privileged:
-        cgroups.sweep_stale()
+    cgroups.sweep_stale()
+    workspace.sweep_stale()
     return Host(
         kernel=platform.release(),
         arch=native_arch(),

@@ -100,7 +100,8 @@ class Sandbox:
         except (ProcessLookupError, PermissionError):
             pass
         if self.lock.cgroup is not None:
-            self.lock.cgroup.kill()
+            if not self.lock.cgroup.kill():
+                self.lock.workspace.do_not_recycle()
         elif self.lock.uid >= 0:
             kill_uid(self.lock.uid, self.lock.gid)
 
@@ -123,11 +124,10 @@ class Sandbox:
         while time.monotonic() < end:
             try:
                 os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                return
-            except PermissionError:
+            except (ProcessLookupError, PermissionError):
                 return
             time.sleep(0.001)
+        self.lock.workspace.do_not_recycle()
 
     def output(self) -> Output:
         assert self.wait_status is not None and self.rusage is not None and self.ended_at is not None
