@@ -161,11 +161,12 @@ class Group:
             except OSError:
                 pass  # no swap accounting: nothing to cap
         else:
-            _write(os.path.join(d, "memory.limit_in_bytes"), str(limit))
-            try:
-                _write(os.path.join(d, "memory.memsw.limit_in_bytes"), str(limit))
-            except OSError:
-                pass
+            # memory+swap must stay >= memory: raise it first when raising, after when lowering.
+            mem, memsw = os.path.join(d, "memory.limit_in_bytes"), os.path.join(d, "memory.memsw.limit_in_bytes")
+            has_memsw = os.path.exists(memsw)
+            raising = has_memsw and int(_read(mem)) < limit
+            for path in ((memsw, mem) if raising else (mem, memsw) if has_memsw else (mem,)):
+                _write(path, str(limit))
 
     def set_pids(self, limit: int) -> None:
         _write(os.path.join(self.dirs["pids"], "pids.max"), str(limit))
