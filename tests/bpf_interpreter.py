@@ -143,9 +143,11 @@ def run_insns(insns: list[tuple[int, int, int, int]], data: bytes) -> int:
             elif op == XOR:
                 a ^= src
             elif op == LSH:
-                a = (a << src) & _M32 if src < 32 else 0
+                # Counts >= 32 are undefined in classic BPF; the kernel's
+                # checker only rejects them for K.  Mask like x86 does.
+                a = (a << (src & 31)) & _M32
             elif op == RSH:
-                a = a >> src if src < 32 else 0
+                a >>= src & 31
         elif cls == JMP:
             op = code & 0xF0
             if op == JA:

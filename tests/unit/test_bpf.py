@@ -173,6 +173,7 @@ def check_against_reference(rules, default, arch, bad_arch=bpf.RET_KILL_PROCESS,
 # libseccomp oracle
 # --------------------------------------------------------------------------
 
+
 def libseccomp():
     return pytest.importorskip("pyseccomp")
 
@@ -370,6 +371,26 @@ def test_deterministic_output():
     b = bpf.build(rules(), bpf.errno_action(1), arch="x86_64")
     assert a == b
     assert bpf.build(rules(), bpf.errno_action(1), arch="aarch64") != a
+
+
+def test_deterministic_across_processes():
+    # Callers cache programs by their inputs: no dependence on hash seeds.
+    import subprocess
+
+    script = (
+        "import sys; from evalbox.kernel import bpf; from evalbox.kernel.bpf import Rule, Arg\n"
+        "rules = [Rule(n, bpf.RET_ALLOW, (Arg(0, 'ne', i),)) for i, n in "
+        "enumerate(['read', 'write', 'openat', 'close', 'mmap', 'getppid'])]\n"
+        "rules += [Rule('socket', bpf.RET_ALLOW, (Arg(0, 'eq', 1),))] * 2\n"
+        "sys.stdout.write(bpf.build(rules, bpf.RET_KILL_PROCESS, arch='x86_64').hex())\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    outs = {
+        subprocess.run([sys.executable, "-c", script], env=dict(env, PYTHONHASHSEED=str(seed)),
+                       check=True, capture_output=True, text=True).stdout
+        for seed in (1, 2)
+    }
+    assert len(outs) == 1
 
 
 def test_empty_rules():
@@ -650,6 +671,49 @@ def test_long_program_matches_libseccomp():
             assert ours.run(nr, X86, args) == theirs.run(nr, X86, args), (r, args)
 
 
+@pytest.mark.parametrize("arch", sorted(tables.ARCHES))
+def test_shared_argument_blocks(arch):
+    # The same rule list on non-adjacent syscalls shares one block, placed
+    # after the search (jumps only go forward).
+    names = sorted(tables.ARCHES[arch], key=tables.ARCHES[arch].get)
+    same = (Arg(0, "masked_eq", 0, mask=3), Arg(2, "le", 1 << 35))
+    rules = []
+    for i, n in enumerate(names):
+        if i % 2:
+            rules.append(Rule(n, bpf.RET_ALLOW, same))
+        elif i % 4 == 0:
+            rules.append(Rule(n, bpf.errno_action(i % 50 + 1), (Arg(1, "eq", i),)))
+    prog = check_against_reference(rules, bpf.RET_TRAP, arch, seed=4)
+    unshared = bpf.build(
+        [Rule(r.syscall, r.action, r.args + (Arg(5, "ne", k),)) for k, r in enumerate(rules)],
+        bpf.RET_TRAP, arch=arch)
+    assert len(prog) < len(unshared) // 8 - 500
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_large_random_rule_sets(seed):
+    # Many syscalls, several actions, mixed widths: stresses the pools.
+    rnd = random.Random(seed)
+    arch = sorted(tables.ARCHES)[seed % 2]
+    names = list(tables.ARCHES[arch])
+    rules = []
+    for _ in range(250):
+        args = tuple(
+            Arg(rnd.randrange(6), rnd.choice(("eq", "ne", "lt", "le", "gt", "ge")),
+                rnd.choice([rnd.getrandbits(64), rnd.getrandbits(8)]) & (U32 if w == 32 else U64),
+                width=w)
+            for w in [rnd.choice((32, 64)) for _ in range(rnd.randrange(3))]
+        )
+        rules.append(Rule(rnd.choice(names), rnd.choice(ACTIONS), args))
+    code = bpf.build(rules, bpf.RET_LOG, arch=arch)
+    assert len(code) // 8 > 600
+    prog = Program(code)
+    own = tables.AUDIT_ARCH[arch]
+    for nr, args in rnd.sample(probes(rules, arch, rnd), 1500):
+        want = reference(rules, bpf.RET_LOG, arch, bpf.RET_KILL_PROCESS, nr, own, args)
+        assert prog.run(nr, own, args) == want
+
+
 def test_allow_list_size():
     # A realistic 300-syscall allow-list stays small and shallow.
     names = sorted(tables.X86_64)
@@ -751,3 +815,103 @@ def test_kernel_accepts_long_program():
 
     status = run_filtered_child(code, body)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+# --------------------------------------------------------------------------
+# Tests: the interpreter itself
+# --------------------------------------------------------------------------
+
+
+def ins(code: int, k: int = 0, jt: int = 0, jf: int = 0) -> bytes:
+    return interp._INSN.pack(code, jt, jf, k)
+
+
+def alu_program() -> bytes:
+    """getppid -> ERRNO(f(a0, a1)) with f using every instruction class
+    seccomp allows; anything else -> ALLOW."""
+    I = interp  # noqa: E741
+    nr = tables.X86_64["getppid"]
+    body = [
+        ins(I.LD | I.W | I.ABS, 16), ins(I.ST, 0),           # M[0] = a0.lo
+        ins(I.LD | I.W | I.ABS, 24), ins(I.MISC | I.TAX),    # X = a1.lo
+        ins(I.LD | I.MEM, 0), ins(I.ALU | I.ADD | I.X),      # A = a0 + a1
+        ins(I.ALU | I.MUL | I.K, 3), ins(I.ALU | I.SUB | I.K, 1),
+        ins(I.ALU | I.XOR | I.K, 0x55), ins(I.STX, 1),       # M[1] = a1
+        ins(I.LDX | I.IMM, 7), ins(I.ALU | I.DIV | I.X),
+        ins(I.ALU | I.NEG), ins(I.ALU | I.RSH | I.K, 3),
+        ins(I.LDX | I.MEM, 1),
+        ins(I.JMP | I.JGT | I.X, jt=1), ins(I.ALU | I.OR | I.K, 0x100),
+        ins(I.JMP | I.JGE | I.X, jf=1), ins(I.ALU | I.AND | I.K, 0xFFF0F),
+        ins(I.JMP | I.JEQ | I.X, jf=1), ins(I.ALU | I.LSH | I.K, 1),
+        ins(I.JMP | I.JSET | I.K, 0x8, jf=1), ins(I.ALU | I.ADD | I.K, 0x11),
+        ins(I.JMP | I.JSET | I.X, jt=1), ins(I.ALU | I.MUL | I.X),
+        ins(I.LDX | I.W | I.LEN), ins(I.ALU | I.ADD | I.X),  # + 64
+        ins(I.ALU | I.DIV | I.K, 3), ins(I.ALU | I.SUB | I.X),
+        ins(I.LDX | I.IMM, 3), ins(I.ALU | I.LSH | I.X), ins(I.ALU | I.RSH | I.K, 1),
+        ins(I.ALU | I.XOR | I.X), ins(I.ALU | I.OR | I.X), ins(I.ALU | I.RSH | I.X),
+        ins(I.LDX | I.IMM, 0x3FF), ins(I.ALU | I.AND | I.X),
+        ins(I.ST, 2), ins(I.LD | I.IMM, 0x12345), ins(I.LD | I.W | I.LEN),
+        ins(I.MISC | I.TXA), ins(I.LD | I.MEM, 2),
+        ins(I.ALU | I.AND | I.K, 0x7FF), ins(I.ALU | I.ADD | I.K, 1),
+        ins(I.ALU | I.OR | I.K, bpf.RET_ERRNO), ins(I.RET | I.RVAL_A),
+    ]
+    head = [
+        ins(I.LD | I.W | I.ABS, 4), ins(I.JMP | I.JEQ | I.K, X86, jf=len(body) + 2),
+        ins(I.LD | I.W | I.ABS, 0), ins(I.JMP | I.JEQ | I.K, nr, jf=len(body)),
+    ]
+    return b"".join(head + body + [ins(I.RET | I.RVAL_K, bpf.RET_ALLOW)])
+
+
+def test_interpreter_instruction_set():
+    prog = Program(alu_program())
+    nr = tables.X86_64["getppid"]
+    got = {prog.run(nr, X86, [a, b]) for a in range(0, 300, 7) for b in (0, 1, 9, 200, 1 << 31)}
+    assert len(got) > 10 and all(g & 0xFFFF0000 == bpf.RET_ERRNO for g in got)
+    assert prog.run(nr + 1, X86, [1, 2]) == bpf.RET_ALLOW
+    assert prog.run(nr, I386, [1, 2]) == bpf.RET_ALLOW
+
+
+@needs_x86_64
+def test_interpreter_agrees_with_kernel():
+    code = alu_program()
+    prog = Program(code)
+    nr = tables.X86_64["getppid"]
+    rnd = random.Random(5)
+    cases = [(rnd.getrandbits(64), rnd.getrandbits(rnd.choice((8, 32, 64)))) for _ in range(40)]
+    want = [min(prog.run(nr, X86, [a, b]) & 0xFFFF, 4095) for a, b in cases]
+    r, w = os.pipe()
+
+    def body(libc):
+        os.close(r)
+        out = [raw_syscall(libc, "getppid", a, b) for a, b in cases]
+        os.write(w, " ".join(str(e) if ret == -1 else "ok" for ret, e in out).encode())
+        return 0
+
+    status = run_filtered_child(code, body)
+    os.close(w)
+    with os.fdopen(r) as fh:
+        seen = fh.read().split()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    assert seen == [str(e) for e in want]
+
+
+@pytest.mark.parametrize("program, message", [
+    (b"", "length"),
+    (ins(0x30, 0) + ins(0x06, 0), "not allowed"),       # ld b abs
+    (ins(0x94, 3) + ins(0x06, 0), "not allowed"),       # mod k
+    (ins(0x20, 2) + ins(0x06, 0), "offset"),            # unaligned ld
+    (ins(0x20, 64) + ins(0x06, 0), "offset"),           # past seccomp_data
+    (ins(0x02, 16) + ins(0x06, 0), "scratch"),
+    (ins(0x15, 0, jt=1) + ins(0x06, 0), "out of range"),
+    (ins(0x05, 1) + ins(0x06, 0), "out of range"),
+    (ins(0x06, 0) + ins(0x20, 0), "RET"),
+    (ins(0x34, 0) + ins(0x06, 0), "zero"),              # div #0
+])
+def test_interpreter_rejects(program, message):
+    with pytest.raises(interp.BPFError, match=message):
+        interp.validate(program)
+
+
+def test_interpreter_uninitialised_scratch():
+    with pytest.raises(interp.BPFError, match="uninitialised"):
+        interp.run(ins(0x60, 3) + ins(0x16), 0, X86, [])
