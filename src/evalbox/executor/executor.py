@@ -84,8 +84,12 @@ class Executor:
 
     # -- public API ------------------------------------------------------------------------------
 
-    def spawn(self, plan: Plan) -> SandboxId:
-        """Start a sandbox; returns at once. Raises SandboxError if it cannot start safely."""
+    def spawn(self, plan: Plan, *, close_stdin: bool = False) -> SandboxId:
+        """Start a sandbox; returns at once. Raises SandboxError if it cannot start safely.
+
+        `plan.stdin` is queued first; stdin then stays open for `write_stdin` until
+        `close_stdin` (or pass `close_stdin=True` when there is nothing more to send).
+        """
         if self._closed:
             raise SandboxError("this Executor is closed; create a new one")
         box = Sandbox(plan, self._host)
@@ -97,7 +101,8 @@ class Executor:
         self._watch(run, box.stderr_r, _STDERR, select.EPOLLIN)
         if plan.stdin:
             self.write_stdin(sid, plan.stdin)
-        self.close_stdin(sid)
+        if close_stdin:
+            self.close_stdin(sid)
         return sid
 
     @property
@@ -146,7 +151,7 @@ class Executor:
 
     def run(self, plan: Plan) -> Output:
         """Run one plan to completion and return its Output (the blocking form)."""
-        sid = self.spawn(plan)
+        sid = self.spawn(plan, close_stdin=True)
         while True:
             for ev in self.poll():
                 if isinstance(ev, (Completed, Timeout)) and ev.id == sid:

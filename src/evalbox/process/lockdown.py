@@ -10,6 +10,7 @@ import itertools
 import math
 import os
 import resource
+import stat
 import time
 from dataclasses import dataclass
 
@@ -92,6 +93,28 @@ def _processes_of_uid(uid: int) -> int:
                 pass
     _user_procs_cache = (now, count)
     return count
+
+
+def _check_other_access(path: str, writable: bool) -> None:
+    """On a root host the sandbox is an unrelated uid: only the "other" permission bits apply."""
+    parts = os.path.normpath(path).split("/")
+    for i in range(1, len(parts)):
+        parent = "/".join(parts[:i]) or "/"
+        if not os.stat(parent).st_mode & stat.S_IXOTH:
+            raise ValidationError(
+                f"mount {path}: sandboxes of a root host run as their own uid, and {parent} is not searchable by "
+                f"other users (mode {stat.filemode(os.stat(parent).st_mode)}); chmod o+x {parent}, or mount a "
+                "path that others can reach"
+            )
+    mode = os.stat(path).st_mode
+    need = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(mode) else 0) | (stat.S_IWOTH if writable else 0)
+    if mode & need != need:
+        kind = "read and write" if writable else "read"
+        fix = "o+rwX" if writable else "o+rX"
+        raise ValidationError(
+            f"mount {path}: sandboxes of a root host run as their own uid, so others must be able to {kind} it "
+            f"(mode {stat.filemode(mode)}); chmod {fix} it (recursively for a tree), or copy it in with files="
+        )
 
 
 def check_floor(host: Host) -> None:
@@ -179,7 +202,10 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
     if host.switches_uid:
         uid = gid = _sandbox_uid()
         owner = (uid, gid)
-    ws = Workspace(plan, owner)
+        for mount in plan.mounts:
+            _check_other_access(mount.source, mount.writable)
+    memory_bounded = plan.memory is not None and "memory" in host.cgroup.controllers
+    ws = Workspace(plan, owner, memory_bounded)
     ruleset = None
     group = None
     try:

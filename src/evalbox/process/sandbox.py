@@ -11,6 +11,7 @@ import signal
 import time
 
 from evalbox.policy.plan import Plan
+from evalbox.process import watchdog
 from evalbox.process.host import Host
 from evalbox.process.lockdown import Lockdown, prepare
 from evalbox.process.result import Output, Status
@@ -18,6 +19,8 @@ from evalbox.process.spawn import kill_uid, spawn
 
 # Messages by which common runtimes report an allocation refused by RLIMIT_AS (used only when no
 # memory cgroup can tell us directly).
+CPU_TICK_SLACK = 0.05  # seconds
+
 _OOM_MARKERS = (b"MemoryError", b"Cannot allocate memory", b"std::bad_alloc", b"out of memory", b"Out of memory")
 
 
@@ -55,6 +58,9 @@ class Sandbox:
                 except OSError:
                     pass
         self.lock.release_spawn_resources()
+        group = self.lock.cgroup
+        watchdog.register(str(self.pid), self.pid, self.lock.uid, group.distinct_dirs if group else [],
+                          self.lock.workspace.root)
         self.deadline = self.started + plan.timeout if plan.timeout is not None else None
 
     # -- limits ------------------------------------------------------------------------------
@@ -100,8 +106,7 @@ class Sandbox:
         except (ProcessLookupError, PermissionError):
             pass
         if self.lock.cgroup is not None:
-            if not self.lock.cgroup.kill():
-                self.lock.workspace.do_not_recycle()
+            self.lock.cgroup.kill()
         elif self.lock.uid >= 0:
             kill_uid(self.lock.uid, self.lock.gid)
 
@@ -127,7 +132,6 @@ class Sandbox:
             except (ProcessLookupError, PermissionError):
                 return
             time.sleep(0.001)
-        self.lock.workspace.do_not_recycle()
 
     def output(self) -> Output:
         assert self.wait_status is not None and self.rusage is not None and self.ended_at is not None
@@ -144,8 +148,12 @@ class Sandbox:
         status = self.kill_reason
         if status is None and group is not None and group.oom_killed():
             status = Status.MEMORY_LIMIT
-        if status is None and plan.cpu_time is not None and (sig == signal.SIGXCPU or cpu >= plan.cpu_time):
-            status = Status.CPU_LIMIT
+        if status is None and plan.cpu_time is not None:
+            # RLIMIT_CPU is charged by scheduler ticks, a little ahead of the exact usage reported
+            # here; a program that caught SIGXCPU and exited may show slightly less than the limit.
+            failed = sig is not None or (code or 0) != 0
+            if sig == signal.SIGXCPU or cpu >= plan.cpu_time or (failed and cpu >= plan.cpu_time - CPU_TICK_SLACK):
+                status = Status.CPU_LIMIT
         if status is None and plan.memory is not None and (group is None or "memory" not in group.dirs):
             failed = sig is not None or (code or 0) != 0
             if failed and any(m in self.stderr for m in _OOM_MARKERS):
@@ -177,3 +185,4 @@ class Sandbox:
                     pass
                 setattr(self, name, -1)
         self.lock.close()
+        watchdog.unregister(str(self.pid))
