@@ -21,6 +21,10 @@ def test_timeout_status_and_wall_time():
     assert 1.0 <= out.wall_time < 3.0, describe(out)
     assert not out.success
 
+# RLIMIT_CPU is charged per scheduler tick while rusage is exact: a program stopped by the limit
+# can report up to ~0.1 s less than it (seen: 0.953 s for a 1 s limit under load).
+CPU_SLACK = 0.1
+
 
 def test_timeout_keeps_partial_output():
     out = sh("echo before; sleep 30; echo after", timeout=0.5)
@@ -73,7 +77,7 @@ def test_timeout_with_daemonized_grandchild(marker):
 def test_cpu_limit_busy_loop():
     out = evalbox.run(["python3", "-c", "while True: pass"], cpu_time=1, timeout=15)
     assert out.status is S.CPU_LIMIT, describe(out)
-    assert out.cpu_time >= 1.0, describe(out)
+    assert out.cpu_time >= 1.0 - CPU_SLACK, describe(out)
     assert out.wall_time < 5.0, describe(out)
 
 
@@ -90,7 +94,7 @@ while True:
 """
     out = py(code, cpu_time=1, timeout=15)
     assert out.status is S.CPU_LIMIT, describe(out)
-    assert out.cpu_time >= 1.0, describe(out)
+    assert out.cpu_time >= 1.0 - CPU_SLACK, describe(out)
     assert out.stdout.startswith(b"spinning\n"), describe(out)
 
 
@@ -110,7 +114,7 @@ for pid in pids:
 """
     out = py(code, cpu_time=1, timeout=15)
     assert out.status is S.CPU_LIMIT, describe(out)
-    assert out.cpu_time >= 1.0, describe(out)
+    assert out.cpu_time >= 1.0 - CPU_SLACK, describe(out)
     assert out.wall_time < 5.0, describe(out)
 
 

@@ -19,7 +19,7 @@ from evalbox.process.spawn import kill_uid, spawn
 
 # Messages by which common runtimes report an allocation refused by RLIMIT_AS (used only when no
 # memory cgroup can tell us directly).
-CPU_TICK_SLACK = 0.05  # seconds
+CPU_TICK_SLACK = 0.1  # seconds
 
 _OOM_MARKERS = (b"MemoryError", b"Cannot allocate memory", b"std::bad_alloc", b"out of memory", b"Out of memory")
 
