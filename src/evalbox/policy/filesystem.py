@@ -62,20 +62,6 @@ def _readable_system_paths() -> list[PathRule]:
     return rules
 
 
-def remove_shm_entries(uid: int) -> None:
-    """Delete what a sandbox with its own uid left in /dev/shm."""
-    try:
-        entries = list(os.scandir(SHM))
-    except OSError:
-        return
-    for entry in entries:
-        try:
-            if entry.stat(follow_symlinks=False).st_uid == uid and not entry.is_dir(follow_symlinks=False):
-                os.unlink(entry.path)
-        except OSError:
-            pass
-
-
 @dataclass(frozen=True)
 class _OpenRule:
     fd: int
@@ -111,16 +97,14 @@ def _system_trees_real() -> tuple[str, ...]:
     return tuple(os.path.realpath(t) for t in SYSTEM_TREES if os.path.exists(t))
 
 
-SHM = "/dev/shm"
-# POSIX semaphores and shared memory (Python's multiprocessing locks) live in /dev/shm. It is
-# shared by the host, so it is granted only to a sandbox with a uid of its own: file modes keep
-# it from other users' entries, and what it leaves there is removed by uid after the run.
-SHM_RIGHTS = ll.READ_FILE | ll.WRITE_FILE | ll.TRUNCATE | ll.READ_DIR | ll.MAKE_REG | ll.REMOVE_FILE
+# A sandbox that can have a private tmpfs on /dev/shm (root host: POSIX semaphores work) gets
+# these rights on it; the spawn child adds the rule once the tmpfs is mounted.
+PRIVATE_SHM_RIGHTS = ll.READ | ll.WRITE_FILE | ll.TRUNCATE | ll.MAKE_REG | ll.REMOVE_FILE | ll.MAKE_DIR | ll.REMOVE_DIR
 
 
-def path_rules(plan: Plan, workspace: str, runtime: Runtime, own_uid: bool = False) -> list[PathRule]:
+def path_rules(plan: Plan, workspace: str, runtime: Runtime) -> list[PathRule]:
     """The Landlock rules specific to this run (the system rules are added by build_ruleset)."""
-    rules: list[PathRule] = [PathRule(SHM, SHM_RIGHTS)] if own_uid else []
+    rules: list[PathRule] = []
     system_real = _system_trees_real()
     for path in sorted(runtime.executables | runtime.libraries):
         if not _inside(path, system_real) and not _inside(path, (workspace,)):

@@ -27,7 +27,7 @@ read write readv writev pread64 pwrite64 preadv pwritev preadv2 pwritev2 lseek c
 open openat openat2 creat stat fstat lstat newfstatat statx statfs fstatfs access faccessat faccessat2
 readlink readlinkat getdents getdents64 getcwd chdir fchdir
 mkdir mkdirat rmdir unlink unlinkat rename renameat renameat2 link linkat symlink symlinkat
-chmod fchmod fchmodat fchmodat2 chown fchown lchown fchownat utime utimes utimensat futimesat
+fchmod fchown
 truncate ftruncate fallocate fsync fdatasync sync_file_range fadvise64 readahead flock fcntl
 getxattr lgetxattr fgetxattr listxattr llistxattr flistxattr getxattrat listxattrat
 dup dup2 dup3 pipe pipe2 splice tee vmsplice sendfile copy_file_range cachestat
@@ -47,7 +47,7 @@ fork vfork execve exit exit_group wait4 waitid restart_syscall setsid setpgid
 getpid getppid gettid getuid geteuid getgid getegid getgroups getresuid getresgid getpgrp getpgid getsid
 setuid setgid setreuid setregid setresuid setresgid setfsuid setfsgid setgroups capget capset
 getrlimit setrlimit getrusage umask uname sysinfo getrandom
-socket socketpair bind listen accept accept4 getsockname getpeername getsockopt setsockopt
+socket socketpair accept accept4 getsockname getpeername getsockopt setsockopt
 sendto recvfrom sendmsg recvmsg sendmmsg recvmmsg shutdown
 landlock_create_ruleset landlock_add_rule landlock_restrict_self seccomp
 """.split()
@@ -100,6 +100,15 @@ REFUSED = {
     "file_getattr": errno.ENOSYS, "file_setattr": errno.EPERM,
 }
 
+# Changing mode or owner by path: Landlock does not cover file metadata, so only file permissions
+# stop a program from chmod'ing a file it can name. A sandbox with its own uid owns nothing
+# outside its workspace; one that shares the caller's uid owns all the caller's files, and gets
+# these calls refused (fchmod/fchown on a file it could open stay allowed).
+PATH_METADATA = ("chmod", "fchmodat", "fchmodat2", "chown", "lchown", "fchownat", "utime", "utimes", "futimesat")
+
+# mknod: FIFOs, sockets and regular files (mkfifo); device nodes need CAP_MKNOD anyway.
+S_IFMT, S_IFIFO, S_IFREG, S_IFSOCK = 0o170000, 0o010000, 0o100000, 0o140000
+
 # Terminal ioctls that inject input or reconfigure the line discipline (CVE-2017-5226 and
 # friends). The kernel reads the request as 32 bits, so only the low word is compared: garbage in
 # the high word (CVE-2019-10063) cannot slip past.
@@ -143,11 +152,15 @@ def _network_rules(network: bool) -> list[Rule]:
             Rule("socket", ALLOW, (Arg(0, "eq", AF_NETLINK, width=32), Arg(2, "eq", NETLINK_ROUTE, width=32))),
             Rule("socket", refuse(errno.EAFNOSUPPORT)),
             Rule("connect", ALLOW),
+            Rule("bind", ALLOW),
+            Rule("listen", ALLOW),
         ]
     # Only connection-oriented Unix sockets: a datagram socket could send to any pathname socket
     # (/dev/log) without connect(), and connect() itself cannot be checked by path here, so it is
-    # refused. Socket pairs and workspace listeners still work for in-sandbox IPC.
-    unix_only = []
+    # refused. With no connect, a listener is useless inside and dangerous outside (an abstract
+    # name is host-wide: a sandbox could squat the name a host service listens on), so bind and
+    # listen are refused too. Socket pairs remain for in-sandbox IPC.
+    unix_only = [Rule("bind", refuse(errno.EACCES)), Rule("listen", refuse(errno.EACCES))]
     for call in ("socket", "socketpair"):
         for kind in (SOCK_STREAM, SOCK_SEQPACKET):
             unix_only.append(
@@ -158,11 +171,13 @@ def _network_rules(network: bool) -> list[Rule]:
     return unix_only
 
 
-def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), group_only: bool = False) -> list[Rule]:
+def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), group_only: bool = False,
+          same_uid: bool = False) -> list[Rule]:
     """The rule list for a plan's network switch and its Syscalls(allow=..., deny=...).
 
     `group_only`: the process group is the only way to find the whole tree (no cgroup, no uid of
     its own), so the program may not leave it; `timeout` and job-control shells then stay in it.
+    `same_uid`: the program runs as the caller's uid (see PATH_METADATA).
     """
     out: list[Rule] = []
     if group_only:
@@ -188,6 +203,14 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
     for name in ("sched_setaffinity", "sched_setscheduler", "sched_setparam", "sched_setattr"):
         out += _self_only(name, 0)
     out += _network_rules(network)
+    out += [Rule(name, refuse(errno.EPERM) if same_uid else ALLOW) for name in PATH_METADATA]
+    if same_uid:  # utimensat(fd, NULL, ...) is futimens(): the file had to be opened
+        out.append(Rule("utimensat", ALLOW, (Arg(1, "eq", 0),)))
+    out.append(Rule("utimensat", refuse(errno.EPERM) if same_uid else ALLOW))
+    for name, mode_arg in (("mknod", 1), ("mknodat", 2)):
+        for kind in (0, S_IFIFO, S_IFREG, S_IFSOCK):
+            out.append(Rule(name, ALLOW, (Arg(mode_arg, "masked_eq", kind, mask=S_IFMT, width=32),)))
+        out.append(Rule(name, refuse(errno.EPERM)))
     listed = {r.syscall for r in out}
     out += [Rule(name, ALLOW) for name in ALLOWED if name not in listed]
     out += [Rule(name, KILL) for name in KILLED if name not in listed]
@@ -197,6 +220,6 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
 
 @functools.lru_cache(maxsize=64)
 def program(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), arch: str | None = None,
-            group_only: bool = False) -> bytes:
+            group_only: bool = False, same_uid: bool = False) -> bytes:
     """The BPF program for these choices (cached: plans share a handful of shapes)."""
-    return bpf.build(rules(network, allow, deny, group_only), default=KILL, arch=arch)
+    return bpf.build(rules(network, allow, deny, group_only, same_uid), default=KILL, arch=arch)

@@ -37,6 +37,7 @@ class Host:
     privileged: bool  # root with CAP_SETUID/SETGID/SETPCAP: sandboxes get their own uid
     cgroup: cgroups.Layout
     user_namespaces: bool
+    private_shm: bool  # CAP_SYS_ADMIN: a mount namespace for a private /dev/shm tmpfs
 
     @property
     def switches_uid(self) -> bool:
@@ -90,4 +91,5 @@ def probe() -> Host:
         privileged=privileged,
         cgroup=cgroups.layout(),
         user_namespaces=_user_namespaces(),
+        private_shm=privileged and bool(effective >> caps.CAP_SYS_ADMIN & 1) and os.path.isdir("/dev/shm"),
     )

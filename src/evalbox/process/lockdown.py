@@ -51,6 +51,8 @@ class Lockdown:
     securebits: int
     cgroup: cgroups.Group | None
     protections: Protections
+    shm_options: bytes | None = None  # a private tmpfs on /dev/shm, when the host allows it
+    shm_rights: int = 0
 
     @property
     def cgroup_fds(self) -> list[int]:
@@ -66,8 +68,6 @@ class Lockdown:
         if self.cgroup is not None:
             cgroups.release(self.cgroup)
             self.cgroup = None
-        if self.uid >= 0:
-            filesystem.remove_shm_entries(self.uid)
         self.workspace.remove()
 
 
@@ -204,8 +204,7 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
         owner = (uid, gid)
         for mount in plan.mounts:
             _check_other_access(mount.source, mount.writable)
-    memory_bounded = plan.memory is not None and "memory" in host.cgroup.controllers
-    ws = Workspace(plan, owner, memory_bounded)
+    ws = Workspace(plan, owner, memory_bounded=plan.memory is not None and "memory" in host.cgroup.controllers)
     ruleset = None
     group = None
     try:
@@ -231,11 +230,13 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             raise UnsupportedKernel("no pids cgroup to bound processes of a root sandbox; mount the pids controller")
         rlimits, rlimit_names, memory_how, pids_how = _rlimits(plan, host, uid if uid >= 0 else os.getuid(), use_mem, use_pids)
 
-        rules = filesystem.path_rules(plan, ws.root, runtime, own_uid=uid >= 0)
+        rules = filesystem.path_rules(plan, ws.root, runtime)
         ruleset = filesystem.build_ruleset(rules, host.landlock_abi, plan.network)
         # The tree is found by the cgroup, else by the sandbox's own uid, else by its process group.
         group_only = group is None and uid < 0
-        program = seccomp_policy.program(plan.network, plan.syscalls.allow, plan.syscalls.deny, host.arch, group_only)
+        program = seccomp_policy.program(plan.network, plan.syscalls.allow, plan.syscalls.deny, host.arch,
+                                         group_only=group_only, same_uid=uid < 0)
+        private_shm = host.private_shm
 
         has_setpcap = caps.has(caps.CAP_SETPCAP)
         scope_names = []
@@ -243,7 +244,8 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             scope_names = ["abstract_unix_socket", "signal"]
         protections = Protections(
             landlock_abi=host.landlock_abi,
-            filesystem=f"landlock ABI {host.landlock_abi}: system trees read-only, narrow /etc, workspace read-write",
+            filesystem=f"landlock ABI {host.landlock_abi}: system trees read-only, narrow /etc, workspace read-write"
+            + (", private /dev/shm" if private_shm else ""),
             network="host network" if plan.network else "off: seccomp allows only Unix stream sockets and no connect()",
             tcp_landlock=bool(not plan.network and landlock.net_rights(host.landlock_abi)),
             scopes=tuple(scope_names),
@@ -273,6 +275,8 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             securebits=caps.LOCKED_SECUREBITS if has_setpcap else -1,
             cgroup=group,
             protections=protections,
+            shm_options=f"mode=1777,size={plan.memory or 64 << 20}".encode() if private_shm else None,
+            shm_rights=filesystem.PRIVATE_SHM_RIGHTS if private_shm else 0,
         )
     except BaseException:
         if ruleset is not None:

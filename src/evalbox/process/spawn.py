@@ -10,6 +10,7 @@ from evalbox.errors import CommandNotFound, SpawnError, UnsupportedKernel
 from evalbox.kernel import _spawn
 from evalbox.kernel import capabilities as caps
 from evalbox.process.lockdown import UMASK, Lockdown
+from evalbox.process.workspace import SHM
 
 # Must match `enum step` in _spawn.c.
 STEPS = {
@@ -18,8 +19,9 @@ STEPS = {
     9: "set rlimits", 10: "drop the capability bounding set", 11: "lock securebits", 12: "clear groups",
     13: "switch gid", 14: "switch uid", 15: "drop capabilities", 16: "set no_new_privs",
     17: "apply Landlock", 18: "install the seccomp filter", 19: "hand over the notify listener", 20: "exec",
+    21: "mount a private /dev/shm",
 }
-STEP_LANDLOCK, STEP_SECCOMP, STEP_EXEC = 17, 18, 20
+STEP_LANDLOCK, STEP_SECCOMP, STEP_EXEC, STEP_PRIVATE_SHM = 17, 18, 20, 21
 
 
 def _high_fd(fd: int) -> int:
@@ -30,13 +32,19 @@ def _high_fd(fd: int) -> int:
 def spawn(lock: Lockdown, stdin: int, stdout: int, stderr: int, listener_sock: int = -1) -> tuple[int, int]:
     """Clone, lock down and exec. Returns (pid, pidfd) once the program runs; raises otherwise."""
     stdio = [_high_fd(fd) for fd in (stdin, stdout, stderr)]
+    keep = None
+    if lock.shm_options is not None and os.path.dirname(lock.workspace.root) == SHM:
+        keep = lock.workspace.root.encode()
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     read_end, write_end = _high_fd(read_end), _high_fd(write_end)
     try:
         pid, pidfd = _spawn.spawn(
-            lock.executable.encode(), lock.argv, lock.env, lock.cwd.encode(), stdio, write_end, os.getpid(),
-            lock.cgroup_fds, lock.rlimits, lock.drop_bounding_set, caps.last_cap(), lock.securebits,
-            lock.uid, lock.gid, lock.ruleset.fd, lock.filters, listener_sock, UMASK,
+            path=lock.executable.encode(), argv=lock.argv, envp=lock.env, cwd=lock.cwd.encode(), stdio=stdio,
+            errpipe=write_end, parent_pid=os.getpid(), cgroup_fds=lock.cgroup_fds, rlimits=lock.rlimits,
+            drop_bounding_set=lock.drop_bounding_set, last_cap=caps.last_cap(), securebits=lock.securebits,
+            uid=lock.uid, gid=lock.gid, landlock_fd=lock.ruleset.fd, filters=lock.filters,
+            listener_sock=listener_sock, umask=UMASK, shm_options=lock.shm_options, shm_rights=lock.shm_rights,
+            shm_keep=keep,
         )
         os.close(write_end)
         write_end = -1
@@ -83,8 +91,10 @@ def kill_uid(uid: int, gid: int) -> None:
     stdio = [_high_fd(devnull)] * 3
     try:
         pid, pidfd = _spawn.spawn(
-            b"/bin/kill", [b"kill", b"-KILL", b"-1"], [b"PATH=/usr/bin:/bin"], b"/", stdio,
-            _high_fd(write_end), os.getpid(), [], [], False, caps.last_cap(), -1, uid, gid, -1, [], -1, UMASK,
+            path=b"/bin/kill", argv=[b"kill", b"-KILL", b"-1"], envp=[b"PATH=/usr/bin:/bin"], cwd=b"/", stdio=stdio,
+            errpipe=_high_fd(write_end), parent_pid=os.getpid(), cgroup_fds=[], rlimits=[], drop_bounding_set=False,
+            last_cap=caps.last_cap(), securebits=-1, uid=uid, gid=gid, landlock_fd=-1, filters=[], listener_sock=-1,
+            umask=UMASK,
         )
         os.close(pidfd)
         os.waitpid(pid, 0)

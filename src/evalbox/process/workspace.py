@@ -1,9 +1,10 @@
 """The private directory a run lives in: work/ (the cwd), tmp/, home/ and the plan's files.
 
-Creating and removing directories costs ~0.2 ms each on a journaled disk (more than a spawn) and
-~5 us on tmpfs, so workspaces go to /dev/shm when a memory cgroup bounds the run (tmpfs pages are
-charged to it, so a full workspace counts against the run's memory limit), and to the temp dir
-otherwise. EVALBOX_TMPDIR overrides both. Workspace names carry the owning process id so that
+Creating and removing a directory costs ~5 us on tmpfs and 0.2-0.5 ms on a journaled disk (more
+than a spawn), so workspaces go to /dev/shm when a memory cgroup bounds the run (tmpfs pages are
+charged to it: a full workspace counts against the run's memory) and /dev/shm allows exec; else
+to the temp dir. EVALBOX_TMPDIR overrides both. (Root hosts give each sandbox a private /dev/shm
+and bind its workspace back into it.) Workspace names carry the owning process id so that
 leftovers of a process that died are swept away later.
 """
 
@@ -17,31 +18,43 @@ import tempfile
 from evalbox.policy.plan import WORK_DIR, Plan
 
 SUBDIRS = (WORK_DIR, "tmp", "home")
-TMPFS = "/dev/shm"
+SHM = "/dev/shm"
 
 
-def base_dir(memory_bounded: bool) -> str:
+def _shm_usable() -> bool:
+    try:
+        flags = os.statvfs(SHM).f_flag
+    except OSError:
+        return False
+    return not flags & os.ST_NOEXEC and os.access(SHM, os.W_OK | os.X_OK)
+
+
+def base_dir(memory_bounded: bool = False) -> str:
     override = os.environ.get("EVALBOX_TMPDIR")
     if override:
         return override
-    if memory_bounded and os.path.isdir(TMPFS) and os.access(TMPFS, os.W_OK | os.X_OK):
-        return TMPFS
-    return tempfile.gettempdir()
+    return SHM if memory_bounded and _shm_usable() else tempfile.gettempdir()
 
 
 def _force_rmtree(path: str) -> None:
-    """Delete a tree whatever the program did to its permissions."""
+    """Delete a tree whatever the program did to the permissions inside it.
+
+    Only directories inside the tree are ever chmod'ed, never the tree's own parent.
+    """
+    top = os.path.abspath(path)
 
     def fix_and_retry(func, failed, exc_info):  # type: ignore[no-untyped-def]
         try:
-            os.chmod(os.path.dirname(failed), stat.S_IRWXU)
-            if os.path.isdir(failed) and not os.path.islink(failed):
+            parent = os.path.dirname(os.path.abspath(failed))
+            if parent == top or parent.startswith(top + "/"):
+                os.chmod(parent, stat.S_IRWXU)
+            if failed != top and os.path.isdir(failed) and not os.path.islink(failed):
                 os.chmod(failed, stat.S_IRWXU)
             func(failed)
-        except FileNotFoundError:
+        except OSError:
             pass
 
-    if os.path.lexists(path):
+    if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, onerror=fix_and_retry)
 
 
@@ -93,12 +106,19 @@ class Workspace:
 
 def sweep_stale() -> None:
     """Remove workspaces left by evalbox processes that died (their pid is in the name)."""
+    entries = []
     for base in {base_dir(True), base_dir(False)}:
         try:
-            names = os.listdir(base)
+            entries += list(os.scandir(base))
         except OSError:
+            pass
+    for entry in entries:
+        parts = entry.name.split("-")
+        if len(parts) != 3 or parts[0] != "evalbox" or not parts[1].isdigit() or os.path.exists(f"/proc/{parts[1]}"):
             continue
-        for name in names:
-            parts = name.split("-")
-            if len(parts) == 3 and parts[0] == "evalbox" and parts[1].isdigit() and not os.path.exists(f"/proc/{parts[1]}"):
-                _force_rmtree(os.path.join(base, name))
+        try:
+            # only real directories that this user created: never follow or delete a planted link or file
+            if entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == os.geteuid():
+                _force_rmtree(entry.path)
+        except OSError:
+            pass
