@@ -111,6 +111,7 @@ class Group:
         self.dirs: dict[str, str] = {}
         self.procs_fds: list[int] = []  # write-only cgroup.procs: the child writes "0" to join
         self._oom_baseline = 0
+        self._limits: dict[str, int] = {}
         parents = {c: os.path.join(d, f"evalbox-{os.getpid()}") for c, d in lay.roots.items()}
         try:
             if self.version == 2:
@@ -153,6 +154,8 @@ class Group:
         return sorted(set(self.dirs.values()))
 
     def set_memory(self, limit: int) -> None:
+        if self._limits.get("memory") == limit:
+            return  # a recycled group keeps what it was given
         d = self.dirs["memory"]
         if self.version == 2:
             _write(os.path.join(d, "memory.max"), str(limit))
@@ -167,9 +170,12 @@ class Group:
             raising = has_memsw and int(_read(mem)) < limit
             for path in ((memsw, mem) if raising else (mem, memsw) if has_memsw else (mem,)):
                 _write(path, str(limit))
+        self._limits["memory"] = limit
 
     def set_pids(self, limit: int) -> None:
-        _write(os.path.join(self.dirs["pids"], "pids.max"), str(limit))
+        if self._limits.get("pids") != limit:
+            _write(os.path.join(self.dirs["pids"], "pids.max"), str(limit))
+            self._limits["pids"] = limit
 
     def _oom_kills(self) -> int:
         d = self.dirs.get("memory")
@@ -230,13 +236,13 @@ class Group:
             return None
 
     def pids(self) -> set[int]:
-        out: set[int] = set()
-        for d in self.distinct_dirs:
-            try:
-                out |= {int(p) for p in _read(os.path.join(d, "cgroup.procs")).split()}
-            except OSError:
-                pass
-        return out
+        """Processes in the group. Every sandbox process joins all of its directories (and cannot
+        leave: cgroupfs is not granted to it), so one directory tells."""
+        d = self.dirs.get("pids") or self.distinct_dirs[0]
+        try:
+            return {int(p) for p in _read(os.path.join(d, "cgroup.procs")).split()}
+        except OSError:
+            return set()
 
     def kill(self, deadline: float = 2.0) -> bool:
         """SIGKILL everything in the group until it is empty. False if something survived."""

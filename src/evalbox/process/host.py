@@ -38,6 +38,7 @@ class Host:
     cgroup: cgroups.Layout
     user_namespaces: bool
     private_shm: bool  # CAP_SYS_ADMIN: a mount namespace for a private /dev/shm tmpfs
+    has_setpcap: bool  # the bounding set can be cleared and securebits locked
 
     @property
     def switches_uid(self) -> bool:
@@ -92,4 +93,5 @@ def probe() -> Host:
         cgroup=cgroups.layout(),
         user_namespaces=_user_namespaces(),
         private_shm=privileged and bool(effective >> caps.CAP_SYS_ADMIN & 1) and os.path.isdir("/dev/shm"),
+        has_setpcap=bool(effective >> caps.CAP_SETPCAP & 1),
     )

@@ -238,7 +238,7 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
                                          group_only=group_only, same_uid=uid < 0)
         private_shm = host.private_shm
 
-        has_setpcap = caps.has(caps.CAP_SETPCAP)
+        has_setpcap = host.has_setpcap
         scope_names = []
         if landlock.scopes(host.landlock_abi):
             scope_names = ["abstract_unix_socket", "signal"]
