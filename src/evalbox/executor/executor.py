@@ -7,8 +7,10 @@ total output.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
+import resource
 import select
 import time
 from collections import deque
@@ -92,7 +94,17 @@ class Executor:
         """
         if self._closed:
             raise SandboxError("this Executor is closed; create a new one")
-        box = Sandbox(plan, self._host)
+        try:
+            box = Sandbox(plan, self._host)
+        except OSError as e:
+            if e.errno != errno.EMFILE or not _raise_fd_limit():
+                if e.errno == errno.EMFILE:
+                    raise SandboxError(
+                        f"out of file descriptors with {len(self._running)} sandboxes running (each holds ~4); "
+                        "lower the concurrency or raise `ulimit -n`"
+                    ) from e
+                raise
+            box = Sandbox(plan, self._host)
         sid = SandboxId(next(self._ids))
         run = _Running(sid, box)
         self._running[sid] = run
@@ -108,6 +120,14 @@ class Executor:
     @property
     def active_count(self) -> int:
         return len(self._running)
+
+    def fileno(self) -> int:
+        """The epoll fd: readable whenever `poll(0)` has work (for event-loop integration)."""
+        return self._epoll.fileno()
+
+    def next_deadline_in(self) -> float | None:
+        """Seconds until a clock limit needs `poll` (a timeout, a CPU check), or None."""
+        return self._next_wakeup(time.monotonic())
 
     def write_stdin(self, sid: SandboxId, data: bytes) -> None:
         """Queue bytes for the program's stdin; written as the pipe drains, never blocking."""
@@ -311,3 +331,13 @@ class Executor:
                 self._unwatch(fd)
         box.close()
 
+
+
+def _raise_fd_limit() -> bool:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; True if that gave more room."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if target <= soft:
+        return False
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return True

@@ -109,7 +109,6 @@ class Group:
     def __init__(self, lay: Layout, name: str) -> None:
         self.version = lay.version
         self.dirs: dict[str, str] = {}
-        self.procs_fds: list[int] = []  # write-only cgroup.procs: the child writes "0" to join
         self._oom_baseline = 0
         self._limits: dict[str, int] = {}
         parents = {c: os.path.join(d, f"evalbox-{os.getpid()}") for c, d in lay.roots.items()}
@@ -130,9 +129,6 @@ class Group:
                     d = os.path.join(parent, name)
                     os.mkdir(d)
                     self.dirs[c] = d
-            self.procs_fds = [
-                os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC) for d in self.distinct_dirs
-            ]
         except BaseException:
             self.remove()
             raise
@@ -265,11 +261,20 @@ class Group:
                 return False
             time.sleep(0.0005)
 
+    def open_procs(self) -> list[int]:
+        """Write-only cgroup.procs fds: the spawned child writes "0" to each to join the group."""
+        fds: list[int] = []
+        try:
+            for d in self.distinct_dirs:
+                fds.append(os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds
+
     def remove(self) -> None:
         """Remove the group directories (they must be empty of processes)."""
-        for fd in self.procs_fds:
-            os.close(fd)
-        self.procs_fds = []
         for d in self.distinct_dirs:
             for _ in range(200):
                 try:

@@ -12,7 +12,7 @@ import os
 import resource
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from evalbox.errors import SandboxError, UnsupportedKernel, ValidationError
 from evalbox.kernel import capabilities as caps
@@ -53,14 +53,14 @@ class Lockdown:
     protections: Protections
     shm_options: bytes | None = None  # a private tmpfs on /dev/shm, when the host allows it
     shm_rights: int = 0
-
-    @property
-    def cgroup_fds(self) -> list[int]:
-        return self.cgroup.procs_fds if self.cgroup is not None else []
+    cgroup_fds: list[int] = field(default_factory=list)
 
     def release_spawn_resources(self) -> None:
-        """Close what only the child needed (the Landlock ruleset)."""
+        """Close what only the child needed (the Landlock ruleset, the cgroup.procs fds)."""
         self.ruleset.close()
+        for fd in self.cgroup_fds:
+            os.close(fd)
+        self.cgroup_fds = []
 
     def close(self) -> None:
         """Release everything: call after every process of the run is dead."""
@@ -277,6 +277,7 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             protections=protections,
             shm_options=f"mode=1777,size={plan.memory or 64 << 20}".encode() if private_shm else None,
             shm_rights=filesystem.PRIVATE_SHM_RIGHTS if private_shm else 0,
+            cgroup_fds=group.open_procs() if group is not None else [],
         )
     except BaseException:
         if ruleset is not None:

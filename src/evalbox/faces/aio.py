@@ -1,0 +1,134 @@
+"""asyncio face: the same executor, driven by the running loop (no threads, no child watcher).
+
+The executor's epoll fd is registered with `loop.add_reader`, so readiness of any pidfd or pipe
+wakes the loop; a timer covers the clock limits (wall time, CPU checks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from evalbox.errors import SandboxError
+from evalbox.executor.executor import Completed, Event, Executor, SandboxId, Timeout
+from evalbox.policy.plan import Plan, as_plan
+from evalbox.process.result import Output
+
+
+class AsyncSandbox:
+    """A running sandbox of an AsyncExecutor: its events, its Output, and controls."""
+
+    def __init__(self, executor: "AsyncExecutor", sid: SandboxId) -> None:
+        self.id = sid
+        self._executor = executor
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._done: asyncio.Future[Output] = asyncio.get_running_loop().create_future()
+
+    def _deliver(self, ev: Event) -> None:
+        self._events.put_nowait(ev)
+        if isinstance(ev, (Completed, Timeout)) and not self._done.done():
+            self._done.set_result(ev.output)
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Stdout/Stderr events as produced, ending with the Completed or Timeout event."""
+        while True:
+            ev = await self._events.get()
+            yield ev
+            if isinstance(ev, (Completed, Timeout)):
+                return
+
+    async def wait(self) -> Output:
+        """The Output once the run ends. Cancelling the awaiting task kills the sandbox."""
+        try:
+            return await asyncio.shield(self._done)
+        except asyncio.CancelledError:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        self._executor._ex.kill(self.id)
+
+    def write_stdin(self, data: bytes) -> None:
+        self._executor._ex.write_stdin(self.id, data)
+
+    def close_stdin(self) -> None:
+        self._executor._ex.close_stdin(self.id)
+
+
+class AsyncExecutor:
+    """Many sandboxes on the running asyncio loop. Use `async with`."""
+
+    def __init__(self) -> None:
+        self._ex: Executor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._boxes: dict[SandboxId, AsyncSandbox] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def __aenter__(self) -> "AsyncExecutor":
+        self._loop = asyncio.get_running_loop()
+        self._ex = Executor()
+        self._loop.add_reader(self._ex.fileno(), self._on_ready)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Kill and reap every sandbox still running (their waiters get a SandboxError)."""
+        if self._ex is None:
+            return
+        assert self._loop is not None
+        self._loop.remove_reader(self._ex.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+        self._ex.close()
+        for box in self._boxes.values():
+            if not box._done.done():
+                box._done.set_exception(SandboxError(f"sandbox {box.id} was killed: its AsyncExecutor closed"))
+                box._done.exception()  # mark retrieved: nobody may be waiting
+        self._boxes.clear()
+        self._ex = None
+
+    @property
+    def active_count(self) -> int:
+        return self._ex.active_count if self._ex else 0
+
+    async def spawn(self, plan: Plan, *, close_stdin: bool = False) -> AsyncSandbox:
+        """Start a sandbox (set-up runs on the loop: a millisecond or two)."""
+        if self._ex is None:
+            raise SandboxError("use `async with AsyncExecutor() as ex:` before spawning")
+        sid = self._ex.spawn(plan, close_stdin=close_stdin)
+        box = AsyncSandbox(self, sid)
+        self._boxes[sid] = box
+        self._reschedule()
+        return box
+
+    async def run(self, plan: Plan) -> Output:
+        return await (await self.spawn(plan, close_stdin=True)).wait()
+
+    def _on_ready(self) -> None:
+        if self._ex is None:
+            return
+        for ev in self._ex.poll(0):
+            box = self._boxes.get(ev.id)
+            if box is not None:
+                box._deliver(ev)
+                if isinstance(ev, (Completed, Timeout)):
+                    del self._boxes[ev.id]
+        self._reschedule()
+
+    def _reschedule(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        delay = self._ex.next_deadline_in() if self._ex else None
+        if delay is not None and self._loop is not None:
+            self._timer = self._loop.call_later(delay, self._on_ready)
+
+
+async def arun(target: Plan | Iterable[str], **overrides: Any) -> Output:
+    """`evalbox.run` for asyncio. Cancelling the awaiting task kills and reaps the sandbox."""
+    plan = as_plan(target, **overrides)
+    async with AsyncExecutor() as ex:
+        return await ex.run(plan)
