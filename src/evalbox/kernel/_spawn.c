@@ -53,6 +53,8 @@
 #define MAX_RLIMITS 16
 #define MAX_FILTERS 4
 #define MAX_CGROUP_FDS 4
+#define MAX_OVERLAYS 8
+#define MAX_BINDS 64
 #define CHILD_STACK_SIZE (64 * 1024)
 
 /* The step numbers are part of the Python interface (evalbox.process.spawn.STEPS). */
@@ -77,7 +79,7 @@ enum step {
     STEP_SECCOMP,
     STEP_LISTENER,
     STEP_EXEC,
-    STEP_PRIVATE_SHM,
+    STEP_MOUNTS,
 };
 
 struct child_rlimit {
@@ -88,6 +90,20 @@ struct child_rlimit {
 struct filter {
     struct sock_fprog prog;
     unsigned int flags;
+};
+
+/* A tmpfs mounted over `target` in the child's own mount namespace, hiding what is there, with
+ * some paths from below it bound back at their places (binds[first .. first+count)). */
+struct overlay {
+    const char *target;
+    const char *options;     /* tmpfs options, e.g. "mode=0755,size=1m" */
+    unsigned long long rights; /* Landlock rights to grant on the new tmpfs (0: none) */
+    int first, count;
+};
+
+struct bind {
+    const char *path;
+    int is_dir;
 };
 
 struct config {
@@ -107,9 +123,10 @@ struct config {
     long securebits;       /* -1: leave alone */
     long uid, gid;         /* -1: keep */
     int landlock_fd;       /* -1: none */
-    const char *shm_options; /* non-NULL: a private tmpfs on /dev/shm (needs CAP_SYS_ADMIN) */
-    const char *shm_keep;    /* non-NULL: a directory below /dev/shm to keep visible (the workspace) */
-    unsigned long long shm_rights; /* Landlock rights granted on that tmpfs */
+    struct overlay overlays[MAX_OVERLAYS]; /* needs CAP_SYS_ADMIN */
+    int n_overlays;
+    struct bind binds[MAX_BINDS];
+    int n_binds;
     struct filter filters[MAX_FILTERS];
     int n_filters;
     int listener_sock;     /* a filter with NEW_LISTENER sends its fd here, then the child closes it */
@@ -161,6 +178,74 @@ static void fd_path(char out[32], int fd)
     out[i] = '\0';
 }
 
+/* Create the directories leading to `path` below `top` (and `path` itself, a directory or an
+ * empty file), as bind targets on a fresh tmpfs. */
+static int make_path(const char *top, const char *path, int is_dir)
+{
+    char buf[4096];
+    size_t len = strlen(path), start = strlen(top);
+    if (len >= sizeof buf)
+        return ENAMETOOLONG;
+    memcpy(buf, path, len + 1);
+    for (size_t i = start + 1; i < len; i++) {
+        if (buf[i] != '/')
+            continue;
+        buf[i] = '\0';
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+            return errno;
+        buf[i] = '/';
+    }
+    if (is_dir)
+        return mkdir(buf, 0755) != 0 && errno != EEXIST ? errno : 0;
+    int fd = open(buf, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return errno;
+    close(fd);
+    return 0;
+}
+
+/* The program's own mount namespace: tmpfs overlays with selected paths bound back. Used on
+ * privileged hosts for a private /dev/shm, and to reach paths (an interpreter under /root)
+ * whose ancestors the sandbox's own uid may not search. */
+static void private_mounts(const struct config *c, int e)
+{
+    int fds[MAX_BINDS];
+    char source[32];
+    if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+        report(e, STEP_MOUNTS, errno);
+    /* Bind sources must belong to this namespace and be held before the overlays hide them. */
+    for (int i = 0; i < c->n_binds; i++)
+        if ((fds[i] = open(c->binds[i].path, O_PATH | O_CLOEXEC)) < 0)
+            report(e, STEP_MOUNTS, errno);
+    for (int o = 0; o < c->n_overlays; o++) {
+        const struct overlay *ov = &c->overlays[o];
+        if (mount("tmpfs", ov->target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, ov->options) != 0)
+            report(e, STEP_MOUNTS, errno);
+        for (int i = ov->first; i < ov->first + ov->count; i++) {
+            int err = make_path(ov->target, c->binds[i].path, c->binds[i].is_dir);
+            if (err)
+                report(e, STEP_MOUNTS, err);
+            fd_path(source, fds[i]);
+            if (mount(source, c->binds[i].path, NULL, MS_BIND | MS_REC, NULL) != 0)
+                report(e, STEP_MOUNTS, errno);
+            close(fds[i]);
+        }
+        if (ov->rights) {
+            /* The new tmpfs is not the directory the parent could name: add its rule here. */
+            int dir = open(ov->target, O_PATH | O_DIRECTORY | O_CLOEXEC);
+            if (dir < 0)
+                report(e, STEP_MOUNTS, errno);
+            struct __attribute__((packed)) {
+                uint64_t allowed_access;
+                int32_t parent_fd;
+            } rule = {ov->rights, dir};
+            if (syscall(SYS_landlock_add_rule, c->landlock_fd, 1 /* PATH_BENEATH */, &rule, 0U) != 0)
+                report(e, STEP_MOUNTS, errno);
+            close(dir);
+        }
+    }
+}
+
 static int child_main(void *arg)
 {
     const struct config *c = arg;
@@ -199,37 +284,8 @@ static int child_main(void *arg)
         report(e, STEP_CHDIR, errno);
     umask(c->umask);
 
-    if (c->shm_options && c->landlock_fd >= 0) {
-        /* A mount namespace of its own, only to give the program a private, empty /dev/shm
-         * (POSIX semaphores live there). The rule is added to the ruleset here because the new
-         * tmpfs is a different directory than the one the parent could name. */
-        if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
-            report(e, STEP_PRIVATE_SHM, errno);
-        /* The workspace may live in the host's /dev/shm, about to be hidden: hold it (in this
-         * namespace: a bind source must be) and put it back at the same path afterwards. */
-        int keep = -1;
-        char keep_path[32];
-        if (c->shm_keep && (keep = open(c->shm_keep, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
-            report(e, STEP_PRIVATE_SHM, errno);
-        if (mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, c->shm_options) != 0)
-            report(e, STEP_PRIVATE_SHM, errno);
-        if (keep >= 0) {
-            fd_path(keep_path, keep);
-            if (mkdir(c->shm_keep, 0700) != 0 || mount(keep_path, c->shm_keep, NULL, MS_BIND, NULL) != 0)
-                report(e, STEP_PRIVATE_SHM, errno);
-            close(keep);
-        }
-        int shm = open("/dev/shm", O_PATH | O_DIRECTORY | O_CLOEXEC);
-        if (shm < 0)
-            report(e, STEP_PRIVATE_SHM, errno);
-        struct __attribute__((packed)) {
-            uint64_t allowed_access;
-            int32_t parent_fd;
-        } rule = {c->shm_rights, shm};
-        if (syscall(SYS_landlock_add_rule, c->landlock_fd, 1 /* PATH_BENEATH */, &rule, 0U) != 0)
-            report(e, STEP_PRIVATE_SHM, errno);
-        close(shm);
-    }
+    if (c->n_overlays > 0)
+        private_mounts(c, e);
 
     for (int i = 0; i < c->n_rlimits; i++)
         if (syscall(SYS_prlimit64, 0, c->rlimits[i].resource, &c->rlimits[i].value, NULL) != 0)
@@ -339,10 +395,57 @@ static int int_list(PyObject *seq, int *out, int max, int *count, const char *wh
     return 0;
 }
 
+/* overlays: [(target bytes, tmpfs options bytes, landlock rights int, [(path bytes, is_dir bool), ...]), ...]
+ * The strings stay alive through `keep`, a list holding every tuple. */
+static int parse_overlays(PyObject *obj, struct config *c, PyObject **keep)
+{
+    PyObject *fast = PySequence_Fast(obj, "overlays must be a sequence");
+    if (!fast)
+        return -1;
+    *keep = fast;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (n > MAX_OVERLAYS) {
+        PyErr_Format(PyExc_ValueError, "at most %d overlays", MAX_OVERLAYS);
+        return -1;
+    }
+    for (Py_ssize_t o = 0; o < n; o++) {
+        PyObject *target, *options, *binds;
+        unsigned long long rights;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, o), "O!O!KO", &PyBytes_Type, &target, &PyBytes_Type,
+                              &options, &rights, &binds))
+            return -1;
+        if (!PyList_Check(binds)) {
+            PyErr_SetString(PyExc_TypeError, "overlay binds must be a list");
+            return -1;
+        }
+        struct overlay *ov = &c->overlays[o];
+        ov->target = PyBytes_AS_STRING(target);
+        ov->options = PyBytes_AS_STRING(options);
+        ov->rights = rights;
+        ov->first = c->n_binds;
+        ov->count = (int)PyList_GET_SIZE(binds);
+        if (c->n_binds + ov->count > MAX_BINDS) {
+            PyErr_Format(PyExc_ValueError, "at most %d bound-back paths", MAX_BINDS);
+            return -1;
+        }
+        for (int i = 0; i < ov->count; i++) {
+            PyObject *path;
+            int is_dir;
+            if (!PyArg_ParseTuple(PyList_GET_ITEM(binds, i), "O!p", &PyBytes_Type, &path, &is_dir))
+                return -1;
+            c->binds[c->n_binds].path = PyBytes_AS_STRING(path);
+            c->binds[c->n_binds].is_dir = is_dir;
+            c->n_binds++;
+        }
+        c->n_overlays++;
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(spawn_doc,
 "spawn(path, argv, envp, cwd, stdio, errpipe, parent_pid, cgroup_fds, rlimits,\n"
 "      drop_bounding_set, last_cap, securebits, uid, gid, landlock_fd, filters,\n"
-"      listener_sock, umask, shm_options, shm_rights, shm_keep) -> (pid, pidfd)\n\n"
+"      listener_sock, umask, overlays=()) -> (pid, pidfd)\n\n"
 "Clone a child that applies the prepared lockdown and execs path. Returns as soon as the child\n"
 "has exec'd. On failure the child exits 127 after writing (step, errno) to errpipe, which the\n"
 "caller reads; this function only raises for errors of the clone itself.");
@@ -352,28 +455,22 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     (void)self;
     static char *keywords[] = {"path", "argv", "envp", "cwd", "stdio", "errpipe", "parent_pid", "cgroup_fds",
                                "rlimits", "drop_bounding_set", "last_cap", "securebits", "uid", "gid",
-                               "landlock_fd", "filters", "listener_sock", "umask", "shm_options", "shm_rights",
-                               "shm_keep", NULL};
+                               "landlock_fd", "filters", "listener_sock", "umask", "overlays", NULL};
     PyObject *path, *argv_obj, *envp_obj, *cwd_obj, *stdio_obj, *cgroup_obj, *rlimits_obj, *filters_obj;
-    PyObject *shm_obj = Py_None, *keep = Py_None;
+    PyObject *overlays_obj = NULL;
     int errpipe, parent_pid, drop_bounding_set, last_cap, landlock_fd, listener_sock;
     long securebits, uid, gid;
     unsigned int umask_value;
-    unsigned long long shm_rights = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOiiOOpillliOiI|OKO", keywords, &PyBytes_Type, &path,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOiiOOpillliOiI|O", keywords, &PyBytes_Type, &path,
                                      &argv_obj, &envp_obj, &cwd_obj, &stdio_obj, &errpipe, &parent_pid,
                                      &cgroup_obj, &rlimits_obj, &drop_bounding_set, &last_cap, &securebits, &uid,
-                                     &gid, &landlock_fd, &filters_obj, &listener_sock, &umask_value, &shm_obj,
-                                     &shm_rights, &keep))
+                                     &gid, &landlock_fd, &filters_obj, &listener_sock, &umask_value,
+                                     &overlays_obj))
         return NULL;
-    if ((shm_obj != Py_None && !PyBytes_Check(shm_obj)) || (keep != Py_None && !PyBytes_Check(keep))) {
-        PyErr_SetString(PyExc_TypeError, "shm_options and shm_keep must be bytes or None");
-        return NULL;
-    }
 
     struct config c;
     memset(&c, 0, sizeof c);
-    PyObject *keep_argv = NULL, *keep_envp = NULL, *keep_filters = NULL, *result = NULL;
+    PyObject *keep_argv = NULL, *keep_envp = NULL, *keep_filters = NULL, *keep_overlays = NULL, *result = NULL;
     char **argv = NULL, **envp = NULL;
     void *stack = NULL;
 
@@ -456,9 +553,12 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     c.landlock_fd = landlock_fd;
     c.listener_sock = listener_sock;
     c.umask = (mode_t)umask_value;
-    c.shm_options = shm_obj != Py_None ? PyBytes_AS_STRING(shm_obj) : NULL;
-    c.shm_rights = shm_rights;
-    c.shm_keep = keep != Py_None ? PyBytes_AS_STRING(keep) : NULL;
+    if (overlays_obj && parse_overlays(overlays_obj, &c, &keep_overlays) < 0)
+        goto done;
+    if (c.n_overlays > 0 && c.landlock_fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "overlays need a Landlock ruleset");
+        goto done;
+    }
 
     stack = PyMem_RawMalloc(CHILD_STACK_SIZE);
     if (!stack) {
@@ -494,6 +594,7 @@ done:
     Py_XDECREF(keep_argv);
     Py_XDECREF(keep_envp);
     Py_XDECREF(keep_filters);
+    Py_XDECREF(keep_overlays);
     return result;
 }
 

@@ -51,8 +51,9 @@ class Lockdown:
     securebits: int
     cgroup: cgroups.Group | None
     protections: Protections
-    shm_options: bytes | None = None  # a private tmpfs on /dev/shm, when the host allows it
-    shm_rights: int = 0
+    # tmpfs overlays in the program's own mount namespace: (target, options, Landlock rights,
+    # [(path bound back, is_dir)]) -- a private /dev/shm, and reachable paths under hidden ones
+    overlays: list[tuple[bytes, bytes, int, list[tuple[bytes, bool]]]] = field(default_factory=list)
     cgroup_fds: list[int] = field(default_factory=list)
 
     def release_spawn_resources(self) -> None:
@@ -95,17 +96,43 @@ def _processes_of_uid(uid: int) -> int:
     return count
 
 
-def _check_other_access(path: str, writable: bool) -> None:
-    """On a root host the sandbox is an unrelated uid: only the "other" permission bits apply."""
+def hidden_ancestor(path: str) -> str | None:
+    """The topmost directory above `path` that other users may not search (e.g. /root), if any."""
     parts = os.path.normpath(path).split("/")
     for i in range(1, len(parts)):
         parent = "/".join(parts[:i]) or "/"
         if not os.stat(parent).st_mode & stat.S_IXOTH:
-            raise ValidationError(
-                f"mount {path}: sandboxes of a root host run as their own uid, and {parent} is not searchable by "
-                f"other users (mode {stat.filemode(os.stat(parent).st_mode)}); chmod o+x {parent}, or mount a "
-                "path that others can reach"
-            )
+            return parent
+    return None
+
+
+def _exposure_overlays(paths: list[str]) -> list[tuple[bytes, bytes, int, list[tuple[bytes, bool]]]]:
+    """Overlays that let a sandbox of its own uid reach `paths` below unsearchable directories: a
+    tmpfs over each such directory with just those paths bound back (root's home stays hidden)."""
+    groups: dict[str, list[str]] = {}
+    for path in sorted(set(paths)):
+        top = hidden_ancestor(path)
+        if top is not None and not any(path.startswith(p + "/") for p in groups.get(top, ())):
+            groups.setdefault(top, []).append(path)
+    return [
+        (top.encode(), b"mode=0755,size=1m", 0, [(p.encode(), os.path.isdir(p)) for p in binds])
+        for top, binds in groups.items()
+    ]
+
+
+def _check_other_access(path: str, writable: bool, can_expose: bool) -> None:
+    """On a root host the sandbox is an unrelated uid: only the "other" permission bits apply.
+
+    Unsearchable ancestors are fine when the sandbox can get its own mount namespace (the path
+    is then bound into it); the path itself must still be open to others.
+    """
+    top = hidden_ancestor(path)
+    if top is not None and not can_expose:
+        raise ValidationError(
+            f"mount {path}: sandboxes of a root host run as their own uid, and {top} is not searchable by "
+            f"other users (mode {stat.filemode(os.stat(top).st_mode)}); chmod o+x {top}, or mount a "
+            "path that others can reach"
+        )
     mode = os.stat(path).st_mode
     need = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(mode) else 0) | (stat.S_IWOTH if writable else 0)
     if mode & need != need:
@@ -203,7 +230,7 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
         uid = gid = _sandbox_uid()
         owner = (uid, gid)
         for mount in plan.mounts:
-            _check_other_access(mount.source, mount.writable)
+            _check_other_access(mount.source, mount.writable, host.private_shm)
     ws = Workspace(plan, owner, memory_bounded=plan.memory is not None and "memory" in host.cgroup.controllers)
     ruleset = None
     group = None
@@ -236,6 +263,14 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
         group_only = group is None and uid < 0
         program = seccomp_policy.program(plan.network, plan.syscalls.allow, plan.syscalls.deny, host.arch,
                                          group_only=group_only, same_uid=uid < 0)
+        overlays = []
+        if host.private_shm:
+            # a private /dev/shm (POSIX semaphores); the workspace may live there: bind it back
+            keep = [(ws.root.encode(), True)] if os.path.dirname(ws.root) == "/dev/shm" else []
+            overlays.append((b"/dev/shm", f"mode=1777,size={plan.memory or 64 << 20}".encode(),
+                             filesystem.PRIVATE_SHM_RIGHTS, keep))
+            outside = [r.path for r in rules if r.path != ws.root]
+            overlays += _exposure_overlays(outside)
         private_shm = host.private_shm
 
         has_setpcap = host.has_setpcap
@@ -275,8 +310,7 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             securebits=caps.LOCKED_SECUREBITS if has_setpcap else -1,
             cgroup=group,
             protections=protections,
-            shm_options=f"mode=1777,size={plan.memory or 64 << 20}".encode() if private_shm else None,
-            shm_rights=filesystem.PRIVATE_SHM_RIGHTS if private_shm else 0,
+            overlays=overlays,
             cgroup_fds=group.open_procs() if group is not None else [],
         )
     except BaseException:

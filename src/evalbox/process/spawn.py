@@ -10,7 +10,6 @@ from evalbox.errors import CommandNotFound, SpawnError, UnsupportedKernel
 from evalbox.kernel import _spawn
 from evalbox.kernel import capabilities as caps
 from evalbox.process.lockdown import UMASK, Lockdown
-from evalbox.process.workspace import SHM
 
 # Must match `enum step` in _spawn.c.
 STEPS = {
@@ -19,9 +18,9 @@ STEPS = {
     9: "set rlimits", 10: "drop the capability bounding set", 11: "lock securebits", 12: "clear groups",
     13: "switch gid", 14: "switch uid", 15: "drop capabilities", 16: "set no_new_privs",
     17: "apply Landlock", 18: "install the seccomp filter", 19: "hand over the notify listener", 20: "exec",
-    21: "mount a private /dev/shm",
+    21: "set up the private mounts (/dev/shm, hidden paths)",
 }
-STEP_LANDLOCK, STEP_SECCOMP, STEP_EXEC, STEP_PRIVATE_SHM = 17, 18, 20, 21
+STEP_LANDLOCK, STEP_SECCOMP, STEP_EXEC = 17, 18, 20
 
 
 def _high_fd(fd: int) -> int:
@@ -32,9 +31,6 @@ def _high_fd(fd: int) -> int:
 def spawn(lock: Lockdown, stdin: int, stdout: int, stderr: int, listener_sock: int = -1) -> tuple[int, int]:
     """Clone, lock down and exec. Returns (pid, pidfd) once the program runs; raises otherwise."""
     stdio = [_high_fd(fd) for fd in (stdin, stdout, stderr)]
-    keep = None
-    if lock.shm_options is not None and os.path.dirname(lock.workspace.root) == SHM:
-        keep = lock.workspace.root.encode()
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     read_end, write_end = _high_fd(read_end), _high_fd(write_end)
     try:
@@ -43,8 +39,7 @@ def spawn(lock: Lockdown, stdin: int, stdout: int, stderr: int, listener_sock: i
             errpipe=write_end, parent_pid=os.getpid(), cgroup_fds=lock.cgroup_fds, rlimits=lock.rlimits,
             drop_bounding_set=lock.drop_bounding_set, last_cap=caps.last_cap(), securebits=lock.securebits,
             uid=lock.uid, gid=lock.gid, landlock_fd=lock.ruleset.fd, filters=lock.filters,
-            listener_sock=listener_sock, umask=UMASK, shm_options=lock.shm_options, shm_rights=lock.shm_rights,
-            shm_keep=keep,
+            listener_sock=listener_sock, umask=UMASK, overlays=lock.overlays,
         )
         os.close(write_end)
         write_end = -1
