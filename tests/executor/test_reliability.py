@@ -1,0 +1,161 @@
+"""Reliability under load: nothing leaks, no sandbox can stall the others, callers' deaths kill."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import evalbox
+from evalbox.kernel import cgroups
+
+
+def open_fds() -> int:
+    """Open fds after evalbox's per-process caches exist (system rule fds, the guard's pipe)."""
+    evalbox.run(["true"])
+    return len(os.listdir("/proc/self/fd"))
+
+
+def zombie_children() -> list[int]:
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] == "Z" and int(fields[1]) == os.getpid():
+                out.append(int(name))
+    return out
+
+
+def my_workspaces() -> list[str]:
+    prefix = f"evalbox-{os.getpid()}-"
+    found = []
+    for base in ("/tmp", "/dev/shm", os.environ.get("TMPDIR", "/tmp")):
+        try:
+            found += [os.path.join(base, n) for n in os.listdir(base) if n.startswith(prefix)]
+        except OSError:
+            pass
+    return found
+
+
+def busy_cgroups() -> list[str]:
+    busy = []
+    for root in set(cgroups.layout().roots.values()):
+        parent = os.path.join(root, f"evalbox-{os.getpid()}")
+        if not os.path.isdir(parent):
+            continue
+        for name in os.listdir(parent):
+            procs = os.path.join(parent, name, "cgroup.procs")
+            if os.path.exists(procs) and open(procs).read().strip():
+                busy.append(os.path.join(parent, name))
+    return busy
+
+
+def alive_with(marker: str) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    cmd = f.read()
+                with open(f"/proc/{name}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if marker.encode() in cmd and state != "Z":
+                found.append(int(name))
+    return found
+
+
+def assert_clean(fds_before: int) -> None:
+    assert open_fds() == fds_before, "file descriptors leaked"
+    assert zombie_children() == [], "zombie children left"
+    assert my_workspaces() == [], "workspaces left behind"
+    assert busy_cgroups() == [], "cgroups still holding processes"
+    assert len(cgroups._pool) <= cgroups.POOL_SIZE
+
+
+def test_ten_thousand_sequential_runs_leak_nothing():
+    fds = open_fds()
+    plan = evalbox.Plan(["/bin/true"])
+    with evalbox.Executor() as ex:
+        for i in range(10_000):
+            out = ex.run(plan)
+            assert out.success, (i, out)
+    assert_clean(fds)
+
+
+def test_two_hundred_concurrent_sandboxes():
+    fds = open_fds()
+    done = {}
+    with evalbox.Executor() as ex:
+        ids = [ex.spawn(evalbox.Plan(["sh", "-c", f"sleep 1; echo {i}"], timeout=60), close_stdin=True)
+               for i in range(200)]
+        assert ex.active_count == 200
+        while ex.active_count:
+            for ev in ex.poll():
+                if isinstance(ev, (evalbox.Completed, evalbox.Timeout)):
+                    done[ev.id] = ev.output
+    assert len(done) == 200 and all(done[i].success for i in ids)
+    assert sorted(done[i].stdout for i in ids) == sorted(f"{i}\n".encode() for i in range(200))
+    assert_clean(fds)
+
+
+def test_bad_neighbours_cannot_stall_others():
+    """A flood, a fork storm and a SIGTERM-ignorer run while a quick sandbox must finish."""
+    bad = [
+        evalbox.Plan(["sh", "-c", "yes"], max_output="1G", timeout=20),
+        evalbox.Plan(["sh", "-c", "while :; do (sleep 5 &) ; done"], max_pids=32, timeout=20),
+        evalbox.Plan(["sh", "-c", "trap '' TERM; while :; do :; done"], timeout=20),
+    ]
+    with evalbox.Executor() as ex:
+        bad_ids = [ex.spawn(p, close_stdin=True) for p in bad]
+        time.sleep(0.3)  # let them get going: the point is that they are busy when the quick one runs
+        start = time.monotonic()
+        quick = ex.spawn(evalbox.Plan(["echo", "ok"], timeout=20), close_stdin=True)
+        quick_out = None
+        while quick_out is None:
+            for ev in ex.poll(timeout=1):
+                if isinstance(ev, evalbox.Completed) and ev.id == quick:
+                    quick_out = ev.output
+        elapsed = time.monotonic() - start
+        for sid in bad_ids:
+            ex.kill(sid)
+    assert quick_out.success and quick_out.stdout == b"ok\n"
+    assert elapsed < 5, f"a quick sandbox took {elapsed:.1f}s next to bad neighbours"
+
+
+def test_killing_the_caller_kills_all_its_sandboxes(tmp_path):
+    marker = f"200.{uuid.uuid4().int % 10**9:09d}"  # a unique sleep duration marks the processes
+    script = tmp_path / "caller.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, evalbox
+        with evalbox.Executor() as ex:
+            for i in range(3):
+                ex.spawn(evalbox.Plan(["sh", "-c", "sleep {marker} & sleep {marker}"], timeout=300))
+            print("spawned", flush=True)
+            while True:
+                ex.poll()
+    """))
+    caller = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
+    try:
+        assert caller.stdout.readline() == b"spawned\n"
+        end = time.monotonic() + 10
+        while len(alive_with(marker)) < 9 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert len(alive_with(marker)) == 9  # 3 shells and 6 sleeps
+        caller.send_signal(signal.SIGKILL)
+        caller.wait()
+        end = time.monotonic() + 10
+        while alive_with(marker) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert alive_with(marker) == [], "sandbox processes outlived their killed caller"
+    finally:
+        caller.kill()
+        for pid in alive_with(marker):
+            os.kill(pid, signal.SIGKILL)
