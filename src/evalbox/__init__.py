@@ -5,17 +5,21 @@ from one event loop. See README.md and the contract in SPEC.md.
 """
 
 from evalbox.errors import CommandNotFound, SandboxError, SpawnError, UnsupportedKernel, ValidationError
-from evalbox.executor.executor import Completed, Event, Executor, SandboxId, Stderr, Stdout, Timeout
+from evalbox.executor.executor import Completed, Event, Executor, SandboxId, Stderr, Stdout, Syscall, Timeout
 from evalbox.faces.aio import AsyncExecutor, AsyncSandbox, arun
 from evalbox.faces.api import run
 from evalbox.faces.batch import arun_many, run_many
 from evalbox.policy.plan import File, Mount, NotifyMode, Plan, Syscalls
+from evalbox.policy.supervision import Decision, SyscallRecord, SyscallRequest
 from evalbox.process.result import Output, Protections, Status
+from evalbox.runtimes import go, node, python, shell
+from evalbox import evals
 
 __all__ = [
     "AsyncExecutor", "AsyncSandbox", "arun", "arun_many", "run_many",
-    "CommandNotFound", "Completed", "Event", "Executor", "File", "Mount", "NotifyMode", "Output", "Plan",
+    "CommandNotFound", "Decision", "Syscall", "SyscallRecord", "SyscallRequest", "Completed", "Event", "Executor", "File", "Mount", "NotifyMode", "Output", "Plan",
     "Protections", "SandboxError", "SandboxId", "SpawnError", "Status", "Stderr", "Stdout", "Syscalls",
     "Timeout", "UnsupportedKernel", "ValidationError", "run",
+    "evals", "go", "node", "python", "shell",
 ]
 __version__ = "0.1.0"

@@ -1,0 +1,124 @@
+"""What the language runtimes share: finding a toolchain on the host, and turning source code plus
+the caller's Plan keywords into one Plan.
+
+A runtime is a face over `Plan`: it picks the argv, the files, a few environment variables and
+the host directories its toolchain needs (as read-only `Mount`s). The sandbox policy itself is
+never touched here; whatever a runtime grants is an ordinary Mount that shows up in the Plan.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from evalbox.errors import CommandNotFound, ValidationError
+from evalbox.policy.filesystem import SYSTEM_TREES
+from evalbox.policy.plan import File, Mount, Plan
+from evalbox.policy.resolve import DEFAULT_ENV_PATH, find_executable
+
+# Plan keywords a runtime passes through unchanged (everything but argv).
+PLAN_KEYWORDS = frozenset({
+    "files", "stdin", "env", "cwd", "timeout", "cpu_time", "memory", "max_pids", "max_output",
+    "max_open_files", "max_file_size", "network", "mounts", "syscalls", "notify", "intercept",
+    "supervisor", "virtual_paths",
+})
+
+
+def in_system_trees(path: str) -> bool:
+    """True when `path` (resolved) is below the trees every sandbox may already read."""
+    real = os.path.realpath(path)
+    trees = {os.path.realpath(t) for t in SYSTEM_TREES if os.path.exists(t)}
+    return any(real == t or real.startswith(t + "/") for t in trees)
+
+
+def outermost(paths: Iterable[str]) -> list[str]:
+    """The given directories minus those inside another one (one Mount covers its subtree)."""
+    unique = sorted({os.path.normpath(p) for p in paths})
+    kept: list[str] = []
+    for p in unique:
+        if not any(p == k or p.startswith(k.rstrip("/") + "/") for k in kept):
+            kept.append(p)
+    return kept
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A host program a runtime runs, and the read-only grants it needs beyond its own files."""
+
+    path: str
+    mounts: tuple[Mount, ...] = ()
+
+
+def find_tool(name: str, install: str, prefix_marker: str | None = None) -> Tool:
+    """Find `name` as the sandbox will (its PATH), else on the caller's PATH.
+
+    A tool found outside the system trees (nvm's node, a Go SDK in a home directory) is run by
+    its absolute path, and the install prefix around it (the directory holding `bin/NAME`, when
+    it contains `prefix_marker`) is granted read-only; otherwise only the directory holding the
+    real binary is. `install` says how to get the tool: it goes into the CommandNotFound message.
+    """
+    try:
+        return Tool(find_executable(name, DEFAULT_ENV_PATH, "/"))
+    except CommandNotFound:
+        pass
+    for entry in os.environ.get("PATH", "").split(":"):
+        if not entry.startswith("/"):
+            continue  # relative PATH entries depend on the caller's cwd: never followed
+        try:
+            path = find_executable(name, entry, "/")
+        except CommandNotFound:
+            continue
+        real = os.path.realpath(path)
+        if in_system_trees(real):
+            return Tool(real)  # a link elsewhere (~/bin/node -> /usr/bin/node): its directory may be unreachable
+        bindir = os.path.dirname(real)
+        prefix = os.path.dirname(bindir)
+        if prefix_marker and os.path.basename(bindir) == "bin" and os.path.exists(os.path.join(prefix, prefix_marker)):
+            return Tool(path, (Mount.ro(prefix),))
+        return Tool(path, (Mount.ro(bindir),))
+    raise CommandNotFound(f"{name} is not installed (looked in {DEFAULT_ENV_PATH} and your PATH); {install}")
+
+
+def source_text(code: str | bytes, what: str) -> bytes:
+    if isinstance(code, str):
+        return code.encode()
+    if isinstance(code, (bytes, bytearray, memoryview)):
+        return bytes(code)
+    raise ValidationError(f"{what} code must be str or bytes, not {type(code).__name__}")
+
+
+def program_args(args: Iterable[str] | str | None) -> list[str]:
+    if args is None:
+        return []
+    if isinstance(args, (str, bytes)):
+        raise ValidationError(f"args must be a list of strings, not one string {args!r}")
+    return [os.fspath(a) for a in args]
+
+
+def make_plan(argv: list[str], limits: Mapping[str, Any], *, files: Mapping[str, File | str | bytes] | None = None,
+              env: Mapping[str, str] | None = None, mounts: Iterable[Mount] = (),
+              defaults: Mapping[str, Any] | None = None, runtime: str) -> Plan:
+    """A Plan from the runtime's parts and the caller's keywords.
+
+    The caller's keywords win over the runtime's `defaults` and `env`; its `files` and `mounts`
+    are added to the runtime's (a file name the runtime needs cannot be taken twice).
+    """
+    unknown = set(limits) - PLAN_KEYWORDS
+    if unknown:
+        raise ValidationError(
+            f"evalbox.{runtime}: unknown keyword(s) {', '.join(sorted(unknown))}; "
+            f"use Plan keywords ({', '.join(sorted(PLAN_KEYWORDS))}) or the runtime's own options"
+        )
+    kw: dict[str, Any] = dict(defaults or {})
+    kw.update(limits)
+    all_files: dict[str, Any] = dict(files or {})
+    for path, content in dict(limits.get("files") or {}).items():
+        if path in all_files:
+            raise ValidationError(f"evalbox.{runtime}: the file {path!r} holds the program; name your file otherwise")
+        all_files[path] = content
+    kw["files"] = all_files
+    kw["env"] = {**(env or {}), **dict(limits.get("env") or {})}
+    kw["mounts"] = [*mounts, *(limits.get("mounts") or ())]
+    return Plan(argv, **kw)

@@ -1,0 +1,137 @@
+"""`evalbox.python`: run Python source in a sandbox.
+
+    out = evalbox.python.run("import sys; print(sys.version)", timeout=5)
+    plan = evalbox.python.plan(code, args=["--n", "3"], stdin=b"...", memory="512M")
+
+The interpreter is the one running evalbox (`sys.executable`, a venv included), or `interpreter=`
+any Python on the host, or the Python of the environment given as `packages_from=` (a venv or any
+prefix with `bin/python3`: its packages come with it). The sandbox gets read access to that
+interpreter's prefixes (the venv and its base installation) and nothing more; prefixes under
+/usr are readable anyway. The code runs as `main.py` in the workspace, with `-s` (no user
+site-packages); the venv's site-packages stay on sys.path and so does the workspace, so the
+program can import the other files passed in `files=`. PYTHON* variables come only from `env=`:
+the host's environment is never inherited.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from evalbox.errors import CommandNotFound, ValidationError
+from evalbox.faces.api import run as _run
+from evalbox.policy.plan import Mount, Plan
+from evalbox.policy.resolve import DEFAULT_ENV_PATH, find_executable
+from evalbox.process.result import Output
+from evalbox.runtimes.common import in_system_trees, make_plan, outermost, program_args, source_text
+
+MAIN = "main.py"
+INSTALL = "install Python 3 (apt-get install python3) or pass interpreter='/path/to/python3'"
+
+# Asked of an interpreter that is not the one running evalbox (-I: the host's PYTHON* variables
+# and user site must not change the answer).
+_PROBE = (
+    "import json, site, sys; print(json.dumps({'prefixes': [sys.prefix, sys.base_prefix, sys.exec_prefix, "
+    "sys.base_exec_prefix], 'site': site.getsitepackages() if hasattr(site, 'getsitepackages') else [], "
+    "'version': list(sys.version_info[:2])}))"
+)
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """A host Python and the directories it reads at start-up and import time."""
+
+    executable: str  # run by this path: a venv's bin/python finds its pyvenv.cfg next to it
+    version: tuple[int, int]
+    roots: tuple[str, ...]  # granted read-only (those outside the system trees)
+
+    @property
+    def mounts(self) -> tuple[Mount, ...]:
+        return tuple(Mount.ro(r) for r in self.roots if not in_system_trees(r))
+
+
+def _roots(prefixes: Iterable[str], site_dirs: Iterable[str]) -> tuple[str, ...]:
+    return tuple(outermost(p for p in [*prefixes, *site_dirs] if p and os.path.isdir(p)))
+
+
+@functools.cache
+def _this_interpreter() -> Interpreter:
+    import site
+
+    if not sys.executable:
+        raise CommandNotFound(f"this Python does not know its own executable (embedded?); {INSTALL}")
+    site_dirs = site.getsitepackages() if hasattr(site, "getsitepackages") else []
+    return Interpreter(sys.executable, tuple(sys.version_info[:2]),
+                       _roots([sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix], site_dirs))
+
+
+@functools.lru_cache(maxsize=64)
+def _probe(path: str, key: tuple[int, int, int]) -> Interpreter:
+    del key  # cache key only: a reinstalled interpreter is asked again
+    try:
+        done = subprocess.run([path, "-I", "-c", _PROBE], capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+                              env={"PATH": DEFAULT_ENV_PATH, "LANG": "C.UTF-8"})
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ValidationError(f"interpreter {path} could not be started to ask for its prefixes: {e}") from None
+    try:
+        info = json.loads(done.stdout)
+        version = tuple(int(v) for v in info["version"])[:2]
+        return Interpreter(path, version, _roots(info["prefixes"], info["site"]))  # type: ignore[arg-type]
+    except (ValueError, KeyError, TypeError):
+        last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+        raise ValidationError(f"interpreter {path} is not a working Python 3 (exit {done.returncode}: {last})") from None
+
+
+def find_interpreter(path: str | None = None, packages_from: str | None = None) -> Interpreter:
+    """The Interpreter a plan will run: `path`, the Python of `packages_from`, or this one."""
+    if packages_from is not None:
+        env_dir = os.path.abspath(os.fspath(packages_from))
+        candidates = [os.path.join(env_dir, "bin", n) for n in ("python3", "python")]
+        env_python = next((c for c in candidates if os.access(c, os.X_OK)), None)
+        if env_python is None:
+            raise ValidationError(f"packages_from={packages_from!r} is not a Python environment (no bin/python3 in it); "
+                                  "give a venv or an installation prefix")
+        if path is not None and os.path.dirname(os.path.abspath(path)) != os.path.join(env_dir, "bin"):
+            raise ValidationError(
+                f"interpreter={path!r} is not the Python of packages_from={packages_from!r}: a venv's packages "
+                "(compiled extensions included) are meant for its own Python; give only packages_from="
+            )
+        path = env_python
+    if path is None:
+        return _this_interpreter()
+    path = os.fspath(path)
+    if "/" not in path:  # a bare name is found as the sandbox would find it
+        try:
+            path = find_executable(path, DEFAULT_ENV_PATH, "/")
+        except CommandNotFound:
+            raise CommandNotFound(f"no {path!r} in the sandbox's PATH ({DEFAULT_ENV_PATH}); {INSTALL}") from None
+    path = os.path.abspath(path)  # not realpath: a venv's python is a link and must keep its name
+    if path == sys.executable:
+        return _this_interpreter()
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise CommandNotFound(f"interpreter {path} does not exist; {INSTALL}") from None
+    if not os.access(path, os.X_OK):
+        raise CommandNotFound(f"interpreter {path} is not executable; {INSTALL}")
+    return _probe(path, (st.st_dev, st.st_ino, st.st_mtime_ns))
+
+
+def plan(code: str | bytes, *, args: Iterable[str] | None = None, interpreter: str | None = None,
+         packages_from: str | None = None, **limits: Any) -> Plan:
+    """A Plan running `code` as main.py with `args` (sys.argv[1:]); `limits` are Plan keywords."""
+    interp = find_interpreter(interpreter, packages_from)
+    argv = [interp.executable, "-s", MAIN, *program_args(args)]
+    return make_plan(argv, limits, files={MAIN: source_text(code, "python")}, mounts=interp.mounts, runtime="python")
+
+
+def run(code: str | bytes, *, args: Iterable[str] | None = None, interpreter: str | None = None,
+        packages_from: str | None = None, **limits: Any) -> Output:
+    """Run `code` in a fresh sandbox and return its Output (see `plan`)."""
+    return _run(plan(code, args=args, interpreter=interpreter, packages_from=packages_from, **limits))
