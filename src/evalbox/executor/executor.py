@@ -19,9 +19,11 @@ from typing import NewType
 
 from evalbox.errors import SandboxError
 from evalbox.policy.plan import Plan
+from evalbox.policy.supervision import Decision, SyscallRequest
 from evalbox.process.host import probe
 from evalbox.process.result import Output, Status
 from evalbox.process.sandbox import Sandbox
+from evalbox.process.supervisor import SupervisorFailed
 
 SandboxId = NewType("SandboxId", int)
 
@@ -54,9 +56,18 @@ class Timeout:
     output: Output
 
 
-Event = Stdout | Stderr | Completed | Timeout
+@dataclass(frozen=True)
+class Syscall:
+    """An intercepted call (notify modes). In SUPERVISE mode without a supervisor callable, the
+    sandbox waits until `Executor.respond(request, decision)`."""
 
-_PIDFD, _STDOUT, _STDERR, _STDIN = "pidfd", 1, 2, "stdin"
+    id: SandboxId
+    request: SyscallRequest
+
+
+Event = Stdout | Stderr | Completed | Timeout | Syscall
+
+_PIDFD, _STDOUT, _STDERR, _STDIN, _LISTENER = "pidfd", 1, 2, "stdin", "listener"
 
 
 class _Running:
@@ -94,8 +105,9 @@ class Executor:
         """
         if self._closed:
             raise SandboxError("this Executor is closed; create a new one")
+        sid = SandboxId(next(self._ids))
         try:
-            box = Sandbox(plan, self._host)
+            box = Sandbox(plan, self._host, sid)
         except OSError as e:
             if e.errno != errno.EMFILE or not _raise_fd_limit():
                 if e.errno == errno.EMFILE:
@@ -104,13 +116,14 @@ class Executor:
                         "lower the concurrency or raise `ulimit -n`"
                     ) from e
                 raise
-            box = Sandbox(plan, self._host)
-        sid = SandboxId(next(self._ids))
+            box = Sandbox(plan, self._host, sid)
         run = _Running(sid, box)
         self._running[sid] = run
         self._watch(run, box.pidfd, _PIDFD, select.EPOLLIN)
         self._watch(run, box.stdout_r, _STDOUT, select.EPOLLIN)
         self._watch(run, box.stderr_r, _STDERR, select.EPOLLIN)
+        if box.supervision is not None:
+            self._watch(run, box.supervision.listener, _LISTENER, select.EPOLLIN)
         if plan.stdin:
             self.write_stdin(sid, plan.stdin)
         if close_stdin:
@@ -138,11 +151,24 @@ class Executor:
             run.stdin_queue.append(memoryview(bytes(data)))
             self._pump_stdin(run)
 
+    def stdin_pending(self, sid: SandboxId) -> int:
+        """Bytes queued for the program's stdin and not yet written (for back-pressure)."""
+        run = self._running.get(sid)
+        return sum(len(chunk) for chunk in run.stdin_queue) if run else 0
+
     def close_stdin(self, sid: SandboxId) -> None:
         """Close stdin once everything queued is written (the program then sees EOF)."""
         run = self._get(sid)
         run.stdin_closing = True
         self._pump_stdin(run)
+
+    def respond(self, request: SyscallRequest, decision: Decision) -> None:
+        """Answer a Syscall event of a SUPERVISE sandbox: Decision.ALLOW, .deny(errno) or .KILL."""
+        run = self._running.get(SandboxId(request.sandbox))
+        if run is None or run.box.supervision is None:
+            return  # the sandbox ended meanwhile: nothing waits for the answer
+        if not run.box.supervision.respond(request, decision):
+            run.box.end(None)
 
     def kill(self, sid: SandboxId) -> None:
         """Kill the sandbox's whole process tree; its Completed event follows (status SIGNALED)."""
@@ -245,6 +271,11 @@ class Executor:
             run.drain_until = time.monotonic() + DRAIN_GRACE
         elif kind is _STDIN:
             self._pump_stdin(run)
+        elif kind is _LISTENER:
+            if mask & (select.EPOLLHUP | select.EPOLLERR) and not mask & select.EPOLLIN:
+                self._unwatch(fd)  # every process under the filter is gone
+            else:
+                self._supervise(run)
         else:
             self._read_pipe(run, fd, kind)  # type: ignore[arg-type]
 
@@ -261,6 +292,22 @@ class Executor:
         if kept:
             self._ready.append(Stdout(run.id, kept) if stream == _STDOUT else Stderr(run.id, kept))
         return True
+
+    def _supervise(self, run: _Running) -> None:
+        box = run.box
+        sup = box.supervision
+        assert sup is not None
+        try:
+            for req in sup.receive():
+                if box.plan.supervisor is not None:
+                    if not sup.respond(req, sup.decide_with(box.plan.supervisor, req)):
+                        box.end(None)
+                        return
+                else:
+                    self._ready.append(Syscall(run.id, req))
+        except SupervisorFailed as e:
+            box.error = str(e)
+            box.end(None)
 
     def _close_pipe(self, run: _Running, fd: int) -> None:
         self._unwatch(fd)
@@ -326,7 +373,8 @@ class Executor:
 
     def _release(self, run: _Running) -> None:
         box = run.box
-        for fd in (box.pidfd, box.stdout_r, box.stderr_r, box.stdin_w):
+        for fd in (box.pidfd, box.stdout_r, box.stderr_r, box.stdin_w,
+                   box.supervision.listener if box.supervision else -1):
             if fd >= 0:
                 self._unwatch(fd)
         box.close()

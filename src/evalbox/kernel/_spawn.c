@@ -130,19 +130,30 @@ struct config {
     struct filter filters[MAX_FILTERS];
     int n_filters;
     int listener_sock;     /* a filter with NEW_LISTENER sends its fd here, then the child closes it */
+    unsigned long long magic; /* tag of the child's own calls after a notify filter (see tagged) */
     mode_t umask;
 };
 
-static void report(int errpipe, int step, int err)
+/* Once a user-notification filter is installed, the child's own remaining calls (handing over
+ * the listener, exec, or reporting a failure) must not wait for a supervisor: the supervisor is
+ * the parent, suspended until the exec. They carry a per-spawn random tag in the sixth argument
+ * register, which the notify filter lets through; no kernel call here reads that register, and
+ * the program cannot learn the tag (it lives only in the parent and in the filter). */
+static long tagged(const struct config *c, long nr, long a0, long a1, long a2)
+{
+    return syscall(nr, a0, a1, a2, 0L, 0L, (long)c->magic);
+}
+
+static void report(const struct config *c, int step, int err)
 {
     int msg[2] = {step, err};
-    ssize_t ignored = write(errpipe, msg, sizeof msg);
-    (void)ignored;
+    tagged(c, SYS_write, c->errpipe, (long)msg, sizeof msg);
+    tagged(c, SYS_exit_group, 127, 0, 0);
     _exit(127);
 }
 
 /* Send fd over a Unix socket with SCM_RIGHTS; a raw sendmsg is async-signal-safe. */
-static int send_fd(int sock, int fd)
+static int send_fd(const struct config *c, int sock, int fd)
 {
     char byte = 0;
     struct iovec iov = {.iov_base = &byte, .iov_len = 1};
@@ -158,7 +169,7 @@ static int send_fd(int sock, int fd)
     cmsg->cmsg_type = SCM_RIGHTS;
     cmsg->cmsg_len = CMSG_LEN(sizeof(int));
     memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
-    return sendmsg(sock, &msg, MSG_NOSIGNAL) == 1 ? 0 : -1;
+    return tagged(c, SYS_sendmsg, sock, (long)&msg, MSG_NOSIGNAL) == 1 ? 0 : -1;
 }
 
 /* "/proc/self/fd/N" without snprintf (not async-signal-safe). */
@@ -207,40 +218,40 @@ static int make_path(const char *top, const char *path, int is_dir)
 /* The program's own mount namespace: tmpfs overlays with selected paths bound back. Used on
  * privileged hosts for a private /dev/shm, and to reach paths (an interpreter under /root)
  * whose ancestors the sandbox's own uid may not search. */
-static void private_mounts(const struct config *c, int e)
+static void private_mounts(const struct config *c)
 {
     int fds[MAX_BINDS];
     char source[32];
     if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
-        report(e, STEP_MOUNTS, errno);
+        report(c, STEP_MOUNTS, errno);
     /* Bind sources must belong to this namespace and be held before the overlays hide them. */
     for (int i = 0; i < c->n_binds; i++)
         if ((fds[i] = open(c->binds[i].path, O_PATH | O_CLOEXEC)) < 0)
-            report(e, STEP_MOUNTS, errno);
+            report(c, STEP_MOUNTS, errno);
     for (int o = 0; o < c->n_overlays; o++) {
         const struct overlay *ov = &c->overlays[o];
         if (mount("tmpfs", ov->target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, ov->options) != 0)
-            report(e, STEP_MOUNTS, errno);
+            report(c, STEP_MOUNTS, errno);
         for (int i = ov->first; i < ov->first + ov->count; i++) {
             int err = make_path(ov->target, c->binds[i].path, c->binds[i].is_dir);
             if (err)
-                report(e, STEP_MOUNTS, err);
+                report(c, STEP_MOUNTS, err);
             fd_path(source, fds[i]);
             if (mount(source, c->binds[i].path, NULL, MS_BIND | MS_REC, NULL) != 0)
-                report(e, STEP_MOUNTS, errno);
+                report(c, STEP_MOUNTS, errno);
             close(fds[i]);
         }
         if (ov->rights) {
             /* The new tmpfs is not the directory the parent could name: add its rule here. */
             int dir = open(ov->target, O_PATH | O_DIRECTORY | O_CLOEXEC);
             if (dir < 0)
-                report(e, STEP_MOUNTS, errno);
+                report(c, STEP_MOUNTS, errno);
             struct __attribute__((packed)) {
                 uint64_t allowed_access;
                 int32_t parent_fd;
             } rule = {ov->rights, dir};
             if (syscall(SYS_landlock_add_rule, c->landlock_fd, 1 /* PATH_BENEATH */, &rule, 0U) != 0)
-                report(e, STEP_MOUNTS, errno);
+                report(c, STEP_MOUNTS, errno);
             close(dir);
         }
     }
@@ -249,7 +260,6 @@ static void private_mounts(const struct config *c, int e)
 static int child_main(void *arg)
 {
     const struct config *c = arg;
-    int e = c->errpipe;
 
     /* Host signal handlers live in the shared memory; put every disposition back to default so
      * nothing of the caller's (Python's handlers, an ignored SIGPIPE) leaks into the program. */
@@ -264,83 +274,83 @@ static int child_main(void *arg)
     sigset_t none;
     sigemptyset(&none);
     if (sigprocmask(SIG_SETMASK, &none, NULL) != 0)
-        report(e, STEP_SIGNALS, errno);
+        report(c, STEP_SIGNALS, errno);
 
     /* Own session and process group: the whole tree can be signalled at once. */
     if (setsid() < 0)
-        report(e, STEP_SETSID, errno);
+        report(c, STEP_SETSID, errno);
     for (int i = 0; i < c->n_cgroup_fds; i++)
         if (write(c->cgroup_fds[i], "0", 1) != 1)
-            report(e, STEP_CGROUP, errno);
+            report(c, STEP_CGROUP, errno);
 
     for (int i = 0; i < 3; i++)
         if (dup2(c->stdio[i], i) < 0)
-            report(e, STEP_STDIO, errno);
+            report(c, STEP_STDIO, errno);
     /* Everything above stdio closes at exec; the ruleset fd and error pipe stay usable until then. */
     if (syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) != 0)
-        report(e, STEP_CLOSE_FDS, errno);
+        report(c, STEP_CLOSE_FDS, errno);
 
     if (c->cwd && chdir(c->cwd) != 0)
-        report(e, STEP_CHDIR, errno);
+        report(c, STEP_CHDIR, errno);
     umask(c->umask);
 
     if (c->n_overlays > 0)
-        private_mounts(c, e);
+        private_mounts(c);
 
     for (int i = 0; i < c->n_rlimits; i++)
         if (syscall(SYS_prlimit64, 0, c->rlimits[i].resource, &c->rlimits[i].value, NULL) != 0)
-            report(e, STEP_RLIMIT, errno);
+            report(c, STEP_RLIMIT, errno);
 
     if (c->drop_bounding_set) {
         for (int cap = 0; cap <= c->last_cap; cap++)
             if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL)
-                report(e, STEP_CAPBSET, errno);
+                report(c, STEP_CAPBSET, errno);
     }
     if (c->securebits >= 0 && prctl(PR_SET_SECUREBITS, (unsigned long)c->securebits, 0, 0, 0) != 0)
-        report(e, STEP_SECUREBITS, errno);
+        report(c, STEP_SECUREBITS, errno);
     /* Raw system calls, not the C library's wrappers: those broadcast the change to every thread
      * of the (shared-memory) caller. Here it must apply to this child only. */
     if (c->gid >= 0) {
         if (syscall(SYS_setgroups, 0, NULL) != 0)
-            report(e, STEP_SETGROUPS, errno);
+            report(c, STEP_SETGROUPS, errno);
         if (syscall(SYS_setresgid, c->gid, c->gid, c->gid) != 0)
-            report(e, STEP_SETGID, errno);
+            report(c, STEP_SETGID, errno);
     }
     if (c->uid >= 0 && syscall(SYS_setresuid, c->uid, c->uid, c->uid) != 0)
-        report(e, STEP_SETUID, errno);
+        report(c, STEP_SETUID, errno);
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); /* EINVAL before 4.3: nothing to clear */
     struct __user_cap_header_struct header = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
     struct __user_cap_data_struct no_caps[2];
     memset(no_caps, 0, sizeof no_caps);
     if (syscall(SYS_capset, &header, no_caps) != 0)
-        report(e, STEP_CAPSET, errno);
+        report(c, STEP_CAPSET, errno);
 
     /* After the credential changes: changing uid clears the parent-death signal. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
-        report(e, STEP_PDEATHSIG, errno);
+        report(c, STEP_PDEATHSIG, errno);
     /* The caller may have died before the signal was armed. */
     if (getppid() != c->parent_pid)
-        report(e, STEP_PARENT_GONE, ESRCH);
+        report(c, STEP_PARENT_GONE, ESRCH);
 
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
-        report(e, STEP_NO_NEW_PRIVS, errno);
+        report(c, STEP_NO_NEW_PRIVS, errno);
     if (c->landlock_fd >= 0 && syscall(SYS_landlock_restrict_self, c->landlock_fd, 0U) != 0)
-        report(e, STEP_LANDLOCK, errno);
+        report(c, STEP_LANDLOCK, errno);
 
     for (int i = 0; i < c->n_filters; i++) {
-        long fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, c->filters[i].flags, &c->filters[i].prog);
+        long fd = tagged(c, SYS_seccomp, SECCOMP_SET_MODE_FILTER, c->filters[i].flags, (long)&c->filters[i].prog);
         if (fd < 0)
-            report(e, STEP_SECCOMP, errno);
+            report(c, STEP_SECCOMP, errno);
         if (c->filters[i].flags & SECCOMP_FILTER_FLAG_NEW_LISTENER) {
             /* The supervisor gets the listener; the program must never hold a copy of it. */
-            if (c->listener_sock < 0 || send_fd(c->listener_sock, (int)fd) != 0)
-                report(e, STEP_LISTENER, c->listener_sock < 0 ? EBADF : errno);
-            close((int)fd);
+            if (c->listener_sock < 0 || send_fd(c, c->listener_sock, (int)fd) != 0)
+                report(c, STEP_LISTENER, c->listener_sock < 0 ? EBADF : errno);
+            tagged(c, SYS_close, fd, 0, 0);
         }
     }
 
-    execve(c->path, c->argv, c->envp);
-    report(e, STEP_EXEC, errno);
+    tagged(c, SYS_execve, (long)c->path, (long)c->argv, (long)c->envp);
+    report(c, STEP_EXEC, errno);
     return 127;
 }
 
@@ -445,7 +455,7 @@ static int parse_overlays(PyObject *obj, struct config *c, PyObject **keep)
 PyDoc_STRVAR(spawn_doc,
 "spawn(path, argv, envp, cwd, stdio, errpipe, parent_pid, cgroup_fds, rlimits,\n"
 "      drop_bounding_set, last_cap, securebits, uid, gid, landlock_fd, filters,\n"
-"      listener_sock, umask, overlays=()) -> (pid, pidfd)\n\n"
+"      listener_sock, umask, overlays=(), magic=0) -> (pid, pidfd)\n\n"
 "Clone a child that applies the prepared lockdown and execs path. Returns as soon as the child\n"
 "has exec'd. On failure the child exits 127 after writing (step, errno) to errpipe, which the\n"
 "caller reads; this function only raises for errors of the clone itself.");
@@ -455,17 +465,18 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     (void)self;
     static char *keywords[] = {"path", "argv", "envp", "cwd", "stdio", "errpipe", "parent_pid", "cgroup_fds",
                                "rlimits", "drop_bounding_set", "last_cap", "securebits", "uid", "gid",
-                               "landlock_fd", "filters", "listener_sock", "umask", "overlays", NULL};
+                               "landlock_fd", "filters", "listener_sock", "umask", "overlays", "magic", NULL};
     PyObject *path, *argv_obj, *envp_obj, *cwd_obj, *stdio_obj, *cgroup_obj, *rlimits_obj, *filters_obj;
     PyObject *overlays_obj = NULL;
     int errpipe, parent_pid, drop_bounding_set, last_cap, landlock_fd, listener_sock;
     long securebits, uid, gid;
     unsigned int umask_value;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOiiOOpillliOiI|O", keywords, &PyBytes_Type, &path,
+    unsigned long long magic = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOiiOOpillliOiI|OK", keywords, &PyBytes_Type, &path,
                                      &argv_obj, &envp_obj, &cwd_obj, &stdio_obj, &errpipe, &parent_pid,
                                      &cgroup_obj, &rlimits_obj, &drop_bounding_set, &last_cap, &securebits, &uid,
                                      &gid, &landlock_fd, &filters_obj, &listener_sock, &umask_value,
-                                     &overlays_obj))
+                                     &overlays_obj, &magic))
         return NULL;
 
     struct config c;
@@ -553,6 +564,7 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     c.landlock_fd = landlock_fd;
     c.listener_sock = listener_sock;
     c.umask = (mode_t)umask_value;
+    c.magic = magic;
     if (overlays_obj && parse_overlays(overlays_obj, &c, &keep_overlays) < 0)
         goto done;
     if (c.n_overlays > 0 && c.landlock_fd < 0) {

@@ -17,6 +17,7 @@ from typing import Any
 
 from evalbox.errors import ValidationError
 from evalbox.kernel.syscall_table import known_syscall
+from evalbox.policy.supervision import VIRTUALIZE_DEFAULT, validate_virtual_paths
 
 WORK_DIR = "work"  # the cwd inside the workspace, and where plan files are written
 
@@ -276,16 +277,32 @@ class Plan:
             set_("notify", NotifyMode(self.notify))
         except ValueError:
             raise ValidationError(f"notify must be a NotifyMode, not {self.notify!r}") from None
+        self._validate_supervision()
+
+    def _validate_supervision(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
         intercept = (self.intercept,) if isinstance(self.intercept, str) else tuple(self.intercept)
         for name in intercept:
-            if not known_syscall(name):
-                raise ValidationError(f"intercept: unknown system call name {name!r}")
+            if not isinstance(name, str) or not known_syscall(name):
+                raise ValidationError(f"intercept: unknown system call name {name!r} (see `man 2 syscalls`)")
+        mode = self.notify
+        virtual = validate_virtual_paths(dict(self.virtual_paths))
+        if mode is NotifyMode.DISABLED and (intercept or self.supervisor or virtual):
+            raise ValidationError("intercept=, supervisor= and virtual_paths= need notify=NotifyMode.MONITOR, "
+                                  "SUPERVISE or VIRTUALIZE")
+        if mode in (NotifyMode.MONITOR, NotifyMode.SUPERVISE) and not intercept:
+            raise ValidationError(f"notify={mode.name} needs intercept=[...]: the system calls to "
+                                  f"{'record' if mode is NotifyMode.MONITOR else 'decide'}, e.g. ['openat', 'execve']")
+        if self.supervisor is not None and (mode is not NotifyMode.SUPERVISE or not callable(self.supervisor)):
+            raise ValidationError("supervisor= must be a callable and needs notify=NotifyMode.SUPERVISE")
+        if mode is NotifyMode.VIRTUALIZE:
+            if not virtual:
+                raise ValidationError("notify=VIRTUALIZE needs virtual_paths={'/data': '/host/dir'}")
+            intercept = tuple(dict.fromkeys(VIRTUALIZE_DEFAULT + intercept))
+        elif virtual:
+            raise ValidationError("virtual_paths= needs notify=NotifyMode.VIRTUALIZE")
         set_("intercept", intercept)
-        set_("virtual_paths", _FrozenDict(dict(self.virtual_paths)))
-        if self.notify is not NotifyMode.DISABLED:
-            raise ValidationError(
-                f"notify={self.notify.name} is not available in this version of evalbox; use NotifyMode.DISABLED"
-            )
+        set_("virtual_paths", _FrozenDict(virtual))
 
     @property
     def workdir(self) -> str:

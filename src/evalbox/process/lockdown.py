@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from evalbox.errors import SandboxError, UnsupportedKernel, ValidationError
 from evalbox.kernel import capabilities as caps
-from evalbox.kernel import cgroups, landlock
-from evalbox.policy import filesystem, seccomp_policy
-from evalbox.policy.plan import Plan
+from evalbox.kernel import cgroups, landlock, seccomp_notify
+from evalbox.policy import filesystem, seccomp_policy, supervision
+from evalbox.policy.plan import NotifyMode, Plan
 from evalbox.policy.resolve import find_executable, runtime_files
 from evalbox.process.host import MIN_LANDLOCK_ABI, MIN_LANDLOCK_ABI_SAME_UID, Host
 from evalbox.process.result import Protections
@@ -54,6 +54,7 @@ class Lockdown:
     # tmpfs overlays in the program's own mount namespace: (target, options, Landlock rights,
     # [(path bound back, is_dir)]) -- a private /dev/shm, and reachable paths under hidden ones
     overlays: list[tuple[bytes, bytes, int, list[tuple[bytes, bool]]]] = field(default_factory=list)
+    magic: int = 0  # non-zero when a notify filter is installed (see _spawn.c `tagged`)
     cgroup_fds: list[int] = field(default_factory=list)
 
     def release_spawn_resources(self) -> None:
@@ -263,6 +264,15 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
         group_only = group is None and uid < 0
         program = seccomp_policy.program(plan.network, plan.syscalls.allow, plan.syscalls.deny, host.arch,
                                          group_only=group_only, same_uid=uid < 0)
+        filters = [(program, 0)]
+        magic = 0
+        if plan.notify is not NotifyMode.DISABLED:
+            if not host.seccomp_notify:
+                raise UnsupportedKernel("notify modes need seccomp user notification (Linux 5.5+, 5.14+ for "
+                                        "virtualized opens); run with notify=NotifyMode.DISABLED")
+            magic = int.from_bytes(os.urandom(8), "little") | 1
+            filters.append((supervision.notify_program(plan.intercept, magic, host.arch),
+                            seccomp_notify.FILTER_FLAG_NEW_LISTENER))
         overlays = []
         if host.private_shm:
             # a private /dev/shm (POSIX semaphores); the workspace may live there: bind it back
@@ -302,7 +312,8 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             cwd=cwd,
             workspace=ws,
             ruleset=ruleset,
-            filters=[(program, 0)],
+            filters=filters,
+            magic=magic,
             rlimits=rlimits,
             uid=uid,
             gid=gid,

@@ -55,6 +55,8 @@ class Output:
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     protections: Protections | None = field(default=None, repr=False)
+    syscalls: tuple = ()  # SyscallRecord audit trail of intercepted calls (notify modes)
+    error: str | None = None  # why evalbox ended the run when no limit did (a failing supervisor)
 
     @property
     def success(self) -> bool:
@@ -89,4 +91,6 @@ class Output:
             "cpu_time": round(self.cpu_time, 6),
             "max_rss": self.max_rss,
             "protections": self.protections.as_dict() if self.protections else None,
+            "syscalls": [asdict(r) for r in self.syscalls],
+            "error": self.error,
         }

@@ -16,6 +16,7 @@ from evalbox.process.host import Host
 from evalbox.process.lockdown import Lockdown, prepare
 from evalbox.process.result import Output, Status
 from evalbox.process.spawn import kill_uid, spawn
+from evalbox.process.supervisor import Supervision
 
 # Messages by which common runtimes report an allocation refused by RLIMIT_AS (used only when no
 # memory cgroup can tell us directly).
@@ -25,8 +26,11 @@ _OOM_MARKERS = (b"MemoryError", b"Cannot allocate memory", b"std::bad_alloc", b"
 
 
 class Sandbox:
-    def __init__(self, plan: Plan, host: Host) -> None:
+    def __init__(self, plan: Plan, host: Host, sandbox_id: int = 0) -> None:
         self.plan = plan
+        self.id = sandbox_id
+        self.supervision: Supervision | None = None
+        self.error: str | None = None  # why evalbox ended the run, when it was not a limit
         self.lock: Lockdown = prepare(plan, host)
         self.stdout = bytearray()
         self.stderr = bytearray()
@@ -44,7 +48,7 @@ class Sandbox:
             for fd in (self.stdin_w, self.stdout_r, self.stderr_r):
                 os.set_blocking(fd, False)
             self.started = time.monotonic()
-            self.pid, self.pidfd = spawn(self.lock, in_r, out_w, err_w)
+            self.pid, self.pidfd, listener = spawn(self.lock, in_r, out_w, err_w)
         except BaseException:
             for fd in child_fds + [getattr(self, n, -1) for n in ("stdin_w", "stdout_r", "stderr_r")]:
                 if fd >= 0:
@@ -58,6 +62,13 @@ class Sandbox:
                 except OSError:
                     pass
         self.lock.release_spawn_resources()
+        if listener >= 0:
+            try:
+                self.supervision = Supervision(sandbox_id, plan, listener, self.pid, host.arch)
+            except BaseException:
+                self.kill_tree()
+                os.close(listener)
+                raise
         group = self.lock.cgroup
         watchdog.register(str(self.pid), self.pid, self.lock.uid, group.distinct_dirs if group else [],
                           self.lock.workspace.root)
@@ -172,10 +183,14 @@ class Sandbox:
             stdout_truncated=self.stdout_truncated,
             stderr_truncated=self.stderr_truncated,
             protections=self.lock.protections,
+            syscalls=tuple(self.supervision.records) if self.supervision else (),
+            error=self.error,
         )
 
     def close(self) -> None:
         """Release every fd and the workspace/cgroup. The tree must already be dead and reaped."""
+        if self.supervision is not None:
+            self.supervision.close()
         for name in ("stdin_w", "stdout_r", "stderr_r", "pidfd"):
             fd = getattr(self, name)
             if fd >= 0:

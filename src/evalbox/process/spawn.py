@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import struct
 
 from evalbox.errors import CommandNotFound, SpawnError, UnsupportedKernel
@@ -28,9 +29,12 @@ def _high_fd(fd: int) -> int:
     return fd if fd > 2 else os.fcntl(fd, os.F_DUPFD_CLOEXEC, 3)
 
 
-def spawn(lock: Lockdown, stdin: int, stdout: int, stderr: int, listener_sock: int = -1) -> tuple[int, int]:
-    """Clone, lock down and exec. Returns (pid, pidfd) once the program runs; raises otherwise."""
+def spawn(lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple[int, int, int]:
+    """Clone, lock down and exec. Returns (pid, pidfd, notify listener or -1) once the program
+    runs; raises otherwise."""
     stdio = [_high_fd(fd) for fd in (stdin, stdout, stderr)]
+    # the child hands a notify listener over this pair before exec (SCM_RIGHTS)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if lock.magic else (None, None)
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     read_end, write_end = _high_fd(read_end), _high_fd(write_end)
     try:
@@ -39,11 +43,16 @@ def spawn(lock: Lockdown, stdin: int, stdout: int, stderr: int, listener_sock: i
             errpipe=write_end, parent_pid=os.getpid(), cgroup_fds=lock.cgroup_fds, rlimits=lock.rlimits,
             drop_bounding_set=lock.drop_bounding_set, last_cap=caps.last_cap(), securebits=lock.securebits,
             uid=lock.uid, gid=lock.gid, landlock_fd=lock.ruleset.fd, filters=lock.filters,
-            listener_sock=listener_sock, umask=UMASK, overlays=lock.overlays,
+            listener_sock=theirs.fileno() if theirs else -1, umask=UMASK, overlays=lock.overlays, magic=lock.magic,
         )
         os.close(write_end)
         write_end = -1
         report = os.read(read_end, 8)
+        listener = -1
+        if len(report) < 8 and ours is not None:
+            _, fds, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
+            listener = fds[0]
+            os.set_inheritable(listener, False)
     finally:
         if write_end >= 0:
             os.close(write_end)
@@ -51,8 +60,11 @@ def spawn(lock: Lockdown, stdin: int, stdout: int, stderr: int, listener_sock: i
         for given, used in zip((stdin, stdout, stderr), stdio):
             if used != given:
                 os.close(used)
+        for end in (ours, theirs):
+            if end is not None:
+                end.close()
     if len(report) < 8:
-        return pid, pidfd
+        return pid, pidfd, listener
     step, err = struct.unpack("=ii", report)
     os.waitpid(pid, 0)
     os.close(pidfd)
