@@ -346,6 +346,11 @@ class Executor:
             if box.wait_status is not None:
                 continue
             if box.deadline is not None and now >= box.deadline:
+                if box.supervision is not None and box.supervision.pending:
+                    waiting = next(iter(box.supervision.pending.values()))
+                    box.error = (f"timed out after {box.plan.timeout:g}s waiting for a decision on "
+                                 f"{waiting.syscall} {waiting.path or ''}".rstrip()
+                                 + " (answer Syscall events with Executor.respond)")
                 box.end(Status.TIMEOUT)
             elif box.plan.cpu_time is not None and now >= run.next_cpu_check:
                 run.next_cpu_check = now + CPU_CHECK_INTERVAL

@@ -13,6 +13,7 @@ from typing import Any
 from evalbox.errors import SandboxError
 from evalbox.executor.executor import Completed, Event, Executor, SandboxId, Timeout
 from evalbox.policy.plan import Plan, as_plan
+from evalbox.policy.supervision import Decision, SyscallRequest
 from evalbox.process.result import Output
 
 
@@ -103,6 +104,11 @@ class AsyncExecutor:
         self._boxes[sid] = box
         self._reschedule()
         return box
+
+    def respond(self, request: SyscallRequest, decision: Decision) -> None:
+        """Answer a Syscall event of a SUPERVISE sandbox."""
+        if self._ex is not None:
+            self._ex.respond(request, decision)
 
     async def run(self, plan: Plan) -> Output:
         return await (await self.spawn(plan, close_stdin=True)).wait()
