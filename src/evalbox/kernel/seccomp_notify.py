@@ -46,11 +46,16 @@ class Notification:
     args: tuple[int, ...]
 
 
-def pending(listener: int) -> bool:
+def poller(listener: int) -> "select.poll":
+    """A poll object for `pending` (kept by the caller: one per listener)."""
+    p = select.poll()
+    p.register(listener, select.POLLIN)
+    return p
+
+
+def pending(listener_poller: "select.poll") -> bool:
     """Is a notification waiting? (RECV itself would block until one arrives.)"""
-    poller = select.poll()
-    poller.register(listener, select.POLLIN)
-    return bool(poller.poll(0))
+    return bool(listener_poller.poll(0))
 
 
 def receive(listener: int) -> Notification | None:

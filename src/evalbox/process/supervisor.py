@@ -74,6 +74,7 @@ class Supervision:
         self.pending: dict[int, SyscallRequest] = {}
         self.error: str | None = None
         self.sync_wakeup = sn.set_sync_wakeup(listener)
+        self._poller = sn.poller(listener)
         self.roots: list[tuple[str, str, int]] = []  # (virtual prefix, host dir, O_PATH fd)
         for virtual, host in sorted(plan.virtual_paths.items(), key=lambda kv: -len(kv[0])):
             try:
@@ -107,16 +108,16 @@ class Supervision:
         """Requests waiting on the listener (at most MAX_PER_WAKEUP), after MONITOR/VIRTUALIZE
         answered what they answer themselves."""
         out = []
-        for _ in range(MAX_PER_WAKEUP):
-            if not sn.pending(self.listener):
+        for i in range(MAX_PER_WAKEUP):
+            if i and not sn.pending(self._poller):  # the first one: epoll just said readable
                 break
             n = sn.receive(self.listener)
             if n is None:
                 break
             name = self.names.get(n.nr, f"syscall_{n.nr}")
             path = self._path(name, n)
-            if not sn.still_valid(self.listener, n.id):
-                continue  # the caller died (or the thread was killed) while we read its memory
+            if path is not None and not sn.still_valid(self.listener, n.id):
+                continue  # the caller died (its pid may be reused) while we read its memory
             req = SyscallRequest(self.sandbox_id, name, n.args, n.pid, path, n.id)
             if self.plan.notify is NotifyMode.MONITOR:
                 sn.allow(self.listener, n.id)
