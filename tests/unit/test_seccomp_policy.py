@@ -132,11 +132,19 @@ def test_fileless_exec_killed():
 
 
 def test_calls_on_other_processes_refused():
-    for name, index in [("prlimit64", 0), ("sched_setaffinity", 0), ("setpriority", 1), ("ioprio_set", 1)]:
+    for name, index, kind in [("prlimit64", 0, 0), ("sched_setaffinity", 0, 0), ("setpriority", 1, 0),
+                              ("ioprio_set", 1, 1)]:
         args = [0] * 6
+        args[0] = kind if index else 0
         assert decide(False, name, *args) == bpf.RET_ALLOW
         args[index] = 4242
         assert errno_of(decide(False, name, *args)) == errno.EPERM
+
+
+def test_priority_of_all_the_users_processes_refused():
+    assert errno_of(decide(False, "setpriority", 2, 0, 19)) == errno.EPERM  # PRIO_USER, who=0: every process of the uid
+    assert errno_of(decide(False, "ioprio_set", 3, 0, 0)) == errno.EPERM  # IOPRIO_WHO_USER
+    assert decide(False, "setpriority", 1, 0, 19) == bpf.RET_ALLOW  # own process group
 
 
 def test_personality_query_only():

@@ -30,6 +30,7 @@ SandboxId = NewType("SandboxId", int)
 CPU_CHECK_INTERVAL = 0.05  # seconds between tree CPU samples for plans with cpu_time
 DRAIN_GRACE = 1.0  # after the tree is killed, how long pipes may take to report EOF
 READ_CHUNK = 65536
+DRAIN_CHUNKS = 256  # at most 16 MiB read from a pipe after the grace period
 
 
 @dataclass(frozen=True)
@@ -198,10 +199,16 @@ class Executor:
     def run(self, plan: Plan) -> Output:
         """Run one plan to completion and return its Output (the blocking form)."""
         sid = self.spawn(plan, close_stdin=True)
-        while True:
-            for ev in self.poll():
-                if isinstance(ev, (Completed, Timeout)) and ev.id == sid:
-                    return ev.output
+        others: list[Event] = []  # events of other sandboxes stay for the caller's next poll()
+        try:
+            while True:
+                for ev in self.poll():
+                    if isinstance(ev, (Completed, Timeout)) and ev.id == sid:
+                        return ev.output
+                    if ev.id != sid:
+                        others.append(ev)
+        finally:
+            self._ready.extendleft(reversed(others))
 
     def close(self) -> None:
         """Kill and reap every sandbox, remove their workspaces and cgroups."""
@@ -368,8 +375,9 @@ class Executor:
             # Output already in the pipes after the tree died is still delivered; a pipe still
             # open after the grace period has a writer that escaped the kill, and is abandoned.
             for fd, stream in list(run.open_pipes.items()):
-                while box.kill_reason is not Status.OUTPUT_LIMIT and self._read_pipe(run, fd, stream):
-                    pass
+                for _ in range(DRAIN_CHUNKS):  # bounded: a writer that escaped the kill may never stop
+                    if box.kill_reason is Status.OUTPUT_LIMIT or not self._read_pipe(run, fd, stream):
+                        break
                 self._close_pipe(run, fd)
             output = box.output()
             self._release(run)

@@ -17,6 +17,9 @@ from evalbox.policy.supervision import Decision, SyscallRequest
 from evalbox.process.result import Output
 
 
+_CLOSED = object()  # ends an events() iteration when the executor closes under it
+
+
 class AsyncSandbox:
     """A running sandbox of an AsyncExecutor: its events, its Output, and controls."""
 
@@ -32,9 +35,14 @@ class AsyncSandbox:
             self._done.set_result(ev.output)
 
     async def events(self) -> AsyncIterator[Event]:
-        """Stdout/Stderr events as produced, ending with the Completed or Timeout event."""
+        """Stdout/Stderr events as produced, ending with the Completed or Timeout event.
+
+        Raises SandboxError if the AsyncExecutor is closed before the sandbox ends.
+        """
         while True:
             ev = await self._events.get()
+            if ev is _CLOSED:
+                raise self._done.exception()  # type: ignore[misc]
             yield ev
             if isinstance(ev, (Completed, Timeout)):
                 return
@@ -88,6 +96,7 @@ class AsyncExecutor:
             if not box._done.done():
                 box._done.set_exception(SandboxError(f"sandbox {box.id} was killed: its AsyncExecutor closed"))
                 box._done.exception()  # mark retrieved: nobody may be waiting
+                box._events.put_nowait(_CLOSED)  # type: ignore[arg-type]
         self._boxes.clear()
         self._ex = None
 

@@ -176,7 +176,7 @@ class Group:
     def _oom_kills(self) -> int:
         d = self.dirs.get("memory")
         if d is None:
-            return False
+            return 0
         try:
             if self.version == 2:
                 text = _read(os.path.join(d, "memory.events"))
@@ -311,6 +311,15 @@ def release(group: Group) -> None:
         _pool.append(group)
     else:
         group.remove()
+
+
+def _forget_after_fork() -> None:
+    # a forked child must not recycle (or remove) groups its parent still uses
+    _pool.clear()
+    _made_parents.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 @atexit.register

@@ -174,12 +174,19 @@ def read_bytes(pid: int, address: int, size: int) -> bytes | None:
         os.close(fd)
 
 
-def write_bytes(pid: int, address: int, data: bytes) -> bool:
+def write_bytes(listener: int, nid: int, pid: int, address: int, data: bytes) -> bool:
+    """Write into the target's memory (a result buffer of its call).
+
+    The mem file is opened first and the notification checked after: if the target had died
+    and its pid been reused, the open file still refers to the old, dead process.
+    """
     try:
         fd = os.open(f"/proc/{pid}/mem", os.O_WRONLY | os.O_CLOEXEC)
     except OSError:
         return False
     try:
+        if not still_valid(listener, nid):
+            return False
         return os.pwrite(fd, data, address) == len(data)
     except OSError:
         return False

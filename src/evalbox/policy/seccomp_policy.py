@@ -125,6 +125,8 @@ SOCK_STREAM, SOCK_SEQPACKET = 1, 5
 SOCK_TYPE_MASK = 0xF
 NETLINK_ROUTE = 0
 AT_EMPTY_PATH = 0x1000
+PRIO_PROCESS, PRIO_PGRP = 0, 1  # not PRIO_USER
+IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP = 1, 2  # not IOPRIO_WHO_USER
 
 # prctl options with no reach beyond the calling process.
 PRCTL_ALLOWED = (
@@ -137,9 +139,17 @@ PRCTL_ALLOWED = (
 )
 
 
-def _self_only(name: str, index: int) -> list[Rule]:
-    """Calls that may target another process: allowed on the caller itself only."""
-    return [Rule(name, ALLOW, (Arg(index, "eq", 0, width=32),)), Rule(name, refuse(errno.EPERM))]
+def _self_only(name: str, index: int, kinds: tuple[int, ...] = ()) -> list[Rule]:
+    """Calls that may target another process: allowed on the caller itself only.
+
+    `kinds`: for calls whose first argument says what `who` names (a process, a process group,
+    a user), the kinds for which who=0 means the caller; for a user, 0 means every process of
+    the caller's uid, which on a non-root host includes the caller's own host processes.
+    """
+    if not kinds:
+        return [Rule(name, ALLOW, (Arg(index, "eq", 0, width=32),)), Rule(name, refuse(errno.EPERM))]
+    allowed = [Rule(name, ALLOW, (Arg(0, "eq", kind, width=32), Arg(index, "eq", 0, width=32))) for kind in kinds]
+    return allowed + [Rule(name, refuse(errno.EPERM))]
 
 
 def _network_rules(network: bool) -> list[Rule]:
@@ -198,8 +208,8 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
     out.append(Rule("personality", ALLOW, (Arg(0, "eq", 0, width=32),)))
     out.append(Rule("personality", refuse(errno.EPERM)))
     out += _self_only("prlimit64", 0)
-    out += _self_only("setpriority", 1)
-    out += _self_only("ioprio_set", 1)
+    out += _self_only("setpriority", 1, kinds=(PRIO_PROCESS, PRIO_PGRP))
+    out += _self_only("ioprio_set", 1, kinds=(IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP))
     for name in ("sched_setaffinity", "sched_setscheduler", "sched_setparam", "sched_setattr"):
         out += _self_only(name, 0)
     out += _network_rules(network)

@@ -20,14 +20,12 @@ from evalbox.kernel import cgroups, landlock, seccomp_notify
 from evalbox.policy import filesystem, seccomp_policy, supervision
 from evalbox.policy.plan import NotifyMode, Plan
 from evalbox.policy.resolve import find_executable, runtime_files
+from evalbox.process.identity import UidLease
 from evalbox.process.host import MIN_LANDLOCK_ABI, MIN_LANDLOCK_ABI_SAME_UID, Host
 from evalbox.process.result import Protections
 from evalbox.process.workspace import Workspace
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-# Sandboxes of a root host run as their own uid, far above any real account or subuid range.
-SANDBOX_UID_BASE = 2_000_000_000
-SANDBOX_UID_SPAN = 1 << 20
 UMASK = 0o022
 
 _counter = itertools.count()
@@ -56,6 +54,7 @@ class Lockdown:
     overlays: list[tuple[bytes, bytes, int, list[tuple[bytes, bool]]]] = field(default_factory=list)
     magic: int = 0  # non-zero when a notify filter is installed (see _spawn.c `tagged`)
     cgroup_fds: list[int] = field(default_factory=list)
+    uid_lease: UidLease | None = None
 
     def release_spawn_resources(self) -> None:
         """Close what only the child needed (the Landlock ruleset, the cgroup.procs fds)."""
@@ -71,10 +70,8 @@ class Lockdown:
             cgroups.release(self.cgroup)
             self.cgroup = None
         self.workspace.remove()
-
-
-def _sandbox_uid() -> int:
-    return SANDBOX_UID_BASE + (os.getpid() * 4099 + next(_counter)) % SANDBOX_UID_SPAN
+        if self.uid_lease is not None:
+            self.uid_lease.release()  # last: nothing of the run may outlive the uid's lease
 
 
 _user_procs_cache: tuple[float, int] = (0.0, 0)
@@ -225,23 +222,29 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
         if not os.path.exists(mount.source):
             raise ValidationError(f"mount source {mount.source} does not exist on this host; create it or fix the path")
 
-    uid = gid = -1
-    owner = None
     if host.switches_uid:
-        uid = gid = _sandbox_uid()
-        owner = (uid, gid)
         for mount in plan.mounts:
             _check_other_access(mount.source, mount.writable, host.private_shm)
-    ws = Workspace(plan, owner, memory_bounded=plan.memory is not None and "memory" in host.cgroup.controllers)
-    ruleset = None
-    group = None
+    for virtual, directory in plan.virtual_paths.items():
+        if not os.path.isdir(directory):
+            raise ValidationError(f"virtual_paths[{virtual!r}]: {directory} is not a directory on this host")
+        if host.switches_uid:
+            _check_other_access(directory, False, host.private_shm)
+
+    uid = gid = -1
+    lease = UidLease() if host.switches_uid else None
+    ws = ruleset = group = None
     try:
+        if lease is not None:
+            uid = gid = lease.uid
+        ws = Workspace(plan, (uid, gid) if lease else None,
+                       memory_bounded=plan.memory is not None and "memory" in host.cgroup.controllers)
         env = _environment(plan, ws)
         cwd = ws.path(plan.workdir)
         if not os.path.isdir(cwd):
             os.makedirs(cwd, 0o700)
-            if owner:
-                os.chown(cwd, *owner)
+            if lease:
+                os.chown(cwd, uid, gid)
         executable = find_executable(plan.argv[0], env["PATH"], cwd)
         runtime = runtime_files(executable, env_path=env["PATH"], ld_library_path=env.get("LD_LIBRARY_PATH", ""))
 
@@ -323,11 +326,15 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             protections=protections,
             overlays=overlays,
             cgroup_fds=group.open_procs() if group is not None else [],
+            uid_lease=lease,
         )
     except BaseException:
         if ruleset is not None:
             ruleset.close()
         if group is not None:
             cgroups.release(group)
-        ws.remove()
+        if ws is not None:
+            ws.remove()
+        if lease is not None:
+            lease.release()
         raise

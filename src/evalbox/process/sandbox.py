@@ -18,10 +18,10 @@ from evalbox.process.result import Output, Status
 from evalbox.process.spawn import kill_uid, spawn
 from evalbox.process.supervisor import Supervision
 
-# Messages by which common runtimes report an allocation refused by RLIMIT_AS (used only when no
-# memory cgroup can tell us directly).
 CPU_TICK_SLACK = 0.1  # seconds
 
+# Messages by which common runtimes report an allocation refused by RLIMIT_AS (used only when no
+# memory cgroup can tell us directly).
 _OOM_MARKERS = (b"MemoryError", b"Cannot allocate memory", b"std::bad_alloc", b"out of memory", b"Out of memory")
 
 
@@ -64,10 +64,13 @@ class Sandbox:
         self.lock.release_spawn_resources()
         if listener >= 0:
             try:
-                self.supervision = Supervision(sandbox_id, plan, listener, self.pid, host.arch)
-            except BaseException:
+                self.supervision = Supervision(sandbox_id, plan, listener, self.pid, host.arch,
+                                               others_only=host.switches_uid)
+            except BaseException:  # (Supervision closed the listener)
                 self.kill_tree()
-                os.close(listener)
+                os.waitpid(self.pid, 0)
+                self.wait_status = 0
+                self.close()
                 raise
         group = self.lock.cgroup
         watchdog.register(str(self.pid), self.pid, self.lock.uid, group.distinct_dirs if group else [],
@@ -117,7 +120,8 @@ class Sandbox:
         except (ProcessLookupError, PermissionError):
             pass
         if self.lock.cgroup is not None:
-            self.lock.cgroup.kill()
+            if not self.lock.cgroup.kill() and self.error is None:
+                self.error = "some processes of the run could not be killed (stuck in the kernel?)"
         elif self.lock.uid >= 0:
             kill_uid(self.lock.uid, self.lock.gid)
 
@@ -157,6 +161,8 @@ class Sandbox:
             cpu = max(cpu, tree_cpu)
         group = self.lock.cgroup
         status = self.kill_reason
+        if status is None and (self.stdout_truncated or self.stderr_truncated):
+            status = Status.OUTPUT_LIMIT  # the cap was hit while draining, after the program exited
         if status is None and group is not None and group.oom_killed():
             status = Status.MEMORY_LIMIT
         if status is None and plan.cpu_time is not None:

@@ -63,7 +63,10 @@ def _pack_statx(st: os.stat_result) -> bytes:
 class Supervision:
     """One sandbox's listener and what its plan says to do with each intercepted call."""
 
-    def __init__(self, sandbox_id: int, plan: Plan, listener: int, pid: int, arch: str) -> None:
+    def __init__(self, sandbox_id: int, plan: Plan, listener: int, pid: int, arch: str,
+                 others_only: bool = False) -> None:
+        """`others_only`: the sandbox has a uid of its own (root host) while the supervisor is
+        root, so virtualized access is limited to what file modes give "other" users."""
         self.sandbox_id = sandbox_id
         self.plan = plan
         self.listener = listener
@@ -73,6 +76,7 @@ class Supervision:
         self.records: list[SyscallRecord] = []
         self.pending: dict[int, SyscallRequest] = {}
         self.error: str | None = None
+        self.others_only = others_only
         self.sync_wakeup = sn.set_sync_wakeup(listener)
         self._poller = sn.poller(listener)
         self.roots: list[tuple[str, str, int]] = []  # (virtual prefix, host dir, O_PATH fd)
@@ -147,12 +151,14 @@ class Supervision:
         if self.pending.pop(req.id, None) is None:
             raise ValueError(f"request {req.id} of sandbox {self.sandbox_id} is not pending (already answered?)")
         if decision.action == "allow":
-            sn.allow(self.listener, req.id)
-            self.records.append(SyscallRecord(req.syscall, req.path, req.args, req.pid, "allowed"))
-        elif decision.action == "deny":
-            sn.fail(self.listener, req.id, decision.errno)
+            done = sn.allow(self.listener, req.id)
             self.records.append(SyscallRecord(req.syscall, req.path, req.args, req.pid,
-                                              f"denied {errno.errorcode.get(decision.errno, decision.errno)}"))
+                                              "allowed" if done else "abandoned (caller gone)"))
+        elif decision.action == "deny":
+            done = sn.fail(self.listener, req.id, decision.errno)
+            name = errno.errorcode.get(decision.errno, decision.errno)
+            self.records.append(SyscallRecord(req.syscall, req.path, req.args, req.pid,
+                                              f"denied {name}" if done else "abandoned (caller gone)"))
         else:
             self.records.append(SyscallRecord(req.syscall, req.path, req.args, req.pid, "killed"))
             return False
@@ -206,7 +212,7 @@ class Supervision:
         if name in OPEN_CALLS:
             if name == "openat2":
                 how = sn.read_bytes(req.pid, args[2], 24)
-                if how is None:
+                if how is None or not sn.still_valid(self.listener, req.id):
                     raise OSError(errno.EFAULT, "open_how unreadable")
                 flags, mode, _ = struct.unpack("=QQQ", how)
             elif name == "creat":
@@ -218,6 +224,7 @@ class Supervision:
                 raise OSError(errno.EROFS, "virtual paths are read-only")
             fd = sn.openat2(root, rel.encode("utf-8", "surrogateescape"), flags & ~os.O_CLOEXEC, mode, resolve)
             try:
+                self._check_others_may_read(root, fd)
                 sn.inject_fd_and_return(self.listener, req.id, fd, bool(flags & os.O_CLOEXEC))
             finally:
                 os.close(fd)
@@ -229,6 +236,7 @@ class Supervision:
         fd = sn.openat2(root, rel.encode("utf-8", "surrogateescape"), os.O_PATH | (os.O_NOFOLLOW if nofollow else 0),
                         0, resolve)
         try:
+            self._check_others_may_read(root, fd, need_read=False)
             st = os.fstat(fd)
         finally:
             os.close(fd)
@@ -236,15 +244,33 @@ class Supervision:
             sn.succeed(self.listener, req.id, 0)  # (an empty attribute list)
         elif name in STAT_CALLS and self.arch == "x86_64":
             buf = args[1] if name in ("stat", "lstat") else args[2]
-            if not sn.write_bytes(req.pid, buf, _pack_stat(st)):
+            if not sn.write_bytes(self.listener, req.id, req.pid, buf, _pack_stat(st)):
                 raise OSError(errno.EFAULT, "stat buffer")
             sn.succeed(self.listener, req.id, 0)
         elif name == "statx":
-            if not sn.write_bytes(req.pid, args[4], _pack_statx(st)):
+            if not sn.write_bytes(self.listener, req.id, req.pid, args[4], _pack_statx(st)):
                 raise OSError(errno.EFAULT, "statx buffer")
             sn.succeed(self.listener, req.id, 0)
         else:
             raise OSError(errno.EOPNOTSUPP, f"{name} on a virtual path")
+
+    def _check_others_may_read(self, root: int, fd: int, need_read: bool = True) -> None:
+        """Root supervisor, unprivileged sandbox: refuse what file modes would refuse "other"
+        users (search on each directory from the mapped root down, read on the target)."""
+        if not self.others_only:
+            return
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        top = os.readlink(f"/proc/self/fd/{root}")
+        path = top
+        for part in os.path.relpath(target, top).split("/")[:-1]:
+            if part in ("", "."):
+                continue
+            path = os.path.join(path, part)
+            if not os.stat(path).st_mode & 0o001:
+                raise OSError(errno.EACCES, "not searchable by others")
+        mode = os.fstat(fd).st_mode
+        if need_read and not mode & 0o004:
+            raise OSError(errno.EACCES, "not readable by others")
 
 
 def _describe_sockaddr(raw: bytes) -> str | None:

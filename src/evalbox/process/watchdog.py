@@ -11,6 +11,7 @@ cgroups, and exits. One guard per caller process, not per sandbox.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -68,7 +69,13 @@ for box in live.values():
                 break
             except OSError:
                 time.sleep(0.01)
-    shutil.rmtree(box["workspace"], ignore_errors=True)
+    def fix_and_retry(func, path, exc):
+        try:
+            os.chmod(os.path.dirname(path), 0o700)
+            func(path)
+        except OSError:
+            pass
+    shutil.rmtree(box["workspace"], onerror=fix_and_retry)
 for parent in parents:  # recycled groups of finished sandboxes are kept there too
     for name in os.listdir(parent) if os.path.isdir(parent) else ():
         d = os.path.join(parent, name)
@@ -103,6 +110,21 @@ def _send(msg: list[Any]) -> None:
             _guard.stdin.flush()
         except BrokenPipeError:
             _guard = None
+
+
+def _forget_after_fork() -> None:
+    # the child must not write to its parent's guard, nor keep its pipe open (the guard would
+    # not see the parent die); the child starts a guard of its own when it needs one
+    global _guard
+    if _guard is not None and _guard.stdin is not None:
+        try:
+            os.close(_guard.stdin.fileno())
+        except OSError:
+            pass
+    _guard = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def register(key: str, pgid: int, uid: int, cgroups: list[str], workspace: str) -> None:

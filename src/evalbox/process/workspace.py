@@ -16,6 +16,7 @@ import stat
 import tempfile
 
 from evalbox.policy.plan import WORK_DIR, Plan
+from evalbox.process.identity import is_sandbox_uid
 
 SUBDIRS = (WORK_DIR, "tmp", "home")
 SHM = "/dev/shm"
@@ -117,8 +118,10 @@ def sweep_stale() -> None:
         if len(parts) != 3 or parts[0] != "evalbox" or not parts[1].isdigit() or os.path.exists(f"/proc/{parts[1]}"):
             continue
         try:
-            # only real directories that this user created: never follow or delete a planted link or file
-            if entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == os.geteuid():
+            # only real directories that this user (or, on a root host, a sandbox uid) owns: never
+        # follow or delete a planted link or file
+            owner = entry.stat(follow_symlinks=False).st_uid
+            if entry.is_dir(follow_symlinks=False) and (owner == os.geteuid() or is_sandbox_uid(owner)):
                 _force_rmtree(entry.path)
         except OSError:
             pass
