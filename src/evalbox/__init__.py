@@ -16,10 +16,17 @@ from evalbox.runtimes import go, node, python, shell
 from evalbox import evals
 
 __all__ = [
-    "AsyncExecutor", "AsyncSandbox", "arun", "arun_many", "run_many",
-    "CommandNotFound", "Decision", "Syscall", "SyscallRecord", "SyscallRequest", "Completed", "Event", "Executor", "File", "Mount", "NotifyMode", "Output", "Plan",
-    "Protections", "SandboxError", "SandboxId", "SpawnError", "Status", "Stderr", "Stdout", "Syscalls",
-    "Timeout", "UnsupportedKernel", "ValidationError", "run",
-    "evals", "go", "node", "python", "shell",
+    # running
+    "run", "arun", "run_many", "arun_many", "Executor", "AsyncExecutor", "AsyncSandbox", "SandboxId",
+    # describing a run
+    "Plan", "File", "Mount", "Syscalls", "NotifyMode",
+    # results and events
+    "Output", "Status", "Protections", "Event", "Stdout", "Stderr", "Completed", "Timeout", "Syscall",
+    # supervision
+    "Decision", "SyscallRequest", "SyscallRecord",
+    # errors
+    "SandboxError", "ValidationError", "CommandNotFound", "UnsupportedKernel", "SpawnError",
+    # runtimes and evaluations
+    "python", "shell", "node", "go", "evals",
 ]
 __version__ = "0.1.0"
