@@ -6,9 +6,8 @@ from one event loop. See README.md and the contract in SPEC.md.
 
 from evalbox.errors import CommandNotFound, SandboxError, SpawnError, UnsupportedKernel, ValidationError
 from evalbox.executor.executor import Completed, Event, Executor, SandboxId, Stderr, Stdout, Syscall, Timeout
-from evalbox.faces.aio import AsyncExecutor, AsyncSandbox, arun
 from evalbox.faces.api import run
-from evalbox.faces.batch import arun_many, run_many
+from evalbox.faces.batch import run_many
 from evalbox.policy.plan import File, Mount, NotifyMode, Plan, Syscalls
 from evalbox.policy.supervision import Decision, SyscallRecord, SyscallRequest
 from evalbox.process.result import Output, Protections, Status
@@ -30,3 +29,13 @@ __all__ = [
     "python", "shell", "node", "go", "evals",
 ]
 __version__ = "0.1.0"
+
+_ASYNC_NAMES = ("AsyncExecutor", "AsyncSandbox", "arun", "arun_many")
+
+
+def __getattr__(name: str):  # the asyncio face loads asyncio (~40 ms): only when used
+    if name in _ASYNC_NAMES:
+        from evalbox.faces import aio
+
+        return getattr(aio, name)
+    raise AttributeError(f"module 'evalbox' has no attribute {name!r}")

@@ -7,10 +7,11 @@ wakes the loop; a timer covers the clock limits (wall time, CPU checks).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from evalbox.errors import SandboxError
+from evalbox.faces.batch import Progress, Result, default_concurrency, prepare_items
 from evalbox.executor.executor import Completed, Event, Executor, SandboxId, Timeout
 from evalbox.policy.plan import Plan, as_plan
 from evalbox.policy.supervision import Decision, SyscallRequest
@@ -147,3 +148,29 @@ async def arun(target: Plan | Iterable[str], **overrides: Any) -> Output:
     plan = as_plan(target, **overrides)
     async with AsyncExecutor() as ex:
         return await ex.run(plan)
+
+
+async def arun_many(plans: Iterable[Plan | Sequence[str]], concurrency: int | None = None, progress: bool = False,
+                    **overrides: Any) -> list[Result]:
+    """`run_many` for asyncio: one AsyncExecutor on the running loop."""
+    prepared = prepare_items(plans, overrides)
+    gate = asyncio.Semaphore(concurrency or default_concurrency())
+    bar = Progress(len(prepared), progress)
+
+    async def one(ex: AsyncExecutor, item: Plan | SandboxError) -> Result:
+        if isinstance(item, SandboxError):
+            result: Result = item
+        else:
+            async with gate:
+                try:
+                    result = await ex.run(item)
+                except SandboxError as e:
+                    result = e
+        bar.advance(result)
+        return result
+
+    try:
+        async with AsyncExecutor() as ex:
+            return list(await asyncio.gather(*(one(ex, p) for p in prepared)))
+    finally:
+        bar.close()

@@ -7,7 +7,6 @@ return_exceptions=True). Check with `isinstance(result, evalbox.Output)`.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -15,7 +14,6 @@ from typing import Any
 
 from evalbox.errors import SandboxError
 from evalbox.executor.executor import Completed, Executor, SandboxId, Timeout
-from evalbox.faces.aio import AsyncExecutor
 from evalbox.policy.plan import Plan, as_plan
 from evalbox.process.result import Output
 
@@ -29,7 +27,7 @@ def default_concurrency() -> int:
         return os.cpu_count() or 1
 
 
-class _Progress:
+class Progress:
     """A tqdm bar on stderr when it is a terminal and progress is wanted; silent otherwise."""
 
     def __init__(self, total: int, wanted: bool, desc: str = "evalbox") -> None:
@@ -50,7 +48,7 @@ class _Progress:
             self._bar.close()
 
 
-def _plans(items: Iterable[Plan | Sequence[str]], overrides: dict[str, Any]) -> list[Plan | SandboxError]:
+def prepare_items(items: Iterable[Plan | Sequence[str]], overrides: dict[str, Any]) -> list[Plan | SandboxError]:
     out: list[Plan | SandboxError] = []
     for item in items:
         try:
@@ -63,11 +61,11 @@ def _plans(items: Iterable[Plan | Sequence[str]], overrides: dict[str, Any]) -> 
 def run_many(plans: Iterable[Plan | Sequence[str]], concurrency: int | None = None, progress: bool = True,
              **overrides: Any) -> list[Result]:
     """Run every plan (or argv, with Plan keywords as `overrides`); results in input order."""
-    prepared = _plans(plans, overrides)
+    prepared = prepare_items(plans, overrides)
     results: list[Result | None] = [p if isinstance(p, SandboxError) else None for p in prepared]
     todo = [i for i, p in enumerate(prepared) if isinstance(p, Plan)]
     limit = concurrency or default_concurrency()
-    bar = _Progress(len(prepared), progress)
+    bar = Progress(len(prepared), progress)
     for r in results:
         if r is not None:
             bar.advance(r)
@@ -94,29 +92,3 @@ def run_many(plans: Iterable[Plan | Sequence[str]], concurrency: int | None = No
     finally:
         bar.close()
     return results  # type: ignore[return-value]
-
-
-async def arun_many(plans: Iterable[Plan | Sequence[str]], concurrency: int | None = None, progress: bool = False,
-                    **overrides: Any) -> list[Result]:
-    """`run_many` for asyncio: one AsyncExecutor on the running loop."""
-    prepared = _plans(plans, overrides)
-    gate = asyncio.Semaphore(concurrency or default_concurrency())
-    bar = _Progress(len(prepared), progress)
-
-    async def one(ex: AsyncExecutor, item: Plan | SandboxError) -> Result:
-        if isinstance(item, SandboxError):
-            result: Result = item
-        else:
-            async with gate:
-                try:
-                    result = await ex.run(item)
-                except SandboxError as e:
-                    result = e
-        bar.advance(result)
-        return result
-
-    try:
-        async with AsyncExecutor() as ex:
-            return list(await asyncio.gather(*(one(ex, p) for p in prepared)))
-    finally:
-        bar.close()
