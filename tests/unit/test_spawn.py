@@ -125,3 +125,14 @@ def test_raw_syscall_helper_raises_oserror():
     with pytest.raises(OSError):
         _spawn.syscall(445, -1, 1, b"\0" * 12, 0)  # landlock_add_rule on a bad fd
     assert _spawn.syscall(39) == os.getpid()  # getpid
+
+
+def test_stdio_sources_on_low_fds_are_moved_out_of_the_way():
+    from evalbox.process.spawn import _high_fd
+
+    moved = _high_fd(0)
+    try:
+        assert moved > 2 and os.get_inheritable(moved) is False
+    finally:
+        os.close(moved)
+    assert _high_fd(7) == 7

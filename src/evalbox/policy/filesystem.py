@@ -62,28 +62,22 @@ def _readable_system_paths() -> list[PathRule]:
     return rules
 
 
-@dataclass(frozen=True)
-class _OpenRule:
-    fd: int
-    is_dir: bool
-    rights: int
-
-
 @functools.cache
-def _system_rules_opened() -> tuple[_OpenRule, ...]:
-    """The system rules with their O_PATH fds, opened once per process.
-
-    Every run grants the same system paths; holding their fds (a few dozen, close-on-exec)
-    saves a path walk per rule per run. Paths that do not exist on this host are left out.
-    """
-    opened = []
+def _system_rules_packed(handled: int) -> bytes:
+    """The system rules, packed for one Landlock call, with their O_PATH fds opened once per
+    process: every run grants the same system paths, so holding their fds (a few dozen,
+    close-on-exec) saves a path walk per rule per run. Paths missing on this host are left out."""
+    packed = []
     for rule in _readable_system_paths():
         try:
             fd = os.open(rule.path, os.O_PATH | os.O_CLOEXEC)
         except OSError:
             continue
-        opened.append(_OpenRule(fd, stat.S_ISDIR(os.fstat(fd).st_mode), rule.rights))
-    return tuple(opened)
+        rights = rule.rights & handled
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            rights &= ll.FILE_RIGHTS
+        packed.append(ll.pack_rule(fd, rights))
+    return b"".join(packed)
 
 
 def _inside(path: str, trees: tuple[str, ...]) -> bool:
@@ -120,8 +114,7 @@ def build_ruleset(rules: list[PathRule], abi: int, network: bool) -> ll.Ruleset:
     handled_net = 0 if network else ll.net_rights(abi)
     ruleset = ll.Ruleset(ll.fs_rights(abi), handled_net, ll.scopes(abi))
     try:
-        for opened in _system_rules_opened():
-            ruleset.allow_fd(opened.fd, opened.is_dir, opened.rights)
+        ruleset.allow_packed(_system_rules_packed(ruleset.handled_fs))
         for rule in rules:
             ruleset.allow_path(rule.path, rule.rights)
     except BaseException:

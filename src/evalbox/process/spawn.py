@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import socket
 import struct
@@ -26,7 +27,7 @@ STEP_LANDLOCK, STEP_SECCOMP, STEP_EXEC = 17, 18, 20
 
 def _high_fd(fd: int) -> int:
     """Stdio sources must not sit on 0-2, where the child's dup2 calls would clobber them."""
-    return fd if fd > 2 else os.fcntl(fd, os.F_DUPFD_CLOEXEC, 3)
+    return fd if fd > 2 else fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
 
 
 def spawn(lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple[int, int, int]:

@@ -10,23 +10,22 @@ cgroups, and exits. One guard per caller process, not per sandbox.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import threading
-from typing import Any
 
 _GUARD = r"""
-import json, os, shutil, signal, sys, time
+import os, shutil, signal, sys, time
 live, parents = {}, set()
-for line in sys.stdin:
-    msg = json.loads(line)
-    if msg[0] == "+":
-        live[msg[1]] = msg[2]
-        parents.update(os.path.dirname(d) for d in msg[2]["cgroups"])
+for line in sys.stdin:  # "+ key pgid uid workspace cgroup..." or "- key", tab-separated
+    op, key, *rest = line.rstrip("\n").split("\t")
+    if op == "+":
+        pgid, uid, workspace, *groups = rest
+        live[key] = {"pgid": int(pgid), "uid": int(uid), "workspace": workspace, "cgroups": groups}
+        parents.update(os.path.dirname(d) for d in groups)
     else:
-        live.pop(msg[1], None)
+        live.pop(key, None)
 
 def kill_pids(pids):
     for pid in pids:
@@ -92,24 +91,37 @@ for parent in parents:  # recycled groups of finished sandboxes are kept there t
 """
 
 _lock = threading.Lock()
-_guard: subprocess.Popen[str] | None = None
+_guard: subprocess.Popen[bytes] | None = None
+_live: dict[str, bytes] = {}  # registrations, replayed to a new guard if the old one died
 
 
-def _send(msg: list[Any]) -> None:
+def _start() -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", _GUARD], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+
+
+def _send(key: str, line: bytes | None) -> None:
+    """Tell the guard (starting it if needed) that `key` is live (`line`) or gone (None)."""
     global _guard
-    line = json.dumps(msg) + "\n"
     with _lock:
-        if _guard is None or _guard.poll() is not None:
-            _guard = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _GUARD], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, start_new_session=True, text=True,
-            )
+        if line is None:
+            _live.pop(key, None)
+            message = b"-\t" + key.encode() + b"\n"
+        else:
+            _live[key] = message = line
+        if _guard is None:
+            _guard = _start()
         assert _guard.stdin is not None
         try:
-            _guard.stdin.write(line)
-            _guard.stdin.flush()
+            os.write(_guard.stdin.fileno(), message)
         except BrokenPipeError:
-            _guard = None
+            # the guard died (killed by someone): a new one must learn every live sandbox again
+            _guard.wait()
+            _guard = _start()
+            assert _guard.stdin is not None
+            os.write(_guard.stdin.fileno(), b"".join(_live.values()))
 
 
 def _forget_after_fork() -> None:
@@ -118,18 +130,20 @@ def _forget_after_fork() -> None:
     global _guard
     if _guard is not None and _guard.stdin is not None:
         try:
-            os.close(_guard.stdin.fileno())
+            _guard.stdin.close()
         except OSError:
             pass
     _guard = None
+    _live.clear()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def register(key: str, pgid: int, uid: int, cgroups: list[str], workspace: str) -> None:
-    _send(["+", key, {"pgid": pgid, "uid": uid, "cgroups": cgroups, "workspace": workspace}])
+    fields = ["+", key, str(pgid), str(uid), workspace, *cgroups]
+    _send(key, ("\t".join(fields) + "\n").encode())
 
 
 def unregister(key: str) -> None:
-    _send(["-", key])
+    _send(key, None)

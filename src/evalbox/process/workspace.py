@@ -82,10 +82,13 @@ class Workspace:
                     os.makedirs(os.path.dirname(link), 0o700, exist_ok=True)
                     os.symlink(mount.source, link)
             if owner is not None:
-                for dirpath, dirnames, filenames in os.walk(self.root):
-                    os.lchown(dirpath, *owner)
-                    for name in dirnames + filenames:
-                        os.lchown(os.path.join(dirpath, name), *owner)
+                os.chown(self.root, *owner)
+                for sub in SUBDIRS:
+                    os.chown(os.path.join(self.root, sub), *owner)
+                if plan.files or plan.mounts:  # what the plan put in work/ (the common case: nothing)
+                    for dirpath, dirnames, filenames in os.walk(work):
+                        for name in dirnames + filenames:
+                            os.lchown(os.path.join(dirpath, name), *owner)
         except BaseException:
             self.remove()
             raise
@@ -102,7 +105,13 @@ class Workspace:
         return self.path("tmp")
 
     def remove(self) -> None:
-        _force_rmtree(self.root)
+        # fast path: the program left its three directories empty (rmdir refuses anything else)
+        try:
+            for sub in SUBDIRS:
+                os.rmdir(os.path.join(self.root, sub))
+            os.rmdir(self.root)
+        except OSError:
+            _force_rmtree(self.root)
 
 
 def sweep_stale() -> None:
