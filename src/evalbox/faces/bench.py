@@ -51,7 +51,7 @@ CONCURRENCY_LEVELS = (1, 2, 4, 8)
 SPORADIC_GAP = 0.02  # seconds of idleness before each run in the "sporadic caller" rows
 HUMANEVAL_WORKERS = 4
 HUMANEVAL_TIMEOUT = 3.0
-SECTIONS = ("spawn", "python", "humaneval", "caller")
+SECTIONS = ("spawn", "python", "humaneval", "caller", "notify")
 # The sandboxed program runs as its own uid on a root host, so the interpreter must be reachable
 # by others: the system Python, not one under /root (pyenv).
 PYTHON_CANDIDATES = ("/usr/bin/python3.11", "/usr/bin/python3", "/usr/local/bin/python3")
@@ -649,8 +649,59 @@ def format_profile(stages: list[tuple[str, float, float]]) -> str:
     return "\n".join(lines)
 
 
+_CALL_LOOP = """
+import os, time
+n = {n}
+os.getppid()
+start = time.perf_counter_ns()
+for _ in range(n):
+    os.getppid()
+print((time.perf_counter_ns() - start) / n / 1000)
+"""
+
+
+def notify_section(cfg: Config) -> list[Row]:
+    """The cost of one intercepted call: getppid() in a loop, not intercepted, monitored, and
+    supervised by a Python callback that allows it (each sample: one sandbox, n calls)."""
+    from evalbox.policy.plan import NotifyMode
+    from evalbox.policy.supervision import Decision
+
+    py = find_python(cfg.python)
+    n = 2000 if cfg.quick else 20000
+    samples = 3 if cfg.quick else 7
+    variants = {
+        "getppid() not intercepted": {},
+        "getppid() monitored (MONITOR)": dict(notify=NotifyMode.MONITOR, intercept=["getppid"]),
+        "getppid() supervised, Python ALLOW": dict(notify=NotifyMode.SUPERVISE, intercept=["getppid"],
+                                                   supervisor=lambda req: Decision.ALLOW),
+    }
+    per_call: dict[str, list[float]] = {name: [] for name in variants}
+    with Executor() as ex:
+        for _ in range(samples):
+            for name, kw in variants.items():
+                out = ex.run(Plan([py, "-I", "-S", "-c", _CALL_LOOP.format(n=n)], timeout=120, **kw))
+                if not out.success:
+                    raise BenchError(f"{name}: {out.status.name} {out.stderr[-300:]!r}")
+                per_call[name].append(float(out.stdout))
+    rows = []
+    base = None
+    for name, values in per_call.items():
+        row = Row(f"{name}, per call", "notify", "us", statistics.median(values), _percentile(values, 0.9), len(values))
+        if base is None:
+            base = row
+        rows.append(row)
+    for row in rows[1:]:
+        assert base is not None and base.median is not None and row.median is not None
+        # the round trip is what interception adds to a call; its target is absolute (<= 20 us)
+        trip = row.median - base.median
+        row.note = f"round trip {trip:.1f} us (target <= 20 us with SYNC_WAKE_UP)"
+        row.target, row.met = "<= 20us", trip <= 20
+    return rows
+
+
 SECTION_FUNCS: dict[str, Callable[[Config], list[Row]]] = {
     "spawn": spawn_section, "python": python_section, "humaneval": humaneval_section, "caller": caller_section,
+    "notify": notify_section,
 }
 
 
@@ -704,8 +755,8 @@ def as_json(rows: list[Row], info: dict[str, Any] | None = None) -> dict[str, An
 def _fmt(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
-    if unit == "ms":
-        return f"{value:.3f}"
+    if unit in ("ms", "us"):
+        return f"{value:.3f}" if unit == "ms" else f"{value:.2f}"
     return f"{value:.1f}"
 
 
