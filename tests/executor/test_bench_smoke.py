@@ -43,6 +43,8 @@ def test_every_row_is_present_and_measured(quick):
     for c in bench.CONCURRENCY_LEVELS:
         expected += [f"bare pool python print(1), c={c}", f"evalbox python print(1), c={c}"]
     expected += ["bare pool python print(1): CPU per run", "evalbox python print(1): CPU per run"]
+    expected += ["getppid() not intercepted, per call", "getppid() monitored (MONITOR), per call",
+                 "getppid() supervised, Python ALLOW, per call"]
     for name in expected:
         assert name in rows, f"missing row {name!r}: {sorted(rows)}"
     for r in quick["rows"]:
@@ -50,7 +52,7 @@ def test_every_row_is_present_and_measured(quick):
             assert r["median"] is None and r["runs"] == 0
             continue
         assert r["median"] > 0 and r["p90"] > 0 and r["runs"] > 0, r
-        if r["unit"] == "ms":
+        if r["unit"] in ("ms", "us"):  # times: the slow tail is the high end
             assert r["p90"] >= r["median"], r
         else:
             assert r["p90"] <= r["median"], r  # the slow tail of a rate is its low end
@@ -148,3 +150,10 @@ def test_humaneval_program_is_the_harness_check_program():
     src = bench.humaneval_program(problem)
     assert src.endswith("check(f)\n")
     exec(compile(src, "<humaneval>", "exec"), {})
+
+
+def test_notify_round_trip_smoke(quick):
+    rows = {r["name"]: r for r in quick["rows"]}
+    plain = rows["getppid() not intercepted, per call"]
+    watched = rows["getppid() monitored (MONITOR), per call"]
+    assert plain["median"] < watched["median"] < 2000, (plain, watched)  # us; generous for CI
