@@ -9,36 +9,7 @@ import uuid
 import pytest
 
 import evalbox
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def pids_with_marker(marker: str) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/cmdline", "rb") as f:
-                    if marker.encode() in f.read():
-                        found.append(int(name))
-            except OSError:
-                pass
-    return [p for p in found if alive(p)]
-
-
-def wait_until(cond, deadline=10.0):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
+from proc_helpers import alive_with, wait_until
 
 
 def test_arun():
@@ -108,15 +79,15 @@ def test_cancelling_kills_and_reaps_the_whole_tree():
         task = asyncio.create_task(evalbox.arun(["sh", "-c", f"sleep {marker} & sleep {marker}"], timeout=60))
         await asyncio.sleep(0)  # let it spawn
         deadline = time.monotonic() + 10
-        while not pids_with_marker(marker) and time.monotonic() < deadline:
+        while not alive_with(marker) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        assert pids_with_marker(marker), "the sandboxed grandchild never started"
+        assert alive_with(marker), "the sandboxed grandchild never started"
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(main())
-    assert wait_until(lambda: not pids_with_marker(marker)), "a cancelled sandbox's process survived"
+    assert wait_until(lambda: not alive_with(marker)), "a cancelled sandbox's process survived"
 
 
 def test_arun_many_keeps_order_and_reports_bad_items():

@@ -10,26 +10,13 @@ import uuid
 
 import evalbox
 from evalbox.kernel import cgroups
+from proc_helpers import alive_with, zombie_children
 
 
 def open_fds() -> int:
     """Open fds after evalbox's per-process caches exist (system rule fds, the guard's pipe)."""
     evalbox.run(["true"])
     return len(os.listdir("/proc/self/fd"))
-
-
-def zombie_children() -> list[int]:
-    out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] == "Z" and int(fields[1]) == os.getpid():
-                out.append(int(name))
-    return out
 
 
 def my_workspaces() -> list[str]:
@@ -54,22 +41,6 @@ def busy_cgroups() -> list[str]:
             if os.path.exists(procs) and open(procs).read().strip():
                 busy.append(os.path.join(parent, name))
     return busy
-
-
-def alive_with(marker: str) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/cmdline", "rb") as f:
-                    cmd = f.read()
-                with open(f"/proc/{name}/stat") as f:
-                    state = f.read().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if marker.encode() in cmd and state != "Z":
-                found.append(int(name))
-    return found
 
 
 def assert_clean(fds_before: int) -> None:

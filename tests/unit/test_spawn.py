@@ -7,6 +7,7 @@ import threading
 import pytest
 
 import evalbox
+from proc_helpers import zombie_children
 from evalbox.errors import SpawnError
 from evalbox.kernel import _spawn
 from evalbox.process.host import probe
@@ -21,59 +22,40 @@ def status_field(out, name):
     raise AssertionError(f"{name} not in {out.stdout!r}")
 
 
-def test_failing_step_is_reported_with_its_name():
+@pytest.fixture
+def lockdown():
+    """A prepared /bin/true run, with a pipe for its stdio; released afterwards."""
     lock = prepare(evalbox.Plan(["/bin/true"]), probe())
-    lock.cwd = "/nonexistent-evalbox-dir"
     r, w = os.pipe()
     try:
-        with pytest.raises(SpawnError) as e:
-            spawn(lock, r, w, w)
-        assert "chdir" in str(e.value) and e.value.errno == 2
+        yield lock, (r, w, w)
     finally:
         os.close(r)
         os.close(w)
         lock.close()
 
 
-def test_exec_failure_is_command_not_found():
-    lock = prepare(evalbox.Plan(["/bin/true"]), probe())
+def test_failing_step_is_reported_with_its_name(lockdown):
+    lock, stdio = lockdown
+    lock.cwd = "/nonexistent-evalbox-dir"
+    with pytest.raises(SpawnError) as e:
+        spawn(lock, *stdio)
+    assert "chdir" in str(e.value) and e.value.errno == 2
+
+
+def test_exec_failure_is_command_not_found(lockdown):
+    lock, stdio = lockdown
     lock.executable = "/nonexistent/program"
-    r, w = os.pipe()
-    try:
-        with pytest.raises(evalbox.CommandNotFound):
-            spawn(lock, r, w, w)
-    finally:
-        os.close(r)
-        os.close(w)
-        lock.close()
+    with pytest.raises(evalbox.CommandNotFound):
+        spawn(lock, *stdio)
 
 
-def test_no_zombie_after_a_failed_spawn():
-    lock = prepare(evalbox.Plan(["/bin/true"]), probe())
+def test_no_zombie_after_a_failed_spawn(lockdown):
+    lock, stdio = lockdown
     lock.cwd = "/nonexistent-evalbox-dir"
-    r, w = os.pipe()
-    try:
-        with pytest.raises(SpawnError):
-            spawn(lock, r, w, w)
-    finally:
-        os.close(r)
-        os.close(w)
-        lock.close()
+    with pytest.raises(SpawnError):
+        spawn(lock, *stdio)
     assert not zombie_children()
-
-
-def zombie_children():
-    zombies = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] == "Z" and int(fields[1]) == os.getpid():
-                zombies.append(int(name))
-    return zombies
 
 
 def test_steps_table_matches_the_extension():
