@@ -35,13 +35,16 @@ def host_report() -> dict[str, Any]:
     notify = "yes" if host.seccomp_notify else "no"
     if host.seccomp_notify and _kernel_version() >= (6, 6):
         notify += " (with SYNC_WAKE_UP)"
-    features["seccomp notify"] = notify + " (supervision is not in this version)"
+    features["seccomp notify"] = notify + ": NotifyMode.MONITOR, SUPERVISE, VIRTUALIZE" if host.seccomp_notify else notify
     features["pidfd"] = "yes" if host.pidfd else "no"
     if host.cgroup.version:
         features["cgroups"] = f"v{host.cgroup.version}: " + ", ".join(sorted(host.cgroup.controllers))
     else:
         features["cgroups"] = "none usable (not root and no delegated cgroup)"
-    features["user namespaces"] = "available (not used yet)" if host.user_namespaces else "unavailable"
+    features["namespaces"] = (
+        "mount namespace per sandbox (private /dev/shm, paths below unsearchable directories)"
+        if host.private_shm else "none used (needs CAP_SYS_ADMIN; PID/network namespaces are not used yet)"
+    )
     features["identity"] = (
         "root host: every sandbox runs as its own unprivileged uid (2000000000+), capabilities dropped, "
         "securebits locked" if host.switches_uid else f"your uid {host.euid}; capabilities dropped, no_new_privs"
@@ -50,7 +53,7 @@ def host_report() -> dict[str, Any]:
     pids = host.cgroup.version and "pids" in host.cgroup.controllers
     defaults = {
         "files": "system trees read-only, narrow /etc, /proc read-only, workspace read-write",
-        "network": "off (seccomp: Unix stream sockets only, no connect; Landlock TCP deny)",
+        "network": "off (seccomp: Unix stream socket pairs only, no connect/bind/listen; Landlock TCP deny)",
         "memory": f"{plan_defaults.DEFAULT_MEMORY} via " + ("memory cgroup (whole tree)" if mem else "RLIMIT_AS per process"),
         "processes": f"{plan_defaults.DEFAULT_MAX_PIDS} via "
         + ("pids cgroup (whole tree)" if pids else

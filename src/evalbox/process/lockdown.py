@@ -294,7 +294,7 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             landlock_abi=host.landlock_abi,
             filesystem=f"landlock ABI {host.landlock_abi}: system trees read-only, narrow /etc, workspace read-write"
             + (", private /dev/shm" if private_shm else ""),
-            network="host network" if plan.network else "off: seccomp allows only Unix stream sockets and no connect()",
+            network="host network" if plan.network else "off: seccomp allows only Unix stream socket pairs (no connect, bind, listen)",
             tcp_landlock=bool(not plan.network and landlock.net_rights(host.landlock_abi)),
             scopes=tuple(scope_names),
             seccomp=f"allow-list, {len(program) // 8} instructions, SIGSYS kill on forbidden calls, i386/x32 killed",
@@ -307,6 +307,7 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             memory=memory_how,
             rlimits=tuple(rlimit_names),
             weakened=tuple(f"syscall {n} allowed unconditionally" for n in plan.syscalls.allow),
+            namespaces=("mount (private /dev/shm, hidden paths bound in)",) if overlays else (),
         )
         return Lockdown(
             executable=executable,
