@@ -1,5 +1,6 @@
 """Which paths a plan's Landlock ruleset grants (policy), and the ruleset interface (kernel)."""
 
+import errno
 import os
 
 import pytest
@@ -106,3 +107,28 @@ def test_ruleset_really_restricts(tmp_path):
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_cached_system_rule_fds_are_checked_before_use(tmp_path):
+    """If the host closes a cached fd and the number is reused by another file, the ruleset must
+    not grant that file: the cache notices and reopens its paths."""
+    packed = filesystem._system_rules_packed(ll.fs_rights(ll.abi_version()))
+    import struct
+
+    rights, fd, dev, ino = struct.unpack_from("=QiQQ", packed, 0)
+    secret = tmp_path / "secret"
+    secret.write_text("x")
+    os.close(fd)
+    reused = os.open(str(secret), os.O_PATH)
+    try:
+        assert reused == fd  # the lowest free number: the cached one
+        with ll.Ruleset(ll.fs_rights(ll.abi_version())) as rs:
+            with pytest.raises(OSError) as e:
+                rs.allow_packed(packed)
+            assert e.value.errno == errno.ESTALE
+        rules = [filesystem.PathRule(str(tmp_path), ll.READ)]
+        filesystem.build_ruleset(rules, ll.abi_version(), False).close()  # reopens the cache
+        fresh = filesystem._system_rules_packed(ll.fs_rights(ll.abi_version()))
+        assert fresh != packed
+    finally:
+        os.close(reused)

@@ -26,6 +26,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -657,9 +658,17 @@ done:
 
 PyDoc_STRVAR(add_rules_doc,
 "landlock_add_path_rules(ruleset_fd, rules) -> None\n\n"
-"Add PATH_BENEATH rules from a buffer of packed struct landlock_path_beneath_attr (12 bytes\n"
-"each: u64 allowed_access, s32 parent_fd) in one call: the same rules every run, without a\n"
-"Python round trip per rule. Raises OSError naming the index of a rule the kernel refused.");
+"Add PATH_BENEATH rules in one call. `rules` packs, per rule: u64 allowed_access, s32 parent_fd\n"
+"(struct landlock_path_beneath_attr), then u64 st_dev, u64 st_ino that parent_fd must still\n"
+"refer to: the fds are long-lived, and if the host closed and reused one, granting it would\n"
+"grant some other file. A mismatch raises OSError(ESTALE) before any rule of that one is added.");
+
+struct packed_rule {
+    uint64_t allowed_access;
+    int32_t parent_fd;
+    uint64_t dev;
+    uint64_t ino;
+} __attribute__((packed));
 
 static PyObject *landlock_add_path_rules(PyObject *self, PyObject *args)
 {
@@ -668,18 +677,27 @@ static PyObject *landlock_add_path_rules(PyObject *self, PyObject *args)
     Py_buffer rules;
     if (!PyArg_ParseTuple(args, "iy*", &ruleset, &rules))
         return NULL;
-    const size_t size = 12;
-    if (rules.len % size != 0) {
+    if (rules.len % (Py_ssize_t)sizeof(struct packed_rule) != 0) {
         PyBuffer_Release(&rules);
-        PyErr_SetString(PyExc_ValueError, "rules must be a multiple of 12 bytes");
+        PyErr_SetString(PyExc_ValueError, "rules must be a multiple of 28 bytes");
         return NULL;
     }
-    for (Py_ssize_t off = 0; off < rules.len; off += size) {
-        if (syscall(SYS_landlock_add_rule, ruleset, 1 /* PATH_BENEATH */, (char *)rules.buf + off, 0U) != 0) {
-            int err = errno;
+    Py_ssize_t n = rules.len / (Py_ssize_t)sizeof(struct packed_rule);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        struct packed_rule r;
+        memcpy(&r, (char *)rules.buf + i * (Py_ssize_t)sizeof r, sizeof r);
+        struct stat st;
+        int err = 0;
+        if (fstat(r.parent_fd, &st) != 0)
+            err = errno;
+        else if ((uint64_t)st.st_dev != r.dev || (uint64_t)st.st_ino != r.ino)
+            err = ESTALE;
+        else if (syscall(SYS_landlock_add_rule, ruleset, 1 /* PATH_BENEATH */, &r, 0U) != 0)
+            err = errno;
+        if (err) {
             PyBuffer_Release(&rules);
             errno = err;
-            return PyErr_Format(PyExc_OSError, "landlock_add_rule #%zd: %s", off / (Py_ssize_t)size, strerror(err));
+            return PyErr_SetFromErrno(PyExc_OSError);
         }
     }
     PyBuffer_Release(&rules);

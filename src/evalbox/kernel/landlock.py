@@ -85,8 +85,9 @@ def scopes(abi: int) -> int:
 
 
 def pack_rule(fd: int, rights: int) -> bytes:
-    """One struct landlock_path_beneath_attr, for Ruleset.allow_packed."""
-    return struct.pack("=Qi", rights, fd)
+    """One rule for Ruleset.allow_packed: the fd, its rights, and the file it must still be."""
+    st = os.fstat(fd)
+    return struct.pack("=QiQQ", rights, fd, st.st_dev, st.st_ino)
 
 
 class Ruleset:
@@ -129,7 +130,8 @@ class Ruleset:
 
     def allow_packed(self, rules: bytes) -> None:
         """Add many PATH_BENEATH rules at once (see `pack_rule`); rights must already be trimmed
-        to what the ruleset handles and, for files, to FILE_RIGHTS."""
+        to what the ruleset handles and, for files, to FILE_RIGHTS. Raises OSError(ESTALE) if an
+        fd no longer refers to the file it was packed for."""
         _spawn.landlock_add_path_rules(self.fd, rules)
 
     def allow_port(self, port: int, rights: int) -> None:

@@ -9,6 +9,7 @@ Writes: the workspace and `rw` mounts only.
 
 from __future__ import annotations
 
+import errno
 import functools
 import glob
 import os
@@ -114,7 +115,14 @@ def build_ruleset(rules: list[PathRule], abi: int, network: bool) -> ll.Ruleset:
     handled_net = 0 if network else ll.net_rights(abi)
     ruleset = ll.Ruleset(ll.fs_rights(abi), handled_net, ll.scopes(abi))
     try:
-        ruleset.allow_packed(_system_rules_packed(ruleset.handled_fs))
+        try:
+            ruleset.allow_packed(_system_rules_packed(ruleset.handled_fs))
+        except OSError as e:
+            if e.errno not in (errno.ESTALE, errno.EBADF):
+                raise
+            # the host process closed (and maybe reused) one of the cached fds: open them again
+            _system_rules_packed.cache_clear()
+            ruleset.allow_packed(_system_rules_packed(ruleset.handled_fs))
         for rule in rules:
             ruleset.allow_path(rule.path, rule.rights)
     except BaseException:
