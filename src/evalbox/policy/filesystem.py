@@ -120,7 +120,8 @@ def build_ruleset(rules: list[PathRule], abi: int, network: bool) -> ll.Ruleset:
         except OSError as e:
             if e.errno not in (errno.ESTALE, errno.EBADF):
                 raise
-            # the host process closed (and maybe reused) one of the cached fds: open them again
+            # the host process closed (and maybe reused) one of the cached fds: open them again.
+            # The old fds are left alone: closing them could close what the host now uses.
             _system_rules_packed.cache_clear()
             ruleset.allow_packed(_system_rules_packed(ruleset.handled_fs))
         for rule in rules:

@@ -42,6 +42,7 @@ class UidLease:
                 os.close(fd)
                 continue
             self.index, self.fd = index, fd
+            self.path = os.path.join(directory, str(index))
             self.uid = SANDBOX_UID_BASE + index
             _held.add(index)
             return

@@ -63,15 +63,21 @@ class Lockdown:
             os.close(fd)
         self.cgroup_fds = []
 
-    def close(self) -> None:
+    def close(self, keep_uid: bool = False) -> None:
         """Release everything: call after every process of the run is dead."""
         self.release_spawn_resources()
         if self.cgroup is not None:
             cgroups.release(self.cgroup)
             self.cgroup = None
         self.workspace.remove()
+        if not keep_uid:
+            self.release_uid()
+
+    def release_uid(self) -> None:
+        """Give the uid back (last: nothing of the run may outlive its lease)."""
         if self.uid_lease is not None:
-            self.uid_lease.release()  # last: nothing of the run may outlive the uid's lease
+            self.uid_lease.release()
+            self.uid_lease = None
 
 
 _user_procs_cache: tuple[float, int] = (0.0, 0)

@@ -73,8 +73,9 @@ class Sandbox:
                 self.close()
                 raise
         group = self.lock.cgroup
-        watchdog.register(str(self.pid), self.pid, self.lock.uid, group.distinct_dirs if group else [],
-                          self.lock.workspace.root)
+        lease = self.lock.uid_lease
+        watchdog.register(str(self.pid), self.pid, self.lock.uid, lease.path if lease else "",
+                          group.distinct_dirs if group else [], self.lock.workspace.root)
         self.deadline = self.started + plan.timeout if plan.timeout is not None else None
 
     # -- limits ------------------------------------------------------------------------------
@@ -205,5 +206,8 @@ class Sandbox:
                 except OSError:
                     pass
                 setattr(self, name, -1)
-        self.lock.close()
+        # Order matters if the caller dies midway: the guard may only forget the run once its
+        # processes, cgroup and workspace are gone, and the uid lease is given up last of all.
+        self.lock.close(keep_uid=True)
         watchdog.unregister(str(self.pid))
+        self.lock.release_uid()

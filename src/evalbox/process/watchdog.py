@@ -16,16 +16,28 @@ import sys
 import threading
 
 _GUARD = r"""
-import os, shutil, signal, sys, time
+import fcntl, os, shutil, signal, sys, time
 live, parents = {}, set()
-for line in sys.stdin:  # "+ key pgid uid workspace cgroup..." or "- key", tab-separated
+for line in sys.stdin:  # "+ key pgid uid lease-file workspace cgroup..." or "- key", tab-separated
     op, key, *rest = line.rstrip("\n").split("\t")
     if op == "+":
-        pgid, uid, workspace, *groups = rest
-        live[key] = {"pgid": int(pgid), "uid": int(uid), "workspace": workspace, "cgroups": groups}
+        pgid, uid, lease, workspace, *groups = rest
+        live[key] = {"pgid": int(pgid), "uid": int(uid), "lease": lease, "workspace": workspace, "cgroups": groups}
         parents.update(os.path.dirname(d) for d in groups)
     else:
         live.pop(key, None)
+
+# The caller is gone, and with it its flocks on the sandboxes' uid leases: take them over at once
+# so no other evalbox process hands those uids out before their processes are dead.
+held = []
+for box in live.values():
+    if box["lease"]:
+        try:
+            fd = os.open(box["lease"], os.O_RDWR)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held.append(fd)
+        except OSError:
+            pass
 
 def kill_pids(pids):
     for pid in pids:
@@ -41,20 +53,43 @@ def cgroup_pids(d):
     except OSError:
         return []
 
+def uid_pids(uid):
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.stat("/proc/" + name).st_uid == uid:
+                    out.append(int(name))
+            except OSError:
+                pass
+    return out
+
+def rmtree_inside(top):
+    top = os.path.abspath(top)
+    def fix_and_retry(func, path, exc):
+        parent = os.path.dirname(os.path.abspath(path))
+        try:
+            if parent == top or parent.startswith(top + "/"):  # never the base dir (/tmp...)
+                os.chmod(parent, 0o700)
+            func(path)
+        except OSError:
+            pass
+    if os.path.isdir(top) and not os.path.islink(top):
+        shutil.rmtree(top, onerror=fix_and_retry)
+
 for box in live.values():
     try:
         os.killpg(box["pgid"], signal.SIGKILL)
     except OSError:
         pass
-    if box["uid"] >= 0 and not box["cgroups"]:
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                try:
-                    if os.stat("/proc/" + name).st_uid == box["uid"]:
-                        kill_pids([int(name)])
-                except OSError:
-                    pass
     end = time.monotonic() + 5
+    if box["uid"] >= 0 and not box["cgroups"]:
+        while time.monotonic() < end:  # again and again: a process may fork while we list
+            pids = uid_pids(box["uid"])
+            if not pids:
+                break
+            kill_pids(pids)
+            time.sleep(0.01)
     for d in box["cgroups"]:
         while time.monotonic() < end:
             pids = cgroup_pids(d)
@@ -68,13 +103,7 @@ for box in live.values():
                 break
             except OSError:
                 time.sleep(0.01)
-    def fix_and_retry(func, path, exc):
-        try:
-            os.chmod(os.path.dirname(path), 0o700)
-            func(path)
-        except OSError:
-            pass
-    shutil.rmtree(box["workspace"], onerror=fix_and_retry)
+    rmtree_inside(box["workspace"])
 for parent in parents:  # recycled groups of finished sandboxes are kept there too
     for name in os.listdir(parent) if os.path.isdir(parent) else ():
         d = os.path.join(parent, name)
@@ -88,6 +117,8 @@ for parent in parents:  # recycled groups of finished sandboxes are kept there t
         os.rmdir(parent)
     except OSError:
         pass
+for fd in held:
+    os.close(fd)
 """
 
 _lock = threading.Lock()
@@ -100,6 +131,12 @@ def _start() -> subprocess.Popen[bytes]:
         [sys.executable, "-I", "-S", "-c", _GUARD], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, start_new_session=True,
     )
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _send(key: str, line: bytes | None) -> None:
@@ -115,19 +152,20 @@ def _send(key: str, line: bytes | None) -> None:
             _guard = _start()
         assert _guard.stdin is not None
         try:
-            os.write(_guard.stdin.fileno(), message)
+            _write_all(_guard.stdin.fileno(), message)
         except BrokenPipeError:
             # the guard died (killed by someone): a new one must learn every live sandbox again
             _guard.wait()
             _guard = _start()
             assert _guard.stdin is not None
-            os.write(_guard.stdin.fileno(), b"".join(_live.values()))
+            _write_all(_guard.stdin.fileno(), b"".join(_live.values()))
 
 
 def _forget_after_fork() -> None:
     # the child must not write to its parent's guard, nor keep its pipe open (the guard would
     # not see the parent die); the child starts a guard of its own when it needs one
-    global _guard
+    global _guard, _lock
+    _lock = threading.Lock()  # another thread may have held it at the fork: it will never release it here
     if _guard is not None and _guard.stdin is not None:
         try:
             _guard.stdin.close()
@@ -140,8 +178,8 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-def register(key: str, pgid: int, uid: int, cgroups: list[str], workspace: str) -> None:
-    fields = ["+", key, str(pgid), str(uid), workspace, *cgroups]
+def register(key: str, pgid: int, uid: int, lease_file: str, cgroups: list[str], workspace: str) -> None:
+    fields = ["+", key, str(pgid), str(uid), lease_file, workspace, *cgroups]
     _send(key, ("\t".join(fields) + "\n").encode())
 
 
