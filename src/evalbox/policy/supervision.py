@@ -8,8 +8,8 @@ reaches a supervisor. Everything not intercepted runs at full speed.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
 from evalbox.errors import ValidationError
 from evalbox.kernel import bpf
@@ -58,8 +58,7 @@ Decision.ALLOW = Decision("allow")
 Decision.KILL = Decision("kill")
 
 
-@dataclass(frozen=True)
-class SyscallRequest:
+class SyscallRequest(NamedTuple):
     """One intercepted call, as the supervisor sees it.
 
     `path` is read from the program's memory when the call takes one (None otherwise, or when
@@ -68,6 +67,7 @@ class SyscallRequest:
     therefore sound (nothing runs), while an ALLOW based on the path grants no more than the
     rest of the sandbox (Landlock, the kill filter) already allows. Virtualized opens act on
     evalbox's own copy of the path and are not affected.
+    (A NamedTuple: built on every intercepted call, while the program waits.)
     """
 
     sandbox: int
@@ -75,11 +75,10 @@ class SyscallRequest:
     args: tuple[int, ...]
     pid: int
     path: str | None
-    id: int = field(repr=False, default=0)
+    id: int = 0
 
 
-@dataclass(frozen=True)
-class SyscallRecord:
+class SyscallRecord(NamedTuple):
     """An entry of Output.syscalls: what was called, on what, and what happened."""
 
     syscall: str

@@ -91,6 +91,6 @@ class Output:
             "cpu_time": round(self.cpu_time, 6),
             "max_rss": self.max_rss,
             "protections": self.protections.as_dict() if self.protections else None,
-            "syscalls": [asdict(r) for r in self.syscalls],
+            "syscalls": [r._asdict() for r in self.syscalls],
             "error": self.error,
         }
