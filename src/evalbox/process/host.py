@@ -34,15 +34,11 @@ class Host:
     seccomp: bool
     seccomp_notify: bool
     pidfd: bool
-    privileged: bool  # root with CAP_SETUID/SETGID/SETPCAP: sandboxes get their own uid
+    switches_uid: bool  # root with CAP_SETUID/SETGID/SETPCAP: each sandbox gets a uid of its own
     cgroup: cgroups.Layout
     user_namespaces: bool
     private_shm: bool  # CAP_SYS_ADMIN: a mount namespace for a private /dev/shm tmpfs
     has_setpcap: bool  # the bounding set can be cleared and securebits locked
-
-    @property
-    def switches_uid(self) -> bool:
-        return self.privileged
 
 
 def _seccomp_available() -> bool:
@@ -89,7 +85,7 @@ def probe() -> Host:
         seccomp=seccomp,
         seccomp_notify=seccomp and _kernel_at_least(5, 5),
         pidfd=hasattr(os, "pidfd_open"),
-        privileged=privileged,
+        switches_uid=privileged,
         cgroup=cgroups.layout(),
         user_namespaces=_user_namespaces(),
         private_shm=privileged and bool(effective >> caps.CAP_SYS_ADMIN & 1) and os.path.isdir("/dev/shm"),

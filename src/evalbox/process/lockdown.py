@@ -200,7 +200,7 @@ def _rlimits(plan: Plan, host: Host, uid: int, use_cgroup_memory: bool, use_cgro
             pids_how = "RLIMIT_NPROC of the sandbox's own uid"
         else:
             pids_how = "RLIMIT_NPROC of your uid, raised by its current process count (approximate: no cgroup)"
-    if not host.privileged:
+    if not host.switches_uid:
         for res, soft, hard in limits:
             current = resource.getrlimit(res)[1]
             if current != resource.RLIM_INFINITY and hard > current:
@@ -263,7 +263,7 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
                 group.set_pids(plan.max_pids)
         use_mem = group is not None and "memory" in group.dirs
         use_pids = group is not None and "pids" in group.dirs
-        if host.privileged and plan.max_pids is not None and not use_pids and not host.switches_uid:
+        if host.switches_uid and plan.max_pids is not None and not use_pids and not host.switches_uid:
             raise UnsupportedKernel("no pids cgroup to bound processes of a root sandbox; mount the pids controller")
         rlimits, rlimit_names, memory_how, pids_how = _rlimits(plan, host, uid if uid >= 0 else os.getuid(), use_mem, use_pids)
 
