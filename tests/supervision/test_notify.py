@@ -204,3 +204,8 @@ def test_plan_validation():
         evalbox.Plan(["true"], intercept=["openat"])
     with pytest.raises(ValueError):
         Decision.deny(0)
+
+
+def test_blocking_run_needs_a_supervisor_for_supervise():
+    with pytest.raises(evalbox.ValidationError, match="supervisor="):
+        evalbox.run(["true"], notify=SUPERVISE, intercept=["openat"])

@@ -17,8 +17,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import NewType
 
-from evalbox.errors import SandboxError
-from evalbox.policy.plan import Plan
+from evalbox.errors import SandboxError, ValidationError
+from evalbox.policy.plan import NotifyMode, Plan
 from evalbox.policy.supervision import Decision, SyscallRequest
 from evalbox.process.host import probe
 from evalbox.process.result import Output, Status
@@ -198,6 +198,9 @@ class Executor:
 
     def run(self, plan: Plan) -> Output:
         """Run one plan to completion and return its Output (the blocking form)."""
+        if plan.notify is NotifyMode.SUPERVISE and plan.supervisor is None:
+            raise ValidationError("notify=SUPERVISE without supervisor= needs someone to answer Syscall events: "
+                                  "pass supervisor=callable, or use Executor.spawn + poll + respond")
         sid = self.spawn(plan, close_stdin=True)
         others: list[Event] = []  # events of other sandboxes stay for the caller's next poll()
         try:
