@@ -198,9 +198,7 @@ class Executor:
 
     def run(self, plan: Plan) -> Output:
         """Run one plan to completion and return its Output (the blocking form)."""
-        if plan.notify is NotifyMode.SUPERVISE and plan.supervisor is None:
-            raise ValidationError("notify=SUPERVISE without supervisor= needs someone to answer Syscall events: "
-                                  "pass supervisor=callable, or use Executor.spawn + poll + respond")
+        require_supervisor(plan)
         sid = self.spawn(plan, close_stdin=True)
         others: list[Event] = []  # events of other sandboxes stay for the caller's next poll()
         try:
@@ -395,6 +393,13 @@ class Executor:
                 self._unwatch(fd)
         box.close()
 
+
+
+def require_supervisor(plan: Plan) -> None:
+    """Forms that never show Syscall events to the caller (run, run_many) need supervisor=."""
+    if plan.notify is NotifyMode.SUPERVISE and plan.supervisor is None:
+        raise ValidationError("notify=SUPERVISE without supervisor= needs someone to answer Syscall events: "
+                              "pass supervisor=callable, or use Executor.spawn + poll + respond")
 
 
 def _raise_fd_limit() -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 
 from evalbox.errors import SandboxError
 from evalbox.faces.batch import Progress, Result, default_concurrency, prepare_items
-from evalbox.executor.executor import Completed, Event, Executor, SandboxId, Timeout
+from evalbox.executor.executor import Completed, Event, Executor, SandboxId, Timeout, require_supervisor
 from evalbox.policy.plan import Plan, as_plan
 from evalbox.policy.supervision import Decision, SyscallRequest
 from evalbox.process.result import Output
@@ -121,6 +121,7 @@ class AsyncExecutor:
             self._ex.respond(request, decision)
 
     async def run(self, plan: Plan) -> Output:
+        require_supervisor(plan)
         return await (await self.spawn(plan, close_stdin=True)).wait()
 
     def _on_ready(self) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from evalbox.errors import SandboxError
-from evalbox.executor.executor import Completed, Executor, SandboxId, Timeout
+from evalbox.executor.executor import Completed, Executor, SandboxId, Timeout, require_supervisor
 from evalbox.policy.plan import Plan, as_plan
 from evalbox.process.result import Output
 
@@ -52,7 +52,9 @@ def prepare_items(items: Iterable[Plan | Sequence[str]], overrides: dict[str, An
     out: list[Plan | SandboxError] = []
     for item in items:
         try:
-            out.append(as_plan(item, **overrides))
+            plan = as_plan(item, **overrides)
+            require_supervisor(plan)
+            out.append(plan)
         except SandboxError as e:
             out.append(e)
     return out
