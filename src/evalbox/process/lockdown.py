@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from evalbox.errors import SandboxError, UnsupportedKernel, ValidationError
 from evalbox.kernel import capabilities as caps
 from evalbox.kernel import cgroups, landlock, seccomp_notify
-from evalbox.policy import filesystem, seccomp_policy, supervision
+from evalbox.policy import filesystem, seccomp_policy
 from evalbox.policy.plan import NotifyMode, Plan
 from evalbox.policy.resolve import find_executable, runtime_files
 from evalbox.process.identity import UidLease
@@ -52,7 +52,8 @@ class Lockdown:
     # tmpfs overlays in the program's own mount namespace: (target, options, Landlock rights,
     # [(path bound back, is_dir)]) -- a private /dev/shm, and reachable paths under hidden ones
     overlays: list[tuple[bytes, bytes, int, list[tuple[bytes, bool]]]] = field(default_factory=list)
-    magic: int = 0  # non-zero when a notify filter is installed (see _spawn.c `tagged`)
+    magic: int = 0  # non-zero when the plan intercepts calls (see _spawn.c `tagged`)
+    routing: seccomp_policy.Routing | None = None  # set when a notify listener serves the filter
     cgroup_fds: list[int] = field(default_factory=list)
     uid_lease: UidLease | None = None
 
@@ -271,17 +272,26 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
         ruleset = filesystem.build_ruleset(rules, host.landlock_abi, plan.network)
         # The tree is found by the cgroup, else by the sandbox's own uid, else by its process group.
         group_only = group is None and uid < 0
-        program = seccomp_policy.program(plan.network, plan.syscalls.allow, plan.syscalls.deny, host.arch,
-                                         group_only=group_only, same_uid=uid < 0)
-        filters = [(program, 0)]
         magic = 0
+        routing = None
         if plan.notify is not NotifyMode.DISABLED:
             if not host.seccomp_notify:
                 raise UnsupportedKernel("notify modes need seccomp user notification (Linux 5.5+, 5.14+ for "
                                         "virtualized opens); run with notify=NotifyMode.DISABLED")
             magic = int.from_bytes(os.urandom(8), "little") | 1
-            filters.append((supervision.notify_program(plan.intercept, magic, host.arch),
-                            seccomp_notify.FILTER_FLAG_NEW_LISTENER))
+        if host.seccomp_notify:
+            # One filter served by a listener: killed calls are named before the kill
+            # (Output.blocked_syscall), a same-uid sandbox's path metadata changes are done inside
+            # its workspace, and the plan's intercepts reach its supervisor.
+            routing = seccomp_policy.routing(plan.network, plan.syscalls.allow, plan.syscalls.deny, host.arch,
+                                             group_only=group_only, same_uid=uid < 0,
+                                             intercept=plan.intercept if magic else (), magic=magic)
+            program = routing.program
+            filters = [(program, seccomp_notify.FILTER_FLAG_NEW_LISTENER)]
+        else:
+            program = seccomp_policy.program(plan.network, plan.syscalls.allow, plan.syscalls.deny, host.arch,
+                                             group_only=group_only, same_uid=uid < 0)
+            filters = [(program, 0)]
         overlays = []
         if host.private_shm:
             # a private /dev/shm (POSIX semaphores); the workspace may live there: bind it back
@@ -303,7 +313,8 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             network="host network" if plan.network else "off: seccomp allows only Unix stream socket pairs (no connect, bind, listen)",
             tcp_landlock=bool(not plan.network and landlock.net_rights(host.landlock_abi)),
             scopes=tuple(scope_names),
-            seccomp=f"allow-list, {len(program) // 8} instructions, SIGSYS kill on forbidden calls, i386/x32 killed",
+            seccomp=f"allow-list, {len(program) // 8} instructions, kill on forbidden calls, i386/x32 killed"
+            + (" (named by the notify listener)" if routing else " (SIGSYS)"),
             no_new_privs=True,
             capabilities="all dropped, bounding set cleared" if has_setpcap else "all dropped (none were held)",
             securebits="locked (noroot, no_setuid_fixup, keep_caps, no_cap_ambient_raise)" if has_setpcap else "not needed (no capabilities)",
@@ -324,6 +335,7 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             ruleset=ruleset,
             filters=filters,
             magic=magic,
+            routing=routing,
             rlimits=rlimits,
             uid=uid,
             gid=gid,

@@ -57,6 +57,7 @@ class Output:
     protections: Protections | None = field(default=None, repr=False)
     syscalls: tuple = ()  # SyscallRecord audit trail of intercepted calls (notify modes)
     error: str | None = None  # why evalbox ended the run when no limit did (a failing supervisor)
+    blocked_syscall: str | None = None  # the forbidden call a process of the run was killed for ("ptrace")
 
     @property
     def success(self) -> bool:
@@ -93,4 +94,5 @@ class Output:
             "protections": self.protections.as_dict() if self.protections else None,
             "syscalls": [r._asdict() for r in self.syscalls],
             "error": self.error,
+            "blocked_syscall": self.blocked_syscall,
         }

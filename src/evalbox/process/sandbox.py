@@ -65,7 +65,8 @@ class Sandbox:
         if listener >= 0:
             try:
                 self.supervision = Supervision(sandbox_id, plan, listener, self.pid, host.arch,
-                                               others_only=host.switches_uid)
+                                               others_only=host.switches_uid, routing=self.lock.routing,
+                                               workspace=self.lock.workspace.root)
             except BaseException:  # (Supervision closed the listener)
                 self.kill_tree()
                 os.waitpid(self.pid, 0)
@@ -176,6 +177,9 @@ class Sandbox:
             failed = sig is not None or (code or 0) != 0
             if failed and any(m in self.stderr for m in _OOM_MARKERS):
                 status = Status.MEMORY_LIMIT
+        blocked = self.supervision.blocked if self.supervision else []
+        if sig == signal.SIGKILL and any(pid == self.pid for _, pid in blocked) and self.kill_reason is None:
+            sig = int(signal.SIGSYS)  # killed for a forbidden call, as SECCOMP_RET_KILL would have
         if status is None:
             status = Status.SIGNALED if sig is not None else Status.EXITED
         return Output(
@@ -192,6 +196,7 @@ class Sandbox:
             protections=self.lock.protections,
             syscalls=tuple(self.supervision.records) if self.supervision else (),
             error=self.error,
+            blocked_syscall=blocked[0][0] if blocked else None,
         )
 
     def close(self) -> None:

@@ -35,7 +35,8 @@ def spawn(lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple[int, in
     runs; raises otherwise."""
     stdio = [_high_fd(fd) for fd in (stdin, stdout, stderr)]
     # the child hands a notify listener over this pair before exec (SCM_RIGHTS)
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if lock.magic else (None, None)
+    wants_listener = any(flags & _spawn.SECCOMP_FILTER_FLAG_NEW_LISTENER for _, flags in lock.filters)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if wants_listener else (None, None)
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     read_end, write_end = _high_fd(read_end), _high_fd(write_end)
     try:
