@@ -12,9 +12,10 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from evalbox.errors import SandboxError
+from evalbox.errors import SandboxError, SpawnError
 from evalbox.executor.executor import Completed, Executor, SandboxId, Timeout, require_supervisor
 from evalbox.policy.plan import Plan, as_plan
+from evalbox.process.lockdown import expect_neighbours
 from evalbox.process.result import Output
 
 Result = Output | SandboxError
@@ -72,8 +73,9 @@ def run_many(plans: Iterable[Plan | Sequence[str]], concurrency: int | None = No
         if r is not None:
             bar.advance(r)
     slot: dict[SandboxId, int] = {}
+    most_pids = max((p.max_pids or 0 for p in prepared if isinstance(p, Plan)), default=0)
     try:
-        with Executor() as ex:
+        with Executor() as ex, expect_neighbours(min(limit, len(todo)), most_pids):
             next_item = 0
             while next_item < len(todo) or slot:
                 while next_item < len(todo) and len(slot) < limit:
@@ -81,9 +83,10 @@ def run_many(plans: Iterable[Plan | Sequence[str]], concurrency: int | None = No
                     next_item += 1
                     try:
                         slot[ex.spawn(prepared[index], close_stdin=True)] = index  # type: ignore[arg-type]
-                    except SandboxError as e:
-                        results[index] = e
-                        bar.advance(e)
+                    except (SandboxError, OSError) as e:  # one plan's failure never costs the others
+                        err = e if isinstance(e, SandboxError) else SpawnError(e.errno or 0, f"could not start: {e}")
+                        results[index] = err
+                        bar.advance(err)
                 if not slot:
                     continue
                 for ev in ex.poll():

@@ -20,6 +20,7 @@ KILL = KILL_NOW = bpf.RET_KILL_PROCESS
 BLOCKED = bpf.RET_USER_NOTIF | 1  # a killed call: evalbox names it (Output.blocked_syscall), then kills
 EMULATED = bpf.RET_USER_NOTIF | 2  # path metadata of a same-uid sandbox: done by evalbox inside the workspace
 INTERCEPTED = bpf.RET_USER_NOTIF | 3  # the plan's notify intercepts
+NOTED = bpf.RET_USER_NOTIF | 4  # allowed once evalbox has taken note (setpgid: the tree spans groups)
 
 
 def refuse(e: int) -> int:
@@ -218,7 +219,9 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
     metadata = EMULATED if routed else refuse(errno.EPERM)
     out: list[Rule] = []
     if group_only:
-        out += [Rule("setsid", refuse(errno.EPERM)), Rule("setpgid", refuse(errno.EPERM))]
+        # With a listener, a new process group (timeout, job-control shells) is noted and allowed:
+        # the tree is then found by its session, which it still cannot leave.
+        out += [Rule("setsid", refuse(errno.EPERM)), Rule("setpgid", NOTED if routed else refuse(errno.EPERM))]
     # The plan's explicit choices come first: the first matching rule decides.
     out += [Rule(name, refuse(errno.EPERM)) for name in deny]
     out += [Rule(name, ALLOW) for name in allow]

@@ -6,6 +6,7 @@ needs cannot be had on this host, `prepare` raises UnsupportedKernel and nothing
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -56,6 +57,7 @@ class Lockdown:
     routing: seccomp_policy.Routing | None = None  # set when a notify listener serves the filter
     cgroup_fds: list[int] = field(default_factory=list)
     uid_lease: UidLease | None = None
+    pids_reserved: int = 0  # counted in _pids_reserved until close()
 
     def release_spawn_resources(self) -> None:
         """Close what only the child needed (the Landlock ruleset, the cgroup.procs fds)."""
@@ -66,6 +68,9 @@ class Lockdown:
 
     def close(self, keep_uid: bool = False) -> None:
         """Release everything: call after every process of the run is dead."""
+        if self.pids_reserved:
+            _reserve_pids(-self.pids_reserved)
+            self.pids_reserved = 0
         self.release_spawn_resources()
         if self.cgroup is not None:
             cgroups.release(self.cgroup)
@@ -82,6 +87,28 @@ class Lockdown:
 
 
 _user_procs_cache: tuple[float, int] = (0.0, 0)
+_pids_reserved = 0  # max_pids of this process's live sandboxes that share the caller's uid
+_pids_expected = 0  # what sandboxes a running batch will start next to each other (see expect_neighbours)
+
+
+def _reserve_pids(n: int) -> None:
+    global _pids_reserved
+    _pids_reserved += n
+
+
+@contextlib.contextmanager
+def expect_neighbours(concurrency: int, max_pids: int | None):
+    """A batch about to run `concurrency` sandboxes of up to `max_pids` processes at once: where
+    RLIMIT_NPROC counts every process of the caller's uid (no cgroup, no uid of its own), each
+    sandbox's limit leaves room for all of them from the start, so that a sandbox started first
+    does not run out when its neighbours start (the verdict must not depend on concurrency)."""
+    global _pids_expected
+    extra = max(0, concurrency - 1) * (max_pids or 0)
+    _pids_expected += extra
+    try:
+        yield
+    finally:
+        _pids_expected -= extra
 
 
 def _processes_of_uid(uid: int) -> int:
@@ -99,6 +126,13 @@ def _processes_of_uid(uid: int) -> int:
                 pass
     _user_procs_cache = (now, count)
     return count
+
+
+def _take_pid_reservation(plan: Plan, host: Host, use_cgroup_pids: bool) -> int:
+    if host.switches_uid or use_cgroup_pids or plan.max_pids is None:
+        return 0
+    _reserve_pids(plan.max_pids)
+    return plan.max_pids
 
 
 def hidden_ancestor(path: str) -> str | None:
@@ -192,15 +226,18 @@ def _rlimits(plan: Plan, host: Host, uid: int, use_cgroup_memory: bool, use_cgro
         if host.switches_uid:
             limits.append((resource.RLIMIT_NPROC, plan.max_pids, plan.max_pids))
         else:
-            # RLIMIT_NPROC counts every process of the uid: leave room for the ones already running.
-            room = _processes_of_uid(uid) + plan.max_pids
+            # RLIMIT_NPROC counts every process of the uid, whichever sandbox (or host program)
+            # runs it: leave room for the ones already running and for what every sandbox of
+            # this process may still start, so that neighbours never change a run's verdict.
+            room = _processes_of_uid(uid) + max(_pids_reserved, _pids_expected) + plan.max_pids
             limits.append((resource.RLIMIT_NPROC, room, room))
         if use_cgroup_pids:
             pids_how = f"cgroup v{host.cgroup.version} pids.max on the whole tree, and RLIMIT_NPROC"
         elif host.switches_uid:
             pids_how = "RLIMIT_NPROC of the sandbox's own uid"
         else:
-            pids_how = "RLIMIT_NPROC of your uid, raised by its current process count (approximate: no cgroup)"
+            pids_how = ("RLIMIT_NPROC of your uid, raised by its current process count and the max_pids of the "
+                        "other running sandboxes (shared headroom: no cgroup)")
     if not host.switches_uid:
         for res, soft, hard in limits:
             current = resource.getrlimit(res)[1]
@@ -346,6 +383,7 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             overlays=overlays,
             cgroup_fds=group.open_procs() if group is not None else [],
             uid_lease=lease,
+            pids_reserved=_take_pid_reservation(plan, host, use_pids),
         )
     except BaseException:
         if ruleset is not None:

@@ -15,7 +15,7 @@ from evalbox.process import watchdog
 from evalbox.process.host import Host
 from evalbox.process.lockdown import Lockdown, prepare
 from evalbox.process.result import Output, Status
-from evalbox.process.spawn import kill_uid, spawn
+from evalbox.process.spawn import kill_session, kill_uid, spawn
 from evalbox.process.supervisor import Supervision
 
 CPU_TICK_SLACK = 0.1  # seconds
@@ -117,15 +117,20 @@ class Sandbox:
         # Until the leader is reaped its pid cannot be reused, so the group id is safe to signal.
         # Processes that left the group are found by the cgroup, or by the sandbox's own uid
         # (without either, the policy keeps them from leaving the group).
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        reaped = self.wait_status is not None  # then the pid may already name someone else
+        if not reaped:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         if self.lock.cgroup is not None:
             if not self.lock.cgroup.kill() and self.error is None:
                 self.error = "some processes of the run could not be killed (stuck in the kernel?)"
         elif self.lock.uid >= 0:
             kill_uid(self.lock.uid, self.lock.gid)
+        elif not reaped and self.supervision is not None and self.supervision.made_groups:
+            # process groups of its own (timeout, job control) stay in the session it cannot leave
+            kill_session(self.pid)
 
     def reap(self) -> None:
         """The leader has exited: kill the rest of the tree, then collect its status."""
@@ -136,19 +141,8 @@ class Sandbox:
         _, self.wait_status, self.rusage = os.wait4(self.pid, 0)
         os.close(self.pidfd)
         self.pidfd = -1
-        self._sweep_group()
-
-    def _sweep_group(self) -> None:
-        """Orphans of the leader are still in its group until they die: make sure they do."""
-        if self.lock.cgroup is not None or self.lock.uid >= 0:
-            return  # kill_tree already reached every process
-        end = time.monotonic() + 1.0
-        while time.monotonic() < end:
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                return
-            time.sleep(0.001)
+        # (every process left in the group got SIGKILL in kill_tree: a group kill reaches children
+        # forked meanwhile too, so nothing is waited for here, in the event loop)
 
     def output(self) -> Output:
         assert self.wait_status is not None and self.rusage is not None and self.ended_at is not None

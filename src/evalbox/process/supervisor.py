@@ -16,7 +16,7 @@ import signal
 from evalbox.errors import ValidationError
 from evalbox.kernel import seccomp_notify as sn
 from evalbox.kernel.syscall_table import ARCHES, AUDIT_ARCH
-from evalbox.policy.seccomp_policy import BLOCKED, EMULATED, Routing
+from evalbox.policy.seccomp_policy import BLOCKED, EMULATED, NOTED, Routing
 from evalbox.process import metadata
 from evalbox.policy.plan import NotifyMode, Plan
 from evalbox.policy.supervision import DIRFD_CALLS, PATH_ARG, SOCKADDR_CALLS, Decision, SyscallRecord, SyscallRequest
@@ -85,6 +85,7 @@ class Supervision:
         self.records: list[SyscallRecord] = []
         self.pending: dict[int, SyscallRequest] = {}
         self.blocked: list[tuple[str, int]] = []  # (call, pid) of each process killed for a forbidden call
+        self.made_groups = False  # a process of the run made a process group of its own (setpgid)
         self.error: str | None = None
         self.others_only = others_only
         # (only worth an ioctl when calls are intercepted on purpose)
@@ -139,6 +140,10 @@ class Supervision:
                     continue
                 if reason == EMULATED:
                     metadata.emulate(self.listener, n, self.names.get(n.nr, ""), self.workspace)
+                    continue
+                if reason == NOTED:  # setpgid: only integers, nothing to re-read
+                    self.made_groups = True
+                    sn.allow(self.listener, n.id)
                     continue
             name = self.names.get(n.nr, f"syscall_{n.nr}")
             path = self._path(name, n)
