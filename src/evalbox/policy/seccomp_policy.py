@@ -21,6 +21,7 @@ BLOCKED = bpf.RET_USER_NOTIF | 1  # a killed call: evalbox names it (Output.bloc
 EMULATED = bpf.RET_USER_NOTIF | 2  # path metadata of a same-uid sandbox: done by evalbox inside the workspace
 INTERCEPTED = bpf.RET_USER_NOTIF | 3  # the plan's notify intercepts
 NOTED = bpf.RET_USER_NOTIF | 4  # allowed once evalbox has taken note (setpgid: the tree spans groups)
+LARGE_MAP = bpf.RET_USER_NOTIF | 5  # a large mapping under RLIMIT_AS: evalbox checks it against the limit
 
 
 def refuse(e: int) -> int:
@@ -206,7 +207,7 @@ def _network_rules(network: bool) -> list[Rule]:
 
 
 def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), group_only: bool = False,
-          same_uid: bool = False, routed: bool = False) -> list[Rule]:
+          same_uid: bool = False, routed: bool = False, large_map: int = 0) -> list[Rule]:
     """The rule list for a plan's network switch and its Syscalls(allow=..., deny=...).
 
     `group_only`: the process group is the only way to find the whole tree (no cgroup, no uid of
@@ -214,6 +215,8 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
     `same_uid`: the program runs as the caller's uid (see PATH_METADATA).
     `routed`: a notify listener serves the sandbox: killed calls go to it (BLOCKED), and so do
     path metadata changes of a same-uid sandbox (EMULATED).
+    `large_map`: memory is an RLIMIT_AS: mappings of at least this many bytes (mmap, mremap
+    growth) go to the listener too (LARGE_MAP), which tells a refused allocation from the limit.
     """
     KILL = BLOCKED if routed else KILL_NOW
     metadata = EMULATED if routed else refuse(errno.EPERM)
@@ -255,6 +258,9 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
         for name, kinds in (("setpriority", (PRIO_PROCESS, PRIO_PGRP)), ("ioprio_set", (IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP))):
             out += [Rule(name, ALLOW, (Arg(0, "eq", kind, width=32),)) for kind in kinds]
             out.append(Rule(name, refuse(errno.EPERM)))
+    if routed and large_map:
+        out += [Rule("mmap", LARGE_MAP, (Arg(1, "ge", large_map),)), Rule("mmap", ALLOW),
+                Rule("mremap", LARGE_MAP, (Arg(2, "ge", large_map),)), Rule("mremap", ALLOW)]
     out += _network_rules(network)
     out += [Rule(name, metadata if same_uid else ALLOW) for name in PATH_METADATA]
     if same_uid:  # utimensat(fd, NULL, ...) is futimens(): the file had to be opened
@@ -324,15 +330,21 @@ class Routing:
 
 @functools.lru_cache(maxsize=64)
 def _routing(network: bool, allow: tuple[str, ...], deny: tuple[str, ...], arch: str | None, group_only: bool,
-             same_uid: bool) -> Routing:
-    return Routing(rules(network, allow, deny, group_only, same_uid, routed=True), arch)
+             same_uid: bool, large_map: int) -> Routing:
+    return Routing(rules(network, allow, deny, group_only, same_uid, routed=True, large_map=large_map), arch)
+
+
+def large_map_threshold(memory: int) -> int:
+    """Mappings at least this large are checked against an RLIMIT_AS memory limit (rare enough
+    to cost nothing measurable; large enough that the allocation that fails is usually one)."""
+    return max(1 << 20, memory // 32)
 
 
 def routing(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), arch: str | None = None,
             group_only: bool = False, same_uid: bool = False, intercept: tuple[str, ...] = (),
-            magic: int = 0) -> Routing:
+            magic: int = 0, large_map: int = 0) -> Routing:
     """The filter for a run served by a notify listener (cached unless the plan intercepts calls)."""
     if not intercept:
-        return _routing(network, allow, deny, arch, group_only, same_uid)
-    base = rules(network, allow, deny, group_only, same_uid, routed=True)
+        return _routing(network, allow, deny, arch, group_only, same_uid, large_map)
+    base = rules(network, allow, deny, group_only, same_uid, routed=True, large_map=large_map)
     return Routing(with_intercepts(base, intercept, magic), arch)

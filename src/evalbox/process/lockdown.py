@@ -220,7 +220,8 @@ def _rlimits(plan: Plan, host: Host, uid: int, use_cgroup_memory: bool, use_cgro
             memory_how = f"cgroup v{host.cgroup.version} limit on the whole tree"
         else:
             limits.append((resource.RLIMIT_AS, plan.memory, plan.memory))
-            memory_how = "RLIMIT_AS per process (no memory cgroup on this host)"
+            memory_how = ("RLIMIT_AS per process (no memory cgroup on this host): address space, not resident "
+                          "memory; refused large allocations are reported as MEMORY_LIMIT")
     pids_how = "unlimited"
     if plan.max_pids is not None:
         if host.switches_uid:
@@ -322,7 +323,9 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             # its workspace, and the plan's intercepts reach its supervisor.
             routing = seccomp_policy.routing(plan.network, plan.syscalls.allow, plan.syscalls.deny, host.arch,
                                              group_only=group_only, same_uid=uid < 0,
-                                             intercept=plan.intercept if magic else (), magic=magic)
+                                             intercept=plan.intercept if magic else (), magic=magic,
+                                             large_map=seccomp_policy.large_map_threshold(plan.memory)
+                                             if plan.memory is not None and not use_mem else 0)
             program = routing.program
             filters = [(program, seccomp_notify.FILTER_FLAG_NEW_LISTENER)]
         else:

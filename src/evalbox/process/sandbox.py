@@ -20,9 +20,6 @@ from evalbox.process.supervisor import Supervision
 
 CPU_TICK_SLACK = 0.1  # seconds
 
-# Messages by which common runtimes report an allocation refused by RLIMIT_AS (used only when no
-# memory cgroup can tell us directly).
-_OOM_MARKERS = (b"MemoryError", b"Cannot allocate memory", b"std::bad_alloc", b"out of memory", b"Out of memory")
 
 
 class Sandbox:
@@ -167,9 +164,10 @@ class Sandbox:
             failed = sig is not None or (code or 0) != 0
             if sig == signal.SIGXCPU or cpu >= plan.cpu_time or (failed and cpu >= plan.cpu_time - CPU_TICK_SLACK):
                 status = Status.CPU_LIMIT
-        if status is None and plan.memory is not None and (group is None or "memory" not in group.dirs):
-            failed = sig is not None or (code or 0) != 0
-            if failed and any(m in self.stderr for m in _OOM_MARKERS):
+        if status is None and self.supervision is not None and self.supervision.memory_refused:
+            # RLIMIT_AS (no memory cgroup): the listener saw an allocation the limit refused; the
+            # verdict rests on that, never on what the program printed about it
+            if sig is not None or (code or 0) != 0:
                 status = Status.MEMORY_LIMIT
         blocked = self.supervision.blocked if self.supervision else []
         if sig == signal.SIGKILL and any(pid == self.pid for _, pid in blocked) and self.kill_reason is None:

@@ -16,7 +16,7 @@ import signal
 from evalbox.errors import ValidationError
 from evalbox.kernel import seccomp_notify as sn
 from evalbox.kernel.syscall_table import ARCHES, AUDIT_ARCH
-from evalbox.policy.seccomp_policy import BLOCKED, EMULATED, NOTED, Routing
+from evalbox.policy.seccomp_policy import BLOCKED, EMULATED, LARGE_MAP, NOTED, Routing
 from evalbox.process import metadata
 from evalbox.policy.plan import NotifyMode, Plan
 from evalbox.policy.supervision import DIRFD_CALLS, PATH_ARG, SOCKADDR_CALLS, Decision, SyscallRecord, SyscallRequest
@@ -86,6 +86,7 @@ class Supervision:
         self.pending: dict[int, SyscallRequest] = {}
         self.blocked: list[tuple[str, int]] = []  # (call, pid) of each process killed for a forbidden call
         self.made_groups = False  # a process of the run made a process group of its own (setpgid)
+        self.memory_refused = False  # an allocation was refused by the RLIMIT_AS memory limit
         self.error: str | None = None
         self.others_only = others_only
         # (only worth an ioctl when calls are intercepted on purpose)
@@ -141,6 +142,10 @@ class Supervision:
                 if reason == EMULATED:
                     metadata.emulate(self.listener, n, self.names.get(n.nr, ""), self.workspace)
                     continue
+                if reason == LARGE_MAP:  # only integers: the kernel decides, we note a refusal to come
+                    self._check_mapping(n)
+                    sn.allow(self.listener, n.id)
+                    continue
                 if reason == NOTED:  # setpgid: only integers, nothing to re-read
                     self.made_groups = True
                     sn.allow(self.listener, n.id)
@@ -160,6 +165,27 @@ class Supervision:
                 self.pending[n.id] = req
                 out.append(req)
         return out
+
+    def _check_mapping(self, n: sn.Notification) -> None:
+        """A large mmap/mremap under an RLIMIT_AS limit: if the process's address space (the
+        kernel's count, /proc/<pid>/status VmSize) plus the growth exceeds the limit, the kernel
+        is about to refuse it (ENOMEM) because of the memory limit: note it for the verdict."""
+        limit = self.plan.memory
+        if limit is None or self.memory_refused:
+            return
+        growth = n.args[1] if self.names.get(n.nr) == "mmap" else n.args[2] - n.args[1]
+        try:
+            with open(f"/proc/{n.pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"VmSize:"):
+                        size = int(line.split()[1]) * 1024
+                        break
+                else:
+                    return
+        except (OSError, ValueError, IndexError):
+            return
+        if size + growth > limit and sn.still_valid(self.listener, n.id):
+            self.memory_refused = True
 
     def _block(self, n: sn.Notification, name: str) -> None:
         """A call the policy forbids: remember its name, then kill the process that made it (the
