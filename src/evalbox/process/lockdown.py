@@ -255,10 +255,61 @@ def _rlimits(plan: Plan, host: Host, uid: int, use_cgroup_memory: bool, use_cgro
     return limits, described, memory_how, pids_how
 
 
-def _environment(plan: Plan, ws: Workspace) -> dict[str, str]:
-    env = {"PATH": DEFAULT_PATH, "HOME": ws.home, "TMPDIR": ws.tmp, "LANG": "C.UTF-8"}
+SANDBOX_USER = "sandbox"  # the passwd name of a root host's per-sandbox uid
+
+
+def _user_name(uid: int) -> str:
+    if uid >= 0:
+        return SANDBOX_USER
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (KeyError, ImportError):
+        return str(os.getuid())
+
+
+def _environment(plan: Plan, ws: Workspace, uid: int) -> dict[str, str]:
+    # USER/LOGNAME: getpass.getuser() and many tools read them before asking passwd
+    name = _user_name(uid)
+    env = {"PATH": DEFAULT_PATH, "HOME": ws.home, "TMPDIR": ws.tmp, "LANG": "C.UTF-8", "USER": name, "LOGNAME": name}
     env.update(plan.env)
     return env
+
+
+_passwd_cache: dict[str, tuple[float, bytes]] = {}
+
+
+def _host_file(path: str) -> bytes:
+    """A public host file (/etc/passwd, /etc/group), re-read only when it changes."""
+    try:
+        mtime = os.stat(path).st_mtime
+    except OSError:
+        return b""
+    cached = _passwd_cache.get(path)
+    if cached is None or cached[0] != mtime:
+        with open(path, "rb") as f:
+            cached = (mtime, f.read())
+        _passwd_cache[path] = cached
+    return cached[1]
+
+
+def _identity_files(ws: Workspace, uid: int, gid: int) -> list[tuple[bytes, bool, bytes]]:
+    """/etc/passwd and /etc/group with the sandbox's own uid in them (whoami, getpwuid, Node's
+    os.userInfo()), written root-owned and read-only into the workspace root and bound over the
+    host's files in the sandbox's mount namespace (bind list entries: target, is_dir, source)."""
+    binds = []
+    for name, line in (("passwd", f"{SANDBOX_USER}:x:{uid}:{gid}:evalbox sandbox:{ws.home}:/bin/sh\n"),
+                       ("group", f"{SANDBOX_USER}:x:{gid}:\n")):
+        host = _host_file(f"/etc/{name}")
+        if host and not host.endswith(b"\n"):
+            host += b"\n"
+        path = os.path.join(ws.root, f".{name}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "wb") as out:
+            out.write(host + line.encode())
+        binds.append((f"/etc/{name}".encode(), False, path.encode()))
+    return binds
 
 
 def prepare(plan: Plan, host: Host) -> Lockdown:
@@ -284,7 +335,7 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             uid = gid = lease.uid
         ws = Workspace(plan, (uid, gid) if lease else None,
                        memory_bounded=plan.memory is not None and "memory" in host.cgroup.controllers)
-        env = _environment(plan, ws)
+        env = _environment(plan, ws, uid)
         cwd = ws.path(plan.workdir)
         if not os.path.isdir(cwd):
             os.makedirs(cwd, 0o700)
@@ -306,7 +357,11 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             raise UnsupportedKernel("no pids cgroup to bound processes of a root sandbox; mount the pids controller")
         rlimits, rlimit_names, memory_how, pids_how = _rlimits(plan, host, uid if uid >= 0 else os.getuid(), use_mem, use_pids)
 
-        rules = filesystem.path_rules(plan, ws.root, runtime)
+        rules = filesystem.path_rules(plan, ws.root, runtime, own_uid=uid >= 0,
+                                      cgroup_dirs=tuple(group.distinct_dirs) if group is not None else ())
+        identity = _identity_files(ws, uid, gid) if host.private_shm and uid >= 0 else []
+        # (Landlock sees a bound file by its own inode, not by the path it is mounted at)
+        rules += [filesystem.PathRule(source.decode(), landlock.READ_FILE) for _, _, source in identity]
         ruleset = filesystem.build_ruleset(rules, host.landlock_abi, plan.network)
         # The tree is found by the cgroup, else by the sandbox's own uid, else by its process group.
         group_only = group is None and uid < 0
@@ -338,6 +393,12 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             keep = [(ws.root.encode(), True)] if os.path.dirname(ws.root) == "/dev/shm" else []
             overlays.append((b"/dev/shm", f"mode=1777,size={plan.memory or 64 << 20}".encode(),
                              filesystem.PRIVATE_SHM_RIGHTS, keep))
+            # its own /tmp too (code that hard-codes /tmp/...), the same way
+            keep_tmp = [(ws.root.encode(), True)] if ws.root.startswith("/tmp/") else []
+            overlays.append((b"/tmp", f"mode=1777,size={plan.memory or 64 << 20}".encode(),
+                             filesystem.PRIVATE_SHM_RIGHTS, keep_tmp))
+            if identity:
+                overlays.append((b"/etc", b"", 0, identity))
             outside = [r.path for r in rules if r.path != ws.root]
             overlays += _exposure_overlays(outside)
         private_shm = host.private_shm
@@ -349,7 +410,7 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
         protections = Protections(
             landlock_abi=host.landlock_abi,
             filesystem=f"landlock ABI {host.landlock_abi}: system trees read-only, narrow /etc, workspace read-write"
-            + (", private /dev/shm" if private_shm else ""),
+            + (", private /dev/shm and /tmp" if private_shm else ""),
             network="host network" if plan.network else "off: seccomp allows only Unix stream socket pairs (no connect, bind, listen)",
             tcp_landlock=bool(not plan.network and landlock.net_rights(host.landlock_abi)),
             scopes=tuple(scope_names),
@@ -364,7 +425,7 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             memory=memory_how,
             rlimits=tuple(rlimit_names),
             weakened=tuple(f"syscall {n} allowed unconditionally" for n in plan.syscalls.allow),
-            namespaces=("mount (private /dev/shm, hidden paths bound in)",) if overlays else (),
+            namespaces=("mount (private /dev/shm and /tmp, own passwd entry, hidden paths bound in)",) if overlays else (),
         )
         return Lockdown(
             executable=executable,
