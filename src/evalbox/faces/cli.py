@@ -216,6 +216,9 @@ def _execute(make_plan: Callable[[], Plan], as_json: bool, forward_stdin: bool =
         click.echo(json.dumps(output.as_dict(), indent=2))
     elif output.status.value not in ("exited", "signaled"):
         click.echo(f"evalbox: {output.status.name} after {output.wall_time:.2f}s", err=True)
+    if output.blocked_syscall and not as_json:
+        click.echo(f"evalbox: killed for calling {output.blocked_syscall}, which the sandbox forbids "
+                   f"(allow it with Syscalls(allow=[{output.blocked_syscall!r}]) if you trust the program)", err=True)
     sys.exit(output.shell_code)
 
 

@@ -22,6 +22,7 @@ EMULATED = bpf.RET_USER_NOTIF | 2  # path metadata of a same-uid sandbox: done b
 INTERCEPTED = bpf.RET_USER_NOTIF | 3  # the plan's notify intercepts
 NOTED = bpf.RET_USER_NOTIF | 4  # allowed once evalbox has taken note (setpgid: the tree spans groups)
 LARGE_MAP = bpf.RET_USER_NOTIF | 5  # a large mapping under RLIMIT_AS: evalbox checks it against the limit
+MEMFD = bpf.RET_USER_NOTIF | 6  # memfd_create: evalbox makes a non-executable one (MFD_NOEXEC_SEAL) for it
 
 
 def refuse(e: int) -> int:
@@ -48,7 +49,7 @@ rt_tgsigqueueinfo sigaltstack pause kill tkill tgkill pidfd_open pidfd_send_sign
 nanosleep clock_nanosleep clock_gettime clock_getres gettimeofday time times alarm getitimer setitimer
 timer_create timer_settime timer_gettime timer_getoverrun timer_delete
 futex futex_waitv futex_wake futex_wait futex_requeue set_robust_list get_robust_list set_tid_address
-kcmp adjtimex clock_adjtime memfd_create
+kcmp adjtimex clock_adjtime
 rseq arch_prctl sched_yield sched_getaffinity sched_getparam sched_getscheduler sched_getattr
 sched_get_priority_max sched_get_priority_min sched_rr_get_interval getcpu getpriority ioprio_get
 fork vfork execve exit exit_group wait4 waitid restart_syscall setsid setpgid
@@ -261,6 +262,11 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
     if routed and large_map:
         out += [Rule("mmap", LARGE_MAP, (Arg(1, "ge", large_map),)), Rule("mmap", ALLOW),
                 Rule("mremap", LARGE_MAP, (Arg(2, "ge", large_map),)), Rule("mremap", ALLOW)]
+    # memfd_create: Landlock does not cover memfds (kernel-internal mount), so a memfd could be
+    # written with a program and executed (fileless exec). With a listener evalbox creates it
+    # for the program with MFD_NOEXEC_SEAL (Linux 6.3+: not executable, and cannot become so);
+    # without one, ENOSYS (callers fall back to a file).
+    out.append(Rule("memfd_create", MEMFD if routed else refuse(errno.ENOSYS)))
     out += _network_rules(network)
     out += [Rule(name, metadata if same_uid else ALLOW) for name in PATH_METADATA]
     if same_uid:  # utimensat(fd, NULL, ...) is futimens(): the file had to be opened
