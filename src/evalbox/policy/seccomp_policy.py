@@ -109,10 +109,6 @@ REFUSED = {
     "msgget": errno.ENOSYS, "msgsnd": errno.ENOSYS, "msgrcv": errno.ENOSYS, "msgctl": errno.ENOSYS,
     "mq_open": errno.ENOSYS, "mq_unlink": errno.ENOSYS, "mq_timedsend": errno.ENOSYS,
     "mq_timedreceive": errno.ENOSYS, "mq_notify": errno.ENOSYS, "mq_getsetattr": errno.ENOSYS,
-    # Landlock does not cover extended attributes; `cp -a` treats this as "not supported here"
-    "setxattr": errno.EOPNOTSUPP, "lsetxattr": errno.EOPNOTSUPP, "fsetxattr": errno.EOPNOTSUPP,
-    "removexattr": errno.EOPNOTSUPP, "lremovexattr": errno.EOPNOTSUPP, "fremovexattr": errno.EOPNOTSUPP,
-    "setxattrat": errno.EOPNOTSUPP, "removexattrat": errno.EOPNOTSUPP,
     # host-wide effects answered as if done
     "sync": 0,
     "syncfs": 0,
@@ -129,6 +125,10 @@ REFUSED = {
 # outside its workspace; one that shares the caller's uid owns all the caller's files, and gets
 # these calls refused (fchmod/fchown on a file it could open stay allowed).
 PATH_METADATA = ("chmod", "fchmodat", "fchmodat2", "chown", "lchown", "fchownat", "utime", "utimes", "futimesat")
+
+XATTR_SET = ("setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr", "fremovexattr", "setxattrat",
+             "removexattrat")
+XATTR_SET_BY_PATH = ("setxattr", "lsetxattr", "removexattr", "lremovexattr")
 
 # mknod: FIFOs, sockets and regular files (mkfifo); device nodes need CAP_MKNOD anyway.
 S_IFMT, S_IFIFO, S_IFREG, S_IFSOCK = 0o170000, 0o010000, 0o100000, 0o140000
@@ -272,6 +272,17 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
     if same_uid:  # utimensat(fd, NULL, ...) is futimens(): the file had to be opened
         out.append(Rule("utimensat", ALLOW, (Arg(1, "eq", 0),)))
     out.append(Rule("utimensat", metadata if same_uid else ALLOW))
+    # Extended attributes: Landlock does not cover them. A uid of its own: the kernel's checks
+    # suffice (user.* needs write permission, trusted.*/security.* capabilities). The caller's
+    # uid: by path inside the workspace only (EMULATED); on an fd, "not supported here", which
+    # `cp -a` and friends accept.
+    for name in XATTR_SET:
+        if not same_uid:
+            out.append(Rule(name, ALLOW))
+        elif routed and name in XATTR_SET_BY_PATH:
+            out.append(Rule(name, EMULATED))
+        else:
+            out.append(Rule(name, refuse(errno.EOPNOTSUPP)))
     for name, mode_arg in (("mknod", 1), ("mknodat", 2)):
         for kind in (0, S_IFIFO, S_IFREG, S_IFSOCK):
             out.append(Rule(name, ALLOW, (Arg(mode_arg, "masked_eq", kind, mask=S_IFMT, width=32),)))
