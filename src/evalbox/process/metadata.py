@@ -61,10 +61,12 @@ def _int32(value: int) -> int:
     return value - (1 << 32) if value & 0x80000000 else value
 
 
-def emulate(listener: int, n: sn.Notification, name: str, workspace: str | None) -> None:
-    """Answer notification `n` (one of CALLS): done inside the workspace, else refused."""
+def emulate(listener: int, n: sn.Notification, name: str, workspace: str | None, owner: int = -1) -> None:
+    """Answer notification `n` (one of CALLS): done inside the workspace, else refused.
+    `owner`: the sandbox's own uid when it has one (evalbox then runs as root: only files that
+    uid owns are changed, as the kernel would allow it)."""
     try:
-        _emulate(listener, n, name, workspace)
+        _emulate(listener, n, name, workspace, owner)
     except OSError as e:
         code = e.errno if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
                                       errno.EINVAL, errno.EOPNOTSUPP, errno.EFAULT, errno.EROFS, errno.E2BIG,
@@ -75,7 +77,7 @@ def emulate(listener: int, n: sn.Notification, name: str, workspace: str | None)
     sn.succeed(listener, n.id, 0)
 
 
-def _emulate(listener: int, n: sn.Notification, name: str, workspace: str | None) -> None:
+def _emulate(listener: int, n: sn.Notification, name: str, workspace: str | None, owner: int) -> None:
     if name not in CALLS or workspace is None:
         raise OSError(errno.EPERM, "not emulated")
     dirfd_arg, path_arg, follow, flags_arg, what, value_arg = CALLS[name]
@@ -108,6 +110,8 @@ def _emulate(listener: int, n: sn.Notification, name: str, workspace: str | None
     finally:
         os.close(base)
     try:
+        if owner >= 0 and os.fstat(target).st_uid != owner:
+            raise OSError(errno.EPERM, "not the sandbox's own file")
         _apply(target, what, args[value_arg:], n.pid)
     finally:
         os.close(target)
@@ -185,6 +189,8 @@ def _apply(target: int, what: str, values: tuple[int, ...], pid: int) -> None:
         name = sn.read_string(pid, values[0], XATTR_NAME_MAX + 1)
         if name is None:
             raise OSError(errno.EFAULT if values[0] else errno.EINVAL, "attribute name")
+        if not name.startswith(b"user."):  # trusted.*, security.*: capabilities the sandbox lacks
+            raise OSError(errno.EPERM, "only user attributes")
         if stat.S_ISLNK(os.fstat(target).st_mode):
             raise OSError(errno.EPERM, "no user attributes on symlinks")
         here = f"/proc/self/fd/{target}"

@@ -63,7 +63,7 @@ class Sandbox:
             try:
                 self.supervision = Supervision(sandbox_id, plan, listener, self.pid, host.arch,
                                                others_only=host.switches_uid, routing=self.lock.routing,
-                                               workspace=self.lock.workspace.root)
+                                               workspace=self.lock.workspace.root, owner=self.lock.uid)
             except BaseException:  # (Supervision closed the listener)
                 self.kill_tree()
                 os.waitpid(self.pid, 0)

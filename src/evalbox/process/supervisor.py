@@ -68,7 +68,8 @@ class Supervision:
     """One sandbox's listener and what its plan says to do with each intercepted call."""
 
     def __init__(self, sandbox_id: int, plan: Plan, listener: int, pid: int, arch: str,
-                 others_only: bool = False, routing: Routing | None = None, workspace: str | None = None) -> None:
+                 others_only: bool = False, routing: Routing | None = None, workspace: str | None = None,
+                 owner: int = -1) -> None:
         """`others_only`: the sandbox has a uid of its own (root host) while the supervisor is
         root, so virtualized access is limited to what file modes give "other" users.
         `routing`: why the filter sends each call here (policy kills, workspace metadata, the
@@ -79,6 +80,7 @@ class Supervision:
         self.pid = pid
         self.routing = routing
         self.workspace = workspace
+        self.owner = owner  # the sandbox's own uid (root host), else -1
         self.names = routing.names if routing else {nr: name for name, nr in ARCHES[arch].items()}
         self.arch = arch
         self.native_arch = AUDIT_ARCH[arch]
@@ -143,7 +145,7 @@ class Supervision:
                     self._block(n, self.names.get(n.nr, f"syscall {n.nr}"))
                     continue
                 if reason == EMULATED:
-                    metadata.emulate(self.listener, n, self.names.get(n.nr, ""), self.workspace)
+                    metadata.emulate(self.listener, n, self.names.get(n.nr, ""), self.workspace, self.owner)
                     continue
                 if reason == LARGE_MAP:  # only integers: the kernel decides, we note a refusal to come
                     self._check_mapping(n)
