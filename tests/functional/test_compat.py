@@ -243,3 +243,14 @@ def test_java_sees_its_memory_limit():
     out = ok(evalbox.run(["java", "-XX:+PrintFlagsFinal", "-version"], memory="768M", timeout=60))
     heap = next(int(line.split()[3]) for line in out.stdout.decode().splitlines() if " MaxHeapSize " in line)
     assert heap <= 768 << 20, describe(out)
+
+
+def test_processes_in_groups_of_their_own_die_with_the_run(marker):
+    """`timeout` makes a process group of its own; left running in the background, it and its
+    child must still be dead when the run ends (found by the session where nothing else can)."""
+    from ft_helpers import live_with_marker
+
+    m = marker()
+    out = ok(sh(f"timeout {m} sleep {m} & echo started"))
+    assert out.stdout == b"started\n", describe(out)
+    assert live_with_marker(m) == {}, live_with_marker(m)
