@@ -366,6 +366,11 @@ def workspace_residue(root: str) -> str | None:
 def assert_clean(r: Run, fds_before: set[int] | None = None) -> None:
     """After a run: none of its processes alive, its workspace and cgroup gone, no fd leaked."""
     uid = r.uid
+    if uid == os.getuid():
+        # A caller that is not root shares its uid with its sandboxes: the test runner, evalbox's
+        # guard and the user's other programs run as that uid too. The run's token in argv names
+        # its own processes (their children inherit it).
+        uid = None
     found = processes_matching(r.token or None, uid)
     live = [p for p in found if p[1] not in ("Z", "X")]
     assert not live, f"processes of the finished run are still alive: {live}\n{r.describe()}"
@@ -445,7 +450,13 @@ class Targets:
     def __init__(self) -> None:
         self.paths: list[str] = []
 
+    @staticmethod
+    def _need_writable(directory: str) -> None:
+        if os.geteuid() != 0 and not os.access(directory, os.W_OK):
+            pytest.skip(f"needs root: the sacrificial target goes in {directory} (run the suite as root, as .ci/run does)")
+
     def file(self, directory: str, mode: int = 0o600, content: bytes | None = None, prefix: str = "secret") -> tuple[str, bytes]:
+        self._need_writable(directory)
         token = secrets.token_hex(12)
         path = os.path.join(directory, f"evalbox-test-{prefix}-{token}")
         data = content if content is not None else f"EVALBOX-SECRET-{token}\n".encode()
@@ -459,12 +470,14 @@ class Targets:
         return path, data
 
     def dir(self, parent: str = "/tmp", mode: int = 0o777) -> str:
+        self._need_writable(parent)
         path = tempfile.mkdtemp(prefix="evalbox-test-", dir=parent)
         os.chmod(path, mode)
         self.paths.append(path)
         return path
 
     def track(self, path: str) -> str:
+        self._need_writable(os.path.dirname(path))
         self.paths.append(path)
         return path
 

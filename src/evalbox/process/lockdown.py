@@ -119,7 +119,7 @@ def _exposure_overlays(paths: list[str]) -> list[tuple[bytes, bytes, int, list[t
         if top is not None and not any(path.startswith(p + "/") for p in groups.get(top, ())):
             groups.setdefault(top, []).append(path)
     return [
-        (top.encode(), b"mode=0755,size=1m", 0, [(p.encode(), os.path.isdir(p)) for p in binds])
+        (top.encode(), b"mode=0755,size=1m", 0, [(os.fsencode(p), os.path.isdir(p)) for p in binds])
         for top, binds in groups.items()
     ]
 
@@ -317,8 +317,8 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
         )
         return Lockdown(
             executable=executable,
-            argv=[a.encode() for a in plan.argv],
-            env=[f"{k}={v}".encode() for k, v in env.items()],
+            argv=[os.fsencode(a) for a in plan.argv],  # fsencode: non-UTF-8 bytes (surrogateescape) pass through
+            env=[os.fsencode(f"{k}={v}") for k, v in env.items()],
             cwd=cwd,
             workspace=ws,
             ruleset=ruleset,
