@@ -318,6 +318,7 @@ class Box:
 
     def plan(self, payload: str, *args: str, files: dict | None = None, **kw) -> tuple[evalbox.Plan, str]:
         token = f"evx{secrets.token_hex(5)}"
+        OUR_TOKENS.add(token)
         exe = f"{payload}-{token}"
         all_files = {exe: evalbox.File(self.payloads[payload], executable=True)}
         all_files.update(files or {})
@@ -342,6 +343,9 @@ class Box:
         assert own_fds() == fds_before, f"the run leaked fds in the caller: {own_fds() - fds_before}"
         return r
 
+
+# Tokens of the payload runs this test process made (other sessions on the machine make their own).
+OUR_TOKENS: set[str] = set()
 
 WORKSPACE_SUBDIRS = {"work", "tmp", "home"}
 
@@ -547,10 +551,10 @@ def _no_stray_sandbox_processes():
     """Whatever a test did, no sandbox-uid process of ours may survive it."""
     yield
     stray = [p for p in sandbox_uid_processes() if p[1] not in ("Z", "X")]
-    # other engineers may run sandboxes on this machine at the same time: only ours count, and ours
-    # are the children (or orphaned descendants) of runs this process made, recognisable by the
-    # "evx" token in argv or by the shell/sleep commands of the executor tests.
-    ours = [p for p in stray if "evx" in p[2] or "evalbox-escape" in p[2]]
+    # other engineers may run sandboxes (and this very suite) on this machine at the same time: only
+    # ours count, and ours are the children (or orphaned descendants) of runs this process made,
+    # recognisable by their token in argv.
+    ours = [p for p in stray if any(token in p[2] for token in re.findall(r"evx[0-9a-f]{10}", p[2]) if token in OUR_TOKENS)]
     assert not ours, f"sandbox processes survived the test: {ours}"
 
 
