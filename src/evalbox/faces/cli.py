@@ -116,13 +116,17 @@ def sandbox_options(f: Any) -> Any:
 
 # -- messages in the command line's terms ---------------------------------------------------------
 
+# Plan and runtime keywords that have a flag of the same name.
+CLI_KEYWORDS = LIMIT_NAMES + ("interpreter", "packages_from", "shell")
+
+
 def cli_message(message: str) -> str:
-    """A library message with the limit keywords spelled as the flags that set them."""
-    for name in LIMIT_NAMES:
+    """A library message in the command line's terms: `timeout=-1` -> `--timeout -1`, None -> none."""
+    for name in CLI_KEYWORDS:
         flag = _flag(name)
-        if re.match(rf"{name}\b", message):
-            message = re.sub(rf"^{name}=(\S+)", lambda m: f"{flag} {m.group(1)}", message)
-            message = re.sub(rf"^{name}\b", flag, message)
+        message = re.sub(rf"(?<![\w.-]){name}=('?)([^'\s;,]*)\1", lambda m: f"{flag} {m.group(2)}", message)
+        message = re.sub(rf"^{name}\b", flag, message)
+        if message.startswith(flag):
             message = message.replace("use None for no limit", f"use {flag} none for no limit")
     return message.replace("use None for no limit", "use 'none' for no limit")
 
