@@ -252,7 +252,10 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             if lease:
                 os.chown(cwd, uid, gid)
         executable = find_executable(plan.argv[0], env["PATH"], cwd)
-        runtime = runtime_files(executable, env_path=env["PATH"], ld_library_path=env.get("LD_LIBRARY_PATH", ""))
+        # what the sandbox can write is never trusted to name further files (SPEC §4.8)
+        untrusted = (ws.root, *(m.source for m in plan.mounts if m.writable))
+        runtime = runtime_files(executable, env_path=env["PATH"], ld_library_path=env.get("LD_LIBRARY_PATH", ""),
+                                untrusted=untrusted)
 
         want = {c for c, needed in (("memory", plan.memory), ("pids", plan.max_pids)) if needed is not None}
         if host.cgroup.version and want & host.cgroup.controllers:
