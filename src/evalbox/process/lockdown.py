@@ -246,11 +246,7 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
         ws = Workspace(plan, (uid, gid) if lease else None,
                        memory_bounded=plan.memory is not None and "memory" in host.cgroup.controllers)
         env = _environment(plan, ws)
-        cwd = ws.path(plan.workdir)
-        if not os.path.isdir(cwd):
-            os.makedirs(cwd, 0o700)
-            if lease:
-                os.chown(cwd, uid, gid)
+        cwd = ws.path(plan.workdir) if plan.workdir == "work" else ws.make_dir(plan.workdir)
         executable = find_executable(plan.argv[0], env["PATH"], cwd)
         # what the sandbox can write is never trusted to name further files (SPEC §4.8)
         untrusted = (ws.root, *(m.source for m in plan.mounts if m.writable))
