@@ -360,6 +360,24 @@ def drain_pool() -> None:
     remove_parents()
 
 
+def _kill_all_in(group_dir: str, deadline: float = 2.0) -> None:
+    """SIGKILL every process of a cgroup directory until it is empty (or the deadline passes)."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            pids = [int(p) for p in _read(os.path.join(group_dir, "cgroup.procs")).split()]
+        except (OSError, ValueError):
+            return
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.001)
+
+
 def sweep_stale() -> None:
     """Remove empty parent groups left by evalbox processes that died without cleaning up."""
     for d in set(layout().roots.values()):
@@ -372,9 +390,11 @@ def sweep_stale() -> None:
             if prefix == "evalbox" and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
                 parent = os.path.join(d, name)
                 for child in os.listdir(parent) if os.path.isdir(parent) else ():
-                    if os.path.isdir(os.path.join(parent, child)):
+                    group = os.path.join(parent, child)
+                    if os.path.isdir(group):
+                        _kill_all_in(group)  # processes a dead caller's runs left (its guard died too)
                         try:
-                            os.rmdir(os.path.join(parent, child))
+                            os.rmdir(group)
                         except OSError:
                             pass
                 try:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
 import tempfile
+import time
 
 from evalbox.policy.plan import WORK_DIR, Plan
 from evalbox.process.identity import is_sandbox_uid
@@ -182,9 +184,41 @@ def sweep_stale() -> None:
             continue
         try:
             # only real directories that this user (or, on a root host, a sandbox uid) owns: never
-        # follow or delete a planted link or file
+            # follow or delete a planted link or file
             owner = entry.stat(follow_symlinks=False).st_uid
             if entry.is_dir(follow_symlinks=False) and (owner == os.geteuid() or is_sandbox_uid(owner)):
+                # its run's caller and guard are dead: kill what may still run there first
+                if is_sandbox_uid(owner):
+                    from evalbox.process.spawn import kill_uid  # (spawn imports this module)
+                    kill_uid(owner, owner)
+                else:
+                    _kill_processes_inside(entry.path)
                 _force_rmtree(entry.path)
         except OSError:
             pass
+
+
+def _kill_processes_inside(top: str, deadline: float = 2.0) -> None:
+    """SIGKILL this user's processes whose cwd or root lies in `top` (a dead run's workspace)."""
+    me = os.geteuid()
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        found = False
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) == os.getpid():
+                continue
+            try:
+                if os.stat(f"/proc/{name}").st_uid != me:
+                    continue
+                places = [os.readlink(f"/proc/{name}/{link}") for link in ("cwd", "root")]
+            except OSError:
+                continue
+            if any(p == top or p.startswith(top + "/") for p in places):
+                found = True
+                try:
+                    os.kill(int(name), signal.SIGKILL)
+                except OSError:
+                    pass
+        if not found:
+            return
+        time.sleep(0.005)
