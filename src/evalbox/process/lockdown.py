@@ -246,13 +246,12 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
         ws = Workspace(plan, (uid, gid) if lease else None,
                        memory_bounded=plan.memory is not None and "memory" in host.cgroup.controllers)
         env = _environment(plan, ws)
-        cwd = ws.path(plan.workdir)
-        if not os.path.isdir(cwd):
-            os.makedirs(cwd, 0o700)
-            if lease:
-                os.chown(cwd, uid, gid)
+        cwd = ws.path(plan.workdir) if plan.workdir == "work" else ws.make_dir(plan.workdir)
         executable = find_executable(plan.argv[0], env["PATH"], cwd)
-        runtime = runtime_files(executable, env_path=env["PATH"], ld_library_path=env.get("LD_LIBRARY_PATH", ""))
+        # what the sandbox can write is never trusted to name further files (SPEC §4.8)
+        untrusted = (ws.root, *(m.source for m in plan.mounts if m.writable))
+        runtime = runtime_files(executable, env_path=env["PATH"], ld_library_path=env.get("LD_LIBRARY_PATH", ""),
+                                untrusted=untrusted)
 
         want = {c for c, needed in (("memory", plan.memory), ("pids", plan.max_pids)) if needed is not None}
         if host.cgroup.version and want & host.cgroup.controllers:

@@ -7,6 +7,7 @@ turn what happened into an Output.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import time
 
@@ -47,6 +48,9 @@ class Sandbox:
             child_fds = [in_r, out_w, err_w]
             for fd in (self.stdin_w, self.stdout_r, self.stderr_r):
                 os.set_blocking(fd, False)
+            # the spawn child shares our memory until it execs, and the kernel folds that memory's
+            # peak into the program's ru_maxrss: remember it to know when that figure is ours
+            self.caller_peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             self.started = time.monotonic()
             self.pid, self.pidfd, listener = spawn(self.lock, in_r, out_w, err_w)
         except BaseException:
@@ -149,6 +153,18 @@ class Sandbox:
                 return
             time.sleep(0.001)
 
+    def max_rss(self) -> int:
+        """The program's peak memory: what its memory cgroup was charged at most, else the largest
+        resident set among its processes when that is above what the caller's own memory could
+        have contributed (the CLONE_VM spawn child's figure includes the caller's peak), else 0
+        (unknown)."""
+        group = self.lock.cgroup
+        peak = group.peak_memory() if group is not None else None
+        if peak is not None:
+            return peak
+        rss = self.rusage.ru_maxrss * 1024
+        return rss if rss > self.caller_peak_rss else 0
+
     def output(self) -> Output:
         assert self.wait_status is not None and self.rusage is not None and self.ended_at is not None
         plan = self.plan
@@ -186,7 +202,7 @@ class Sandbox:
             signal=sig,
             wall_time=self.ended_at - self.started,
             cpu_time=cpu,
-            max_rss=self.rusage.ru_maxrss * 1024,
+            max_rss=self.max_rss(),
             stdout_truncated=self.stdout_truncated,
             stderr_truncated=self.stderr_truncated,
             protections=self.lock.protections,
