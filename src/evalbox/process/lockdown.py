@@ -28,6 +28,7 @@ from evalbox.process.workspace import Workspace
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 UMASK = 0o022
+PRIVATE_SHM_INODES = 4096  # POSIX semaphores and shm segments: a few each; bounded like the size
 
 _counter = itertools.count()
 
@@ -390,7 +391,7 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
         if host.private_shm:
             # a private /dev/shm (POSIX semaphores); the workspace may live there: bind it back
             keep = [(ws.root.encode(), True)] if os.path.dirname(ws.root) == "/dev/shm" else []
-            overlays.append((b"/dev/shm", f"mode=1777,size={plan.memory or 64 << 20}".encode(),
+            overlays.append((b"/dev/shm", f"mode=1777,size={plan.memory or 64 << 20},nr_inodes={PRIVATE_SHM_INODES}".encode(),
                              filesystem.PRIVATE_SHM_RIGHTS, keep))
             # its own /tmp too (code that hard-codes /tmp/...), the same way
             keep_tmp = [(ws.root.encode(), True)] if ws.root.startswith("/tmp/") else []
