@@ -46,7 +46,8 @@ HERE = Path(__file__).resolve().parent
 PAYLOAD_DIR = HERE / "payloads"
 SIGSYS = int(signal.SIGSYS)
 BLOCKING_ERRNOS = frozenset({"EPERM", "EACCES", "ENOSYS", "EAFNOSUPPORT"})
-SANDBOX_UID_RANGE = range(2_000_000_000, 2_000_000_000 + (1 << 20))
+from evalbox.process.identity import SANDBOX_UID_BASE, SANDBOX_UID_SPAN  # noqa: E402
+SANDBOX_UID_RANGE = range(SANDBOX_UID_BASE, SANDBOX_UID_BASE + SANDBOX_UID_SPAN)
 GCC_FLAGS = ["-O1", "-static", "-Wall", "-Wextra", "-pthread"]
 
 

@@ -12,9 +12,10 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from evalbox.errors import SandboxError, ValidationError
+from evalbox.errors import SandboxError, SpawnError, ValidationError
 from evalbox.executor.executor import Completed, Executor, SandboxId, Timeout, require_supervisor
 from evalbox.policy.plan import Plan, as_plan
+from evalbox.process.lockdown import expect_neighbours
 from evalbox.process.result import Output
 
 Result = Output | SandboxError
@@ -95,12 +96,13 @@ def iter_results(plans: Iterable[Plan | Sequence[str]], concurrency: int | None 
     todo = [i for i, p in enumerate(prepared) if isinstance(p, Plan)]
     bar = Progress(len(prepared), progress)
     slot: dict[SandboxId, int] = {}
+    most_pids = max((p.max_pids or 0 for p in prepared if isinstance(p, Plan)), default=0)
     try:
         for index, item in enumerate(prepared):
             if isinstance(item, SandboxError):
                 bar.advance(item)
                 yield index, item
-        with Executor() as ex:
+        with Executor() as ex, expect_neighbours(min(limit, len(todo)), most_pids):
             next_item = 0
             while next_item < len(todo) or slot:
                 while next_item < len(todo) and len(slot) < limit:
@@ -108,9 +110,10 @@ def iter_results(plans: Iterable[Plan | Sequence[str]], concurrency: int | None 
                     next_item += 1
                     try:
                         slot[ex.spawn(prepared[index], close_stdin=True)] = index  # type: ignore[arg-type]
-                    except SandboxError as e:
-                        bar.advance(e)
-                        yield index, e
+                    except (SandboxError, OSError) as e:  # one plan's failure never costs the others
+                        err = e if isinstance(e, SandboxError) else SpawnError(e.errno or 0, f"could not start: {e}")
+                        bar.advance(err)
+                        yield index, err
                 if not slot:
                     continue
                 for ev in ex.poll():

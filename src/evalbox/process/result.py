@@ -59,6 +59,7 @@ class Output:
     protections: Protections | None = field(default=None, repr=False)
     syscalls: tuple = ()  # SyscallRecord audit trail of intercepted calls (notify modes)
     error: str | None = None  # why evalbox ended the run when no limit did (a failing supervisor)
+    blocked_syscall: str | None = None  # the forbidden call a process of the run was killed for ("ptrace")
 
     @property
     def success(self) -> bool:
@@ -140,6 +141,7 @@ class Output:
             "cpu_time": round(self.cpu_time, 6),
             "max_rss": self.max_rss,
             "error": self.error,
+            "blocked_syscall": self.blocked_syscall,
         })
         if self.syscalls:
             d["syscalls"] = [r._asdict() for r in self.syscalls]
@@ -168,6 +170,7 @@ class Output:
             if prot else None,
             syscalls=tuple(SyscallRecord(**{**r, "args": tuple(r["args"])}) for r in d.get("syscalls") or ()),
             error=d.get("error"),
+            blocked_syscall=d.get("blocked_syscall"),
         )
 
 
