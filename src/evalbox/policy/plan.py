@@ -168,7 +168,7 @@ class File:
 
     def __init__(self, content: str | bytes, executable: bool = False) -> None:
         if isinstance(content, str):
-            content = content.encode()
+            content = content.encode("utf-8", "surrogateescape")
         elif isinstance(content, (bytearray, memoryview)):
             content = bytes(content)
         if not isinstance(content, bytes):
@@ -312,7 +312,7 @@ class Plan:
 
         stdin = self.stdin
         if isinstance(stdin, str):
-            stdin = stdin.encode()
+            stdin = stdin.encode("utf-8", "surrogateescape")
         if not isinstance(stdin, (bytes, bytearray, memoryview)):
             raise ValidationError(f"stdin must be bytes or str, not {type(stdin).__name__}")
         set_("stdin", bytes(stdin))

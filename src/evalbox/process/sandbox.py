@@ -16,14 +16,11 @@ from evalbox.process import watchdog
 from evalbox.process.host import Host
 from evalbox.process.lockdown import Lockdown, prepare
 from evalbox.process.result import Output, Status
-from evalbox.process.spawn import kill_uid, spawn
+from evalbox.process.spawn import kill_session, kill_uid, spawn
 from evalbox.process.supervisor import Supervision
 
 CPU_TICK_SLACK = 0.1  # seconds
 
-# Messages by which common runtimes report an allocation refused by RLIMIT_AS (used only when no
-# memory cgroup can tell us directly).
-_OOM_MARKERS = (b"MemoryError", b"Cannot allocate memory", b"std::bad_alloc", b"out of memory", b"Out of memory")
 
 
 class Sandbox:
@@ -68,7 +65,8 @@ class Sandbox:
         if listener >= 0:
             try:  # (before the ruleset is closed: supervised opens are made with the program's rights)
                 self.supervision = Supervision(sandbox_id, plan, listener, self.pid, host.arch,
-                                               others_only=host.switches_uid, ruleset_fd=self.lock.ruleset.fd,
+                                               others_only=host.switches_uid, routing=self.lock.routing,
+                                               workspace=self.lock.workspace.root, ruleset_fd=self.lock.ruleset.fd,
                                                uid=self.lock.uid, gid=self.lock.gid)
             except BaseException:  # (Supervision closed the listener)
                 self.lock.release_spawn_resources()
@@ -122,15 +120,20 @@ class Sandbox:
         # Until the leader is reaped its pid cannot be reused, so the group id is safe to signal.
         # Processes that left the group are found by the cgroup, or by the sandbox's own uid
         # (without either, the policy keeps them from leaving the group).
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        reaped = self.wait_status is not None  # then the pid may already name someone else
+        if not reaped:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         if self.lock.cgroup is not None:
             if not self.lock.cgroup.kill() and self.error is None:
                 self.error = "some processes of the run could not be killed (stuck in the kernel?)"
         elif self.lock.uid >= 0:
             kill_uid(self.lock.uid, self.lock.gid)
+        elif not reaped and self.supervision is not None and self.supervision.made_groups:
+            # process groups of its own (timeout, job control) stay in the session it cannot leave
+            kill_session(self.pid)
 
     def reap(self) -> None:
         """The leader has exited: kill the rest of the tree, then collect its status."""
@@ -141,19 +144,8 @@ class Sandbox:
         _, self.wait_status, self.rusage = os.wait4(self.pid, 0)
         os.close(self.pidfd)
         self.pidfd = -1
-        self._sweep_group()
-
-    def _sweep_group(self) -> None:
-        """Orphans of the leader are still in its group until they die: make sure they do."""
-        if self.lock.cgroup is not None or self.lock.uid >= 0:
-            return  # kill_tree already reached every process
-        end = time.monotonic() + 1.0
-        while time.monotonic() < end:
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                return
-            time.sleep(0.001)
+        # (every process left in the group got SIGKILL in kill_tree: a group kill reaches children
+        # forked meanwhile too, so nothing is waited for here, in the event loop)
 
     def max_rss(self) -> int:
         """The program's peak memory: what its memory cgroup was charged at most, else the largest
@@ -190,10 +182,14 @@ class Sandbox:
             failed = sig is not None or (code or 0) != 0
             if sig == signal.SIGXCPU or cpu >= plan.cpu_time or (failed and cpu >= plan.cpu_time - CPU_TICK_SLACK):
                 status = Status.CPU_LIMIT
-        if status is None and plan.memory is not None and (group is None or "memory" not in group.dirs):
-            failed = sig is not None or (code or 0) != 0
-            if failed and any(m in self.stderr for m in _OOM_MARKERS):
+        if status is None and self.supervision is not None and self.supervision.memory_refused:
+            # RLIMIT_AS (no memory cgroup): the listener saw an allocation the limit refused; the
+            # verdict rests on that, never on what the program printed about it
+            if sig is not None or (code or 0) != 0:
                 status = Status.MEMORY_LIMIT
+        blocked = self.supervision.blocked if self.supervision else []
+        if sig == signal.SIGKILL and any(pid == self.pid for _, pid in blocked) and self.kill_reason is None:
+            sig = int(signal.SIGSYS)  # killed for a forbidden call, as SECCOMP_RET_KILL would have
         if status is None:
             status = Status.SIGNALED if sig is not None else Status.EXITED
         return Output(
@@ -210,6 +206,7 @@ class Sandbox:
             protections=self.lock.protections,
             syscalls=tuple(self.supervision.records) if self.supervision else (),
             error=self.error,
+            blocked_syscall=blocked[0][0] if blocked else None,
         )
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from evalbox.policy.plan import WORK_DIR, Plan
 from evalbox.process.identity import is_sandbox_uid
 
 SUBDIRS = (WORK_DIR, "tmp", "home")
+IDENTITY_FILES = (".passwd", ".group")  # a root host's per-run passwd/group (see lockdown)
 SHM = "/dev/shm"
 
 
@@ -47,26 +48,49 @@ def base_dir(memory_bounded: bool = False) -> str:
     return SHM if memory_bounded and _shm_usable() else tempfile.gettempdir()
 
 
-def _force_rmtree(path: str) -> None:
-    """Delete a tree whatever the program did to the permissions inside it.
-
-    Only directories inside the tree are ever chmod'ed, never the tree's own parent.
-    """
-    top = os.path.abspath(path)
-
-    def fix_and_retry(func, failed, exc_info):  # type: ignore[no-untyped-def]
+def _unlock_dirs(top: str) -> None:
+    """Give the owner rwx on every directory of the tree (the program may have chmod'ed some to 0,
+    which stops both listing and unlinking inside them). Never follows a symlink and never leaves
+    the tree: each directory is opened O_PATH|O_NOFOLLOW below the one before (its fd, not a path,
+    is what gets chmod'ed), and the tree's own parent is never touched."""
+    try:
+        root = os.open(top, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    stack = [root]
+    seen = 0
+    while stack and seen < 1_000_000:  # bounded whatever the program built
+        fd = stack.pop()
+        seen += 1
         try:
-            parent = os.path.dirname(os.path.abspath(failed))
-            if parent == top or parent.startswith(top + "/"):
-                os.chmod(parent, stat.S_IRWXU)
-            if failed != top and os.path.isdir(failed) and not os.path.islink(failed):
-                os.chmod(failed, stat.S_IRWXU)
-            func(failed)
+            os.chmod(f"/proc/self/fd/{fd}", stat.S_IRWXU)
+            for entry in os.scandir(f"/proc/self/fd/{fd}"):
+                if entry.is_dir(follow_symlinks=False):
+                    try:
+                        stack.append(os.open(entry.name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                             dir_fd=fd))
+                    except OSError:
+                        pass
         except OSError:
             pass
+        finally:
+            os.close(fd)
+    for fd in stack:
+        os.close(fd)
 
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, onerror=fix_and_retry)
+
+def _force_rmtree(path: str) -> None:
+    """Delete a tree whatever the program did to the permissions inside it; never raises (what
+    cannot be removed now is swept later by `sweep_stale`)."""
+    if not os.path.isdir(path) or os.path.islink(path):
+        return
+    try:
+        shutil.rmtree(path)
+        return
+    except OSError:
+        pass
+    _unlock_dirs(path)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -171,6 +195,11 @@ class Workspace:
     def remove(self) -> None:
         # fast path: the program left its three directories empty (rmdir refuses anything else)
         try:
+            for name in IDENTITY_FILES:
+                try:
+                    os.unlink(os.path.join(self.root, name))
+                except FileNotFoundError:
+                    pass
             for sub in SUBDIRS:
                 os.rmdir(os.path.join(self.root, sub))
             os.rmdir(self.root)
