@@ -278,6 +278,9 @@ class Executor:
         if kind is _PIDFD:
             self._unwatch(fd)
             box.reap()
+            if box.supervision is not None and box.plan.notify is NotifyMode.DISABLED:
+                # the tree is dead: no decision can be pending (saves the listener's hang-up event)
+                self._unwatch(box.supervision.listener)
             run.drain_until = time.monotonic() + DRAIN_GRACE
         elif kind is _STDIN:
             self._pump_stdin(run)
