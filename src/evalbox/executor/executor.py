@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import NewType
 
+from evalbox.executor.deferred import stop_signals_deferred
 from evalbox.errors import SandboxError, ValidationError
 from evalbox.policy.plan import NotifyMode, Plan
 from evalbox.policy.supervision import Decision, SyscallRequest
@@ -98,6 +99,7 @@ class Executor:
 
     # -- public API ------------------------------------------------------------------------------
 
+    @stop_signals_deferred  # a Ctrl-C while starting must not orphan the sandbox
     def spawn(self, plan: Plan, *, close_stdin: bool = False) -> SandboxId:
         """Start a sandbox; returns at once. Raises SandboxError if it cannot start safely.
 

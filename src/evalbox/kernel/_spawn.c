@@ -668,7 +668,14 @@ static PyObject *raw_syscall(PyObject *self, PyObject *args)
             goto done;
         }
     }
-    long ret = syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+    long ret;
+    int saved_errno;
+    /* without the GIL: a call that waits (an open on the program's behalf) stalls no other thread */
+    Py_BEGIN_ALLOW_THREADS
+    ret = syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+    saved_errno = errno;
+    Py_END_ALLOW_THREADS
+    errno = saved_errno;
     if (ret < 0)
         PyErr_SetFromErrno(PyExc_OSError);
     else

@@ -207,6 +207,28 @@ def _network_rules(network: bool) -> list[Rule]:
     return unix_only
 
 
+# Files the sandbox can only read (system trees, /etc, ro mounts) must not be usable to stall or
+# slow host processes (issue 9, class 7). seccomp cannot see an fd's mode or path, so:
+# - advisory locks are not taken at all: flock() and fcntl F_SETLK/F_SETLKW/F_OFD_SETLK(W)
+#   succeed without locking (a sandbox never blocks a host writer; processes inside one sandbox
+#   cannot exclude each other with them); F_GETLK still reports host locks truthfully;
+# - leases (F_SETLEASE) are refused: a lease stalls any other opener of the file;
+# - cache eviction advice (POSIX_FADV_DONTNEED/NOREUSE, MADV_COLD/MADV_PAGEOUT) succeeds without
+#   effect: evicting host files' page cache would slow the host.
+F_SETLK, F_SETLKW, F_OFD_SETLK, F_OFD_SETLKW, F_SETLEASE = 6, 7, 37, 38, 1024
+POSIX_FADV_DONTNEED, POSIX_FADV_NOREUSE = 4, 5
+MADV_COLD, MADV_PAGEOUT = 20, 21
+PRETEND = bpf.errno_action(0)  # the call returns 0 and does nothing
+
+
+def _host_interference_rules() -> list[Rule]:
+    out = [Rule("flock", PRETEND), Rule("fcntl", refuse(errno.EPERM), (Arg(1, "eq", F_SETLEASE, width=32),))]
+    out += [Rule("fcntl", PRETEND, (Arg(1, "eq", cmd, width=32),)) for cmd in (F_SETLK, F_SETLKW, F_OFD_SETLK, F_OFD_SETLKW)]
+    out += [Rule("fadvise64", PRETEND, (Arg(3, "eq", a, width=32),)) for a in (POSIX_FADV_DONTNEED, POSIX_FADV_NOREUSE)]
+    out += [Rule("madvise", PRETEND, (Arg(2, "eq", a, width=32),)) for a in (MADV_COLD, MADV_PAGEOUT)]
+    return out + [Rule(name, ALLOW) for name in ("fcntl", "fadvise64", "madvise")]
+
+
 def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), group_only: bool = False,
           same_uid: bool = False, routed: bool = False, large_map: int = 0) -> list[Rule]:
     """The rule list for a plan's network switch and its Syscalls(allow=..., deny=...).
@@ -268,6 +290,7 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
     # without one, ENOSYS (callers fall back to a file).
     out.append(Rule("memfd_create", MEMFD if routed else refuse(errno.ENOSYS)))
     out += _network_rules(network)
+    out += _host_interference_rules()
     out += [Rule(name, metadata if same_uid else ALLOW) for name in PATH_METADATA]
     if same_uid:  # utimensat(fd, NULL, ...) is futimens(): the file had to be opened
         out.append(Rule("utimensat", ALLOW, (Arg(1, "eq", 0),)))

@@ -28,6 +28,7 @@ from evalbox.process.workspace import Workspace
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 UMASK = 0o022
+PRIVATE_SHM_INODES = 4096  # POSIX semaphores and shm segments: a few each; bounded like the size
 
 _counter = itertools.count()
 
@@ -160,7 +161,7 @@ def _exposure_overlays(paths: list[str]) -> list[tuple[bytes, bytes, int, list[t
         if top is not None and not any(path.startswith(p + "/") for p in groups.get(top, ())):
             groups.setdefault(top, []).append(path)
     return [
-        (top.encode(), b"mode=0755,size=1m", 0, [(p.encode(), os.path.isdir(p)) for p in binds])
+        (top.encode(), b"mode=0755,size=1m", 0, [(os.fsencode(p), os.path.isdir(p)) for p in binds])
         for top, binds in groups.items()
     ]
 
@@ -300,23 +301,21 @@ def _host_file(path: str) -> bytes:
     return cached[1]
 
 
-def _identity_files(ws: Workspace, uid: int, gid: int, lease: UidLease) -> list[tuple[bytes, bool, bytes]]:
+def _identity_files(ws: Workspace, uid: int, gid: int) -> list[tuple[bytes, bool, bytes]]:
     """/etc/passwd and /etc/group with the sandbox's own uid in them (whoami, getpwuid, Node's
-    os.userInfo()), written root-owned and read-only next to the uid's lease file (the uid's
-    holder alone writes them) and bound over the host's files in the sandbox's mount namespace
-    (bind list entries: target, is_dir, source)."""
+    os.userInfo()), written root-owned and read-only into the workspace root (removed with it; a
+    uid is never leased twice, so no later run binds them) and bound over the host's files in the
+    sandbox's mount namespace (bind list entries: target, is_dir, source)."""
     binds = []
     for name, line in (("passwd", f"{SANDBOX_USER}:x:{uid}:{gid}:evalbox sandbox:{ws.home}:/bin/sh\n"),
                        ("group", f"{SANDBOX_USER}:x:{gid}:\n")):
         host = _host_file(f"/etc/{name}")
         if host and not host.endswith(b"\n"):
             host += b"\n"
-        path = f"{lease.path}.{name}"
-        temp = f"{path}.new"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        path = os.path.join(ws.root, f".{name}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         with os.fdopen(fd, "wb") as out:
             out.write(host + line.encode())
-        os.rename(temp, path)  # a new inode: a bind of the previous run's file is left alone
         binds.append((f"/etc/{name}".encode(), False, path.encode()))
     return binds
 
@@ -345,13 +344,12 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
         ws = Workspace(plan, (uid, gid) if lease else None,
                        memory_bounded=plan.memory is not None and "memory" in host.cgroup.controllers)
         env = _environment(plan, ws, uid)
-        cwd = ws.path(plan.workdir)
-        if not os.path.isdir(cwd):
-            os.makedirs(cwd, 0o700)
-            if lease:
-                os.chown(cwd, uid, gid)
+        cwd = ws.path(plan.workdir) if plan.workdir == "work" else ws.make_dir(plan.workdir)
         executable = find_executable(plan.argv[0], env["PATH"], cwd)
-        runtime = runtime_files(executable, env_path=env["PATH"], ld_library_path=env.get("LD_LIBRARY_PATH", ""))
+        # what the sandbox can write is never trusted to name further files (SPEC §4.8)
+        untrusted = (ws.root, *(m.source for m in plan.mounts if m.writable))
+        runtime = runtime_files(executable, env_path=env["PATH"], ld_library_path=env.get("LD_LIBRARY_PATH", ""),
+                                untrusted=untrusted)
 
         want = {c for c, needed in (("memory", plan.memory), ("pids", plan.max_pids)) if needed is not None}
         if host.cgroup.version and want & host.cgroup.controllers:
@@ -368,7 +366,7 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
 
         rules = filesystem.path_rules(plan, ws.root, runtime, own_uid=uid >= 0,
                                       cgroup_dirs=tuple(group.distinct_dirs) if group is not None else ())
-        identity = _identity_files(ws, uid, gid, lease) if host.private_shm and lease is not None else []
+        identity = _identity_files(ws, uid, gid) if host.private_shm and lease is not None else []
         # (Landlock sees a bound file by its own inode, not by the path it is mounted at)
         rules += [filesystem.PathRule(source.decode(), landlock.READ_FILE) for _, _, source in identity]
         ruleset = filesystem.build_ruleset(rules, host.landlock_abi, plan.network)
@@ -406,8 +404,8 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
                 keep = _below(granted, top)
                 # (what is not writable is bound read-only: the tmpfs's own Landlock rights would
                 # otherwise reach into it)
-                overlays.append((top.encode(), f"mode=1777,size={plan.memory or 64 << 20}".encode(),
-                                 filesystem.PRIVATE_SHM_RIGHTS,
+                options = f"mode=1777,size={plan.memory or 64 << 20},nr_inodes={PRIVATE_SHM_INODES}"
+                overlays.append((top.encode(), options.encode(), filesystem.PRIVATE_SHM_RIGHTS,
                                  [(p.encode(), os.path.isdir(p), None, p not in writable) for p in keep]))
             if identity:
                 overlays.append((b"/etc", b"", 0, identity))
@@ -441,8 +439,8 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
         )
         return Lockdown(
             executable=executable,
-            argv=[a.encode() for a in plan.argv],
-            env=[f"{k}={v}".encode() for k, v in env.items()],
+            argv=[os.fsencode(a) for a in plan.argv],  # fsencode: non-UTF-8 bytes (surrogateescape) pass through
+            env=[os.fsencode(f"{k}={v}") for k, v in env.items()],
             cwd=cwd,
             workspace=ws,
             ruleset=ruleset,

@@ -7,6 +7,7 @@ turn what happened into an Output.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import time
 
@@ -46,6 +47,9 @@ class Sandbox:
                 os.set_blocking(fd, False)
             self.started = time.monotonic()
             self.pid, self.pidfd, listener = spawn(self.lock, in_r, out_w, err_w)
+            # the spawn child shared our memory until it exec'd (spawn returns after that), and the
+            # kernel folds that memory's peak into the program's ru_maxrss: remember our peak now
+            self.caller_peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         except BaseException:
             for fd in child_fds + [getattr(self, n, -1) for n in ("stdin_w", "stdout_r", "stderr_r")]:
                 if fd >= 0:
@@ -58,18 +62,20 @@ class Sandbox:
                     os.close(fd)
                 except OSError:
                     pass
-        self.lock.release_spawn_resources()
         if listener >= 0:
-            try:
+            try:  # (before the ruleset is closed: supervised opens are made with the program's rights)
                 self.supervision = Supervision(sandbox_id, plan, listener, self.pid, host.arch,
                                                others_only=host.switches_uid, routing=self.lock.routing,
-                                               workspace=self.lock.workspace.root, owner=self.lock.uid)
+                                               workspace=self.lock.workspace.root, ruleset_fd=self.lock.ruleset.fd,
+                                               uid=self.lock.uid, gid=self.lock.gid)
             except BaseException:  # (Supervision closed the listener)
+                self.lock.release_spawn_resources()
                 self.kill_tree()
                 os.waitpid(self.pid, 0)
                 self.wait_status = 0
                 self.close()
                 raise
+        self.lock.release_spawn_resources()
         group = self.lock.cgroup
         lease = self.lock.uid_lease
         watchdog.register(str(self.pid), self.pid, self.lock.uid, lease.path if lease else "",
@@ -141,6 +147,18 @@ class Sandbox:
         # (every process left in the group got SIGKILL in kill_tree: a group kill reaches children
         # forked meanwhile too, so nothing is waited for here, in the event loop)
 
+    def max_rss(self) -> int:
+        """The program's peak memory: what its memory cgroup was charged at most, else the largest
+        resident set among its processes when that is above what the caller's own memory could
+        have contributed (the CLONE_VM spawn child's figure includes the caller's peak), else 0
+        (unknown)."""
+        group = self.lock.cgroup
+        peak = group.peak_memory() if group is not None else None
+        if peak is not None:
+            return peak
+        rss = self.rusage.ru_maxrss * 1024
+        return rss if rss > self.caller_peak_rss else 0
+
     def output(self) -> Output:
         assert self.wait_status is not None and self.rusage is not None and self.ended_at is not None
         plan = self.plan
@@ -184,7 +202,7 @@ class Sandbox:
             signal=sig,
             wall_time=self.ended_at - self.started,
             cpu_time=cpu,
-            max_rss=self.rusage.ru_maxrss * 1024,
+            max_rss=self.max_rss(),
             stdout_truncated=self.stdout_truncated,
             stderr_truncated=self.stderr_truncated,
             protections=self.lock.protections,

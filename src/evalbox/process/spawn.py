@@ -42,7 +42,7 @@ def spawn(lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple[int, in
     read_end, write_end = _high_fd(read_end), _high_fd(write_end)
     try:
         pid, pidfd = _spawn.spawn(
-            path=lock.executable.encode(), argv=lock.argv, envp=lock.env, cwd=lock.cwd.encode(), stdio=stdio,
+            path=os.fsencode(lock.executable), argv=lock.argv, envp=lock.env, cwd=os.fsencode(lock.cwd), stdio=stdio,
             errpipe=write_end, parent_pid=os.getpid(), cgroup_fds=lock.cgroup_fds, rlimits=lock.rlimits,
             drop_bounding_set=lock.drop_bounding_set, last_cap=caps.last_cap(), securebits=lock.securebits,
             uid=lock.uid, gid=lock.gid, landlock_fd=lock.ruleset.fd, filters=lock.filters,
