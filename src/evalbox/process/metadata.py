@@ -53,6 +53,7 @@ CALLS = {
     "removexattr": (None, 0, True, None, "xattr_remove", 1),
     "lremovexattr": (None, 0, False, None, "xattr_remove", 1),
 }
+FD_CALLS = {"fsetxattr": "xattr_set", "fremovexattr": "xattr_remove"}
 XATTR_NAME_MAX, XATTR_SIZE_MAX = 255, 65536
 RESOLVE_IN_ROOT = 0x10
 def _int32(value: int) -> int:
@@ -77,6 +78,16 @@ def emulate(listener: int, n: sn.Notification, name: str, workspace: str | None,
 
 
 def _emulate(listener: int, n: sn.Notification, name: str, workspace: str | None, owner: int) -> None:
+    if name in FD_CALLS and workspace is not None:
+        # fsetxattr/fremovexattr: on the file the program holds, if it is named in the workspace
+        target = _open_own_fd(listener, n, _int32(n.args[0]), workspace)
+        try:
+            if owner >= 0 and os.fstat(target).st_uid != owner:
+                raise OSError(errno.EPERM, "not the sandbox's own file")
+            _apply(target, FD_CALLS[name], n.args[1:], n.pid)
+        finally:
+            os.close(target)
+        return
     if name not in CALLS or workspace is None:
         raise OSError(errno.EPERM, "not emulated")
     dirfd_arg, path_arg, follow, flags_arg, what, value_arg = CALLS[name]
