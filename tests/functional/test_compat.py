@@ -271,3 +271,19 @@ def test_metadata_through_the_programs_own_fds(host_dir):
     out = ok(py(code, mounts=[evalbox.Mount.ro(str(host_dir))]))
     assert out.stdout.split() == [b"0o640", b"refused", b"0"], describe(out)
     assert outside.stat().st_mode & 0o777 == 0o644
+
+
+def test_user_attributes_in_the_workspace_only(host_dir):
+    outside = host_dir / "outside"
+    outside.write_text("x")
+    os.chmod(host_dir, 0o777)
+    outside.chmod(0o666)  # writable by anyone: only the sandbox's own rules can keep it unchanged
+    code = ("import os\nopen('f', 'w').close()\nos.setxattr('f', 'user.a', b'1')\n"
+            "fd = os.open('f', os.O_RDONLY)\nos.setxattr(fd, 'user.b', b'2')\n"
+            "print(sorted(os.listxattr('f')))\n"
+            f"for target in ({str(outside)!r}, os.open({str(outside)!r}, os.O_RDONLY)):\n"
+            "    try:\n        os.setxattr(target, 'user.c', b'3')\n        print('changed')\n"
+            "    except OSError as e:\n        print('refused')\n")
+    out = ok(py(code, mounts=[evalbox.Mount.ro(str(host_dir))]))
+    assert out.stdout.decode().split("\n")[:3] == ["['user.a', 'user.b']", "refused", "refused"], describe(out)
+    assert os.listxattr(outside) == []
