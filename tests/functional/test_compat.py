@@ -239,7 +239,7 @@ def test_java_sees_its_memory_limit():
     if shutil.which("java") is None:
         pytest.skip("no JVM (apt-get install default-jdk-headless)")
     if not MEMORY_CGROUP:
-        pytest.skip("the JVM sizes its heap from the memory cgroup; under RLIMIT_AS it needs memory >= 2G")
+        pytest.skip("the JVM sizes its heap from the memory cgroup; under RLIMIT_AS it needs memory >= 4G")
     out = ok(evalbox.run(["java", "-XX:+PrintFlagsFinal", "-version"], memory="768M", timeout=60))
     heap = next(int(line.split()[3]) for line in out.stdout.decode().splitlines() if " MaxHeapSize " in line)
     assert heap <= 768 << 20, describe(out)
