@@ -99,7 +99,7 @@ def _emulate(listener: int, n: sn.Notification, name: str, workspace: str | None
     if raw is None:
         raise OSError(errno.EFAULT, "path unreadable")
     dirfd = _int32(args[dirfd_arg]) if dirfd_arg is not None else AT_FDCWD
-    own_fd = _OWN_FD.match(raw)
+    own_fd = _OWN_FD.fullmatch(raw)
     if own_fd or (not raw and flags & AT_EMPTY_PATH):
         # an fd of the program named by path: glibc's lchmod/fchmodat(AT_SYMLINK_NOFOLLOW) uses
         # /proc/self/fd/N, and "" with AT_EMPTY_PATH is the dirfd itself
