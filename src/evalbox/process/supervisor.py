@@ -21,7 +21,7 @@ import stat
 import struct
 from collections.abc import Callable
 
-from evalbox.errors import SandboxError, ValidationError
+from evalbox.errors import ValidationError
 from evalbox.kernel import seccomp_notify as sn
 from evalbox.process.opener import AT_FDCWD as OPENER_ROOT
 from evalbox.process.opener import PROC_SUPER_MAGIC, Opener, OpenerBroken, fs_type
@@ -139,14 +139,11 @@ class Supervision:
         self.roots: list[tuple[str, str, int]] = []  # (virtual prefix, host dir, O_PATH fd)
         self._prepared: dict[int, _Prepared] = {}
         self.opener: Opener | None = None
+        # the Opener is made at the first sound call (its caller is then alive and waiting, so its
+        # mount namespace can be joined): keep what it needs until then
+        self._opener_needs: tuple[int, int, int] | None = None
         if plan.notify in (NotifyMode.SUPERVISE, NotifyMode.MONITOR) and SOUND_CALLS & set(plan.intercept):
-            try:
-                self.opener = Opener(pid, ruleset_fd, uid, gid)
-            except OpenerBroken as e:
-                os.close(listener)
-                self.listener = -1
-                raise SandboxError(f"supervision needs to open files with the program's rights, and {e}; "
-                                   "nothing was run (use notify=NotifyMode.DISABLED)") from None
+            self._opener_needs = (os.dup(ruleset_fd) if ruleset_fd >= 0 else -1, uid, gid)
         for virtual, host in sorted(plan.virtual_paths.items(), key=lambda kv: -len(kv[0])):
             try:
                 fd = os.open(host, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -165,6 +162,10 @@ class Supervision:
         if self.opener is not None:
             self.opener.close()
             self.opener = None
+        if self._opener_needs is not None:
+            if self._opener_needs[0] >= 0:
+                os.close(self._opener_needs[0])
+            self._opener_needs = None
         if self.listener >= 0:
             os.close(self.listener)
             self.listener = -1
@@ -220,7 +221,7 @@ class Supervision:
                     continue  # the caller died (its pid may be reused) while we read its memory
                 self._virtualize(SyscallRequest(self.sandbox_id, name, n.args, n.pid, path, n.id))
                 continue
-            prepared = self._prepare(name, n) if self.opener is not None and name in SOUND_CALLS else None
+            prepared = self._prepare(name, n) if self._opener_for(n.pid) and name in SOUND_CALLS else None
             path = prepared.path if prepared is not None else self._advisory_path(name, n)
             if not sn.still_valid(self.listener, n.id):
                 if prepared is not None:
@@ -243,6 +244,24 @@ class Supervision:
                     self._prepared[n.id] = prepared
                 out.append(req)
         return out
+
+    def _opener_for(self, pid: int) -> bool:
+        """Is there an Opener (made now, from the waiting caller `pid`, if needed)?"""
+        if self.opener is not None:
+            return True
+        if self._opener_needs is None:
+            return False
+        ruleset_fd, uid, gid = self._opener_needs
+        try:
+            self.opener = Opener(pid, ruleset_fd, uid, gid)
+        except OpenerBroken as e:
+            raise SupervisorFailed(f"supervision needs to open files with the program's rights, and {e} "
+                                   "(use notify=NotifyMode.DISABLED)") from None
+        finally:
+            if ruleset_fd >= 0:
+                os.close(ruleset_fd)
+            self._opener_needs = None
+        return True
 
     # -- paths ---------------------------------------------------------------------------------------
 
