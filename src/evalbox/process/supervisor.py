@@ -418,6 +418,8 @@ class Supervision:
                 return f"failed {errno.errorcode.get(code, code)}" if sn.fail(listener, nid, code) else "abandoned"
             try:
                 return "allowed" if sn.inject_fd_and_return(listener, nid, fd, bool(flags & os.O_CLOEXEC)) else "abandoned"
+            except OSError:
+                return "failed EIO" if sn.fail(listener, nid, errno.EIO) else "abandoned"
             finally:
                 os.close(fd)
         return _Prepared(path, run, fds)
@@ -426,16 +428,28 @@ class Supervision:
         assert self.opener is not None
         try:
             kind = os.fstat(target).st_mode
-            if not flags & O_PATH and not (stat.S_ISREG(kind) or stat.S_ISDIR(kind) or stat.S_ISCHR(kind)):
+            if flags & O_PATH:
+                # an O_PATH fd cannot be injected (SECCOMP_IOCTL_NOTIF_ADDFD refuses it): the
+                # program gets the file opened read-only, which serves every O_PATH use (README)
+                if stat.S_ISLNK(kind):
+                    raise OSError(errno.ELOOP, "O_PATH|O_NOFOLLOW on a symbolic link")
+                flags = os.O_RDONLY | (os.O_DIRECTORY if stat.S_ISDIR(kind) else 0) | (flags & os.O_CLOEXEC)
+            if stat.S_ISLNK(kind):
+                raise OSError(errno.ELOOP, "O_NOFOLLOW on a symbolic link")
+            elif not (stat.S_ISREG(kind) or stat.S_ISDIR(kind) or stat.S_ISCHR(kind)):
                 # a FIFO or socket open may block: refused under supervision (README)
-                raise OSError(errno.EACCES if not stat.S_ISLNK(kind) else errno.ELOOP, "not a file")
-            fd = self.opener.reopen(target, flags & ~os.O_CLOEXEC)
+                raise OSError(errno.EACCES, "not a file, directory or character device")
+            else:  # (O_NOFOLLOW was applied when resolving; the reopen goes through a magic link)
+                fd = self.opener.reopen(target, flags & ~(os.O_CLOEXEC | os.O_NOFOLLOW))
         except OSError as e:
             code = e.errno or errno.EACCES
             return f"failed {errno.errorcode.get(code, code)}" if sn.fail(self.listener, nid, code) else "abandoned"
         try:
             done = sn.inject_fd_and_return(self.listener, nid, fd, bool(flags & os.O_CLOEXEC))
             return "allowed" if done else "abandoned"
+        except OSError as e:  # (e.g. the program's fd table is full)
+            code = errno.EMFILE if e.errno == errno.EMFILE else errno.EIO
+            return f"failed {errno.errorcode[code]}" if sn.fail(self.listener, nid, code) else "abandoned"
         finally:
             os.close(fd)
 
