@@ -376,4 +376,5 @@ def test_host_environment_not_inherited(box):
         del os.environ[key]
     assert value.encode() not in r.out.stdout, f"ESCAPE: the host environment leaked into the sandbox\n{r.describe()}"
     names = {ln.split("=", 1)[0] for ln in r.stdout.splitlines() if "=" in ln}
-    assert names <= {"PATH", "HOME", "TMPDIR", "LANG", "SEED"}, f"unexpected variables inherited: {sorted(names)}"
+    assert names <= {"PATH", "HOME", "TMPDIR", "LANG", "USER", "LOGNAME", "SEED"}, \
+        f"unexpected variables inherited: {sorted(names)}"

@@ -188,8 +188,10 @@ class Sandbox:
             if sig is not None or (code or 0) != 0:
                 status = Status.MEMORY_LIMIT
         blocked = self.supervision.blocked if self.supervision else []
-        if sig == signal.SIGKILL and any(pid == self.pid for _, pid in blocked) and self.kill_reason is None:
-            sig = int(signal.SIGSYS)  # killed for a forbidden call, as SECCOMP_RET_KILL would have
+        if sig == signal.SIGKILL and blocked and self.kill_reason is None and status is None:
+            # killed for a forbidden call (by evalbox, which is the only one to SIGKILL a run
+            # without a kill reason): reported as the SIGSYS a seccomp kill gives
+            sig = int(signal.SIGSYS)
         if status is None:
             status = Status.SIGNALED if sig is not None else Status.EXITED
         return Output(

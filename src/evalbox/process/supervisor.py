@@ -135,7 +135,7 @@ class Supervision:
         self.others_only = others_only
         # (only worth an ioctl when calls are intercepted on purpose)
         self.sync_wakeup = sn.set_sync_wakeup(listener) if plan.notify is not NotifyMode.DISABLED else False
-        self._poller = sn.poller(listener)
+        self._poller: object | None = None  # made on the first wake-up (most runs never have one)
         self.roots: list[tuple[str, str, int]] = []  # (virtual prefix, host dir, O_PATH fd)
         self._prepared: dict[int, _Prepared] = {}
         self.opener: Opener | None = None
@@ -187,8 +187,11 @@ class Supervision:
         answered what they answer themselves."""
         out = []
         for i in range(MAX_PER_WAKEUP):
-            if i and not sn.pending(self._poller):  # the first one: epoll just said readable
-                break
+            if i:  # the first one: epoll just said readable
+                if self._poller is None:
+                    self._poller = sn.poller(self.listener)
+                if not sn.pending(self._poller):
+                    break
             n = sn.receive(self.listener)
             if n is None:
                 break
