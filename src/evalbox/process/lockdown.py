@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from evalbox.errors import SandboxError, UnsupportedKernel, ValidationError
 from evalbox.kernel import capabilities as caps
 from evalbox.kernel import cgroups, landlock, seccomp_notify
-from evalbox.policy import filesystem, seccomp_policy, supervision
+from evalbox.kernel import namespaces
+from evalbox.policy import filesystem, jail, seccomp_policy, supervision
 from evalbox.policy.plan import NotifyMode, Plan
 from evalbox.policy.resolve import find_executable, runtime_files
 from evalbox.process.identity import UidLease
@@ -53,6 +54,10 @@ class Lockdown:
     # [(path bound back, is_dir)]) -- a private /dev/shm, and reachable paths under hidden ones
     overlays: list[tuple[bytes, bytes, int, list[tuple[bytes, bool]]]] = field(default_factory=list)
     magic: int = 0  # non-zero when a notify filter is installed (see _spawn.c `tagged`)
+    jail_flags: int = 0  # CLONE_NEW* flags of the jail's init (0: no jail)
+    proc_rights: int = 0  # Landlock rights on the jail's own /proc
+    netns_fd: int = -1  # a pooled network namespace the init enters
+    hostname: str | None = None
     cgroup_fds: list[int] = field(default_factory=list)
     uid_lease: UidLease | None = None
 
@@ -269,8 +274,10 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
 
         rules = filesystem.path_rules(plan, ws.root, runtime)
         ruleset = filesystem.build_ruleset(rules, host.landlock_abi, plan.network)
-        # The tree is found by the cgroup, else by the sandbox's own uid, else by its process group.
-        group_only = group is None and uid < 0
+        jail_flags = jail.clone_flags(plan) if host.jail else 0
+        # The tree is found by its PID namespace, the cgroup, the sandbox's own uid, else by its
+        # process group.
+        group_only = group is None and uid < 0 and not jail_flags
         program = seccomp_policy.program(plan.network, plan.syscalls.allow, plan.syscalls.deny, host.arch,
                                          group_only=group_only, same_uid=uid < 0)
         filters = [(program, 0)]
@@ -313,7 +320,8 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             memory=memory_how,
             rlimits=tuple(rlimit_names),
             weakened=tuple(f"syscall {n} allowed unconditionally" for n in plan.syscalls.allow),
-            namespaces=("mount (private /dev/shm, hidden paths bound in)",) if overlays else (),
+            namespaces=namespaces.describe(jail_flags) if jail_flags else
+            ("mount (private /dev/shm, hidden paths bound in)",) if overlays else (),
         )
         return Lockdown(
             executable=executable,
@@ -332,6 +340,9 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             cgroup=group,
             protections=protections,
             overlays=overlays,
+            jail_flags=jail_flags,
+            hostname=jail.HOSTNAME if jail_flags else None,
+            proc_rights=filesystem.PROC_RIGHTS & ruleset.handled_fs,
             cgroup_fds=group.open_procs() if group is not None else [],
             uid_lease=lease,
         )

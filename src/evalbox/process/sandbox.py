@@ -15,7 +15,7 @@ from evalbox.process import watchdog
 from evalbox.process.host import Host
 from evalbox.process.lockdown import Lockdown, prepare
 from evalbox.process.result import Output, Status
-from evalbox.process.spawn import kill_uid, spawn
+from evalbox.process.spawn import InitRecord, kill_uid, read_init_record, spawn
 from evalbox.process.supervisor import Supervision
 
 CPU_TICK_SLACK = 0.1  # seconds
@@ -39,6 +39,7 @@ class Sandbox:
         self.wait_status: int | None = None
         self.rusage = None
         self.ended_at: float | None = None
+        self.init_report = -1  # in a jail: the init's report pipe (see spawn.InitRecord)
         child_fds: list[int] = []
         try:
             in_r, self.stdin_w = os.pipe2(os.O_CLOEXEC)
@@ -48,7 +49,7 @@ class Sandbox:
             for fd in (self.stdin_w, self.stdout_r, self.stderr_r):
                 os.set_blocking(fd, False)
             self.started = time.monotonic()
-            self.pid, self.pidfd, listener = spawn(self.lock, in_r, out_w, err_w)
+            self.pid, self.pidfd, listener, self.init_report = spawn(self.lock, in_r, out_w, err_w)
         except BaseException:
             for fd in child_fds + [getattr(self, n, -1) for n in ("stdin_w", "stdout_r", "stderr_r")]:
                 if fd >= 0:
@@ -113,6 +114,15 @@ class Sandbox:
         self.kill_tree()
 
     def kill_tree(self) -> None:
+        if self.lock.jail_flags:
+            # The init kills the rest of its namespace, then reports the program's end. (Once
+            # the init is reaped, its namespace is empty: see reap.)
+            if self.wait_status is None:
+                try:
+                    os.kill(self.pid, signal.SIGUSR1)
+                except ProcessLookupError:
+                    pass
+            return
         # Until the leader is reaped its pid cannot be reused, so the group id is safe to signal.
         # Processes that left the group are found by the cgroup, or by the sandbox's own uid
         # (without either, the policy keeps them from leaving the group).
@@ -135,6 +145,15 @@ class Sandbox:
         _, self.wait_status, self.rusage = os.wait4(self.pid, 0)
         os.close(self.pidfd)
         self.pidfd = -1
+        if self.lock.jail_flags:
+            # The init exits only once every other process of its namespace is dead; its own
+            # status and rusage are not the program's (it shares the caller's memory).
+            record = read_init_record(self.init_report)
+            if record is not None:
+                self.wait_status, self.rusage = record.status, record
+            else:  # killed from outside before the program ended (caller's guard, OOM killer)
+                self.rusage = InitRecord(self.wait_status, self.rusage.ru_utime, self.rusage.ru_stime, 0)
+            return
         self._sweep_group()
 
     def _sweep_group(self) -> None:
@@ -198,7 +217,7 @@ class Sandbox:
         """Release every fd and the workspace/cgroup. The tree must already be dead and reaped."""
         if self.supervision is not None:
             self.supervision.close()
-        for name in ("stdin_w", "stdout_r", "stderr_r", "pidfd"):
+        for name in ("stdin_w", "stdout_r", "stderr_r", "pidfd", "init_report"):
             fd = getattr(self, name)
             if fd >= 0:
                 try:
