@@ -122,3 +122,96 @@ sys.exit(1 if bad else 0)
 def test_subreaper_caller_gets_no_zombies_and_can_run_again():
     result = subprocess.run([sys.executable, "-c", SUBREAPER_CALLER], capture_output=True, timeout=120)
     assert result.returncode == 0, (result.stdout, result.stderr)
+
+
+# -- network: a loopback of its own, no view of the host's ------------------------------------
+
+
+def test_host_listener_is_absent_from_proc_net_and_unreachable():
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as host:
+        host.bind(("127.0.0.1", 0))
+        host.listen(8)
+        host.setblocking(False)
+        port = host.getsockname()[1]
+        out = run_py(f"""
+            import socket
+            tables = open('/proc/net/tcp').read() + open('/proc/net/tcp6').read()
+            print('LISTED' if ':{port:04X} ' in tables else 'absent')
+            try:
+                socket.create_connection(('127.0.0.1', {port}), timeout=2)
+                print('CONNECTED')
+            except OSError as e:
+                print('refused', e.errno)
+            print(open('/proc/net/dev').read().count(':'))
+        """)
+        try:
+            conn, _ = host.accept()
+            conn.close()
+            accepted = True
+        except BlockingIOError:
+            accepted = False
+    assert out.success, out.stderr
+    assert not accepted, f"ESCAPE: the host listener accepted a connection from the sandbox: {out.stdout!r}"
+    lines = out.stdout.split()
+    assert lines[0] == b"absent" and b"CONNECTED" not in out.stdout, out.stdout
+    assert lines[-1] == b"1", "only the loopback interface is visible"
+
+
+def test_loopback_servers_work_inside():
+    out = run_py("""
+        import asyncio, socket
+        s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()
+        c = socket.create_connection(s.getsockname()); a, _ = s.accept(); c.sendall(b'tcp'); print(a.recv(3).decode())
+        u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u.bind(('::1', 0))
+        v = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); v.sendto(b'udp', u.getsockname()); print(u.recv(3).decode())
+        async def main():
+            async def handle(r, w):
+                w.write(await r.read(5)); await w.drain(); w.close()
+            server = await asyncio.start_server(handle, '127.0.0.1', 0)
+            r, w = await asyncio.open_connection(*server.sockets[0].getsockname())
+            w.write(b'async'); await w.drain(); print((await r.read(5)).decode())
+            server.close()
+        asyncio.run(main())
+    """)
+    assert out.success, out.stderr
+    assert out.stdout.split() == [b"tcp", b"udp", b"async"]
+
+
+def test_sandboxes_do_not_share_a_loopback():
+    server = """
+        import socket, sys, time
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(('127.0.0.1', 47011)); s.listen(); print('ready', flush=True); s.settimeout(15)
+        try:
+            s.accept(); print('ACCEPTED', flush=True)
+        except OSError:
+            print('nobody')
+    """
+    client = """
+        import socket
+        try:
+            socket.create_connection(('127.0.0.1', 47011), timeout=2); print('CONNECTED')
+        except OSError as e:
+            print('refused')
+    """
+    with evalbox.Executor() as ex:
+        a = ex.spawn(evalbox.Plan([PY, "-I", "-S", "-c", textwrap.dedent(server)], timeout=20))
+        seen = b""
+        while b"ready" not in seen:
+            for ev in ex.poll(timeout=10):
+                if isinstance(ev, evalbox.Stdout) and ev.id == a:
+                    seen += ev.data
+                assert not isinstance(ev, (evalbox.Completed, evalbox.Timeout)), ev
+        b = ex.run(evalbox.Plan([PY, "-I", "-S", "-c", textwrap.dedent(client)], timeout=20))
+        ex.kill(a)
+        while ex.active_count:
+            ex.poll(timeout=5)
+    assert b.stdout == b"refused\n", b.stdout
+
+
+def test_network_on_keeps_the_host_network():
+    out = evalbox.run(["cat", "/proc/net/dev"], network=True)
+    assert out.success and "network" not in out.protections.namespaces
+    assert out.stdout.count(b":") >= 1

@@ -152,15 +152,37 @@ def _self_only(name: str, index: int, kinds: tuple[int, ...] = ()) -> list[Rule]
     return allowed + [Rule(name, refuse(errno.EPERM))]
 
 
-def _network_rules(network: bool) -> list[Rule]:
-    if network:
-        return [
+def _network_rules(network: bool, private_net: bool = False, private_root: bool = False) -> list[Rule]:
+    if network or private_net:
+        # The host network, or (private_net) a network namespace of the run's own holding only
+        # its loopback: TCP/UDP servers and clients on 127.0.0.1 reach nothing outside it.
+        inet = [
             Rule("socket", ALLOW, (Arg(0, "eq", AF_UNIX, width=32),)),
             Rule("socket", ALLOW, (Arg(0, "eq", AF_INET, width=32),)),
             Rule("socket", ALLOW, (Arg(0, "eq", AF_INET6, width=32),)),
             # interface listing (getaddrinfo's AI_ADDRCONFIG); no netfilter, no audit
             Rule("socket", ALLOW, (Arg(0, "eq", AF_NETLINK, width=32), Arg(2, "eq", NETLINK_ROUTE, width=32))),
             Rule("socket", refuse(errno.EAFNOSUPPORT)),
+            Rule("connect", ALLOW),
+            Rule("bind", ALLOW),
+            Rule("listen", ALLOW),
+        ]
+        if network or private_root:
+            return inet
+        # Private network but the host's filesystem in view: connect() cannot be checked by
+        # address family, so Unix sockets are limited to pairs (no pathname connect to a host
+        # service such as D-Bus); abstract names are per network namespace, so private.
+        return [
+            Rule("socket", ALLOW, (Arg(0, "eq", AF_INET, width=32),)),
+            Rule("socket", ALLOW, (Arg(0, "eq", AF_INET6, width=32),)),
+            Rule("socket", ALLOW, (Arg(0, "eq", AF_NETLINK, width=32), Arg(2, "eq", NETLINK_ROUTE, width=32))),
+            Rule("socket", refuse(errno.EACCES)),
+            # a datagram pair could still sendto() a host pathname socket (/dev/log)
+            Rule("socketpair", ALLOW, (Arg(0, "eq", AF_UNIX, width=32),
+                                       Arg(1, "masked_eq", SOCK_STREAM, mask=SOCK_TYPE_MASK, width=32))),
+            Rule("socketpair", ALLOW, (Arg(0, "eq", AF_UNIX, width=32),
+                                       Arg(1, "masked_eq", SOCK_SEQPACKET, mask=SOCK_TYPE_MASK, width=32))),
+            Rule("socketpair", refuse(errno.EACCES)),
             Rule("connect", ALLOW),
             Rule("bind", ALLOW),
             Rule("listen", ALLOW),
@@ -182,12 +204,14 @@ def _network_rules(network: bool) -> list[Rule]:
 
 
 def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), group_only: bool = False,
-          same_uid: bool = False) -> list[Rule]:
+          same_uid: bool = False, private_net: bool = False, private_root: bool = False) -> list[Rule]:
     """The rule list for a plan's network switch and its Syscalls(allow=..., deny=...).
 
     `group_only`: the process group is the only way to find the whole tree (no cgroup, no uid of
     its own), so the program may not leave it; `timeout` and job-control shells then stay in it.
     `same_uid`: the program runs as the caller's uid (see PATH_METADATA).
+    `private_net`: the run has a network namespace of its own (the jail), `private_root` a root
+    built from what it was granted: sockets are then allowed within them.
     """
     out: list[Rule] = []
     if group_only:
@@ -212,7 +236,7 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
     out += _self_only("ioprio_set", 1, kinds=(IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP))
     for name in ("sched_setaffinity", "sched_setscheduler", "sched_setparam", "sched_setattr"):
         out += _self_only(name, 0)
-    out += _network_rules(network)
+    out += _network_rules(network, private_net, private_root)
     out += [Rule(name, refuse(errno.EPERM) if same_uid else ALLOW) for name in PATH_METADATA]
     if same_uid:  # utimensat(fd, NULL, ...) is futimens(): the file had to be opened
         out.append(Rule("utimensat", ALLOW, (Arg(1, "eq", 0),)))
@@ -230,6 +254,8 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
 
 @functools.lru_cache(maxsize=64)
 def program(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), arch: str | None = None,
-            group_only: bool = False, same_uid: bool = False) -> bytes:
+            group_only: bool = False, same_uid: bool = False, private_net: bool = False,
+            private_root: bool = False) -> bytes:
     """The BPF program for these choices (cached: plans share a handful of shapes)."""
-    return bpf.build(rules(network, allow, deny, group_only, same_uid), default=KILL, arch=arch)
+    return bpf.build(rules(network, allow, deny, group_only, same_uid, private_net, private_root), default=KILL,
+                     arch=arch)

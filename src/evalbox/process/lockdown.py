@@ -22,6 +22,7 @@ from evalbox.policy import filesystem, jail, seccomp_policy, supervision
 from evalbox.policy.plan import NotifyMode, Plan
 from evalbox.policy.resolve import find_executable, runtime_files
 from evalbox.process.identity import UidLease
+from evalbox.process import netns
 from evalbox.process.host import MIN_LANDLOCK_ABI, MIN_LANDLOCK_ABI_SAME_UID, Host
 from evalbox.process.result import Protections
 from evalbox.process.workspace import Workspace
@@ -75,6 +76,9 @@ class Lockdown:
             cgroups.release(self.cgroup)
             self.cgroup = None
         self.workspace.remove()
+        if self.netns_fd >= 0:
+            netns.release(self.netns_fd)
+            self.netns_fd = -1
         if not keep_uid:
             self.release_uid()
 
@@ -245,6 +249,7 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
     uid = gid = -1
     lease = UidLease() if host.switches_uid else None
     ws = ruleset = group = None
+    netns_fd = -1
     try:
         if lease is not None:
             uid = gid = lease.uid
@@ -272,14 +277,18 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             raise UnsupportedKernel("no pids cgroup to bound processes of a root sandbox; mount the pids controller")
         rlimits, rlimit_names, memory_how, pids_how = _rlimits(plan, host, uid if uid >= 0 else os.getuid(), use_mem, use_pids)
 
-        rules = filesystem.path_rules(plan, ws.root, runtime)
-        ruleset = filesystem.build_ruleset(rules, host.landlock_abi, plan.network)
         jail_flags = jail.clone_flags(plan) if host.jail else 0
+        rules = filesystem.path_rules(plan, ws.root, runtime)
+        # In its own network namespace the run may use TCP: only its loopback is there.
+        ruleset = filesystem.build_ruleset(rules, host.landlock_abi, plan.network or bool(jail_flags))
         # The tree is found by its PID namespace, the cgroup, the sandbox's own uid, else by its
         # process group.
         group_only = group is None and uid < 0 and not jail_flags
+        private_net = bool(jail_flags) and not plan.network
+        if private_net:
+            netns_fd = netns.acquire()
         program = seccomp_policy.program(plan.network, plan.syscalls.allow, plan.syscalls.deny, host.arch,
-                                         group_only=group_only, same_uid=uid < 0)
+                                         group_only=group_only, same_uid=uid < 0, private_net=private_net)
         filters = [(program, 0)]
         magic = 0
         if plan.notify is not NotifyMode.DISABLED:
@@ -307,8 +316,11 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             landlock_abi=host.landlock_abi,
             filesystem=f"landlock ABI {host.landlock_abi}: system trees read-only, narrow /etc, workspace read-write"
             + (", private /dev/shm" if private_shm else ""),
-            network="host network" if plan.network else "off: seccomp allows only Unix stream socket pairs (no connect, bind, listen)",
-            tcp_landlock=bool(not plan.network and landlock.net_rights(host.landlock_abi)),
+            network="host network" if plan.network else
+            "off: private network namespace with only its own loopback (TCP/UDP on 127.0.0.1 work inside it); "
+            "Unix sockets: pairs only" if private_net else
+            "off: seccomp allows only Unix stream socket pairs (no connect, bind, listen)",
+            tcp_landlock=bool(not plan.network and not private_net and landlock.net_rights(host.landlock_abi)),
             scopes=tuple(scope_names),
             seccomp=f"allow-list, {len(program) // 8} instructions, SIGSYS kill on forbidden calls, i386/x32 killed",
             no_new_privs=True,
@@ -320,7 +332,7 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             memory=memory_how,
             rlimits=tuple(rlimit_names),
             weakened=tuple(f"syscall {n} allowed unconditionally" for n in plan.syscalls.allow),
-            namespaces=namespaces.describe(jail_flags) if jail_flags else
+            namespaces=namespaces.describe(jail_flags | (namespaces.CLONE_NEWNET if private_net else 0)) if jail_flags else
             ("mount (private /dev/shm, hidden paths bound in)",) if overlays else (),
         )
         return Lockdown(
@@ -342,11 +354,14 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             overlays=overlays,
             jail_flags=jail_flags,
             hostname=jail.HOSTNAME if jail_flags else None,
+            netns_fd=netns_fd,
             proc_rights=filesystem.PROC_RIGHTS & ruleset.handled_fs,
             cgroup_fds=group.open_procs() if group is not None else [],
             uid_lease=lease,
         )
     except BaseException:
+        if netns_fd >= 0:
+            netns.release(netns_fd)
         if ruleset is not None:
             ruleset.close()
         if group is not None:
