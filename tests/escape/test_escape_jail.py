@@ -215,3 +215,105 @@ def test_network_on_keeps_the_host_network():
     out = evalbox.run(["cat", "/proc/net/dev"], network=True)
     assert out.success and "network" not in out.protections.namespaces
     assert out.stdout.count(b":") >= 1
+
+
+# -- the constructed root ----------------------------------------------------------------------
+
+GRANTED_TOP = {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "sys", "tmp", "usr"}
+
+
+def test_ls_root_lists_only_the_granted_tree():
+    out = evalbox.run(["sh", "-c", "ls -a /; echo ---; ls -la / >/dev/null && echo listed"])
+    assert out.success, out.stderr
+    top, rest = out.stdout.split(b"---\n")
+    names = set(top.decode().split()) - {".", ".."}
+    assert names <= GRANTED_TOP and {"usr", "etc", "proc", "dev", "tmp"} <= names, names
+    assert rest == b"listed\n"
+
+
+def test_everything_else_does_not_exist():
+    out = evalbox.run(["sh", "-c", "for p in /root /home /var /run /boot /etc/shadow /etc/sudoers /dev/sda /dev/kmsg "
+                       "/sys/kernel /sys/fs/cgroup /etc/ssh /srv /opt /mnt; do "
+                       "if stat $p >/dev/null 2>&1; then echo SEEN $p; else echo gone $p; fi; done"])
+    assert out.success
+    assert b"SEEN" not in out.stdout, out.stdout
+
+
+def test_inotify_on_a_host_directory_sees_nothing():
+    import tempfile
+
+    host_dir = tempfile.mkdtemp(prefix="evalbox-inotify-", dir="/tmp")
+    os.chmod(host_dir, 0o755)
+    try:
+        with evalbox.Executor() as ex:
+            watcher = ex.spawn(evalbox.Plan([PY, "-I", "-S", "-c", textwrap.dedent(f"""
+                import ctypes, os, select
+                libc = ctypes.CDLL(None, use_errno=True)
+                fd = libc.inotify_init1(os.O_NONBLOCK)
+                wd = libc.inotify_add_watch(fd, b"{host_dir}", 0xfff)
+                print("watch", wd, ctypes.get_errno(), flush=True)
+                if wd >= 0:
+                    r, _, _ = select.select([fd], [], [], 3)
+                    print("EVENT" if r else "quiet", flush=True)
+            """)], timeout=20))
+            seen = b""
+            while b"watch" not in seen:
+                for ev in ex.poll(timeout=10):
+                    if isinstance(ev, evalbox.Stdout):
+                        seen += ev.data
+            for i in range(5):  # the host creates names in its directory
+                open(os.path.join(host_dir, f"secret-name-{i}"), "w").close()
+            out = None
+            while ex.active_count:
+                for ev in ex.poll(timeout=10):
+                    if isinstance(ev, (evalbox.Completed, evalbox.Timeout)):
+                        out = ev.output
+    finally:
+        for name in os.listdir(host_dir):
+            os.unlink(os.path.join(host_dir, name))
+        os.rmdir(host_dir)
+    assert out is not None and b"EVENT" not in out.stdout, out.stdout
+    assert out.stdout.startswith(b"watch -1"), out.stdout  # the directory is not there at all
+
+
+def test_each_sandbox_has_its_own_tmp():
+    out = evalbox.run(["sh", "-c", "ls -A /tmp; echo mine > /tmp/f; cat /tmp/f; touch /tmp/evalbox-host-probe"])
+    assert out.success and out.stdout == b"mine\n", (out.stdout, out.stderr)
+    assert not os.path.exists("/tmp/evalbox-host-probe")
+
+
+def test_disk_bounds_bytes():
+    out = evalbox.run(["sh", "-c", "dd if=/dev/zero of=big bs=1M count=64 2>&1; ls -l big"], disk="8M",
+                      max_file_size="1G", timeout=20)
+    assert b"No space left on device" in out.stdout, out.stdout
+    size = int(out.stdout.split()[-5])
+    assert size <= 8 << 20, size
+
+
+def test_disk_bounds_file_count():
+    out = run_py("""
+        import os
+        n = 0
+        try:
+            while True:
+                open(f"f{n}", "w").close()
+                n += 1
+        except OSError as e:
+            print(n, e.errno)
+    """, disk="16M")
+    count, err = out.stdout.split()
+    assert err == b"28" and 900 <= int(count) <= 1024, out.stdout  # ENOSPC at the inode bound (1024 here)
+
+
+def test_disk_counts_tmp_too():
+    out = evalbox.run(["sh", "-c", "dd if=/dev/zero of=/tmp/big bs=1M count=64 2>&1"], disk="8M",
+                      max_file_size="1G", timeout=20)
+    assert b"No space left on device" in out.stdout, out.stdout
+
+
+def test_plan_files_are_in_the_jail_workspace():
+    out = evalbox.run(["sh", "-c", "cat a.txt sub/b.txt; ls -l run.sh | cut -c1-10; ./run.sh"],
+                      files={"a.txt": "A\n", "sub/b.txt": b"B\n", "run.sh": evalbox.File("#!/bin/sh\necho ran\n",
+                                                                                          executable=True)})
+    assert out.success, out.stderr
+    assert out.stdout == b"A\nB\n-rwxr-xr-x\nran\n"

@@ -86,6 +86,7 @@ enum step {
     STEP_EXEC,
     STEP_MOUNTS,
     STEP_JAIL,
+    STEP_ROOT,
 };
 
 struct child_rlimit {
@@ -111,6 +112,8 @@ struct bind {
     const char *path;
     int is_dir;
 };
+
+struct root_entry;
 
 struct config {
     const char *path;
@@ -144,6 +147,10 @@ struct config {
     unsigned long long proc_rights; /* Landlock rights on the jail's own /proc */
     const char *hostname;    /* NULL: keep */
     volatile int *failed;    /* set by report(): the init learns its program child failed to start */
+    struct root_entry *root; /* the jail's constructed root (see build_root); NULL: the host's */
+    int *root_fds;
+    int n_root;
+    unsigned long long root_rights; /* Landlock rights on the new root's own directories */
 };
 
 /* Once a user-notification filter is installed, the child's own remaining calls (handing over
@@ -216,12 +223,23 @@ static int make_path(const char *top, const char *path, int is_dir)
         if (buf[i] != '/')
             continue;
         buf[i] = '\0';
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-            return errno;
+        if (mkdir(buf, 0755) != 0) {
+            struct stat st;
+            if (errno != EEXIST)
+                return errno;
+            /* never build through a link: it would resolve against the host's root */
+            if (lstat(buf, &st) != 0)
+                return errno;
+            if (!S_ISDIR(st.st_mode))
+                return ELOOP;
+        }
         buf[i] = '/';
     }
     if (is_dir)
         return mkdir(buf, 0755) != 0 && errno != EEXIST ? errno : 0;
+    struct stat st;
+    if (lstat(buf, &st) == 0)
+        return 0; /* already there (a bind target may sit on a read-only bind) */
     int fd = open(buf, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0)
         return errno;
@@ -373,6 +391,165 @@ static int child_main(void *arg)
     tagged(c, SYS_execve, (long)c->path, (long)c->argv, (long)c->envp);
     report(c, STEP_EXEC, errno);
     return 127;
+}
+
+/* ---- the jail's root: a fresh tmpfs holding exactly what was granted ----
+ *
+ * Built by the init, in its own mount namespace, from a list of operations prepared by Python
+ * (policy/jail.py), then entered with pivot_root; the host's root is detached. Paths are
+ * absolute paths of the new root. Sources of binds are opened before anything is mounted. */
+
+enum root_op {
+    ROOT_DIR = 1,     /* mkdir path (mode) */
+    ROOT_BIND,        /* bind source at path (flags: ROOT_RO, ROOT_IS_DIR) */
+    ROOT_SYMLINK,     /* symlink data -> path */
+    ROOT_TMPFS,       /* tmpfs at path (data: options; rights: Landlock rule on it) */
+    ROOT_PROC,        /* procfs of this PID namespace at path (rights: Landlock rule) */
+    ROOT_FILE,        /* a file at path with content data (mode) */
+};
+#define ROOT_RO 0x1
+#define ROOT_IS_DIR 0x2
+#define ROOT_OWNED 0x4 /* belongs to the sandbox's uid/gid */
+#define ROOT_STAGING "/tmp"
+
+struct root_entry {
+    int op;
+    const char *path;
+    const char *data;
+    Py_ssize_t data_len;
+    unsigned int mode, flags;
+    unsigned long long rights;
+};
+
+static int landlock_rule_at(const struct config *c, const char *path, unsigned long long rights)
+{
+    if (c->landlock_fd < 0 || !rights)
+        return 0;
+    int dir = open(path, O_PATH | O_CLOEXEC);
+    if (dir < 0)
+        return errno;
+    struct __attribute__((packed)) {
+        uint64_t allowed_access;
+        int32_t parent_fd;
+    } rule = {rights, dir};
+    int err = syscall(SYS_landlock_add_rule, c->landlock_fd, 1 /* PATH_BENEATH */, &rule, 0U) != 0 ? errno : 0;
+    close(dir);
+    return err;
+}
+
+/* "/tmp" + path, without snprintf. */
+static int staged(char out[4096], const char *path)
+{
+    size_t a = sizeof ROOT_STAGING - 1, b = strlen(path);
+    if (a + b + 1 > 4096)
+        return ENAMETOOLONG;
+    memcpy(out, ROOT_STAGING, a);
+    memcpy(out + a, path, b + 1);
+    return 0;
+}
+
+static int own(const struct config *c, const char *path, unsigned int flags)
+{
+    if ((flags & ROOT_OWNED) && c->uid >= 0 && lchown(path, (uid_t)c->uid, (gid_t)c->gid) != 0)
+        return errno;
+    return 0;
+}
+
+static void build_root(const struct config *c)
+{
+    char where[4096], source[32];
+    int *fds = c->root_fds;
+    for (int i = 0; i < c->n_root; i++) {
+        fds[i] = -1;
+        if (c->root[i].op == ROOT_BIND && (fds[i] = open(c->root[i].data, O_PATH | O_CLOEXEC)) < 0)
+            report(c, STEP_ROOT, errno);
+    }
+    if (mount("tmpfs", ROOT_STAGING, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m,nr_inodes=4096") != 0)
+        report(c, STEP_ROOT, errno);
+    for (int i = 0; i < c->n_root; i++) {
+        const struct root_entry *e = &c->root[i];
+        int err = staged(where, e->path);
+        if (!err) {
+            switch (e->op) {
+            case ROOT_DIR:
+                err = make_path(ROOT_STAGING, where, 1);
+                if (!err && chmod(where, e->mode) != 0)
+                    err = errno;
+                if (!err)
+                    err = own(c, where, e->flags);
+                break;
+            case ROOT_BIND:
+                err = make_path(ROOT_STAGING, where, e->flags & ROOT_IS_DIR);
+                fd_path(source, fds[i]);
+                if (!err && mount(source, where, NULL, MS_BIND | MS_REC, NULL) != 0)
+                    err = errno;
+                if (!err && (e->flags & ROOT_RO) &&
+                    mount(NULL, where, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID, NULL) != 0)
+                    err = errno;
+                close(fds[i]);
+                fds[i] = -1;
+                break;
+            case ROOT_SYMLINK:
+                err = make_path(ROOT_STAGING, where, 1);
+                if (!err && rmdir(where) != 0)
+                    err = errno;
+                if (!err && symlink(e->data, where) != 0)
+                    err = errno;
+                if (!err)
+                    err = own(c, where, e->flags);
+                break;
+            case ROOT_TMPFS:
+                err = make_path(ROOT_STAGING, where, 1);
+                if (!err && mount("tmpfs", where, "tmpfs", MS_NOSUID | MS_NODEV, e->data) != 0)
+                    err = errno;
+                if (!err)
+                    err = own(c, where, e->flags);
+                if (!err)
+                    err = landlock_rule_at(c, where, e->rights);
+                break;
+            case ROOT_PROC:
+                err = make_path(ROOT_STAGING, where, 1);
+                /* hidepid=2: the init (which shares the caller's memory, and so its command line)
+                 * is invisible to the program, which may not ptrace it. */
+                if (!err && mount("proc", where, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2") != 0)
+                    err = errno;
+                if (!err)
+                    err = landlock_rule_at(c, where, e->rights);
+                break;
+            case ROOT_FILE: {
+                int fd = open(where, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, e->mode);
+                if (fd < 0) {
+                    err = errno;
+                    break;
+                }
+                Py_ssize_t done = 0;
+                while (!err && done < e->data_len) {
+                    ssize_t n = write(fd, e->data + done, (size_t)(e->data_len - done));
+                    if (n < 0 && errno != EINTR)
+                        err = errno;
+                    else if (n > 0)
+                        done += n;
+                }
+                if (!err && fchmod(fd, e->mode) != 0) /* the umask does not apply */
+                    err = errno;
+                close(fd);
+                if (!err)
+                    err = own(c, where, e->flags);
+                break;
+            }
+            default:
+                err = EINVAL;
+            }
+        }
+        if (err)
+            report(c, STEP_ROOT, err);
+    }
+    if (landlock_rule_at(c, ROOT_STAGING, c->root_rights) != 0)
+        report(c, STEP_ROOT, errno);
+    /* pivot_root(".", "."): the old root ends up stacked on the new one and is detached at once. */
+    if (chdir(ROOT_STAGING) != 0 || syscall(SYS_pivot_root, ".", ".") != 0 || umount2(".", MNT_DETACH) != 0 ||
+        chdir("/") != 0)
+        report(c, STEP_ROOT, errno);
 }
 
 /* ---- the jail's init ----
@@ -542,7 +719,9 @@ static void init_namespaces(const struct config *c)
         /* Nothing mounted here may propagate to the host. */
         if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
             report(c, STEP_JAIL, errno);
-        if (c->jail_flags & CLONE_NEWPID) {
+        if (c->n_root > 0) {
+            build_root(c); /* its /proc included */
+        } else if (c->jail_flags & CLONE_NEWPID) {
             /* A /proc of this PID namespace: only the sandbox's own processes. */
             /* hidepid=2: the init itself (which shares the caller's memory, and so its command
              * line) is invisible to the program, which may not ptrace it. */
@@ -773,6 +952,41 @@ static PyObject *spawn_jailed(struct config *c, int report_fd)
     return Py_BuildValue("(iiy#)", (int)pid, pidfd, buf, (Py_ssize_t)(got > 0 ? got : 0));
 }
 
+/* root: [(op, path bytes, data bytes, mode, flags, Landlock rights), ...]; strings stay alive in
+ * `keep`. */
+static int parse_root(PyObject *obj, struct config *c, PyObject **keep)
+{
+    PyObject *fast = PySequence_Fast(obj, "root must be a sequence");
+    if (!fast)
+        return -1;
+    *keep = fast;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (n == 0)
+        return 0;
+    c->root = PyMem_Calloc((size_t)n, sizeof *c->root);
+    c->root_fds = PyMem_Calloc((size_t)n, sizeof *c->root_fds);
+    if (!c->root || !c->root_fds) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        struct root_entry *e = &c->root[i];
+        PyObject *path, *data;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "iO!O!IIK", &e->op, &PyBytes_Type, &path,
+                              &PyBytes_Type, &data, &e->mode, &e->flags, &e->rights))
+            return -1;
+        e->path = PyBytes_AS_STRING(path);
+        if (e->path[0] != '/') {
+            PyErr_SetString(PyExc_ValueError, "root paths must be absolute");
+            return -1;
+        }
+        e->data = PyBytes_AS_STRING(data);
+        e->data_len = PyBytes_GET_SIZE(data);
+    }
+    c->n_root = (int)n;
+    return 0;
+}
+
 PyDoc_STRVAR(spawn_doc,
 "spawn(path, argv, envp, cwd, stdio, errpipe, parent_pid, cgroup_fds, rlimits,\n"
 "      drop_bounding_set, last_cap, securebits, uid, gid, landlock_fd, filters,\n"
@@ -788,7 +1002,8 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     static char *keywords[] = {"path", "argv", "envp", "cwd", "stdio", "errpipe", "parent_pid", "cgroup_fds",
                                "rlimits", "drop_bounding_set", "last_cap", "securebits", "uid", "gid",
                                "landlock_fd", "filters", "listener_sock", "umask", "overlays", "magic",
-                               "jail_flags", "netns_fd", "proc_rights", "hostname", "report_fd", NULL};
+                               "jail_flags", "netns_fd", "proc_rights", "hostname", "report_fd", "root",
+                               "root_rights", NULL};
     PyObject *path, *argv_obj, *envp_obj, *cwd_obj, *stdio_obj, *cgroup_obj, *rlimits_obj, *filters_obj;
     PyObject *overlays_obj = NULL;
     int errpipe, parent_pid, drop_bounding_set, last_cap, landlock_fd, listener_sock;
@@ -797,12 +1012,14 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     unsigned long long magic = 0, proc_rights = 0;
     int jail_flags = 0, netns_fd = -1, report_fd = -1;
     const char *hostname = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOiiOOpillliOiI|OKiiKzi", keywords, &PyBytes_Type, &path,
+    PyObject *root_obj = NULL;
+    unsigned long long root_rights = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOiiOOpillliOiI|OKiiKziOK", keywords, &PyBytes_Type, &path,
                                      &argv_obj, &envp_obj, &cwd_obj, &stdio_obj, &errpipe, &parent_pid,
                                      &cgroup_obj, &rlimits_obj, &drop_bounding_set, &last_cap, &securebits, &uid,
                                      &gid, &landlock_fd, &filters_obj, &listener_sock, &umask_value,
                                      &overlays_obj, &magic, &jail_flags, &netns_fd, &proc_rights, &hostname,
-                                     &report_fd))
+                                     &report_fd, &root_obj, &root_rights))
         return NULL;
     if (jail_flags && report_fd < 0) {
         PyErr_SetString(PyExc_ValueError, "a jail needs report_fd (the read end of errpipe)");
@@ -812,6 +1029,7 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     struct config c;
     memset(&c, 0, sizeof c);
     PyObject *keep_argv = NULL, *keep_envp = NULL, *keep_filters = NULL, *keep_overlays = NULL, *result = NULL;
+    PyObject *keep_root = NULL;
     char **argv = NULL, **envp = NULL;
     void *stack = NULL;
 
@@ -899,6 +1117,13 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     c.netns_fd = netns_fd;
     c.proc_rights = proc_rights;
     c.hostname = hostname;
+    c.root_rights = root_rights;
+    if (root_obj && root_obj != Py_None && parse_root(root_obj, &c, &keep_root) < 0)
+        goto done;
+    if (c.n_root > 0 && !(jail_flags & CLONE_NEWNS)) {
+        PyErr_SetString(PyExc_ValueError, "a constructed root needs a mount namespace");
+        goto done;
+    }
     if (overlays_obj && parse_overlays(overlays_obj, &c, &keep_overlays) < 0)
         goto done;
     if (c.n_overlays > 0 && c.landlock_fd < 0) {
@@ -945,6 +1170,9 @@ done:
     Py_XDECREF(keep_envp);
     Py_XDECREF(keep_filters);
     Py_XDECREF(keep_overlays);
+    Py_XDECREF(keep_root);
+    PyMem_Free(c.root);
+    PyMem_Free(c.root_fds);
     return result;
 }
 
@@ -1061,6 +1289,12 @@ PyMODINIT_FUNC PyInit__spawn(void)
     if (PyModule_AddIntConstant(m, "STACK_SIZE", CHILD_STACK_SIZE) < 0 ||
         PyModule_AddIntConstant(m, "INIT_RECORD_KIND", INIT_RECORD_KIND) < 0 ||
         PyModule_AddIntConstant(m, "STEP_STARTED", STEP_STARTED) < 0 ||
+        PyModule_AddIntConstant(m, "ROOT_DIR", ROOT_DIR) < 0 || PyModule_AddIntConstant(m, "ROOT_BIND", ROOT_BIND) < 0 ||
+        PyModule_AddIntConstant(m, "ROOT_SYMLINK", ROOT_SYMLINK) < 0 ||
+        PyModule_AddIntConstant(m, "ROOT_TMPFS", ROOT_TMPFS) < 0 || PyModule_AddIntConstant(m, "ROOT_PROC", ROOT_PROC) < 0 ||
+        PyModule_AddIntConstant(m, "ROOT_FILE", ROOT_FILE) < 0 || PyModule_AddIntConstant(m, "ROOT_RO", ROOT_RO) < 0 ||
+        PyModule_AddIntConstant(m, "ROOT_IS_DIR", ROOT_IS_DIR) < 0 ||
+        PyModule_AddIntConstant(m, "ROOT_OWNED", ROOT_OWNED) < 0 ||
         PyModule_AddIntConstant(m, "SECCOMP_FILTER_FLAG_NEW_LISTENER", SECCOMP_FILTER_FLAG_NEW_LISTENER) < 0) {
         Py_DECREF(m);
         return NULL;

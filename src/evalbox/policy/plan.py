@@ -183,6 +183,7 @@ DEFAULT_MAX_PIDS = 64
 DEFAULT_MAX_OUTPUT = "16M"
 DEFAULT_MAX_OPEN_FILES = 256
 DEFAULT_MAX_FILE_SIZE = "16M"
+DEFAULT_DISK = "512M"
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,7 @@ class Plan:
     max_output: int | None = DEFAULT_MAX_OUTPUT  # type: ignore[assignment]
     max_open_files: int | None = DEFAULT_MAX_OPEN_FILES
     max_file_size: int | None = DEFAULT_MAX_FILE_SIZE  # type: ignore[assignment]
+    disk: int | None = DEFAULT_DISK  # type: ignore[assignment]  (the workspace's size: bytes and files)
     network: bool = False
     mounts: tuple[Mount, ...] = ()
     syscalls: Syscalls = field(default_factory=Syscalls)
@@ -255,7 +257,7 @@ class Plan:
 
         set_("timeout", parse_seconds(self.timeout, "timeout"))
         set_("cpu_time", parse_seconds(self.cpu_time, "cpu_time"))
-        for name in ("memory", "max_output", "max_file_size"):
+        for name in ("memory", "max_output", "max_file_size", "disk"):
             set_(name, parse_size(getattr(self, name), name))
         for name in ("max_pids", "max_open_files"):
             set_(name, parse_count(getattr(self, name), name))

@@ -168,6 +168,8 @@ def _network_rules(network: bool, private_net: bool = False, private_root: bool 
             Rule("listen", ALLOW),
         ]
         if network or private_root:
+            # (private_root: no host socket exists in the run's root; abstract names are per
+            # network namespace)
             return inet
         # Private network but the host's filesystem in view: connect() cannot be checked by
         # address family, so Unix sockets are limited to pairs (no pathname connect to a host

@@ -59,6 +59,8 @@ class Lockdown:
     proc_rights: int = 0  # Landlock rights on the jail's own /proc
     netns_fd: int = -1  # a pooled network namespace the init enters
     hostname: str | None = None
+    root: list[tuple[int, bytes, bytes, int, int, int]] = field(default_factory=list)  # see policy/jail.py
+    root_rights: int = 0
     cgroup_fds: list[int] = field(default_factory=list)
     uid_lease: UidLease | None = None
 
@@ -288,7 +290,8 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
         if private_net:
             netns_fd = netns.acquire()
         program = seccomp_policy.program(plan.network, plan.syscalls.allow, plan.syscalls.deny, host.arch,
-                                         group_only=group_only, same_uid=uid < 0, private_net=private_net)
+                                         group_only=group_only, same_uid=uid < 0, private_net=private_net,
+                                         private_root=bool(jail_flags))
         filters = [(program, 0)]
         magic = 0
         if plan.notify is not NotifyMode.DISABLED:
@@ -299,7 +302,12 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             filters.append((supervision.notify_program(plan.intercept, magic, host.arch),
                             seccomp_notify.FILTER_FLAG_NEW_LISTENER))
         overlays = []
-        if host.private_shm:
+        root = []
+        if jail_flags:
+            # the jail's own root replaces the overlays (/dev/shm, paths below hidden directories)
+            root = jail.root_entries(plan, ws.root, rules, filesystem.PROC_RIGHTS & ruleset.handled_fs,
+                                     (uid, gid) if lease else None, ruleset.handled_fs)
+        elif host.private_shm:
             # a private /dev/shm (POSIX semaphores); the workspace may live there: bind it back
             keep = [(ws.root.encode(), True)] if os.path.dirname(ws.root) == "/dev/shm" else []
             overlays.append((b"/dev/shm", f"mode=1777,size={plan.memory or 64 << 20}".encode(),
@@ -314,11 +322,14 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             scope_names = ["abstract_unix_socket", "signal"]
         protections = Protections(
             landlock_abi=host.landlock_abi,
-            filesystem=f"landlock ABI {host.landlock_abi}: system trees read-only, narrow /etc, workspace read-write"
+            filesystem=(f"jail: own root (tmpfs) holding only the granted paths, entered with pivot_root; and landlock "
+                        f"ABI {host.landlock_abi}: system trees read-only, narrow /etc, workspace read-write, private "
+                        "/dev/shm and /tmp") if jail_flags else
+            f"landlock ABI {host.landlock_abi}: system trees read-only, narrow /etc, workspace read-write"
             + (", private /dev/shm" if private_shm else ""),
             network="host network" if plan.network else
             "off: private network namespace with only its own loopback (TCP/UDP on 127.0.0.1 work inside it); "
-            "Unix sockets: pairs only" if private_net else
+            "Unix sockets within its own root" if private_net else
             "off: seccomp allows only Unix stream socket pairs (no connect, bind, listen)",
             tcp_landlock=bool(not plan.network and not private_net and landlock.net_rights(host.landlock_abi)),
             scopes=tuple(scope_names),
@@ -332,6 +343,11 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             memory=memory_how,
             rlimits=tuple(rlimit_names),
             weakened=tuple(f"syscall {n} allowed unconditionally" for n in plan.syscalls.allow),
+            view=jail.VIEW if jail_flags else jail.NO_VIEW,
+            disk=f"workspace tmpfs of {plan.disk} bytes, {jail.inode_limit(plan.disk)} files and directories"
+            if jail_flags and plan.disk else
+            "not bounded (no jail): max_file_size bounds each file" + (", the memory cgroup the workspace's pages"
+                                                                        if ws.root.startswith("/dev/shm/") and use_mem else ""),
             namespaces=namespaces.describe(jail_flags | (namespaces.CLONE_NEWNET if private_net else 0)) if jail_flags else
             ("mount (private /dev/shm, hidden paths bound in)",) if overlays else (),
         )
@@ -354,6 +370,8 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             overlays=overlays,
             jail_flags=jail_flags,
             hostname=jail.HOSTNAME if jail_flags else None,
+            root=root,
+            root_rights=jail.ROOT_RIGHTS & ruleset.handled_fs,
             netns_fd=netns_fd,
             proc_rights=filesystem.PROC_RIGHTS & ruleset.handled_fs,
             cgroup_fds=group.open_procs() if group is not None else [],

@@ -21,7 +21,7 @@ STEPS = {
     9: "set rlimits", 10: "drop the capability bounding set", 11: "lock securebits", 12: "clear groups",
     13: "switch gid", 14: "switch uid", 15: "drop capabilities", 16: "set no_new_privs",
     17: "apply Landlock", 18: "install the seccomp filter", 19: "hand over the notify listener", 20: "exec",
-    21: "set up the private mounts (/dev/shm, hidden paths)", 22: "set up the jail's namespaces",
+    21: "set up the private mounts (/dev/shm, hidden paths)", 22: "set up the jail's namespaces", 23: "build the jail's root",
 }
 STEP_LANDLOCK, STEP_SECCOMP, STEP_EXEC = 17, 18, 20
 
@@ -90,7 +90,7 @@ def _spawn_jailed(lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple
             uid=lock.uid, gid=lock.gid, landlock_fd=lock.ruleset.fd, filters=lock.filters,
             listener_sock=theirs.fileno() if theirs else -1, umask=UMASK, overlays=lock.overlays, magic=lock.magic,
             jail_flags=lock.jail_flags, netns_fd=lock.netns_fd, proc_rights=lock.proc_rights,
-            hostname=lock.hostname, report_fd=read_end,
+            hostname=lock.hostname, report_fd=read_end, root=lock.root, root_rights=lock.root_rights,
         )
         if len(report) == 8 and struct.unpack("=ii", report)[0] == _spawn.STEP_STARTED and ours is not None:
             _, fds, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
