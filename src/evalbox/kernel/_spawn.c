@@ -151,6 +151,7 @@ struct config {
     int *root_fds;
     int n_root;
     unsigned long long root_rights; /* Landlock rights on the new root's own directories */
+    int template_fd;         /* -1, or a template mount namespace (see template_main) to copy */
 };
 
 /* Once a user-notification filter is installed, the child's own remaining calls (handing over
@@ -399,6 +400,8 @@ static int child_main(void *arg)
  * (policy/jail.py), then entered with pivot_root; the host's root is detached. Paths are
  * absolute paths of the new root. Sources of binds are opened before anything is mounted. */
 
+#define STEP_STARTED 0 /* report of the init (the program runs), or of a template's child */
+
 enum root_op {
     ROOT_DIR = 1,     /* mkdir path (mode) */
     ROOT_BIND,        /* bind source at path (flags: ROOT_RO, ROOT_IS_DIR) */
@@ -437,13 +440,13 @@ static int landlock_rule_at(const struct config *c, const char *path, unsigned l
     return err;
 }
 
-/* "/tmp" + path, without snprintf. */
-static int staged(char out[4096], const char *path)
+/* prefix + path, without snprintf. */
+static int staged(char out[4096], const char *prefix, const char *path)
 {
-    size_t a = sizeof ROOT_STAGING - 1, b = strlen(path);
+    size_t a = strlen(prefix), b = strlen(path);
     if (a + b + 1 > 4096)
         return ENAMETOOLONG;
-    memcpy(out, ROOT_STAGING, a);
+    memcpy(out, prefix, a);
     memcpy(out + a, path, b + 1);
     return 0;
 }
@@ -455,31 +458,36 @@ static int own(const struct config *c, const char *path, unsigned int flags)
     return 0;
 }
 
-static void build_root(const struct config *c)
+/* Bind sources are held before anything is mounted over them. */
+static void open_root_sources(const struct config *c)
 {
-    char where[4096], source[32];
-    int *fds = c->root_fds;
     for (int i = 0; i < c->n_root; i++) {
-        fds[i] = -1;
-        if (c->root[i].op == ROOT_BIND && (fds[i] = open(c->root[i].data, O_PATH | O_CLOEXEC)) < 0)
+        c->root_fds[i] = -1;
+        if (c->root[i].op == ROOT_BIND && (c->root_fds[i] = open(c->root[i].data, O_PATH | O_CLOEXEC)) < 0)
             report(c, STEP_ROOT, errno);
     }
-    if (mount("tmpfs", ROOT_STAGING, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m,nr_inodes=4096") != 0)
-        report(c, STEP_ROOT, errno);
+}
+
+/* Apply the root operations below `prefix` ("" once inside the root), sources already open. */
+static void apply_root_ops(const struct config *c, const char *prefix)
+{
+    char where[4096], source[32];
+    const char *top = prefix;
+    int *fds = c->root_fds;
     for (int i = 0; i < c->n_root; i++) {
         const struct root_entry *e = &c->root[i];
-        int err = staged(where, e->path);
+        int err = staged(where, prefix, e->path);
         if (!err) {
             switch (e->op) {
             case ROOT_DIR:
-                err = make_path(ROOT_STAGING, where, 1);
+                err = make_path(top, where, 1);
                 if (!err && chmod(where, e->mode) != 0)
                     err = errno;
                 if (!err)
                     err = own(c, where, e->flags);
                 break;
             case ROOT_BIND:
-                err = make_path(ROOT_STAGING, where, e->flags & ROOT_IS_DIR);
+                err = make_path(top, where, e->flags & ROOT_IS_DIR);
                 fd_path(source, fds[i]);
                 if (!err && mount(source, where, NULL, MS_BIND | MS_REC, NULL) != 0)
                     err = errno;
@@ -490,7 +498,7 @@ static void build_root(const struct config *c)
                 fds[i] = -1;
                 break;
             case ROOT_SYMLINK:
-                err = make_path(ROOT_STAGING, where, 1);
+                err = make_path(top, where, 1);
                 if (!err && rmdir(where) != 0)
                     err = errno;
                 if (!err && symlink(e->data, where) != 0)
@@ -499,7 +507,7 @@ static void build_root(const struct config *c)
                     err = own(c, where, e->flags);
                 break;
             case ROOT_TMPFS:
-                err = make_path(ROOT_STAGING, where, 1);
+                err = make_path(top, where, 1);
                 if (!err && mount("tmpfs", where, "tmpfs", MS_NOSUID | MS_NODEV, e->data) != 0)
                     err = errno;
                 if (!err)
@@ -508,7 +516,7 @@ static void build_root(const struct config *c)
                     err = landlock_rule_at(c, where, e->rights);
                 break;
             case ROOT_PROC:
-                err = make_path(ROOT_STAGING, where, 1);
+                err = make_path(top, where, 1);
                 /* hidepid=2: the init (which shares the caller's memory, and so its command line)
                  * is invisible to the program, which may not ptrace it. */
                 if (!err && mount("proc", where, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2") != 0)
@@ -544,12 +552,38 @@ static void build_root(const struct config *c)
         if (err)
             report(c, STEP_ROOT, err);
     }
-    if (landlock_rule_at(c, ROOT_STAGING, c->root_rights) != 0)
+}
+
+/* A root built from scratch: a tmpfs staged over /tmp, filled, entered with pivot_root. */
+static void build_root(const struct config *c)
+{
+    open_root_sources(c);
+    if (mount("tmpfs", ROOT_STAGING, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m,nr_inodes=4096") != 0)
         report(c, STEP_ROOT, errno);
+    apply_root_ops(c, ROOT_STAGING);
     /* pivot_root(".", "."): the old root ends up stacked on the new one and is detached at once. */
     if (chdir(ROOT_STAGING) != 0 || syscall(SYS_pivot_root, ".", ".") != 0 || umount2(".", MNT_DETACH) != 0 ||
         chdir("/") != 0)
         report(c, STEP_ROOT, errno);
+}
+
+/* The template's child: a mount namespace whose root holds the static part of jails' roots,
+ * read-only; kept alive by the fd it leaves in the caller's table (CLONE_FILES). */
+static int template_main(void *arg)
+{
+    struct config *c = arg;
+    int fd = open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        report(c, STEP_ROOT, errno);
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+        report(c, STEP_ROOT, errno);
+    build_root(c);
+    if (mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) != 0)
+        report(c, STEP_ROOT, errno);
+    int msg[2] = {STEP_STARTED, fd};
+    if (write(c->errpipe, msg, sizeof msg) != sizeof msg)
+        _exit(127);
+    _exit(0);
 }
 
 /* ---- the jail's init ----
@@ -601,7 +635,6 @@ struct init_record {
     int64_t utime_us, stime_us, maxrss_kb;
 };
 #define INIT_RECORD_KIND 0x45424f58 /* "EBOX" */
-#define STEP_STARTED 0               /* report of the init: the program runs */
 
 /* The stacks of running inits: each in its own mapping (guard page, the program child's stack
  * used until its exec, the init's own), reused once the kernel has cleared `tid`
@@ -715,12 +748,22 @@ static void init_namespaces(const struct config *c)
     }
     if (c->hostname && (c->jail_flags & CLONE_NEWUTS) && sethostname(c->hostname, strlen(c->hostname)) != 0)
         report(c, STEP_JAIL, errno);
-    if (c->jail_flags & CLONE_NEWNS) {
+    if (c->template_fd >= 0) {
+        /* A private copy of the template's namespace: its root is the jail's static root. */
+        open_root_sources(c);
+        if (setns(c->template_fd, CLONE_NEWNS) != 0 || unshare(CLONE_NEWNS) != 0)
+            report(c, STEP_ROOT, errno);
+        apply_root_ops(c, "");
+        if (landlock_rule_at(c, "/", c->root_rights) != 0)
+            report(c, STEP_ROOT, errno);
+    } else if (c->jail_flags & CLONE_NEWNS) {
         /* Nothing mounted here may propagate to the host. */
         if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
             report(c, STEP_JAIL, errno);
         if (c->n_root > 0) {
             build_root(c); /* its /proc included */
+            if (landlock_rule_at(c, "/", c->root_rights) != 0)
+                report(c, STEP_ROOT, errno);
         } else if (c->jail_flags & CLONE_NEWPID) {
             /* A /proc of this PID namespace: only the sandbox's own processes. */
             /* hidepid=2: the init itself (which shares the caller's memory, and so its command
@@ -987,6 +1030,70 @@ static int parse_root(PyObject *obj, struct config *c, PyObject **keep)
     return 0;
 }
 
+PyDoc_STRVAR(template_doc,
+"build_template(root) -> fd\n\n"
+"A mount namespace whose root (read-only tmpfs) is built from `root` (spawn's format), for\n"
+"jails to copy (spawn's template_fd). Raises OSError(errno) with the failing step's errno.");
+
+static PyObject *build_template(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *root_obj, *keep_root = NULL, *result = NULL;
+    if (!PyArg_ParseTuple(args, "O", &root_obj))
+        return NULL;
+    struct config c;
+    memset(&c, 0, sizeof c);
+    c.landlock_fd = -1;
+    c.template_fd = -1;
+    c.uid = c.gid = -1;
+    int pipefd[2] = {-1, -1};
+    void *stack = NULL;
+    if (parse_root(root_obj, &c, &keep_root) < 0)
+        goto done;
+    if (pipe2(pipefd, O_CLOEXEC) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    c.errpipe = pipefd[1];
+    stack = PyMem_RawMalloc(CHILD_STACK_SIZE);
+    if (!stack) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int msg[2] = {0, 0}, status = 0;
+    ssize_t got;
+    pid_t pid;
+    Py_BEGIN_ALLOW_THREADS
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    pid = clone(template_main, stack_top((char *)stack + CHILD_STACK_SIZE),
+                CLONE_VM | CLONE_VFORK | CLONE_FILES | CLONE_NEWNS | SIGCHLD, &c);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    got = pid > 0 ? read(pipefd[0], msg, sizeof msg) : -1;
+    if (pid > 0)
+        waitpid(pid, &status, __WALL);
+    Py_END_ALLOW_THREADS
+    if (pid < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+    } else if (got != sizeof msg || msg[0] != STEP_STARTED) {
+        errno = got == sizeof msg ? msg[1] : EIO;
+        PyErr_SetFromErrno(PyExc_OSError);
+    } else {
+        result = PyLong_FromLong(msg[1]);
+    }
+done:
+    if (pipefd[0] >= 0)
+        close(pipefd[0]);
+    if (pipefd[1] >= 0)
+        close(pipefd[1]);
+    PyMem_RawFree(stack);
+    Py_XDECREF(keep_root);
+    PyMem_Free(c.root);
+    PyMem_Free(c.root_fds);
+    return result;
+}
+
 PyDoc_STRVAR(spawn_doc,
 "spawn(path, argv, envp, cwd, stdio, errpipe, parent_pid, cgroup_fds, rlimits,\n"
 "      drop_bounding_set, last_cap, securebits, uid, gid, landlock_fd, filters,\n"
@@ -1003,7 +1110,7 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
                                "rlimits", "drop_bounding_set", "last_cap", "securebits", "uid", "gid",
                                "landlock_fd", "filters", "listener_sock", "umask", "overlays", "magic",
                                "jail_flags", "netns_fd", "proc_rights", "hostname", "report_fd", "root",
-                               "root_rights", NULL};
+                               "root_rights", "template_fd", NULL};
     PyObject *path, *argv_obj, *envp_obj, *cwd_obj, *stdio_obj, *cgroup_obj, *rlimits_obj, *filters_obj;
     PyObject *overlays_obj = NULL;
     int errpipe, parent_pid, drop_bounding_set, last_cap, landlock_fd, listener_sock;
@@ -1014,12 +1121,13 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     const char *hostname = NULL;
     PyObject *root_obj = NULL;
     unsigned long long root_rights = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOiiOOpillliOiI|OKiiKziOK", keywords, &PyBytes_Type, &path,
+    int template_fd = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOiiOOpillliOiI|OKiiKziOKi", keywords, &PyBytes_Type, &path,
                                      &argv_obj, &envp_obj, &cwd_obj, &stdio_obj, &errpipe, &parent_pid,
                                      &cgroup_obj, &rlimits_obj, &drop_bounding_set, &last_cap, &securebits, &uid,
                                      &gid, &landlock_fd, &filters_obj, &listener_sock, &umask_value,
                                      &overlays_obj, &magic, &jail_flags, &netns_fd, &proc_rights, &hostname,
-                                     &report_fd, &root_obj, &root_rights))
+                                     &report_fd, &root_obj, &root_rights, &template_fd))
         return NULL;
     if (jail_flags && report_fd < 0) {
         PyErr_SetString(PyExc_ValueError, "a jail needs report_fd (the read end of errpipe)");
@@ -1118,9 +1226,14 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     c.proc_rights = proc_rights;
     c.hostname = hostname;
     c.root_rights = root_rights;
+    c.template_fd = template_fd;
     if (root_obj && root_obj != Py_None && parse_root(root_obj, &c, &keep_root) < 0)
         goto done;
-    if (c.n_root > 0 && !(jail_flags & CLONE_NEWNS)) {
+    if (c.template_fd >= 0 && (jail_flags & CLONE_NEWNS)) {
+        PyErr_SetString(PyExc_ValueError, "a template's copy is the mount namespace: no CLONE_NEWNS");
+        goto done;
+    }
+    if (c.n_root > 0 && !(jail_flags & CLONE_NEWNS) && c.template_fd < 0) {
         PyErr_SetString(PyExc_ValueError, "a constructed root needs a mount namespace");
         goto done;
     }
@@ -1272,6 +1385,7 @@ static PyObject *landlock_add_path_rules(PyObject *self, PyObject *args)
 static PyMethodDef methods[] = {
     {"landlock_add_path_rules", landlock_add_path_rules, METH_VARARGS, add_rules_doc},
     {"spawn", (PyCFunction)(void (*)(void))spawn, METH_VARARGS | METH_KEYWORDS, spawn_doc},
+    {"build_template", build_template, METH_VARARGS, template_doc},
     {"syscall", raw_syscall, METH_VARARGS, syscall_doc},
     {NULL, NULL, 0, NULL},
 };

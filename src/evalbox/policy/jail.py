@@ -97,67 +97,53 @@ def _system_entries() -> list[Entry]:
     return out
 
 
-def root_entries(plan: Plan, workspace: str, rules: list[fs.PathRule], proc_rights: int, owner: tuple[int, int] | None,
-                 handled_fs: int) -> list[Entry]:
-    """What the run's root holds, in the order it is built (a mount point's parents first)."""
-    out = _system_entries()
-    out.append((_spawn.ROOT_TMPFS, b"/dev/shm", f"mode=1777,size={plan.memory or 64 << 20}".encode(), 0, 0,
-                fs.PRIVATE_SHM_RIGHTS & handled_fs))
-    out.append((_spawn.ROOT_PROC, b"/proc", b"", 0, 0, proc_rights))
+def _etc_stamp() -> tuple[int, int]:
+    st = os.stat("/etc")
+    return st.st_ino, st.st_mtime_ns
 
-    # The workspace: a tmpfs bounded in bytes and files, with the plan's files written into it.
-    disk = plan.disk if plan.disk is not None else 0
-    size = f"size={disk},nr_inodes={inode_limit(disk)}" if disk else "size=50%"
-    uid, gid = owner if owner is not None else (os.getuid(), os.getgid())
-    # /tmp is the workspace's tmp/ (a link), unless something granted lives in the host's /tmp (the
-    # workspace itself without a memory cgroup, a mount): then a tmpfs of its own.
-    tmp_is_workspace_base = _inside(workspace, ["/tmp"]) or any(_inside(r.path, ["/tmp"]) for r in rules) or any(
-        _inside(m.source, ["/tmp"]) for m in plan.mounts)
-    if tmp_is_workspace_base:
-        out.append((_spawn.ROOT_TMPFS, b"/tmp", f"mode=1777,{size}".encode(), 0, 0, fs.PRIVATE_SHM_RIGHTS & handled_fs))
-    out.append((_spawn.ROOT_TMPFS, workspace.encode(), f"mode=0700,uid={uid},gid={gid},{size}".encode(), 0, 0,
-                fs.EVERYTHING & handled_fs))
-    for sub in WORKSPACE_SUBDIRS:
-        out.append(_dir(f"{workspace}/{sub}", 0o700, owned=True))
-    if not tmp_is_workspace_base:
-        out.append(_link("/tmp", f"{workspace}/tmp"))  # each sandbox's own /tmp, inside its disk budget
-    work = f"{workspace}/{WORK_DIR}"
-    made = {f"{workspace}/{sub}" for sub in WORKSPACE_SUBDIRS}
-    cwd = os.path.normpath(f"{workspace}/{plan.workdir}")
+
+_system_cache: tuple[tuple[int, int], list[Entry]] | None = None
+
+
+def _system_entries_cached() -> list[Entry]:
+    """The system part, recomputed when /etc changed (a file replaced by rename changes its mtime)."""
+    global _system_cache
+    stamp = _etc_stamp()
+    if _system_cache is None or _system_cache[0] != stamp:
+        _system_cache = (stamp, _system_entries())
+    return _system_cache[1]
+
+
+def _parents(path: str, stop: str, made: set[str]) -> list[str]:
     missing = []
-    while cwd not in made and cwd != workspace:
-        missing.append(cwd)
-        cwd = os.path.dirname(cwd)
-    for d in reversed(missing):
-        out.append(_dir(d, 0o700, owned=True))
-        made.add(d)
-    for rel, f in plan.files.items():
-        parent = os.path.dirname(f"{work}/{rel}")
-        missing = []
-        while parent not in made:
-            missing.append(parent)
-            parent = os.path.dirname(parent)
-        for d in reversed(missing):
-            out.append(_dir(d, 0o700, owned=True))
-            made.add(d)
-        out.append((_spawn.ROOT_FILE, f"{work}/{rel}".encode(), bytes(f.content), 0o755 if f.executable else 0o644,
-                    _spawn.ROOT_OWNED, 0))
-    for mount in plan.mounts:
-        if mount.dest is not None:
-            link = f"{work}/{mount.dest}"
-            parent = os.path.dirname(link)
-            if parent not in made:
-                out.append(_dir(parent, 0o700, owned=True))
-                made.add(parent)
-            out.append(_link(link, mount.source, owned=True))
+    while path not in made and path != stop and path != "/":
+        missing.append(path)
+        path = os.path.dirname(path)
+    return list(reversed(missing))
 
-    # The plan's mounts and the runtime files of a program installed outside the system trees.
+
+def template_entries(plan: Plan, workspace: str, rules: list[fs.PathRule]) -> tuple[list[Entry], list[Entry], tuple]:
+    """The part of a run's root shared by runs of the same shape (built once into a template mount
+    namespace, see kernel/_spawn.c build_template): system trees, /etc, /dev nodes, the plan's
+    mounts and runtime files, and empty directories where each run mounts its own tmpfs. Also
+    a stamp that changes when a bound source was replaced on the host.
+
+    Returns (system part with the mount points, the plan's mounts and runtime files, stamp).
+    """
+    out = list(_system_entries_cached())
+    base = os.path.dirname(workspace)
+    for d in ("/dev/shm", "/proc", "/tmp") + (() if base in ("/dev/shm", "/tmp") else (base,)):
+        out.append(_dir(d, 0o755))
+    system = out
+    out = []
     system_real = [os.path.realpath(t) for t in fs.SYSTEM_TREES if os.path.exists(t)]
-    bound: list[str] = [e[1].decode() for e in out if e[0] == _spawn.ROOT_BIND and e[4] & _spawn.ROOT_IS_DIR]
-    placed = {e[1].decode() for e in out}
+    bound: list[str] = [e[1].decode() for e in system if e[0] == _spawn.ROOT_BIND and e[4] & _spawn.ROOT_IS_DIR]
+    placed = {e[1].decode() for e in system}
+    sources = []
     for mount in plan.mounts:
         out.append(_bind(mount.source, ro=not mount.writable))
         bound.append(mount.source)
+        sources.append(mount.source)
     for rule in rules:
         path = rule.path
         if path == workspace or path in placed or _inside(path, bound) or _inside(os.path.realpath(path), system_real):
@@ -166,5 +152,59 @@ def root_entries(plan: Plan, workspace: str, rules: list[fs.PathRule], proc_righ
             out.append(_link(path, os.readlink(path)))
         else:
             out.append(_bind(path))
+            sources.append(path)
         bound.append(path)
+    stamp = [_etc_stamp()]
+    for src in sources:
+        st = os.stat(src)
+        stamp.append((st.st_dev, st.st_ino))
+    return system, out, tuple(stamp)
+
+
+def shareable(extras: list[Entry], workspace: str) -> bool:
+    """Whether the plan's mounts and runtime files can live in a template: not below a directory
+    that each run covers with a tmpfs of its own."""
+    covered = ["/tmp", "/dev/shm", os.path.dirname(workspace)]
+    return not any(_inside(e[1].decode(), covered) for e in extras)
+
+
+def run_entries(plan: Plan, workspace: str, proc_rights: int, owner: tuple[int, int] | None,
+                handled_fs: int) -> list[Entry]:
+    """What each run mounts into its copy of the template: its own /dev/shm, /proc, /tmp, and the
+    workspace (a tmpfs bounded in bytes and files) with the plan's files written into it."""
+    disk = plan.disk if plan.disk is not None else 0
+    size = f"size={disk},nr_inodes={inode_limit(disk)}" if disk else "size=50%"
+    tmp_rights = fs.PRIVATE_SHM_RIGHTS & handled_fs
+    out: list[Entry] = [
+        (_spawn.ROOT_TMPFS, b"/dev/shm", f"mode=1777,size={plan.memory or 64 << 20}".encode(), 0, 0, tmp_rights),
+        (_spawn.ROOT_PROC, b"/proc", b"", 0, 0, proc_rights),
+        (_spawn.ROOT_TMPFS, b"/tmp", f"mode=1777,{size}".encode(), 0, 0, tmp_rights),
+    ]
+    base = os.path.dirname(workspace)
+    if base not in ("/dev/shm", "/tmp"):
+        out.append((_spawn.ROOT_TMPFS, base.encode(), b"mode=0755,size=64k", 0, 0, 0))
+    uid, gid = owner if owner is not None else (os.getuid(), os.getgid())
+    out.append((_spawn.ROOT_TMPFS, workspace.encode(), f"mode=0700,uid={uid},gid={gid},{size}".encode(), 0, 0,
+                fs.EVERYTHING & handled_fs))
+    made = {workspace}
+    for sub in WORKSPACE_SUBDIRS:
+        out.append(_dir(f"{workspace}/{sub}", 0o700, owned=True))
+        made.add(f"{workspace}/{sub}")
+    work = f"{workspace}/{WORK_DIR}"
+    for d in _parents(os.path.normpath(f"{workspace}/{plan.workdir}"), workspace, made):
+        out.append(_dir(d, 0o700, owned=True))
+        made.add(d)
+    for rel, f in plan.files.items():
+        for d in _parents(os.path.dirname(f"{work}/{rel}"), workspace, made):
+            out.append(_dir(d, 0o700, owned=True))
+            made.add(d)
+        out.append((_spawn.ROOT_FILE, f"{work}/{rel}".encode(), bytes(f.content), 0o755 if f.executable else 0o644,
+                    _spawn.ROOT_OWNED, 0))
+    for mount in plan.mounts:
+        if mount.dest is not None:
+            link = f"{work}/{mount.dest}"
+            for d in _parents(os.path.dirname(link), workspace, made):
+                out.append(_dir(d, 0o700, owned=True))
+                made.add(d)
+            out.append(_link(link, mount.source, owned=True))
     return out

@@ -22,7 +22,7 @@ from evalbox.policy import filesystem, jail, seccomp_policy, supervision
 from evalbox.policy.plan import NotifyMode, Plan
 from evalbox.policy.resolve import find_executable, runtime_files
 from evalbox.process.identity import UidLease
-from evalbox.process import netns
+from evalbox.process import netns, templates
 from evalbox.process.host import MIN_LANDLOCK_ABI, MIN_LANDLOCK_ABI_SAME_UID, Host
 from evalbox.process.result import Protections
 from evalbox.process.workspace import Workspace
@@ -61,6 +61,7 @@ class Lockdown:
     hostname: str | None = None
     root: list[tuple[int, bytes, bytes, int, int, int]] = field(default_factory=list)  # see policy/jail.py
     root_rights: int = 0
+    template_fd: int = -1  # a template mount namespace the init copies (see process/templates.py)
     cgroup_fds: list[int] = field(default_factory=list)
     uid_lease: UidLease | None = None
 
@@ -303,10 +304,18 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
                             seccomp_notify.FILTER_FLAG_NEW_LISTENER))
         overlays = []
         root = []
+        template = -1
         if jail_flags:
             # the jail's own root replaces the overlays (/dev/shm, paths below hidden directories)
-            root = jail.root_entries(plan, ws.root, rules, filesystem.PROC_RIGHTS & ruleset.handled_fs,
-                                     (uid, gid) if lease else None, ruleset.handled_fs)
+            system, extras, stamp = jail.template_entries(plan, ws.root, rules)
+            root = jail.run_entries(plan, ws.root, filesystem.PROC_RIGHTS & ruleset.handled_fs,
+                                    (uid, gid) if lease else None, ruleset.handled_fs)
+            if jail.shareable(extras, ws.root):
+                template = templates.template_fd(system + extras, stamp)
+            if template >= 0:
+                jail_flags &= ~namespaces.CLONE_NEWNS  # the template's copy is the mount namespace
+            else:  # built per run: the run's own tmpfs first, the plan's mounts over them
+                root = system + root + extras
         elif host.private_shm:
             # a private /dev/shm (POSIX semaphores); the workspace may live there: bind it back
             keep = [(ws.root.encode(), True)] if os.path.dirname(ws.root) == "/dev/shm" else []
@@ -348,7 +357,8 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             if jail_flags and plan.disk else
             "not bounded (no jail): max_file_size bounds each file" + (", the memory cgroup the workspace's pages"
                                                                         if ws.root.startswith("/dev/shm/") and use_mem else ""),
-            namespaces=namespaces.describe(jail_flags | (namespaces.CLONE_NEWNET if private_net else 0)) if jail_flags else
+            namespaces=namespaces.describe(jail_flags | namespaces.CLONE_NEWNS | (namespaces.CLONE_NEWNET if private_net else 0))
+            if jail_flags else
             ("mount (private /dev/shm, hidden paths bound in)",) if overlays else (),
         )
         return Lockdown(
@@ -371,6 +381,7 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             jail_flags=jail_flags,
             hostname=jail.HOSTNAME if jail_flags else None,
             root=root,
+            template_fd=template,
             root_rights=jail.ROOT_RIGHTS & ruleset.handled_fs,
             netns_fd=netns_fd,
             proc_rights=filesystem.PROC_RIGHTS & ruleset.handled_fs,

@@ -91,6 +91,7 @@ def _spawn_jailed(lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple
             listener_sock=theirs.fileno() if theirs else -1, umask=UMASK, overlays=lock.overlays, magic=lock.magic,
             jail_flags=lock.jail_flags, netns_fd=lock.netns_fd, proc_rights=lock.proc_rights,
             hostname=lock.hostname, report_fd=read_end, root=lock.root, root_rights=lock.root_rights,
+            template_fd=lock.template_fd,
         )
         if len(report) == 8 and struct.unpack("=ii", report)[0] == _spawn.STEP_STARTED and ours is not None:
             _, fds, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
