@@ -114,6 +114,19 @@ def _system_entries_cached() -> list[Entry]:
     return _system_cache[1]
 
 
+_places_cache: tuple[int, list[str], set[str]] | None = None
+
+
+def _system_places() -> tuple[list[str], set[str]]:
+    """Directories bound by the system part, and every path it places (cached with it)."""
+    global _places_cache
+    entries = _system_entries_cached()
+    if _places_cache is None or _places_cache[0] != id(entries):
+        bound = [e[1].decode() for e in entries if e[0] == _spawn.ROOT_BIND and e[4] & _spawn.ROOT_IS_DIR]
+        _places_cache = (id(entries), bound, {e[1].decode() for e in entries})
+    return _places_cache[1], _places_cache[2]
+
+
 def _parents(path: str, stop: str, made: set[str]) -> list[str]:
     missing = []
     while path not in made and path != stop and path != "/":
@@ -136,9 +149,9 @@ def template_entries(plan: Plan, workspace: str, rules: list[fs.PathRule]) -> tu
         out.append(_dir(d, 0o755))
     system = out
     out = []
-    system_real = [os.path.realpath(t) for t in fs.SYSTEM_TREES if os.path.exists(t)]
-    bound: list[str] = [e[1].decode() for e in system if e[0] == _spawn.ROOT_BIND and e[4] & _spawn.ROOT_IS_DIR]
-    placed = {e[1].decode() for e in system}
+    system_real = fs._system_trees_real()
+    system_bound, placed = _system_places()
+    bound = list(system_bound)
     sources = []
     for mount in plan.mounts:
         out.append(_bind(mount.source, ro=not mount.writable))
