@@ -135,7 +135,8 @@ def _parents(path: str, stop: str, made: set[str]) -> list[str]:
     return list(reversed(missing))
 
 
-def template_entries(plan: Plan, workspace: str, rules: list[fs.PathRule]) -> tuple[list[Entry], list[Entry], tuple]:
+def template_entries(plan: Plan, workspace: str, rules: list[fs.PathRule]
+                     ) -> tuple[list[Entry], list[Entry], tuple]:
     """The part of a run's root shared by runs of the same shape (built once into a template mount
     namespace, see kernel/_spawn.c build_template): system trees, /etc, /dev nodes, the plan's
     mounts and runtime files, and empty directories where each run mounts its own tmpfs. Also
@@ -145,8 +146,9 @@ def template_entries(plan: Plan, workspace: str, rules: list[fs.PathRule]) -> tu
     """
     out = list(_system_entries_cached())
     base = os.path.dirname(workspace)
-    for d in ("/dev/shm", "/proc", "/tmp") + (() if base in ("/dev/shm", "/tmp") else (base,)):
+    for d in ("/dev/shm", "/dev/pts", "/proc", "/tmp") + (() if base in ("/dev/shm", "/tmp") else (base,)):
         out.append(_dir(d, 0o755))
+    out.append(_link("/dev/ptmx", "pts/ptmx"))
     system = out
     out = []
     system_real = fs._system_trees_real()
@@ -161,6 +163,8 @@ def template_entries(plan: Plan, workspace: str, rules: list[fs.PathRule]) -> tu
         path = rule.path
         if path == workspace or path in placed or _inside(path, bound) or _inside(os.path.realpath(path), system_real):
             continue
+        if _inside(path, ["/sys/fs/cgroup", "/dev/pts", "/dev/ptmx"]):
+            continue  # per run (its cgroup), or the jail's own (pseudo-terminals)
         if os.path.islink(path):
             out.append(_link(path, os.readlink(path)))
         else:
@@ -182,7 +186,7 @@ def shareable(extras: list[Entry], workspace: str) -> bool:
 
 
 def run_entries(plan: Plan, workspace: str, proc_rights: int, owner: tuple[int, int] | None,
-                handled_fs: int) -> list[Entry]:
+                handled_fs: int, identity: list[tuple[bytes, bytes]] = ()) -> list[Entry]:
     """What each run mounts into its copy of the template: its own /dev/shm, /proc, /tmp, and the
     workspace (a tmpfs bounded in bytes and files) with the plan's files written into it."""
     disk = plan.disk if plan.disk is not None else 0
@@ -191,6 +195,7 @@ def run_entries(plan: Plan, workspace: str, proc_rights: int, owner: tuple[int, 
     out: list[Entry] = [
         (_spawn.ROOT_TMPFS, b"/dev/shm", f"mode=1777,size={plan.memory or 64 << 20}".encode(), 0, 0, tmp_rights),
         (_spawn.ROOT_PROC, b"/proc", b"", 0, 0, proc_rights),
+        (_spawn.ROOT_DEVPTS, b"/dev/pts", b"", 0, 0, fs.PTY_RIGHTS & handled_fs),
         (_spawn.ROOT_TMPFS, b"/tmp", f"mode=1777,{size}".encode(), 0, 0, tmp_rights),
     ]
     base = os.path.dirname(workspace)
@@ -199,6 +204,12 @@ def run_entries(plan: Plan, workspace: str, proc_rights: int, owner: tuple[int, 
     uid, gid = owner if owner is not None else (os.getuid(), os.getgid())
     out.append((_spawn.ROOT_TMPFS, workspace.encode(), f"mode=0700,uid={uid},gid={gid},{size}".encode(), 0, 0,
                 fs.EVERYTHING & handled_fs))
+    # /etc/passwd and /etc/group with the sandbox's own uid: written into the workspace's root
+    # (root-owned, read-only) and bound over the system ones
+    for target, content in identity:
+        name = f"{workspace}/.{os.path.basename(target.decode())}"
+        out.append((_spawn.ROOT_FILE, name.encode(), content, 0o644, 0, 0))
+        out.append((_spawn.ROOT_BIND, target, name.encode(), 0, _spawn.ROOT_RO | _spawn.ROOT_LATE, 0))
     made = {workspace}
     for sub in WORKSPACE_SUBDIRS:
         out.append(_dir(f"{workspace}/{sub}", 0o700, owned=True))
