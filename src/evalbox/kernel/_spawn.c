@@ -579,6 +579,8 @@ static void apply_root_ops(const struct config *c, const char *prefix)
                 close(fd);
                 if (!err)
                     err = own(c, where, e->flags);
+                if (!err) /* e.g. a file bound elsewhere: Landlock sees it by its own inode */
+                    err = landlock_rule_at(c, where, e->rights);
                 break;
             }
             default:

@@ -208,7 +208,7 @@ def run_entries(plan: Plan, workspace: str, proc_rights: int, owner: tuple[int, 
     # (root-owned, read-only) and bound over the system ones
     for target, content in identity:
         name = f"{workspace}/.{os.path.basename(target.decode())}"
-        out.append((_spawn.ROOT_FILE, name.encode(), content, 0o644, 0, 0))
+        out.append((_spawn.ROOT_FILE, name.encode(), content, 0o644, 0, ll.READ_FILE & handled_fs))
         out.append((_spawn.ROOT_BIND, target, name.encode(), 0, _spawn.ROOT_RO | _spawn.ROOT_LATE, 0))
     made = {workspace}
     for sub in WORKSPACE_SUBDIRS:
