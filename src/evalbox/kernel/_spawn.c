@@ -133,6 +133,7 @@ struct config {
     int listener_sock;     /* a filter with NEW_LISTENER sends its fd here, then the child closes it */
     unsigned long long magic; /* tag of the child's own calls after a notify filter (see tagged) */
     mode_t umask;
+    int in_place;          /* lockdown_self: no exec follows, so fds are closed, not marked */
 };
 
 /* Once a user-notification filter is installed, the child's own remaining calls (handing over
@@ -258,10 +259,32 @@ static void private_mounts(const struct config *c)
     }
 }
 
-static int child_main(void *arg)
+/* In place (no exec to come): close every fd above stdio now, except the ones the remaining
+ * steps use (the error pipe, the Landlock ruleset, the listener socket). */
+static void close_all_but(const struct config *c)
 {
-    const struct config *c = arg;
+    int keep[3] = {c->errpipe, c->landlock_fd, c->listener_sock};
+    unsigned int next = 3;
+    for (;;) {
+        int lowest = -1;
+        for (int i = 0; i < 3; i++)
+            if (keep[i] >= (int)next && (lowest < 0 || keep[i] < lowest))
+                lowest = keep[i];
+        if (lowest < 0)
+            break;
+        if ((unsigned int)lowest > next && syscall(SYS_close_range, next, (unsigned int)lowest - 1, 0U) != 0)
+            report(c, STEP_CLOSE_FDS, errno);
+        next = (unsigned int)lowest + 1;
+    }
+    if (syscall(SYS_close_range, next, ~0U, 0U) != 0)
+        report(c, STEP_CLOSE_FDS, errno);
+}
 
+/* Everything between fork and exec: the lockdown of the calling process (the spawn child, or a
+ * warm template's fresh copy). Returns only when every step succeeded; a failing step reports
+ * (step, errno) on the error pipe and exits 127. */
+static void lockdown(const struct config *c)
+{
     /* Host signal handlers live in the shared memory; put every disposition back to default so
      * nothing of the caller's (Python's handlers, an ignored SIGPIPE) leaks into the program. */
     for (int sig = 1; sig < _NSIG; sig++) {
@@ -290,6 +313,8 @@ static int child_main(void *arg)
     /* Everything above stdio closes at exec; the ruleset fd and error pipe stay usable until then. */
     if (syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) != 0)
         report(c, STEP_CLOSE_FDS, errno);
+    if (c->in_place)
+        close_all_but(c);
 
     if (c->cwd && chdir(c->cwd) != 0)
         report(c, STEP_CHDIR, errno);
@@ -349,7 +374,12 @@ static int child_main(void *arg)
             tagged(c, SYS_close, fd, 0, 0);
         }
     }
+}
 
+static int child_main(void *arg)
+{
+    const struct config *c = arg;
+    lockdown(c);
     tagged(c, SYS_execve, (long)c->path, (long)c->argv, (long)c->envp);
     report(c, STEP_EXEC, errno);
     return 127;
@@ -453,6 +483,138 @@ static int parse_overlays(PyObject *obj, struct config *c, PyObject **keep)
     return 0;
 }
 
+/* The Python objects a parsed config points into: released once the config is no longer used. */
+struct held {
+    PyObject *argv, *envp, *filters, *overlays;
+    char **argv_list, **envp_list;
+};
+
+static void release_held(struct held *h)
+{
+    PyMem_Free(h->argv_list);
+    PyMem_Free(h->envp_list);
+    Py_XDECREF(h->argv);
+    Py_XDECREF(h->envp);
+    Py_XDECREF(h->filters);
+    Py_XDECREF(h->overlays);
+}
+
+/* The lockdown keywords shared by spawn() and lockdown_self(); `with_exec`: path, argv, envp too. */
+static int parse_config(PyObject *args, PyObject *kwargs, int with_exec, struct config *c, struct held *h)
+{
+    static char *exec_keywords[] = {"path", "argv", "envp", "cwd", "stdio", "errpipe", "parent_pid", "cgroup_fds",
+                                    "rlimits", "drop_bounding_set", "last_cap", "securebits", "uid", "gid",
+                                    "landlock_fd", "filters", "listener_sock", "umask", "overlays", "magic", NULL};
+    PyObject *path = NULL, *argv_obj = NULL, *envp_obj = NULL, *cwd_obj, *stdio_obj, *cgroup_obj, *rlimits_obj,
+             *filters_obj, *overlays_obj = NULL;
+    int errpipe, parent_pid, drop_bounding_set, last_cap, landlock_fd, listener_sock;
+    long securebits, uid, gid;
+    unsigned int umask_value;
+    unsigned long long magic = 0;
+    int ok = with_exec
+        ? PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOiiOOpillliOiI|OK", exec_keywords, &PyBytes_Type, &path,
+                                      &argv_obj, &envp_obj, &cwd_obj, &stdio_obj, &errpipe, &parent_pid,
+                                      &cgroup_obj, &rlimits_obj, &drop_bounding_set, &last_cap, &securebits, &uid,
+                                      &gid, &landlock_fd, &filters_obj, &listener_sock, &umask_value,
+                                      &overlays_obj, &magic)
+        : PyArg_ParseTupleAndKeywords(args, kwargs, "OOiiOOpillliOiI|OK", exec_keywords + 3, &cwd_obj, &stdio_obj,
+                                      &errpipe, &parent_pid, &cgroup_obj, &rlimits_obj, &drop_bounding_set,
+                                      &last_cap, &securebits, &uid, &gid, &landlock_fd, &filters_obj,
+                                      &listener_sock, &umask_value, &overlays_obj, &magic);
+    if (!ok)
+        return -1;
+
+    if (with_exec) {
+        c->path = PyBytes_AS_STRING(path);
+        if (!(h->argv_list = bytes_list(argv_obj, &h->argv)) || !(h->envp_list = bytes_list(envp_obj, &h->envp)))
+            return -1;
+        c->argv = h->argv_list;
+        c->envp = h->envp_list;
+    }
+    if (cwd_obj != Py_None) {
+        if (!PyBytes_Check(cwd_obj)) {
+            PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
+            return -1;
+        }
+        c->cwd = PyBytes_AS_STRING(cwd_obj); /* the caller's reference keeps it alive */
+    }
+    int n_stdio = 0;
+    if (int_list(stdio_obj, c->stdio, 3, &n_stdio, "stdio fds") < 0)
+        return -1;
+    if (n_stdio != 3) {
+        PyErr_SetString(PyExc_ValueError, "stdio must hold exactly 3 fds");
+        return -1;
+    }
+    if (int_list(cgroup_obj, c->cgroup_fds, MAX_CGROUP_FDS, &c->n_cgroup_fds, "cgroup fds") < 0)
+        return -1;
+
+    PyObject *fast = PySequence_Fast(rlimits_obj, "rlimits must be a sequence of (resource, soft, hard)");
+    if (!fast)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (n > MAX_RLIMITS) {
+        PyErr_SetString(PyExc_ValueError, "too many rlimits");
+        Py_DECREF(fast);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int resource;
+        unsigned long long soft, hard;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "iKK", &resource, &soft, &hard)) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        c->rlimits[i].resource = resource;
+        c->rlimits[i].value.rlim_cur = soft;
+        c->rlimits[i].value.rlim_max = hard;
+    }
+    c->n_rlimits = (int)n;
+    Py_DECREF(fast);
+
+    h->filters = PySequence_Fast(filters_obj, "filters must be a sequence of (program bytes, flags)");
+    if (!h->filters)
+        return -1;
+    n = PySequence_Fast_GET_SIZE(h->filters);
+    if (n > MAX_FILTERS) {
+        PyErr_SetString(PyExc_ValueError, "too many seccomp filters");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *program;
+        unsigned int flags;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(h->filters, i), "O!I", &PyBytes_Type, &program, &flags))
+            return -1;
+        Py_ssize_t size = PyBytes_GET_SIZE(program);
+        if (size == 0 || size % sizeof(struct sock_filter) != 0 || size / sizeof(struct sock_filter) > 0xFFFF) {
+            PyErr_SetString(PyExc_ValueError, "a seccomp program must be a non-empty array of sock_filter");
+            return -1;
+        }
+        c->filters[i].prog.len = (unsigned short)(size / sizeof(struct sock_filter));
+        c->filters[i].prog.filter = (struct sock_filter *)PyBytes_AS_STRING(program);
+        c->filters[i].flags = flags;
+    }
+    c->n_filters = (int)n;
+
+    c->errpipe = errpipe;
+    c->parent_pid = parent_pid;
+    c->drop_bounding_set = drop_bounding_set;
+    c->last_cap = last_cap;
+    c->securebits = securebits;
+    c->uid = uid;
+    c->gid = gid;
+    c->landlock_fd = landlock_fd;
+    c->listener_sock = listener_sock;
+    c->umask = (mode_t)umask_value;
+    c->magic = magic;
+    if (overlays_obj && parse_overlays(overlays_obj, c, &h->overlays) < 0)
+        return -1;
+    if (c->n_overlays > 0 && c->landlock_fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "overlays need a Landlock ruleset");
+        return -1;
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(spawn_doc,
 "spawn(path, argv, envp, cwd, stdio, errpipe, parent_pid, cgroup_fds, rlimits,\n"
 "      drop_bounding_set, last_cap, securebits, uid, gid, landlock_fd, filters,\n"
@@ -464,114 +626,14 @@ PyDoc_STRVAR(spawn_doc,
 static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     (void)self;
-    static char *keywords[] = {"path", "argv", "envp", "cwd", "stdio", "errpipe", "parent_pid", "cgroup_fds",
-                               "rlimits", "drop_bounding_set", "last_cap", "securebits", "uid", "gid",
-                               "landlock_fd", "filters", "listener_sock", "umask", "overlays", "magic", NULL};
-    PyObject *path, *argv_obj, *envp_obj, *cwd_obj, *stdio_obj, *cgroup_obj, *rlimits_obj, *filters_obj;
-    PyObject *overlays_obj = NULL;
-    int errpipe, parent_pid, drop_bounding_set, last_cap, landlock_fd, listener_sock;
-    long securebits, uid, gid;
-    unsigned int umask_value;
-    unsigned long long magic = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOiiOOpillliOiI|OK", keywords, &PyBytes_Type, &path,
-                                     &argv_obj, &envp_obj, &cwd_obj, &stdio_obj, &errpipe, &parent_pid,
-                                     &cgroup_obj, &rlimits_obj, &drop_bounding_set, &last_cap, &securebits, &uid,
-                                     &gid, &landlock_fd, &filters_obj, &listener_sock, &umask_value,
-                                     &overlays_obj, &magic))
-        return NULL;
-
     struct config c;
+    struct held h;
     memset(&c, 0, sizeof c);
-    PyObject *keep_argv = NULL, *keep_envp = NULL, *keep_filters = NULL, *keep_overlays = NULL, *result = NULL;
-    char **argv = NULL, **envp = NULL;
+    memset(&h, 0, sizeof h);
+    PyObject *result = NULL;
     void *stack = NULL;
-
-    c.path = PyBytes_AS_STRING(path);
-    if (cwd_obj != Py_None) {
-        if (!PyBytes_Check(cwd_obj)) {
-            PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
-            return NULL;
-        }
-        c.cwd = PyBytes_AS_STRING(cwd_obj);
-    }
-    if (!(argv = bytes_list(argv_obj, &keep_argv)) || !(envp = bytes_list(envp_obj, &keep_envp)))
+    if (parse_config(args, kwargs, 1, &c, &h) < 0)
         goto done;
-    c.argv = argv;
-    c.envp = envp;
-    int n_stdio = 0;
-    if (int_list(stdio_obj, c.stdio, 3, &n_stdio, "stdio fds") < 0)
-        goto done;
-    if (n_stdio != 3) {
-        PyErr_SetString(PyExc_ValueError, "stdio must hold exactly 3 fds");
-        goto done;
-    }
-    if (int_list(cgroup_obj, c.cgroup_fds, MAX_CGROUP_FDS, &c.n_cgroup_fds, "cgroup fds") < 0)
-        goto done;
-
-    PyObject *fast = PySequence_Fast(rlimits_obj, "rlimits must be a sequence of (resource, soft, hard)");
-    if (!fast)
-        goto done;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
-    if (n > MAX_RLIMITS) {
-        PyErr_SetString(PyExc_ValueError, "too many rlimits");
-        Py_DECREF(fast);
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        int resource;
-        unsigned long long soft, hard;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "iKK", &resource, &soft, &hard)) {
-            Py_DECREF(fast);
-            goto done;
-        }
-        c.rlimits[i].resource = resource;
-        c.rlimits[i].value.rlim_cur = soft;
-        c.rlimits[i].value.rlim_max = hard;
-    }
-    c.n_rlimits = (int)n;
-    Py_DECREF(fast);
-
-    keep_filters = PySequence_Fast(filters_obj, "filters must be a sequence of (program bytes, flags)");
-    if (!keep_filters)
-        goto done;
-    n = PySequence_Fast_GET_SIZE(keep_filters);
-    if (n > MAX_FILTERS) {
-        PyErr_SetString(PyExc_ValueError, "too many seccomp filters");
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *program;
-        unsigned int flags;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(keep_filters, i), "O!I", &PyBytes_Type, &program, &flags))
-            goto done;
-        Py_ssize_t size = PyBytes_GET_SIZE(program);
-        if (size == 0 || size % sizeof(struct sock_filter) != 0 || size / sizeof(struct sock_filter) > 0xFFFF) {
-            PyErr_SetString(PyExc_ValueError, "a seccomp program must be a non-empty array of sock_filter");
-            goto done;
-        }
-        c.filters[i].prog.len = (unsigned short)(size / sizeof(struct sock_filter));
-        c.filters[i].prog.filter = (struct sock_filter *)PyBytes_AS_STRING(program);
-        c.filters[i].flags = flags;
-    }
-    c.n_filters = (int)n;
-
-    c.errpipe = errpipe;
-    c.parent_pid = parent_pid;
-    c.drop_bounding_set = drop_bounding_set;
-    c.last_cap = last_cap;
-    c.securebits = securebits;
-    c.uid = uid;
-    c.gid = gid;
-    c.landlock_fd = landlock_fd;
-    c.listener_sock = listener_sock;
-    c.umask = (mode_t)umask_value;
-    c.magic = magic;
-    if (overlays_obj && parse_overlays(overlays_obj, &c, &keep_overlays) < 0)
-        goto done;
-    if (c.n_overlays > 0 && c.landlock_fd < 0) {
-        PyErr_SetString(PyExc_ValueError, "overlays need a Landlock ruleset");
-        goto done;
-    }
 
     stack = PyMem_RawMalloc(CHILD_STACK_SIZE);
     if (!stack) {
@@ -602,13 +664,77 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
 
 done:
     PyMem_RawFree(stack);
-    PyMem_Free(argv);
-    PyMem_Free(envp);
-    Py_XDECREF(keep_argv);
-    Py_XDECREF(keep_envp);
-    Py_XDECREF(keep_filters);
-    Py_XDECREF(keep_overlays);
+    release_held(&h);
     return result;
+}
+
+PyDoc_STRVAR(lockdown_self_doc,
+"lockdown_self(cwd, stdio, errpipe, parent_pid, cgroup_fds, rlimits, drop_bounding_set, last_cap,\n"
+"              securebits, uid, gid, landlock_fd, filters, listener_sock, umask, overlays=(),\n"
+"              magic=0) -> None\n\n"
+"Apply spawn()'s lockdown to the calling process itself, which must be single-threaded (a warm\n"
+"template's fresh copy; it never returns to a caller that could still use what it dropped).\n"
+"The same steps as spawn's child, in the same order, except that every fd above stdio is closed\n"
+"(no exec follows to close them) but errpipe, which the caller closes once the program runs.\n"
+"On failure it writes (step, errno) to errpipe and exits 127: it never returns half locked down.");
+
+static PyObject *lockdown_self(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    (void)self;
+    struct config c;
+    struct held h;
+    memset(&c, 0, sizeof c);
+    memset(&h, 0, sizeof h);
+    if (parse_config(args, kwargs, 0, &c, &h) < 0) {
+        release_held(&h);
+        return NULL;
+    }
+    c.in_place = 1;
+    /* Signals stay blocked while dispositions change (Python's handlers must not run midway). */
+    sigset_t all;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, NULL);
+    lockdown(&c); /* unblocks every signal in its first step */
+    if (c.landlock_fd >= 0)
+        close(c.landlock_fd);
+    release_held(&h);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(fork_sibling_doc,
+"fork_sibling() -> int\n\n"
+"fork() whose child is a child of the caller's parent (CLONE_PARENT), so that the process that\n"
+"asked a warm template for a run can wait for it, read its rusage and kill it like any spawn.\n"
+"Returns the child's pid in the caller and 0 in the child, like os.fork (Python's fork hooks run).");
+
+static PyObject *fork_sibling(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+#ifndef PR_GET_TID_ADDRESS
+#define PR_GET_TID_ADDRESS 40
+#endif
+    /* The C library caches the thread id where set_tid_address pointed the kernel: have the
+     * kernel write the child's own id there, as the library's fork does. */
+    int *tid_address = NULL;
+    unsigned long flags = CLONE_PARENT;
+    if (prctl(PR_GET_TID_ADDRESS, &tid_address, 0, 0, 0) == 0 && tid_address != NULL)
+        flags |= CLONE_CHILD_SETTID;
+    else
+        tid_address = NULL;
+    PyOS_BeforeFork();
+    long pid = syscall(SYS_clone, flags, 0L, NULL, tid_address, 0L);
+    int saved_errno = errno;
+    if (pid == 0) {
+        PyOS_AfterFork_Child();
+        return PyLong_FromLong(0);
+    }
+    PyOS_AfterFork_Parent();
+    if (pid < 0) {
+        errno = saved_errno;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong(pid);
 }
 
 PyDoc_STRVAR(syscall_doc,
@@ -705,7 +831,9 @@ static PyObject *landlock_add_path_rules(PyObject *self, PyObject *args)
 }
 
 static PyMethodDef methods[] = {
+    {"fork_sibling", fork_sibling, METH_NOARGS, fork_sibling_doc},
     {"landlock_add_path_rules", landlock_add_path_rules, METH_VARARGS, add_rules_doc},
+    {"lockdown_self", (PyCFunction)(void (*)(void))lockdown_self, METH_VARARGS | METH_KEYWORDS, lockdown_self_doc},
     {"spawn", (PyCFunction)(void (*)(void))spawn, METH_VARARGS | METH_KEYWORDS, spawn_doc},
     {"syscall", raw_syscall, METH_VARARGS, syscall_doc},
     {NULL, NULL, 0, NULL},
