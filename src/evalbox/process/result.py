@@ -57,6 +57,7 @@ class Output:
     protections: Protections | None = field(default=None, repr=False)
     syscalls: tuple = ()  # SyscallRecord audit trail of intercepted calls (notify modes)
     error: str | None = None  # why evalbox ended the run when no limit did (a failing supervisor)
+    warm: bool = False  # started from a warm interpreter's fresh copy (evalbox.python), not a cold exec
 
     @property
     def success(self) -> bool:
@@ -93,4 +94,5 @@ class Output:
             "protections": self.protections.as_dict() if self.protections else None,
             "syscalls": [r._asdict() for r in self.syscalls],
             "error": self.error,
+            "warm": self.warm,
         }

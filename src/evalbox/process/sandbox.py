@@ -11,7 +11,7 @@ import signal
 import time
 
 from evalbox.policy.plan import Plan
-from evalbox.process import watchdog
+from evalbox.process import warm, watchdog
 from evalbox.process.host import Host
 from evalbox.process.lockdown import Lockdown, prepare
 from evalbox.process.result import Output, Status
@@ -48,7 +48,17 @@ class Sandbox:
             for fd in (self.stdin_w, self.stdout_r, self.stderr_r):
                 os.set_blocking(fd, False)
             self.started = time.monotonic()
-            self.pid, self.pidfd, listener = spawn(self.lock, in_r, out_w, err_w)
+            self.warm = False
+            listener = -1
+            template = warm.template_for(plan, self.lock) if warm.eligible(plan, self.lock) else None
+            if template is not None:
+                try:
+                    self.pid, self.pidfd = template.start(self.lock, plan, in_r, out_w, err_w)
+                    self.warm = True
+                except warm.TemplateUnavailable:
+                    warm.forget(template)  # nothing of the run started: it goes cold
+            if not self.warm:
+                self.pid, self.pidfd, listener = spawn(self.lock, in_r, out_w, err_w)
         except BaseException:
             for fd in child_fds + [getattr(self, n, -1) for n in ("stdin_w", "stdout_r", "stderr_r")]:
                 if fd >= 0:
@@ -192,6 +202,7 @@ class Sandbox:
             protections=self.lock.protections,
             syscalls=tuple(self.supervision.records) if self.supervision else (),
             error=self.error,
+            warm=self.warm,
         )
 
     def close(self) -> None:

@@ -88,6 +88,9 @@ def _spawn_error(lock: Lockdown, step: int, err: int) -> Exception:
     return SpawnError(err, f"sandbox set-up failed while trying to {what}: {reason}; nothing was run")
 
 
+spawn_error = _spawn_error  # also raised for a warm run whose in-place lockdown failed
+
+
 def kill_uid(uid: int, gid: int) -> None:
     """SIGKILL every process of a sandbox's own uid, by running `kill -KILL -1` as that uid.
 

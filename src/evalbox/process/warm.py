@@ -1,0 +1,258 @@
+"""Warm Python: start a run from a fresh copy of a pre-initialised interpreter (SPEC §10).
+
+A template is a Python interpreter started by evalbox itself (clean environment, its own session,
+killed with its caller) that imports a set of modules once and never runs user code. For each run
+evalbox sends it the run's prepared Lockdown and stdio; the template forks a copy whose parent is
+this process (CLONE_PARENT: waited for, killed and accounted like a cold spawn), the copy applies
+the same lockdown in place (`_spawn.lockdown_self`), makes itself look like `python -s main.py`
+just started, and runs the script. No process serves two runs.
+
+A run goes cold instead (same Output, `Output.warm` False) when the plan needs what a copy
+cannot give: notify modes (the audit trail would miss the interpreter's start-up), PYTHON*,
+LANG or LC_* variables in `env` (they act at interpreter start-up), or an interpreter that
+cannot load evalbox's extension (another Python version). See README "Warm Python".
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import queue
+import select
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from evalbox.errors import SandboxError
+from evalbox.kernel import _spawn
+from evalbox.kernel import capabilities as caps
+from evalbox.policy.plan import Plan
+from evalbox.process.lockdown import UMASK, Lockdown
+
+START_TIMEOUT = 60.0  # seconds for a template to import its modules and report
+TEMPLATE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+_PRCTL = {"x86_64": 157, "aarch64": 167}  # the prctl system call (the template arms PDEATHSIG)
+_SOURCE_PATH = os.path.join(os.path.dirname(__file__), "warm_template.py")
+
+
+class TemplateUnavailable(SandboxError):
+    """This interpreter cannot serve warm runs (the run goes cold)."""
+
+
+def eligible(plan: Plan, lock: Lockdown) -> bool:
+    """Can this prepared run start from a warm copy with the same observable behaviour?"""
+    if plan.warm is None or lock.magic:
+        return False
+    return not any(k.startswith(("PYTHON", "LC_")) or k == "LANG" for k in plan.env)
+
+
+class _Spawner:
+    """One long-lived thread starts every template: a process's parent-death signal belongs to
+    the thread that created it, and a warm run's parent is its template's parent. A run must not
+    die because the thread that happened to start the template ended."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], threading.Event]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="evalbox-warm-spawner", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            fn, box, done = self._jobs.get()
+            try:
+                box.append(fn())
+            except BaseException as e:  # noqa: BLE001 - handed back to the waiting caller
+                box.append(e)
+            done.set()
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        box: list[Any] = []
+        done = threading.Event()
+        self._jobs.put((fn, box, done))
+        done.wait()
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+
+
+class Template:
+    """One warm interpreter: `executable` run as `argv0 -s -c <template>` with `preload` imported."""
+
+    def __init__(self, executable: str, argv0: str, preload: tuple[str, ...]) -> None:
+        self.executable, self.argv0, self.preload = executable, argv0, preload
+        self.lock = threading.Lock()  # one request/answer exchange at a time
+        self.pid = self.pidfd = -1
+        self.control: socket.socket | None = None
+        self.failed: list[str] = []
+        _spawner().call(self._start)
+
+    def _start(self) -> None:
+        # Not _spawn.spawn: that drops every capability, and the template must keep the ones the
+        # lockdown of its copies needs (setuid, the bounding set, the mount namespace). It arms
+        # its own parent-death signal (see warm_template.py).
+        import subprocess
+
+        with open(_SOURCE_PATH, encoding="utf-8") as f:
+            source = f.read()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            self.process = subprocess.Popen(
+                [self.argv0, "-s", "-c", source, _spawn.__file__, ",".join(self.preload), str(os.getpid()),
+                 str(_PRCTL[os.uname().machine])],
+                executable=self.executable, stdin=theirs, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                cwd="/", env=TEMPLATE_ENV, start_new_session=True, umask=UMASK,
+            )
+        except OSError as e:
+            ours.close()
+            raise TemplateUnavailable(f"cannot start {self.executable} as a warm template: {e}") from None
+        finally:
+            theirs.close()
+        self.pid, self.pidfd, self.control = self.process.pid, os.pidfd_open(self.process.pid), ours
+        hello = self._receive(START_TIMEOUT)
+        if not hello.get("ok"):
+            self.close()
+            raise TemplateUnavailable(f"{self.executable} cannot serve warm runs: {hello.get('error', 'no answer')}")
+        self.failed = list(hello.get("failed", ()))
+
+    def _receive(self, timeout: float) -> dict[str, Any]:
+        assert self.control is not None
+        ready, _, _ = select.select([self.control, self.pidfd], [], [], timeout)
+        if self.control not in ready:
+            return {"ok": False, "error": "the template exited" if ready else "the template did not answer in time"}
+        data = self.control.recv(4096)
+        if not data:
+            return {"ok": False, "error": "the template exited"}
+        answer = marshal.loads(data)
+        return answer if isinstance(answer, dict) else {"ok": False, "error": "garbled answer"}
+
+    @property
+    def alive(self) -> bool:
+        if self.control is None:
+            return False
+        ready, _, _ = select.select([self.pidfd], [], [], 0)
+        return not ready
+
+    def start(self, lock: Lockdown, plan: Plan, stdin: int, stdout: int, stderr: int) -> tuple[int, int]:
+        """Start one run from a fresh copy; returns (pid, pidfd) once it is locked down and the
+        program about to run. Raises TemplateUnavailable when the template itself failed (nothing
+        of the run was started) and SpawnError-like errors when the lockdown failed."""
+        from evalbox.process.spawn import spawn_error
+
+        argv = list(plan.argv)
+        script = os.path.join(lock.cwd, argv[2])
+        request = {
+            "cwd": lock.cwd.encode(), "parent_pid": os.getpid(), "rlimits": [tuple(r) for r in lock.rlimits],
+            "drop_bounding_set": lock.drop_bounding_set, "last_cap": caps.last_cap(), "securebits": lock.securebits,
+            "uid": lock.uid, "gid": lock.gid, "filters": [(bytes(p), int(f)) for p, f in lock.filters],
+            "umask": UMASK, "overlays": [(t, o, r, [(bytes(p), bool(d)) for p, d in binds])
+                                         for t, o, r, binds in lock.overlays],
+            "landlock": lock.ruleset.fd >= 0, "env": list(lock.env), "script": script,
+            "argv": argv[2:], "orig_argv": [argv[0], *argv[1:]],
+        }
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        fds = [stdin, stdout, stderr, write_end] + ([lock.ruleset.fd] if lock.ruleset.fd >= 0 else []) + list(lock.cgroup_fds)
+        try:
+            with self.lock:
+                if self.control is None:
+                    raise TemplateUnavailable("the template is closed")
+                try:
+                    socket.send_fds(self.control, [marshal.dumps(request)], fds)
+                except OSError as e:
+                    raise TemplateUnavailable(f"the template is gone ({e})") from None
+                os.close(write_end)
+                write_end = -1
+                answer = self._receive(START_TIMEOUT)
+            if "pid" not in answer:
+                raise TemplateUnavailable(f"the template could not start a run: {answer.get('error')}")
+            pid = answer["pid"]
+            # Our child (CLONE_PARENT): nobody else can reap it, so the pid stays its own.
+            pidfd = os.pidfd_open(pid)
+            report = os.read(read_end, 8)
+        finally:
+            if write_end >= 0:
+                os.close(write_end)
+            os.close(read_end)
+        if len(report) == 8:
+            os.waitpid(pid, 0)
+            os.close(pidfd)
+            step, err = struct.unpack("=ii", report)
+            raise spawn_error(lock, step, err)
+        return pid, pidfd
+
+    def close(self) -> None:
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.pidfd >= 0:
+            try:
+                os.kill(self.pid, 9)
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+_lock = threading.Lock()
+_templates: dict[tuple[str, str, tuple[str, ...]], Template | TemplateUnavailable] = {}
+_the_spawner: _Spawner | None = None
+
+
+def _spawner() -> _Spawner:
+    global _the_spawner
+    if _the_spawner is None:
+        _the_spawner = _Spawner()
+    return _the_spawner
+
+
+def template_for(plan: Plan, lock: Lockdown) -> Template | None:
+    """The live template for this plan's interpreter and preload set, started on first use; None
+    when this interpreter cannot serve warm runs (remembered: it is not asked again)."""
+    assert plan.warm is not None
+    key = (lock.executable, plan.argv[0], plan.warm)
+    with _lock:
+        found = _templates.get(key)
+        if isinstance(found, TemplateUnavailable):
+            return None
+        if found is not None and found.alive:
+            return found
+        if found is not None:
+            found.close()
+        try:
+            found = _templates[key] = Template(*key)
+        except TemplateUnavailable as e:
+            _templates[key] = e
+            return None
+        return found
+
+
+def forget(template: Template) -> None:
+    """A template that failed a request is closed; the next run starts a new one."""
+    with _lock:
+        for key, value in list(_templates.items()):
+            if value is template:
+                del _templates[key]
+    template.close()
+
+
+def close_all() -> None:
+    with _lock:
+        for value in _templates.values():
+            if isinstance(value, Template):
+                value.close()
+        _templates.clear()
+
+
+def _forget_after_fork() -> None:
+    # A forked caller owns none of its parent's templates, and has no spawner thread.
+    global _the_spawner
+    _templates.clear()
+    _the_spawner = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+import atexit  # noqa: E402
+
+atexit.register(close_all)
