@@ -81,6 +81,7 @@ enum step {
     STEP_LISTENER,
     STEP_EXEC,
     STEP_MOUNTS,
+    STEP_DUMPABLE,
 };
 
 struct child_rlimit {
@@ -354,6 +355,10 @@ static void lockdown(const struct config *c)
     /* After the credential changes: changing uid clears the parent-death signal. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
         report(c, STEP_PDEATHSIG, errno);
+    /* Changing uid also made the process non-dumpable (its /proc files root's: no
+     * /proc/self/environ or /proc/self/mem); an exec undoes that, so in place do it here. */
+    if (c->in_place && prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) != 0)
+        report(c, STEP_DUMPABLE, errno);
     /* The caller may have died before the signal was armed. */
     if (getppid() != c->parent_pid)
         report(c, STEP_PARENT_GONE, ESRCH);

@@ -20,7 +20,7 @@ STEPS = {
     9: "set rlimits", 10: "drop the capability bounding set", 11: "lock securebits", 12: "clear groups",
     13: "switch gid", 14: "switch uid", 15: "drop capabilities", 16: "set no_new_privs",
     17: "apply Landlock", 18: "install the seccomp filter", 19: "hand over the notify listener", 20: "exec",
-    21: "set up the private mounts (/dev/shm, hidden paths)",
+    21: "set up the private mounts (/dev/shm, hidden paths)", 22: "make the process dumpable again (warm run)",
 }
 STEP_LANDLOCK, STEP_SECCOMP, STEP_EXEC = 17, 18, 20
 
