@@ -309,11 +309,20 @@ class Run:
         pytest.fail(f"{attack}: no verdict (neither BLOCKED nor killed by SIGSYS while trying it)\n{self.describe()}")
 
 
+# A warm Python run that becomes the payload: everything the payload can reach was set up by the
+# warm path (the template's copy locked itself down in place), and exec keeps all of it.
+WARM_EXEC = "import os, sys\nos.execv(sys.argv[1], sys.argv[1:])\n"
+
+
 @dataclass
 class Box:
-    """Runs payloads in fresh sandboxes and checks each run leaves nothing behind."""
+    """Runs payloads in fresh sandboxes and checks each run leaves nothing behind.
+
+    `start` "cold": the payload is the sandbox's program; "warm": a warm evalbox.python run
+    (a template's locked-down copy) execs the payload, so every attack also tests that path."""
 
     payloads: dict[str, bytes]
+    start: str = "cold"
     runs: list[Run] = field(default_factory=list)
 
     def plan(self, payload: str, *args: str, files: dict | None = None, **kw) -> tuple[evalbox.Plan, str]:
@@ -322,12 +331,17 @@ class Box:
         all_files = {exe: evalbox.File(self.payloads[payload], executable=True)}
         all_files.update(files or {})
         kw.setdefault("timeout", 10)
+        if self.start == "warm":
+            plan = evalbox.python.plan(WARM_EXEC, args=[f"./{exe}", *args], files=all_files, warm=True, **kw)
+            return plan, token
         return evalbox.Plan([f"./{exe}", *args], files=all_files, **kw), token
 
     def run(self, payload: str, *args: str, check_clean: bool = True, **kw) -> Run:
         plan, token = self.plan(payload, *args, **kw)
         fds_before = own_fds()
         out = evalbox.run(plan)
+        if self.start == "warm":
+            assert out.warm, f"the warm variant of {payload} ran cold: {out.stderr[-500:]!r}"
         r = Run(out, list(plan.argv), token, label=f"{payload} {' '.join(args)}")
         self.runs.append(r)
         if check_clean:
@@ -387,8 +401,10 @@ def assert_clean(r: Run, fds_before: set[int] | None = None) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _warm_caches():
     """evalbox keeps per-process caches (O_PATH fds of system paths, a pool of emptied cgroups and
-    workspaces): fill them once so the per-run fd check sees only real leaks."""
+    workspaces, and the warm Python template's socket and pidfd): fill them once so the per-run
+    fd check sees only real leaks."""
     evalbox.run(["true"], timeout=10)
+    assert evalbox.python.run("pass", warm=True, timeout=30).warm
 
 
 @pytest.fixture(scope="session")
@@ -402,9 +418,9 @@ def workspace_base() -> str:
     return os.path.dirname(os.path.dirname(cwd))
 
 
-@pytest.fixture
-def box(payloads) -> Box:
-    return Box(payloads)
+@pytest.fixture(params=["cold", "warm"])
+def box(payloads, request) -> Box:
+    return Box(payloads, start=request.param)
 
 
 # -- sacrificial targets ------------------------------------------------------------------------

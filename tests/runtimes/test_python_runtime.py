@@ -17,6 +17,21 @@ from rt_helpers import describe, ok
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
+@pytest.fixture(params=["warm", "cold"], autouse=True)
+def python_start(request, monkeypatch):
+    """Every test here runs with warm runs (the default) and with cold ones."""
+    warm = request.param == "warm"
+    monkeypatch.setattr(evalbox.runtimes.python, "WARM_DEFAULT", warm)
+    real_run = evalbox.runtimes.python._run
+
+    def checked_run(plan):
+        out = real_run(plan)
+        assert out.warm is warm, f"a {request.param} run came back with warm={out.warm}"
+        return out
+    monkeypatch.setattr(evalbox.runtimes.python, "_run", checked_run)
+    return request.param
+
+
 @pytest.fixture
 def venv_dir():
     """A venv of the system Python with one module of its own, readable by other users."""

@@ -59,6 +59,11 @@ class _Spawner:
         self._thread.start()
 
     def _loop(self) -> None:
+        import signal
+
+        # Never the thread a process-directed signal lands on: the caller's handlers and masks
+        # stay as they were (Python runs handlers in the main thread anyway).
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         while True:
             fn, box, done = self._jobs.get()
             try:
