@@ -27,6 +27,9 @@ from evalbox.process.workspace import Workspace
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 UMASK = 0o022
+# What a slot's resident launcher may have charged to the group (its own pages it wrote after
+# joining; what it had before stays charged where it was), added to the run's memory limit.
+SLOT_MEMORY_RESERVE = 2 << 20
 
 _counter = itertools.count()
 
@@ -55,6 +58,7 @@ class Lockdown:
     magic: int = 0  # non-zero when a notify filter is installed (see _spawn.c `tagged`)
     cgroup_fds: list[int] = field(default_factory=list)
     uid_lease: UidLease | None = None
+    owns_cgroup: bool = True  # False: a resident slot's group, which the slot recycles itself
 
     def release_spawn_resources(self) -> None:
         """Close what only the child needed (the Landlock ruleset, the cgroup.procs fds)."""
@@ -67,7 +71,8 @@ class Lockdown:
         """Release everything: call after every process of the run is dead."""
         self.release_spawn_resources()
         if self.cgroup is not None:
-            cgroups.release(self.cgroup)
+            if self.owns_cgroup:
+                cgroups.release(self.cgroup)
             self.cgroup = None
         self.workspace.remove()
         if not keep_uid:
@@ -222,7 +227,9 @@ def _environment(plan: Plan, ws: Workspace) -> dict[str, str]:
     return env
 
 
-def prepare(plan: Plan, host: Host) -> Lockdown:
+def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> Lockdown:
+    """`slot_group`: the group of a resident slot whose launcher (`slot_group.resident`, one
+    process, counted in pids.max) forks the run inside it; nothing then joins a group."""
     check_floor(host)
     for mount in plan.mounts:
         if not os.path.exists(mount.source):
@@ -255,12 +262,16 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
         runtime = runtime_files(executable, env_path=env["PATH"], ld_library_path=env.get("LD_LIBRARY_PATH", ""))
 
         want = {c for c, needed in (("memory", plan.memory), ("pids", plan.max_pids)) if needed is not None}
-        if host.cgroup.version and want & host.cgroup.controllers:
+        extra_pids, extra_memory = 0, 0
+        if slot_group is not None:
+            group, extra_pids, extra_memory = slot_group, 1, SLOT_MEMORY_RESERVE
+        elif host.cgroup.version and want & host.cgroup.controllers:
             group = cgroups.acquire(host.cgroup, f"sb-{next(_counter)}")
+        if group is not None:
             if plan.memory is not None and "memory" in group.dirs:
-                group.set_memory(plan.memory)
+                group.set_memory(plan.memory + extra_memory)
             if plan.max_pids is not None and "pids" in group.dirs:
-                group.set_pids(plan.max_pids)
+                group.set_pids(plan.max_pids + extra_pids)
         use_mem = group is not None and "memory" in group.dirs
         use_pids = group is not None and "pids" in group.dirs
         if host.switches_uid and plan.max_pids is not None and not use_pids and not host.switches_uid:
@@ -332,13 +343,14 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             cgroup=group,
             protections=protections,
             overlays=overlays,
-            cgroup_fds=group.open_procs() if group is not None else [],
+            cgroup_fds=group.open_procs() if group is not None and slot_group is None else [],
             uid_lease=lease,
+            owns_cgroup=slot_group is None,
         )
     except BaseException:
         if ruleset is not None:
             ruleset.close()
-        if group is not None:
+        if group is not None and slot_group is None:
             cgroups.release(group)
         if ws is not None:
             ws.remove()

@@ -31,7 +31,20 @@ class Sandbox:
         self.id = sandbox_id
         self.supervision: Supervision | None = None
         self.error: str | None = None  # why evalbox ended the run, when it was not a limit
-        self.lock: Lockdown = prepare(plan, host)
+        # Warm Python (README "Warm Python"): a template's copy, born in a resident slot's cgroup
+        # where the host has v1 cgroups; anything a copy cannot do the same way runs cold.
+        self.warm = False
+        self.slot: warm.Slot | None = None
+        template = warm.template_for(plan) if warm.eligible(plan) else None
+        if template is not None and warm.slots_usable(plan, host.cgroup):
+            self.slot = template.acquire_slot(host.cgroup)
+        try:
+            self.lock: Lockdown = prepare(plan, host, slot_group=self.slot.group if self.slot else None)
+        except BaseException:
+            if self.slot is not None:
+                template.release_slot(self.slot)
+            raise
+        self.template = template
         self.stdout = bytearray()
         self.stderr = bytearray()
         self.stdout_truncated = self.stderr_truncated = False
@@ -48,22 +61,14 @@ class Sandbox:
             for fd in (self.stdin_w, self.stdout_r, self.stderr_r):
                 os.set_blocking(fd, False)
             self.started = time.monotonic()
-            self.warm = False
-            listener = -1
-            template = warm.template_for(plan, self.lock) if warm.eligible(plan, self.lock) else None
-            if template is not None:
-                try:
-                    self.pid, self.pidfd = template.start(self.lock, plan, in_r, out_w, err_w)
-                    self.warm = True
-                except warm.TemplateUnavailable:
-                    warm.forget(template)  # nothing of the run started: it goes cold
-            if not self.warm:
-                self.pid, self.pidfd, listener = spawn(self.lock, in_r, out_w, err_w)
+            listener = self._start(plan, host, in_r, out_w, err_w)
         except BaseException:
             for fd in child_fds + [getattr(self, n, -1) for n in ("stdin_w", "stdout_r", "stderr_r")]:
                 if fd >= 0:
                     os.close(fd)
             self.lock.close()
+            if self.slot is not None:
+                self.template.release_slot(self.slot)
             raise
         finally:
             for fd in child_fds:
@@ -87,6 +92,28 @@ class Sandbox:
         watchdog.register(str(self.pid), self.pid, self.lock.uid, lease.path if lease else "",
                           group.distinct_dirs if group else [], self.lock.workspace.root)
         self.deadline = self.started + plan.timeout if plan.timeout is not None else None
+
+    def _start(self, plan: Plan, host: Host, stdin: int, stdout: int, stderr: int) -> int:
+        """Start the program warm if it may, else cold; returns the notify listener or -1."""
+        template = self.template
+        if template is not None:
+            try:
+                self.pid, self.pidfd = (self.slot or template).start(self.lock, plan, stdin, stdout, stderr)
+                self.warm = True
+                return -1
+            except warm.TemplateUnavailable:
+                # nothing of the run started; it goes cold (in a group of its own: prepare again)
+                if self.slot is not None:
+                    self.slot.close()
+                    self.slot = None
+                    self.lock.close()
+                    self.lock = prepare(plan, host)
+                else:
+                    warm.forget(template)
+                self.template = None
+        pid, pidfd, listener = spawn(self.lock, stdin, stdout, stderr)
+        self.pid, self.pidfd = pid, pidfd
+        return listener
 
     # -- limits ------------------------------------------------------------------------------
 
@@ -222,3 +249,6 @@ class Sandbox:
         self.lock.close(keep_uid=True)
         watchdog.unregister(str(self.pid))
         self.lock.release_uid()
+        if self.slot is not None:
+            self.template.release_slot(self.slot)  # recycled only if provably clean
+            self.slot = None

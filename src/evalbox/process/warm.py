@@ -15,6 +15,7 @@ cannot load evalbox's extension (another Python version). See README "Warm Pytho
 
 from __future__ import annotations
 
+import itertools
 import marshal
 import os
 import queue
@@ -28,9 +29,11 @@ from typing import Any
 from evalbox.errors import SandboxError
 from evalbox.kernel import _spawn
 from evalbox.kernel import capabilities as caps
-from evalbox.policy.plan import Plan
+from evalbox.kernel import cgroups
+from evalbox.policy.plan import NotifyMode, Plan
 from evalbox.process.lockdown import UMASK, Lockdown
 
+IDLE_SLOTS = max(4, 2 * (os.cpu_count() or 1))  # idle slots kept per template
 START_TIMEOUT = 60.0  # seconds for a template to import its modules and report
 TEMPLATE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 _PRCTL = {"x86_64": 157, "aarch64": 167}  # the prctl system call (the template arms PDEATHSIG)
@@ -41,11 +44,17 @@ class TemplateUnavailable(SandboxError):
     """This interpreter cannot serve warm runs (the run goes cold)."""
 
 
-def eligible(plan: Plan, lock: Lockdown) -> bool:
-    """Can this prepared run start from a warm copy with the same observable behaviour?"""
-    if plan.warm is None or lock.magic:
+def eligible(plan: Plan) -> bool:
+    """Can this run start from a warm copy with the same observable behaviour?"""
+    if plan.warm is None or plan.notify is not NotifyMode.DISABLED or not os.path.isabs(plan.argv[0]):
         return False
     return not any(k.startswith(("PYTHON", "LC_")) or k == "LANG" for k in plan.env)
+
+
+def slots_usable(plan: Plan, layout: cgroups.Layout) -> bool:
+    """Resident slots serve runs that need a v1 memory or pids group (v2 hosts join per run)."""
+    want = {c for c, needed in (("memory", plan.memory), ("pids", plan.max_pids)) if needed is not None}
+    return layout.version == 1 and bool(want & layout.controllers)
 
 
 class _Spawner:
@@ -82,15 +91,116 @@ class _Spawner:
         return box[0]
 
 
-class Template:
+class _Server:
+    """A process that forks runs on request over a SOCK_SEQPACKET socket: a template, or a slot's
+    resident launcher (a copy of a template living in the slot's cgroup)."""
+
+    pid = pidfd = -1
+    control: socket.socket | None = None
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # one request/answer exchange at a time
+
+    def _receive(self, timeout: float) -> dict[str, Any]:
+        assert self.control is not None
+        ready, _, _ = select.select([self.control, self.pidfd], [], [], timeout)
+        if self.control not in ready:
+            return {"ok": False, "error": "it exited" if ready else "it did not answer in time"}
+        data = self.control.recv(4096)
+        if not data:
+            return {"ok": False, "error": "it exited"}
+        answer = marshal.loads(data)
+        return answer if isinstance(answer, dict) else {"ok": False, "error": "garbled answer"}
+
+    def _ask(self, request: dict[str, Any], fds: list[int], before_answer: Callable[[], None] = lambda: None) -> dict[str, Any]:
+        with self.lock:
+            if self.control is None:
+                raise TemplateUnavailable("the warm template is closed")
+            try:
+                socket.send_fds(self.control, [marshal.dumps(request)], fds)
+            except OSError as e:
+                raise TemplateUnavailable(f"the warm template is gone ({e})") from None
+            before_answer()
+            return self._receive(START_TIMEOUT)
+
+    @property
+    def alive(self) -> bool:
+        if self.control is None:
+            return False
+        ready, _, _ = select.select([self.pidfd], [], [], 0)
+        return not ready
+
+    def start(self, lock: Lockdown, plan: Plan, stdin: int, stdout: int, stderr: int) -> tuple[int, int]:
+        """Start one run from a fresh copy; returns (pid, pidfd) once it is locked down and the
+        program about to run. Raises TemplateUnavailable when the server itself failed (nothing
+        of the run was started) and the spawn errors of a cold run when the lockdown failed."""
+        from evalbox.process.spawn import spawn_error
+
+        argv = list(plan.argv)
+        request = {
+            "cwd": lock.cwd.encode(), "parent_pid": os.getpid(), "rlimits": [tuple(r) for r in lock.rlimits],
+            "drop_bounding_set": lock.drop_bounding_set, "last_cap": caps.last_cap(), "securebits": lock.securebits,
+            "uid": lock.uid, "gid": lock.gid, "filters": [(bytes(p), int(f)) for p, f in lock.filters],
+            "umask": UMASK, "overlays": [(t, o, r, [(bytes(p), bool(d)) for p, d in binds])
+                                         for t, o, r, binds in lock.overlays],
+            "landlock": lock.ruleset.fd >= 0, "env": list(lock.env), "script": os.path.join(lock.cwd, argv[2]),
+            "argv": argv[2:], "orig_argv": argv,
+        }
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        fds = [stdin, stdout, stderr, write_end] + ([lock.ruleset.fd] if lock.ruleset.fd >= 0 else [])
+        fds += list(lock.cgroup_fds)
+        ends = [read_end, write_end]
+
+        def close_write_end() -> None:
+            os.close(write_end)
+            ends.remove(write_end)
+        try:
+            answer = self._ask(request, fds, close_write_end)
+            if "pid" not in answer:
+                raise TemplateUnavailable(f"the warm template could not start a run: {answer.get('error')}")
+            pid = answer["pid"]
+            # Our child (CLONE_PARENT): nobody else can reap it, so the pid stays its own.
+            pidfd = os.pidfd_open(pid)
+            report = os.read(read_end, 8)
+        finally:
+            for fd in ends:
+                os.close(fd)
+        if len(report) == 8:
+            os.waitpid(pid, 0)
+            os.close(pidfd)
+            step, err = struct.unpack("=ii", report)
+            raise spawn_error(lock, step, err)
+        return pid, pidfd
+
+    def _end(self) -> None:
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.pidfd >= 0:
+            try:
+                os.kill(self.pid, 9)
+            except ProcessLookupError:
+                pass
+            self._reap()
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+    def _reap(self) -> None:
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+
+
+class Template(_Server):
     """One warm interpreter: `executable` run as `argv0 -s -c <template>` with `preload` imported."""
 
     def __init__(self, executable: str, argv0: str, preload: tuple[str, ...]) -> None:
+        super().__init__()
         self.executable, self.argv0, self.preload = executable, argv0, preload
-        self.lock = threading.Lock()  # one request/answer exchange at a time
-        self.pid = self.pidfd = -1
-        self.control: socket.socket | None = None
         self.failed: list[str] = []
+        self.idle_slots: list[Slot] = []
+        self.slots_lock = threading.Lock()
         _spawner().call(self._start)
 
     def _start(self) -> None:
@@ -106,7 +216,8 @@ class Template:
             self.process = subprocess.Popen(
                 [self.argv0, "-s", "-c", source, _spawn.__file__, ",".join(self.preload), str(os.getpid()),
                  str(_PRCTL[os.uname().machine])],
-                executable=self.executable, stdin=theirs, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                executable=self.executable, stdin=theirs, stdout=subprocess.DEVNULL,
+                stderr=None if os.environ.get("EVALBOX_WARM_DEBUG") else subprocess.DEVNULL,
                 cwd="/", env=TEMPLATE_ENV, start_new_session=True, umask=UMASK,
             )
         except OSError as e:
@@ -121,84 +232,95 @@ class Template:
             raise TemplateUnavailable(f"{self.executable} cannot serve warm runs: {hello.get('error', 'no answer')}")
         self.failed = list(hello.get("failed", ()))
 
-    def _receive(self, timeout: float) -> dict[str, Any]:
-        assert self.control is not None
-        ready, _, _ = select.select([self.control, self.pidfd], [], [], timeout)
-        if self.control not in ready:
-            return {"ok": False, "error": "the template exited" if ready else "the template did not answer in time"}
-        data = self.control.recv(4096)
-        if not data:
-            return {"ok": False, "error": "the template exited"}
-        answer = marshal.loads(data)
-        return answer if isinstance(answer, dict) else {"ok": False, "error": "garbled answer"}
-
-    @property
-    def alive(self) -> bool:
-        if self.control is None:
-            return False
-        ready, _, _ = select.select([self.pidfd], [], [], 0)
-        return not ready
-
-    def start(self, lock: Lockdown, plan: Plan, stdin: int, stdout: int, stderr: int) -> tuple[int, int]:
-        """Start one run from a fresh copy; returns (pid, pidfd) once it is locked down and the
-        program about to run. Raises TemplateUnavailable when the template itself failed (nothing
-        of the run was started) and SpawnError-like errors when the lockdown failed."""
-        from evalbox.process.spawn import spawn_error
-
-        argv = list(plan.argv)
-        script = os.path.join(lock.cwd, argv[2])
-        request = {
-            "cwd": lock.cwd.encode(), "parent_pid": os.getpid(), "rlimits": [tuple(r) for r in lock.rlimits],
-            "drop_bounding_set": lock.drop_bounding_set, "last_cap": caps.last_cap(), "securebits": lock.securebits,
-            "uid": lock.uid, "gid": lock.gid, "filters": [(bytes(p), int(f)) for p, f in lock.filters],
-            "umask": UMASK, "overlays": [(t, o, r, [(bytes(p), bool(d)) for p, d in binds])
-                                         for t, o, r, binds in lock.overlays],
-            "landlock": lock.ruleset.fd >= 0, "env": list(lock.env), "script": script,
-            "argv": argv[2:], "orig_argv": [argv[0], *argv[1:]],
-        }
-        read_end, write_end = os.pipe2(os.O_CLOEXEC)
-        fds = [stdin, stdout, stderr, write_end] + ([lock.ruleset.fd] if lock.ruleset.fd >= 0 else []) + list(lock.cgroup_fds)
-        try:
-            with self.lock:
-                if self.control is None:
-                    raise TemplateUnavailable("the template is closed")
-                try:
-                    socket.send_fds(self.control, [marshal.dumps(request)], fds)
-                except OSError as e:
-                    raise TemplateUnavailable(f"the template is gone ({e})") from None
-                os.close(write_end)
-                write_end = -1
-                answer = self._receive(START_TIMEOUT)
-            if "pid" not in answer:
-                raise TemplateUnavailable(f"the template could not start a run: {answer.get('error')}")
-            pid = answer["pid"]
-            # Our child (CLONE_PARENT): nobody else can reap it, so the pid stays its own.
-            pidfd = os.pidfd_open(pid)
-            report = os.read(read_end, 8)
-        finally:
-            if write_end >= 0:
-                os.close(write_end)
-            os.close(read_end)
-        if len(report) == 8:
-            os.waitpid(pid, 0)
-            os.close(pidfd)
-            step, err = struct.unpack("=ii", report)
-            raise spawn_error(lock, step, err)
-        return pid, pidfd
+    def _reap(self) -> None:
+        self.process.wait()
 
     def close(self) -> None:
-        if self.control is not None:
-            self.control.close()
-            self.control = None
-        if self.pidfd >= 0:
-            try:
-                os.kill(self.pid, 9)
-            except ProcessLookupError:
-                pass
-            self.process.wait()
-            os.close(self.pidfd)
-            self.pidfd = -1
+        with self.slots_lock:
+            slots, self.idle_slots = self.idle_slots, []
+        for slot in slots:
+            slot.close()
+        self._end()
 
+    # -- resident slots --------------------------------------------------------------------------
+
+    def acquire_slot(self, layout: cgroups.Layout) -> "Slot | None":
+        """An idle slot of this template, or a new one (None if one cannot be made here)."""
+        with self.slots_lock:
+            while self.idle_slots:
+                slot = self.idle_slots.pop()
+                if slot.alive:
+                    Slot.busy.add(slot)
+                    return slot
+                slot.close()
+        try:
+            slot = Slot(self, layout)
+        except (OSError, TemplateUnavailable):
+            return None
+        Slot.busy.add(slot)
+        return slot
+
+    def release_slot(self, slot: "Slot") -> None:
+        """Take a slot back after its run, only if provably clean; otherwise it is destroyed."""
+        Slot.busy.discard(slot)
+        if slot.alive and slot.clean():
+            with self.slots_lock:
+                if len(self.idle_slots) < IDLE_SLOTS:
+                    self.idle_slots.append(slot)
+                    return
+        slot.close()
+
+
+class Slot(_Server):
+    """A resident slot (v1 cgroup hosts): its own cgroup with a launcher living in it, a copy of
+    the template that forks the slot's runs. A run is born inside the group, so it never
+    migrates into a v1 cgroup (each migration can wait a whole RCU grace period, 5-18 ms). One run
+    at a time; recycled only when nothing of the last run is left (see `clean`)."""
+
+    _names = itertools.count()
+    busy: "set[Slot]" = set()  # slots serving a run now (for server_cpu_seconds)
+
+    def __init__(self, template: Template, layout: cgroups.Layout) -> None:
+        super().__init__()
+        self.group = cgroups.Group(layout, f"slot-{next(self._names)}")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        procs: list[int] = []
+        try:
+            procs = self.group.open_procs()
+            answer = template._ask({"slot": True}, [theirs.fileno(), *procs])
+        except BaseException:
+            ours.close()
+            self.group.remove()
+            raise
+        finally:
+            theirs.close()
+            for fd in procs:
+                os.close(fd)
+        if "pid" not in answer:
+            ours.close()
+            self.group.remove()
+            raise TemplateUnavailable(f"the warm template could not make a slot: {answer.get('error')}")
+        self.pid, self.pidfd, self.control = answer["pid"], os.pidfd_open(answer["pid"]), ours
+        ready = self._receive(START_TIMEOUT)
+        self.group.resident = self.pid
+        if not ready.get("ready"):
+            self.close()
+            raise TemplateUnavailable(f"a warm slot did not start: {ready.get('error')}")
+        self.group.reset()
+
+    def clean(self) -> bool:
+        """No process of the last run is left in the group; its counters start again from zero."""
+        if self.group.pids():
+            return False
+        self.group.reset()
+        return True
+
+    def close(self) -> None:
+        self._end()
+        if self.group.dirs:
+            self.group.kill()
+            self.group.resident = 0
+            self.group.remove()
 
 _lock = threading.Lock()
 _templates: dict[tuple[str, str, tuple[str, ...]], Template | TemplateUnavailable] = {}
@@ -212,11 +334,11 @@ def _spawner() -> _Spawner:
     return _the_spawner
 
 
-def template_for(plan: Plan, lock: Lockdown) -> Template | None:
+def template_for(plan: Plan) -> Template | None:
     """The live template for this plan's interpreter and preload set, started on first use; None
     when this interpreter cannot serve warm runs (remembered: it is not asked again)."""
     assert plan.warm is not None
-    key = (lock.executable, plan.argv[0], plan.warm)
+    key = (plan.argv[0], plan.argv[0], plan.warm)
     with _lock:
         found = _templates.get(key)
         if isinstance(found, TemplateUnavailable):
@@ -240,6 +362,27 @@ def forget(template: Template) -> None:
             if value is template:
                 del _templates[key]
     template.close()
+
+
+def server_cpu_seconds() -> float:
+    """CPU time used so far by the live templates and slot launchers (for `evalbox bench`: their
+    forks are part of what a warm run costs, but they are not reaped children of the caller)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    with _lock:
+        servers: list[_Server] = []
+        for value in _templates.values():
+            if isinstance(value, Template):
+                servers += [value, *value.idle_slots]
+    servers += list(Slot.busy)
+    for server in servers:
+        try:
+            with open(f"/proc/{server.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
 
 
 def close_all() -> None:

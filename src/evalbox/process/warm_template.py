@@ -58,7 +58,7 @@ def _serve():
         except InterruptedError:
             continue
         if not msg:
-            sys.exit(0)
+            os._exit(0)  # evalbox is done with us (a full interpreter teardown would copy every page)
         try:
             pid = spawn.fork_sibling()
         except OSError as e:
@@ -66,12 +66,38 @@ def _serve():
                 os.close(fd)
             control.send(marshal.dumps({"error": f"fork: {e}"}))
             continue
+        request = marshal.loads(msg)
+        if pid == 0 and request.get("slot"):
+            # A resident launcher for one slot: joins the slot's cgroup once (its runs are born
+            # inside it: no per-run migration) and serves that slot's runs on its own socket.
+            control.close()
+            control = socket.socket(fileno=fds[0])
+            spawn.syscall(int(sys.argv[4]), 1, 9)  # prctl(PR_SET_PDEATHSIG, SIGKILL): not inherited
+            if os.getppid() != int(sys.argv[3]):
+                os._exit(1)
+            for fd in fds[1:]:
+                os.write(fd, b"0")
+                os.close(fd)
+            try:
+                with open("/proc/self/oom_score_adj", "w") as f:
+                    f.write("-1000")  # the OOM killer takes the run, never the launcher
+                _resident.append("exempt")
+            except OSError:  # no CAP_SYS_RESOURCE: a run's copy maps all the launcher has, and more
+                _resident.append("plain")
+            control.send(marshal.dumps({"ready": True}))
+            continue
         if pid == 0:
             control.close()
-            return spawn, marshal.loads(msg), fds
+            if "exempt" in _resident:  # a run must not inherit the launcher's exemption
+                with open("/proc/self/oom_score_adj", "w") as f:
+                    f.write("0")
+            return spawn, request, fds
         for fd in fds:
             os.close(fd)
         control.send(marshal.dumps({"pid": pid}))
+
+
+_resident = []
 
 
 def _start_program(spawn, req, fds):
