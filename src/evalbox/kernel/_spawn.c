@@ -505,11 +505,13 @@ static void release_held(struct held *h)
 }
 
 /* The lockdown keywords shared by spawn() and lockdown_self(); `with_exec`: path, argv, envp too. */
-static int parse_config(PyObject *args, PyObject *kwargs, int with_exec, struct config *c, struct held *h)
+static int parse_config(PyObject *args, PyObject *kwargs, int with_exec, struct config *c, struct held *h,
+                        int *sibling)
 {
     static char *exec_keywords[] = {"path", "argv", "envp", "cwd", "stdio", "errpipe", "parent_pid", "cgroup_fds",
                                     "rlimits", "drop_bounding_set", "last_cap", "securebits", "uid", "gid",
-                                    "landlock_fd", "filters", "listener_sock", "umask", "overlays", "magic", NULL};
+                                    "landlock_fd", "filters", "listener_sock", "umask", "overlays", "magic",
+                                    "sibling", NULL};
     PyObject *path = NULL, *argv_obj = NULL, *envp_obj = NULL, *cwd_obj, *stdio_obj, *cgroup_obj, *rlimits_obj,
              *filters_obj, *overlays_obj = NULL;
     int errpipe, parent_pid, drop_bounding_set, last_cap, landlock_fd, listener_sock;
@@ -517,11 +519,11 @@ static int parse_config(PyObject *args, PyObject *kwargs, int with_exec, struct 
     unsigned int umask_value;
     unsigned long long magic = 0;
     int ok = with_exec
-        ? PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOiiOOpillliOiI|OK", exec_keywords, &PyBytes_Type, &path,
+        ? PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOiiOOpillliOiI|OKp", exec_keywords, &PyBytes_Type, &path,
                                       &argv_obj, &envp_obj, &cwd_obj, &stdio_obj, &errpipe, &parent_pid,
                                       &cgroup_obj, &rlimits_obj, &drop_bounding_set, &last_cap, &securebits, &uid,
                                       &gid, &landlock_fd, &filters_obj, &listener_sock, &umask_value,
-                                      &overlays_obj, &magic)
+                                      &overlays_obj, &magic, sibling)
         : PyArg_ParseTupleAndKeywords(args, kwargs, "OOiiOOpillliOiI|OK", exec_keywords + 3, &cwd_obj, &stdio_obj,
                                       &errpipe, &parent_pid, &cgroup_obj, &rlimits_obj, &drop_bounding_set,
                                       &last_cap, &securebits, &uid, &gid, &landlock_fd, &filters_obj,
@@ -623,9 +625,10 @@ static int parse_config(PyObject *args, PyObject *kwargs, int with_exec, struct 
 PyDoc_STRVAR(spawn_doc,
 "spawn(path, argv, envp, cwd, stdio, errpipe, parent_pid, cgroup_fds, rlimits,\n"
 "      drop_bounding_set, last_cap, securebits, uid, gid, landlock_fd, filters,\n"
-"      listener_sock, umask, overlays=(), magic=0) -> (pid, pidfd)\n\n"
+"      listener_sock, umask, overlays=(), magic=0, sibling=False) -> (pid, pidfd)\n\n"
 "Clone a child that applies the prepared lockdown and execs path. Returns as soon as the child\n"
-"has exec'd. On failure the child exits 127 after writing (step, errno) to errpipe, which the\n"
+"has exec'd. sibling: the child is the caller's parent's child (CLONE_PARENT: a slot's launcher\n"
+"starts runs for the process that waits for them). On failure the child exits 127 after writing (step, errno) to errpipe, which the\n"
 "caller reads; this function only raises for errors of the clone itself.");
 
 static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
@@ -637,7 +640,8 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     memset(&h, 0, sizeof h);
     PyObject *result = NULL;
     void *stack = NULL;
-    if (parse_config(args, kwargs, 1, &c, &h) < 0)
+    int sibling = 0;
+    if (parse_config(args, kwargs, 1, &c, &h, &sibling) < 0)
         goto done;
 
     stack = PyMem_RawMalloc(CHILD_STACK_SIZE);
@@ -655,7 +659,8 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    pid = clone(child_main, stack_top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &c, &pidfd);
+    pid = clone(child_main, stack_top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD | (sibling ? CLONE_PARENT : 0),
+                &c, &pidfd);
     saved_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     Py_END_ALLOW_THREADS
@@ -690,7 +695,7 @@ static PyObject *lockdown_self(PyObject *self, PyObject *args, PyObject *kwargs)
     struct held h;
     memset(&c, 0, sizeof c);
     memset(&h, 0, sizeof h);
-    if (parse_config(args, kwargs, 0, &c, &h) < 0) {
+    if (parse_config(args, kwargs, 0, &c, &h, NULL) < 0) {
         release_held(&h);
         return NULL;
     }

@@ -35,14 +35,19 @@ class Sandbox:
         # where the host has v1 cgroups; anything a copy cannot do the same way runs cold.
         self.warm = False
         self.slot: warm.Slot | None = None
+        self.launcher: warm.Template | None = None
         template = warm.template_for(plan) if warm.eligible(plan) else None
-        if template is not None and warm.slots_usable(plan, host.cgroup):
-            self.slot = template.acquire_slot(host.cgroup)
+        if warm.slots_usable(plan, host.cgroup):
+            # no migration into a v1 cgroup: the run is born in a resident slot's group, from a
+            # warm copy or by a cold spawn done by the slot's launcher
+            self.launcher = template or warm.launcher_template()
+            if self.launcher is not None:
+                self.slot = self.launcher.acquire_slot(host.cgroup)
         try:
             self.lock: Lockdown = prepare(plan, host, slot_group=self.slot.group if self.slot else None)
         except BaseException:
             if self.slot is not None:
-                template.release_slot(self.slot)
+                self.launcher.release_slot(self.slot)
             raise
         self.template = template
         self.stdout = bytearray()
@@ -68,7 +73,7 @@ class Sandbox:
                     os.close(fd)
             self.lock.close()
             if self.slot is not None:
-                self.template.release_slot(self.slot)
+                self.launcher.release_slot(self.slot)
             raise
         finally:
             for fd in child_fds:
@@ -96,21 +101,25 @@ class Sandbox:
     def _start(self, plan: Plan, host: Host, stdin: int, stdout: int, stderr: int) -> int:
         """Start the program warm if it may, else cold; returns the notify listener or -1."""
         template = self.template
-        if template is not None:
-            try:
+        try:
+            if template is not None:
                 self.pid, self.pidfd = (self.slot or template).start(self.lock, plan, stdin, stdout, stderr)
                 self.warm = True
                 return -1
-            except warm.TemplateUnavailable:
-                # nothing of the run started; it goes cold (in a group of its own: prepare again)
-                if self.slot is not None:
-                    self.slot.close()
-                    self.slot = None
-                    self.lock.close()
-                    self.lock = prepare(plan, host)
-                else:
-                    warm.forget(template)
-                self.template = None
+            if self.slot is not None:
+                self.pid, self.pidfd, listener = self.slot.spawn(self.lock, stdin, stdout, stderr)
+                return listener
+        except warm.TemplateUnavailable:
+            # nothing of the run started; it goes cold (in a group of its own: prepare again)
+            if self.slot is not None:
+                broken = self.slot
+                self.slot = None
+                broken.close()
+                self.lock.close()
+                self.lock = prepare(plan, host)
+            elif template is not None:
+                warm.forget(template)
+            self.template = None
         pid, pidfd, listener = spawn(self.lock, stdin, stdout, stderr)
         self.pid, self.pidfd = pid, pidfd
         return listener
@@ -250,5 +259,5 @@ class Sandbox:
         watchdog.unregister(str(self.pid))
         self.lock.release_uid()
         if self.slot is not None:
-            self.template.release_slot(self.slot)  # recycled only if provably clean
+            self.launcher.release_slot(self.slot)  # recycled only if provably clean
             self.slot = None

@@ -52,7 +52,10 @@ def eligible(plan: Plan) -> bool:
 
 
 def slots_usable(plan: Plan, layout: cgroups.Layout) -> bool:
-    """Resident slots serve runs that need a v1 memory or pids group (v2 hosts join per run)."""
+    """Resident slots serve runs that need a v1 memory or pids group (v2 hosts join per run).
+    EVALBOX_SLOTS=0 turns them off (every run then joins its group itself)."""
+    if os.environ.get("EVALBOX_SLOTS", "1") == "0":
+        return False
     want = {c for c, needed in (("memory", plan.memory), ("pids", plan.max_pids)) if needed is not None}
     return layout.version == 1 and bool(want & layout.controllers)
 
@@ -308,6 +311,56 @@ class Slot(_Server):
             raise TemplateUnavailable(f"a warm slot did not start: {ready.get('error')}")
         self.group.reset()
 
+    def spawn(self, lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple[int, int, int]:
+        """A cold spawn (clone, lockdown, exec) done by the launcher, inside the slot's group:
+        the same child as process.spawn.spawn makes, and the same (pid, pidfd, listener)."""
+        from evalbox.process.spawn import spawn_error
+
+        request = {"exec": {
+            "path": lock.executable.encode(), "argv": list(lock.argv), "envp": list(lock.env), "cwd": lock.cwd.encode(),
+            "parent_pid": os.getpid(), "rlimits": [tuple(r) for r in lock.rlimits],
+            "drop_bounding_set": lock.drop_bounding_set, "last_cap": caps.last_cap(), "securebits": lock.securebits,
+            "uid": lock.uid, "gid": lock.gid, "filters": [(bytes(p), int(f)) for p, f in lock.filters],
+            "umask": UMASK, "overlays": [(t, o, r, [(bytes(p), bool(d)) for p, d in binds])
+                                         for t, o, r, binds in lock.overlays],
+            "magic": lock.magic, "landlock": lock.ruleset.fd >= 0, "listener": bool(lock.magic),
+        }}
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if lock.magic else (None, None)
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        fds = [stdin, stdout, stderr, write_end] + ([lock.ruleset.fd] if lock.ruleset.fd >= 0 else [])
+        fds += [theirs.fileno()] if theirs is not None else []
+        ends = [read_end, write_end]
+
+        def close_ours() -> None:
+            os.close(write_end)
+            ends.remove(write_end)
+            if theirs is not None:
+                theirs.close()
+        try:
+            answer = self._ask(request, fds, close_ours)
+            if "pid" not in answer:
+                raise TemplateUnavailable(f"a slot's launcher could not start a run: {answer.get('error')}")
+            pid = answer["pid"]
+            pidfd = os.pidfd_open(pid)  # our child (CLONE_PARENT): its pid stays its own until we reap it
+            report = os.read(read_end, 8)
+            listener = -1
+            if len(report) < 8 and ours is not None:
+                _, got, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
+                listener = got[0]
+                os.set_inheritable(listener, False)
+        finally:
+            for fd in ends:
+                os.close(fd)
+            for end in (ours, theirs):
+                if end is not None:
+                    end.close()
+        if len(report) == 8:
+            os.waitpid(pid, 0)
+            os.close(pidfd)
+            step, err = struct.unpack("=ii", report)
+            raise spawn_error(lock, step, err)
+        return pid, pidfd, listener
+
     def clean(self) -> bool:
         """No process of the last run is left in the group; its counters start again from zero."""
         if self.group.pids():
@@ -349,6 +402,27 @@ def template_for(plan: Plan) -> Template | None:
             found.close()
         try:
             found = _templates[key] = Template(*key)
+        except TemplateUnavailable as e:
+            _templates[key] = e
+            return None
+        return found
+
+
+def launcher_template() -> Template | None:
+    """The template whose slots start cold (exec) runs: this interpreter, nothing preloaded."""
+    import sys
+
+    with _lock:
+        key = ("exec", sys.executable, ())
+        found = _templates.get(key)
+        if isinstance(found, TemplateUnavailable):
+            return None
+        if found is not None and found.alive:
+            return found
+        if found is not None:
+            found.close()
+        try:
+            found = _templates[key] = Template(sys.executable, sys.executable, ())
         except TemplateUnavailable as e:
             _templates[key] = e
             return None

@@ -59,6 +59,10 @@ def _serve():
             continue
         if not msg:
             os._exit(0)  # evalbox is done with us (a full interpreter teardown would copy every page)
+        request = marshal.loads(msg)
+        if "exec" in request:  # a slot's launcher starting a program by exec: the cold spawn, from here
+            control.send(marshal.dumps(_spawn_exec(spawn, request["exec"], fds)))
+            continue
         try:
             pid = spawn.fork_sibling()
         except OSError as e:
@@ -66,7 +70,6 @@ def _serve():
                 os.close(fd)
             control.send(marshal.dumps({"error": f"fork: {e}"}))
             continue
-        request = marshal.loads(msg)
         if pid == 0 and request.get("slot"):
             # A resident launcher for one slot: joins the slot's cgroup once (its runs are born
             # inside it: no per-run migration) and serves that slot's runs on its own socket.
@@ -98,6 +101,35 @@ def _serve():
 
 
 _resident = []
+
+
+def _spawn_exec(spawn, x, fds):
+    """Clone (vfork-style, as the run's sibling), lock down and exec, exactly as a cold spawn."""
+    stdio, errpipe, rest = fds[:3], fds[3], fds[4:]
+    landlock_fd = rest.pop(0) if x["landlock"] else -1
+    listener = rest.pop(0) if x["listener"] else -1
+    exempt = "exempt" in _resident
+    try:
+        if exempt:  # the OOM exemption would survive the exec: not while the run is cloned
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("0")
+        pid, pidfd = spawn.spawn(
+            path=x["path"], argv=x["argv"], envp=x["envp"], cwd=x["cwd"], stdio=stdio, errpipe=errpipe,
+            parent_pid=x["parent_pid"], cgroup_fds=[], rlimits=x["rlimits"],
+            drop_bounding_set=x["drop_bounding_set"], last_cap=x["last_cap"], securebits=x["securebits"],
+            uid=x["uid"], gid=x["gid"], landlock_fd=landlock_fd, filters=x["filters"], listener_sock=listener,
+            umask=x["umask"], overlays=x["overlays"], magic=x["magic"], sibling=True,
+        )
+        os.close(pidfd)
+        return {"pid": pid}
+    except OSError as e:
+        return {"error": f"spawn: {e}"}
+    finally:
+        if exempt:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("-1000")
+        for fd in fds:
+            os.close(fd)
 
 
 def _start_program(spawn, req, fds):
