@@ -203,17 +203,21 @@ def own_fds() -> set[int]:
 
 def leftover_cgroups() -> list[str]:
     """Sandbox cgroups of this process that still hold processes (evalbox recycles emptied
-    groups, so an empty one left in place is fine)."""
+    groups, so an empty one left in place is fine; so is a resident slot's launcher, which
+    belongs to no run)."""
     try:
         from evalbox.kernel import cgroups
 
         roots = cgroups.layout().roots.values()
     except Exception:  # the layout API is internal: fall back to a broad look
         roots = glob.glob("/sys/fs/cgroup/*")
+    from evalbox.process import warm
+
+    launchers = warm.resident_pids()
     found = []
     for root in set(roots):
         for group in glob.glob(os.path.join(root, f"evalbox-{os.getpid()}", "*", "")):
-            procs = _read(os.path.join(group, "cgroup.procs")).split()
+            procs = [p for p in _read(os.path.join(group, "cgroup.procs")).split() if int(p) not in launchers]
             if procs:
                 found.append(f"{group} holds pids {[int(p) for p in procs]}")
     return found

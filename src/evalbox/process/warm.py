@@ -106,8 +106,11 @@ class _Server:
 
     def _receive(self, timeout: float) -> dict[str, Any]:
         assert self.control is not None
-        ready, _, _ = select.select([self.control, self.pidfd], [], [], timeout)
-        if self.control not in ready:
+        poller = select.poll()  # not select(): fds may be above 1024 in a busy caller
+        poller.register(self.control, select.POLLIN)
+        poller.register(self.pidfd, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll(timeout * 1000)}
+        if self.control.fileno() not in ready:
             return {"ok": False, "error": "it exited" if ready else "it did not answer in time"}
         data = self.control.recv(4096)
         if not data:
@@ -130,8 +133,9 @@ class _Server:
     def alive(self) -> bool:
         if self.control is None:
             return False
-        ready, _, _ = select.select([self.pidfd], [], [], 0)
-        return not ready
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        return not poller.poll(0)
 
     def start(self, lock: Lockdown, plan: Plan, stdin: int, stdout: int, stderr: int) -> tuple[int, int]:
         """Start one run from a fresh copy; returns (pid, pidfd) once it is locked down and the
@@ -436,6 +440,13 @@ def forget(template: Template) -> None:
             if value is template:
                 del _templates[key]
     template.close()
+
+
+def resident_pids() -> set[int]:
+    """Pids of the slot launchers living in slot cgroups now (none of them is part of a run)."""
+    with _lock:
+        slots = {slot for t in _templates.values() if isinstance(t, Template) for slot in t.idle_slots}
+    return {slot.pid for slot in slots | set(Slot.busy) if slot.pid > 0}
 
 
 def server_cpu_seconds() -> float:
