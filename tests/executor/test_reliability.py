@@ -14,9 +14,12 @@ from proc_helpers import alive_with, zombie_children
 
 
 def open_fds() -> int:
-    """Open fds after evalbox's per-process caches exist (system rule fds, the guard's pipe)."""
+    """Open fds after evalbox's per-process caches exist (system rule fds, the guard's pipe),
+    less those of its bounded pool of idle slots (sized by the most runs at once so far)."""
+    from evalbox.process import warm
+
     evalbox.run(["true"])
-    return len(os.listdir("/proc/self/fd"))
+    return len({int(fd) for fd in os.listdir("/proc/self/fd")} - warm.held_fds())
 
 
 def my_workspaces() -> list[str]:
@@ -31,6 +34,10 @@ def my_workspaces() -> list[str]:
 
 
 def busy_cgroups() -> list[str]:
+    """Groups holding a process other than a resident slot's launcher (which belongs to no run)."""
+    from evalbox.process import warm
+
+    launchers = {str(p) for p in warm.resident_pids()}
     busy = []
     for root in set(cgroups.layout().roots.values()):
         parent = os.path.join(root, f"evalbox-{os.getpid()}")
@@ -38,7 +45,7 @@ def busy_cgroups() -> list[str]:
             continue
         for name in os.listdir(parent):
             procs = os.path.join(parent, name, "cgroup.procs")
-            if os.path.exists(procs) and open(procs).read().strip():
+            if os.path.exists(procs) and set(open(procs).read().split()) - launchers:
                 busy.append(os.path.join(parent, name))
     return busy
 

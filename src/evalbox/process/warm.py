@@ -442,6 +442,16 @@ def forget(template: Template) -> None:
     template.close()
 
 
+def held_fds() -> set[int]:
+    """The fds evalbox keeps for its templates and idle slots (a socket and a pidfd each)."""
+    with _lock:
+        servers: list[_Server] = []
+        for t in _templates.values():
+            if isinstance(t, Template):
+                servers += [t, *t.idle_slots]
+    return {fd for s in servers + list(Slot.busy) for fd in (s.pidfd, s.control.fileno() if s.control else -1) if fd >= 0}
+
+
 def resident_pids() -> set[int]:
     """Pids of the slot launchers living in slot cgroups now (none of them is part of a run)."""
     with _lock:
