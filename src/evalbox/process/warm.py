@@ -94,6 +94,18 @@ class _Spawner:
         return box[0]
 
 
+def _lockdown_fields(lock: Lockdown) -> dict[str, Any]:
+    """The lockdown of a prepared run as marshal-able values (the fds travel separately)."""
+    return {
+        "cwd": os.fsencode(lock.cwd), "parent_pid": os.getpid(), "rlimits": [tuple(r) for r in lock.rlimits],
+        "drop_bounding_set": lock.drop_bounding_set, "last_cap": caps.last_cap(), "securebits": lock.securebits,
+        "uid": lock.uid, "gid": lock.gid, "filters": [(bytes(p), int(f)) for p, f in lock.filters], "umask": UMASK,
+        "overlays": [(t, o, r, [tuple(b) for b in binds]) for t, o, r, binds in lock.overlays],
+        "landlock": lock.ruleset.fd >= 0,
+        "listener": any(f & _spawn.SECCOMP_FILTER_FLAG_NEW_LISTENER for _, f in lock.filters),
+    }
+
+
 class _Server:
     """A process that forks runs on request over a SOCK_SEQPACKET socket: a template, or a slot's
     resident launcher (a copy of a template living in the slot's cgroup)."""
@@ -137,47 +149,58 @@ class _Server:
         poller.register(self.pidfd, select.POLLIN)
         return not poller.poll(0)
 
-    def start(self, lock: Lockdown, plan: Plan, stdin: int, stdout: int, stderr: int) -> tuple[int, int]:
-        """Start one run from a fresh copy; returns (pid, pidfd) once it is locked down and the
-        program about to run. Raises TemplateUnavailable when the server itself failed (nothing
-        of the run was started) and the spawn errors of a cold run when the lockdown failed."""
+    def start(self, lock: Lockdown, plan: Plan, stdin: int, stdout: int, stderr: int) -> tuple[int, int, int]:
+        """Start one run from a fresh copy; returns (pid, pidfd, notify listener or -1) once it is
+        locked down and the program about to run. Raises TemplateUnavailable when the server
+        itself failed (nothing of the run was started) and the spawn errors of a cold run when
+        the lockdown failed."""
+        argv = list(plan.argv)
+        request = {"run": _lockdown_fields(lock), "env": list(lock.env), "script": os.path.join(lock.cwd, argv[2]),
+                   "argv": argv[2:], "orig_argv": argv}
+        return self._launch(lock, request, stdin, stdout, stderr)
+
+    def _launch(self, lock: Lockdown, request: dict[str, Any], stdin: int, stdout: int,
+                stderr: int) -> tuple[int, int, int]:
+        """Send a run request with the run's fds; wait until the run's process has locked down
+        (the error pipe closes) or failed (it reports the step); hand over its notify listener."""
         from evalbox.process.spawn import spawn_error
 
-        argv = list(plan.argv)
-        request = {
-            "cwd": lock.cwd.encode(), "parent_pid": os.getpid(), "rlimits": [tuple(r) for r in lock.rlimits],
-            "drop_bounding_set": lock.drop_bounding_set, "last_cap": caps.last_cap(), "securebits": lock.securebits,
-            "uid": lock.uid, "gid": lock.gid, "filters": [(bytes(p), int(f)) for p, f in lock.filters],
-            "umask": UMASK, "overlays": [(t, o, r, [(bytes(p), bool(d)) for p, d in binds])
-                                         for t, o, r, binds in lock.overlays],
-            "landlock": lock.ruleset.fd >= 0, "env": list(lock.env), "script": os.path.join(lock.cwd, argv[2]),
-            "argv": argv[2:], "orig_argv": argv,
-        }
+        wants_listener = any(flags & _spawn.SECCOMP_FILTER_FLAG_NEW_LISTENER for _, flags in lock.filters)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if wants_listener else (None, None)
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         fds = [stdin, stdout, stderr, write_end] + ([lock.ruleset.fd] if lock.ruleset.fd >= 0 else [])
-        fds += list(lock.cgroup_fds)
+        fds += ([theirs.fileno()] if theirs is not None else []) + list(lock.cgroup_fds)
         ends = [read_end, write_end]
 
-        def close_write_end() -> None:
+        def close_ours() -> None:
             os.close(write_end)
             ends.remove(write_end)
+            if theirs is not None:
+                theirs.close()
         try:
-            answer = self._ask(request, fds, close_write_end)
+            answer = self._ask(request, fds, close_ours)
             if "pid" not in answer:
                 raise TemplateUnavailable(f"the warm template could not start a run: {answer.get('error')}")
             pid = answer["pid"]
-            # Our child (CLONE_PARENT): nobody else can reap it, so the pid stays its own.
-            pidfd = os.pidfd_open(pid)
+            pidfd = os.pidfd_open(pid)  # our child (CLONE_PARENT): its pid stays its own until we reap it
             report = os.read(read_end, 8)
+            listener = -1
+            if len(report) < 8 and ours is not None:
+                _, got, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
+                listener = got[0]
+                os.set_inheritable(listener, False)
         finally:
             for fd in ends:
                 os.close(fd)
+            for end in (ours, theirs):
+                if end is not None:
+                    end.close()
         if len(report) == 8:
             os.waitpid(pid, 0)
             os.close(pidfd)
             step, err = struct.unpack("=ii", report)
             raise spawn_error(lock, step, err)
-        return pid, pidfd
+        return pid, pidfd, listener
 
     def _end(self) -> None:
         if self.control is not None:
@@ -318,52 +341,9 @@ class Slot(_Server):
     def spawn(self, lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple[int, int, int]:
         """A cold spawn (clone, lockdown, exec) done by the launcher, inside the slot's group:
         the same child as process.spawn.spawn makes, and the same (pid, pidfd, listener)."""
-        from evalbox.process.spawn import spawn_error
-
-        request = {"exec": {
-            "path": lock.executable.encode(), "argv": list(lock.argv), "envp": list(lock.env), "cwd": lock.cwd.encode(),
-            "parent_pid": os.getpid(), "rlimits": [tuple(r) for r in lock.rlimits],
-            "drop_bounding_set": lock.drop_bounding_set, "last_cap": caps.last_cap(), "securebits": lock.securebits,
-            "uid": lock.uid, "gid": lock.gid, "filters": [(bytes(p), int(f)) for p, f in lock.filters],
-            "umask": UMASK, "overlays": [(t, o, r, [(bytes(p), bool(d)) for p, d in binds])
-                                         for t, o, r, binds in lock.overlays],
-            "magic": lock.magic, "landlock": lock.ruleset.fd >= 0, "listener": bool(lock.magic),
-        }}
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if lock.magic else (None, None)
-        read_end, write_end = os.pipe2(os.O_CLOEXEC)
-        fds = [stdin, stdout, stderr, write_end] + ([lock.ruleset.fd] if lock.ruleset.fd >= 0 else [])
-        fds += [theirs.fileno()] if theirs is not None else []
-        ends = [read_end, write_end]
-
-        def close_ours() -> None:
-            os.close(write_end)
-            ends.remove(write_end)
-            if theirs is not None:
-                theirs.close()
-        try:
-            answer = self._ask(request, fds, close_ours)
-            if "pid" not in answer:
-                raise TemplateUnavailable(f"a slot's launcher could not start a run: {answer.get('error')}")
-            pid = answer["pid"]
-            pidfd = os.pidfd_open(pid)  # our child (CLONE_PARENT): its pid stays its own until we reap it
-            report = os.read(read_end, 8)
-            listener = -1
-            if len(report) < 8 and ours is not None:
-                _, got, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
-                listener = got[0]
-                os.set_inheritable(listener, False)
-        finally:
-            for fd in ends:
-                os.close(fd)
-            for end in (ours, theirs):
-                if end is not None:
-                    end.close()
-        if len(report) == 8:
-            os.waitpid(pid, 0)
-            os.close(pidfd)
-            step, err = struct.unpack("=ii", report)
-            raise spawn_error(lock, step, err)
-        return pid, pidfd, listener
+        request = {"exec": {**_lockdown_fields(lock), "path": os.fsencode(lock.executable), "argv": list(lock.argv),
+                            "envp": list(lock.env), "magic": lock.magic}}
+        return self._launch(lock, request, stdin, stdout, stderr)
 
     def clean(self) -> bool:
         """No process of the last run is left in the group; its counters start again from zero."""

@@ -136,13 +136,15 @@ def _start_program(spawn, req, fds):
     """In the fresh copy: lock down, then look like `python -s SCRIPT ARGS` just started. (Uses the
     template's module-level imports: they are gone from sys.modules by now.)"""
 
+    x = req["run"]
     stdio, errpipe, rest = fds[:3], fds[3], fds[4:]
-    landlock_fd = rest.pop(0) if req["landlock"] else -1
+    landlock_fd = rest.pop(0) if x["landlock"] else -1
+    listener = rest.pop(0) if x["listener"] else -1
     spawn.lockdown_self(
-        cwd=req["cwd"], stdio=stdio, errpipe=errpipe, parent_pid=req["parent_pid"], cgroup_fds=rest,
-        rlimits=req["rlimits"], drop_bounding_set=req["drop_bounding_set"], last_cap=req["last_cap"],
-        securebits=req["securebits"], uid=req["uid"], gid=req["gid"], landlock_fd=landlock_fd,
-        filters=req["filters"], listener_sock=-1, umask=req["umask"], overlays=req["overlays"],
+        cwd=x["cwd"], stdio=stdio, errpipe=errpipe, parent_pid=x["parent_pid"], cgroup_fds=rest,
+        rlimits=x["rlimits"], drop_bounding_set=x["drop_bounding_set"], last_cap=x["last_cap"],
+        securebits=x["securebits"], uid=x["uid"], gid=x["gid"], landlock_fd=landlock_fd,
+        filters=x["filters"], listener_sock=listener, umask=x["umask"], overlays=x["overlays"],
     )
     # What CPython sets up at start (the lockdown put every disposition back to the default).
     signal.signal(signal.SIGINT, signal.default_int_handler)
