@@ -94,6 +94,15 @@ def test_endings_match_cold(name):
         assert hot.status is evalbox.Status.SIGNALED and hot.signal == sig
 
 
+def test_unbuffered_like_python_u():
+    code = ("import sys, os\nprint(type(sys.stdout.buffer).__name__, sys.stdout.buffer.name, sys.stdout.write_through,"
+            " sys.stdout.line_buffering, sys.stderr.write_through, sys.stdout.mode)\n"
+            "print('a', end=''); os.write(1, b'b'); sys.stderr.write('c'); os.write(2, b'd')\n")
+    hot, cold = both(code, env={"PYTHONUNBUFFERED": "1"})
+    assert ok(hot).stdout == ok(cold).stdout and hot.stderr == cold.stderr == b"cd", (hot, cold)
+    assert hot.stdout.endswith(b"ab")
+
+
 def test_traceback_shows_only_the_program():
     out = run("def f():\n    raise ValueError('boom')\nf()\n", True)
     err = out.stderr.decode()

@@ -34,7 +34,9 @@ from evalbox.policy.plan import NotifyMode, Plan
 from evalbox.process.lockdown import UMASK, Lockdown
 
 IDLE_SLOTS = max(4, 2 * (os.cpu_count() or 1))  # idle slots kept per template
-START_TIMEOUT = 60.0  # seconds for a template to import its modules and report
+START_TIMEOUT = 60.0
+# Start-up variables a warm copy applies itself (warm_template.py); any other PYTHON* runs cold.
+WARM_ENV = frozenset({"PYTHONUNBUFFERED"})  # seconds for a template to import its modules and report
 TEMPLATE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 _PRCTL = {"x86_64": 157, "aarch64": 167}  # the prctl system call (the template arms PDEATHSIG)
 _SOURCE_PATH = os.path.join(os.path.dirname(__file__), "warm_template.py")
@@ -48,7 +50,7 @@ def eligible(plan: Plan) -> bool:
     """Can this run start from a warm copy with the same observable behaviour?"""
     if plan.warm is None or plan.notify is not NotifyMode.DISABLED or not os.path.isabs(plan.argv[0]):
         return False
-    return not any(k.startswith(("PYTHON", "LC_")) or k == "LANG" for k in plan.env)
+    return not any(k.startswith(("PYTHON", "LC_")) and k not in WARM_ENV or k == "LANG" for k in plan.env)
 
 
 def slots_usable(plan: Plan, layout: cgroups.Layout) -> bool:

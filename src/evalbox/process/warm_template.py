@@ -156,6 +156,15 @@ def _start_program(spawn, req, fds):
         key, _, value = item.partition(b"=")
         os.environb[key] = value
     time.tzset()  # TZ may have come with the run's environment
+    if os.environ.get("PYTHONUNBUFFERED"):  # as `python -u`: unbuffered binary layer, write-through text
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            old = getattr(sys, name)
+            raw = io.FileIO(fd, "w", closefd=False)
+            raw.name = f"<{name}>"
+            text = io.TextIOWrapper(raw, encoding=old.encoding, errors=old.errors, write_through=True)
+            text.mode = "w"
+            setattr(sys, name, text)
+            setattr(sys, f"__{name}__", text)
     for name in ("random", "numpy.random"):  # fresh state, whatever the fork hooks did
         module = sys.modules.get(name)
         if module is not None and hasattr(module, "seed"):
@@ -237,7 +246,7 @@ for _name in _preload:
     except Exception as _e:  # noqa: BLE001 - reported to evalbox
         _preload_failures.append(f"{_name}: {type(_e).__name__}: {_e}")
 _preloaded_modules = set(sys.modules)
-import atexit, gc, importlib.machinery, importlib.util, marshal, signal, socket, time, types  # noqa: E401,E402
+import atexit, gc, importlib.machinery, importlib.util, io, marshal, signal, socket, time, types  # noqa: E401,E402
 
 # Copies must not walk the template's objects: a collection touches every object it scans, and
 # each touched page is copied. Frozen objects are ignored by the collector.
