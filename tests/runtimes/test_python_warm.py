@@ -184,6 +184,35 @@ print('HITS', hits)
     assert 1 <= hits < 100, describe(out)  # this run's own few copies, none of the 50000 before
 
 
+def test_a_runs_environment_and_arguments_never_reach_a_later_run():
+    """A run's env= and args pass through no process whose memory later runs inherit (the
+    template and the slot launchers fork the copies; the request goes straight to the copy)."""
+    secret_env, secret_arg = os.urandom(10).hex(), os.urandom(10).hex()
+    for _ in range(3):  # the same slot and template serve the next run
+        ok(run("print('ok')", True, env={"SECRET": secret_env}, args=[secret_arg]))
+    scan = f"""
+needles = [{secret_env[:10]!r} + {secret_env[10:]!r}, {secret_arg[:10]!r} + {secret_arg[10:]!r}]
+mine = [n.encode() for n in needles]  # this run's own copies: the scan must find them
+hits = [0, 0]
+regions = [l.split() for l in open('/proc/self/maps')]
+mem = open('/proc/self/mem', 'rb', buffering=0)
+for r in regions:
+    if 'r' not in r[1] or (len(r) > 5 and r[5] in ('[vvar]', '[vsyscall]')):
+        continue
+    lo, hi = (int(x, 16) for x in r[0].split('-'))
+    try:
+        mem.seek(lo); data = mem.read(hi - lo)
+    except OSError:
+        continue
+    for i, n in enumerate(mine):
+        hits[i] += data.count(n)
+print('HITS', *hits)
+"""
+    out = ok(run(scan, True))
+    _, env_hits, arg_hits = out.stdout.split()
+    assert 1 <= int(env_hits) < 5 and 1 <= int(arg_hits) < 5, describe(out)  # only this run's own copies
+
+
 @pytest.mark.parametrize("mode", [True, False])
 def test_limits_and_statuses(mode):
     assert run("while True: pass", mode, timeout=0.5).status is evalbox.Status.TIMEOUT

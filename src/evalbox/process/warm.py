@@ -159,12 +159,16 @@ class _Server:
         argv = list(plan.argv)
         request = {"run": _lockdown_fields(lock), "env": list(lock.env), "script": os.path.join(lock.cwd, argv[2]),
                    "argv": argv[2:], "orig_argv": argv}
-        return self._launch(lock, request, stdin, stdout, stderr)
+        return self._launch(lock, request, stdin, stdout, stderr, private=True)
 
     def _launch(self, lock: Lockdown, request: dict[str, Any], stdin: int, stdout: int,
-                stderr: int) -> tuple[int, int, int]:
+                stderr: int, private: bool = False) -> tuple[int, int, int]:
         """Send a run request with the run's fds; wait until the run's process has locked down
-        (the error pipe closes) or failed (it reports the step); hand over its notify listener."""
+        (the error pipe closes) or failed (it reports the step); hand over its notify listener.
+
+        `private`: the server only forks on a bare trigger, and the request goes over a channel
+        of the run's own, straight into the new copy: a server whose memory later copies inherit
+        must never hold one run's environment or arguments."""
         from evalbox.process.spawn import spawn_error
 
         wants_listener = any(flags & _spawn.SECCOMP_FILTER_FLAG_NEW_LISTENER for _, flags in lock.filters)
@@ -179,8 +183,13 @@ class _Server:
             ends.remove(write_end)
             if theirs is not None:
                 theirs.close()
+        channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC) if private else None
         try:
-            answer = self._ask(request, fds, close_ours)
+            if channel is not None:
+                socket.send_fds(channel[0], [marshal.dumps(request)], fds)  # read by the copy
+                answer = self._ask({"run": True}, [channel[1].fileno()], close_ours)
+            else:
+                answer = self._ask(request, fds, close_ours)
             if "pid" not in answer:
                 raise TemplateUnavailable(f"the warm template could not start a run: {answer.get('error')}")
             pid = answer["pid"]
@@ -194,7 +203,7 @@ class _Server:
         finally:
             for fd in ends:
                 os.close(fd)
-            for end in (ours, theirs):
+            for end in (ours, theirs, *(channel or ())):
                 if end is not None:
                     end.close()
         if len(report) == 8:

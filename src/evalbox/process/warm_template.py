@@ -94,7 +94,13 @@ def _serve():
             if "exempt" in _resident:  # a run must not inherit the launcher's exemption
                 with open("/proc/self/oom_score_adj", "w") as f:
                     f.write("0")
-            return spawn, request, fds
+            # The run's own request (environment, arguments, lockdown, fds) comes over a channel
+            # of its own, read here in the copy: it never enters the template's (or a launcher's)
+            # memory, which later copies inherit.
+            channel = socket.socket(fileno=fds[0])
+            msg, fds, _, _ = socket.recv_fds(channel, 1 << 20, 16)
+            channel.close()
+            return spawn, marshal.loads(msg), fds
         for fd in fds:
             os.close(fd)
         control.send(marshal.dumps({"pid": pid}))
