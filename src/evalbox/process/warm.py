@@ -8,9 +8,15 @@ the same lockdown in place (`_spawn.lockdown_self`), makes itself look like `pyt
 just started, and runs the script. No process serves two runs.
 
 A run goes cold instead (same Output, `Output.warm` False) when the plan needs what a copy
-cannot give: notify modes (the audit trail would miss the interpreter's start-up), PYTHON*,
-LANG or LC_* variables in `env` (they act at interpreter start-up), or an interpreter that
-cannot load evalbox's extension (another Python version). See README "Warm Python".
+cannot give: the namespace jail (not built for copies yet), notify modes (the audit trail would
+miss the interpreter's start-up), PYTHON* (but PYTHONUNBUFFERED), LANG or LC_* variables in `env`
+(they act at interpreter start-up), or an interpreter that cannot load evalbox's extension
+(another Python version). See README "Warm Python".
+
+Resident slots (class Slot) live here too: on v1 cgroup hosts a copy of a template joins a slot's
+cgroup once and starts that slot's runs inside it (warm copies, or cold programs by clone + exec),
+so no run migrates into a v1 cgroup. EVALBOX_SLOTS=0 turns them off; EVALBOX_WARM_DEBUG=1 lets
+templates write to the caller's stderr (their own failures).
 """
 
 from __future__ import annotations
