@@ -263,6 +263,7 @@ DEFAULT_MAX_PIDS = 64
 DEFAULT_MAX_OUTPUT = "16M"
 DEFAULT_MAX_OPEN_FILES = 256
 DEFAULT_MAX_FILE_SIZE = "16M"
+DEFAULT_DISK = "512M"
 
 
 @dataclass(frozen=True)
@@ -281,6 +282,7 @@ class Plan:
     max_output: int | None = DEFAULT_MAX_OUTPUT  # type: ignore[assignment]
     max_open_files: int | None = DEFAULT_MAX_OPEN_FILES
     max_file_size: int | None = DEFAULT_MAX_FILE_SIZE  # type: ignore[assignment]
+    disk: int | None = DEFAULT_DISK  # type: ignore[assignment]  (the workspace's size: bytes and files)
     network: bool = False
     mounts: tuple[Mount, ...] = ()
     syscalls: Syscalls = field(default_factory=Syscalls)
@@ -342,7 +344,7 @@ class Plan:
         set_("timeout", parse_seconds(self.timeout, "timeout"))
         set_("cpu_time", parse_seconds(self.cpu_time, "cpu_time"))
         set_("memory", parse_size(self.memory, "memory", minimum=MIN_MEMORY))
-        for name in ("max_output", "max_file_size"):
+        for name in ("max_output", "max_file_size", "disk"):
             set_(name, parse_size(getattr(self, name), name))
         set_("max_pids", parse_count(self.max_pids, "max_pids", MAX_PIDS))
         set_("max_open_files", parse_count(self.max_open_files, "max_open_files", MAX_OPEN_FILES))

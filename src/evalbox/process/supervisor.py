@@ -123,6 +123,7 @@ class Supervision:
         self.pid = pid
         self.routing = routing
         self.workspace = workspace
+        self.owner = uid  # the sandbox's own uid (root host), else -1
         self.names = routing.names if routing else {nr: name for name, nr in ARCHES[arch].items()}
         self.arch = arch
         self.native_arch = AUDIT_ARCH[arch]
@@ -204,7 +205,7 @@ class Supervision:
                     self._block(n, self.names.get(n.nr, f"syscall {n.nr}"))
                     continue
                 if reason == EMULATED:
-                    metadata.emulate(self.listener, n, self.names.get(n.nr, ""), self.workspace)
+                    metadata.emulate(self.listener, n, self.names.get(n.nr, ""), self.workspace, self.owner)
                     continue
                 if reason == LARGE_MAP:  # only integers: the kernel decides, we note a refusal to come
                     self._check_mapping(n)

@@ -70,17 +70,24 @@ def uid_pids(uid):
     return out
 
 def rmtree_inside(top):
+    # (its processes are dead: nothing changes the tree meanwhile.) Directories the program
+    # chmod'ed to 0 are opened up first, from the top down, never through a symlink and never
+    # above `top` (the base dir, /tmp...).
     top = os.path.abspath(top)
-    def fix_and_retry(func, path, exc):
-        parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(top) or os.path.islink(top):
+        return
+    stack, seen = [top], 0
+    while stack and seen < 1000000:
+        d = stack.pop()
+        seen += 1
         try:
-            if parent == top or parent.startswith(top + "/"):  # never the base dir (/tmp...)
-                os.chmod(parent, 0o700)
-            func(path)
+            os.chmod(d, 0o700)
+            for e in os.scandir(d):
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
         except OSError:
             pass
-    if os.path.isdir(top) and not os.path.islink(top):
-        shutil.rmtree(top, onerror=fix_and_retry)
+    shutil.rmtree(top, ignore_errors=True)
 
 for box in live.values():
     try:
