@@ -34,6 +34,7 @@ MIN_MEMORY = 4096  # one page: less cannot be accounted at all
 # Workspace paths: NAME_MAX per component, and room for the workspace's own prefix in PATH_MAX.
 NAME_MAX = 255
 MAX_WORKSPACE_PATH = 2048
+MAX_WORKSPACE_DEPTH = 64  # directories: building the workspace stays cheap whatever the plan
 
 
 def parse_size(value: int | str | None, name: str, minimum: int = 1, maximum: int = MAX_BYTES) -> int | None:
@@ -122,6 +123,9 @@ def workspace_path(path: str, what: str) -> str:
     if longest > NAME_MAX:
         raise ValidationError(f"{what} {path[:80]!r}...: a name in it is {longest} bytes long; file names are at most "
                               f"{NAME_MAX} bytes")
+    if len(parts) > MAX_WORKSPACE_DEPTH:
+        raise ValidationError(f"{what} {path[:80]!r}... is {len(parts)} levels deep; use at most "
+                              f"{MAX_WORKSPACE_DEPTH} (a flatter layout)")
     if len(encoded) > MAX_WORKSPACE_PATH:
         raise ValidationError(f"{what} {path[:80]!r}... is {len(encoded)} bytes long; use a path of at most "
                               f"{MAX_WORKSPACE_PATH} bytes")
