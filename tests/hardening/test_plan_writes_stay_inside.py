@@ -9,7 +9,6 @@ import tempfile
 
 import pytest
 
-import evalbox
 from evalbox.process.workspace import _open_dirs
 from hardening_kit import NOBODY, run_snippet
 
