@@ -152,8 +152,12 @@ async def arun(target: Plan | Iterable[str], **overrides: Any) -> Output:
 
 
 async def arun_many(plans: Iterable[Plan | Sequence[str]], concurrency: int | None = None, progress: bool = False,
-                    **overrides: Any) -> list[Result]:
-    """`run_many` for asyncio: one AsyncExecutor on the running loop."""
+                    cluster: str | None = None, **overrides: Any) -> list[Result]:
+    """`run_many` for asyncio: one AsyncExecutor on the running loop (or a Ray cluster: `cluster=`)."""
+    if cluster is not None:
+        from evalbox.faces import cluster as ray_face
+
+        return await ray_face.arun_many(plans, cluster, progress, slots_per_node=concurrency, **overrides)
     prepared = prepare_items(plans, overrides)
     gate = asyncio.Semaphore(concurrency or default_concurrency())
     bar = Progress(len(prepared), progress)

@@ -61,8 +61,15 @@ def prepare_items(items: Iterable[Plan | Sequence[str]], overrides: dict[str, An
 
 
 def run_many(plans: Iterable[Plan | Sequence[str]], concurrency: int | None = None, progress: bool = True,
-             **overrides: Any) -> list[Result]:
-    """Run every plan (or argv, with Plan keywords as `overrides`); results in input order."""
+             cluster: str | None = None, **overrides: Any) -> list[Result]:
+    """Run every plan (or argv, with Plan keywords as `overrides`); results in input order.
+
+    `cluster="ray"` (or "ray://HOST:PORT") spreads them over a Ray cluster instead (faces/cluster.py).
+    """
+    if cluster is not None:
+        from evalbox.faces import cluster as ray_face
+
+        return ray_face.run_many(plans, cluster, progress, slots_per_node=concurrency, **overrides)
     prepared = prepare_items(plans, overrides)
     results: list[Result | None] = [p if isinstance(p, SandboxError) else None for p in prepared]
     todo = [i for i, p in enumerate(prepared) if isinstance(p, Plan)]

@@ -1,0 +1,488 @@
+"""Scale-out on Ray (SPEC §9): the same batches, across the nodes of an existing Ray cluster.
+
+    ray.init()                                              # or RAY_ADDRESS, or cluster="ray://HOST:PORT"
+    outs = evalbox.run_many(plans, cluster="ray")           # same results as a local run, in order
+
+Each node with CPUs gets one long-lived `NodeExecutor` actor (pinned there, kept for later
+batches) that owns an AsyncExecutor and runs as many sandboxes at once as the node has CPUs.
+The driver keeps every actor fed up to its slots and sends the next plan when one returns, with
+Ray's own futures (`ray.wait`, or awaiting the refs); Ray does the rest. Plans travel as plain
+data (`Plan.to_dict`), so a plan with `supervisor=` (a callable) cannot go: ValidationError in its
+slot. Outputs come back one by one as they finish; per-item SandboxErrors are rebuilt as their own
+class with their own message.
+
+Nothing lost: when a node (or its actor) dies, its unfinished plans run again elsewhere, and each
+plan has exactly one result. Only the infrastructure is retried: a program that timed out or
+crashed has an Output, and an Output is final. A plan whose actors keep dying (it is tried
+`MAX_ATTEMPTS` times) gets a ClusterError in its slot.
+
+The actor needs nothing but evalbox itself on every node, at the same paths as on the driver
+(plans name host paths: interpreters, mounts), as Ray assumes anyway. Ray is imported only here
+and only when a cluster is asked for; `pip install 'evalbox-sandbox[ray]'`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from evalbox import errors
+from evalbox.errors import ClusterError, SandboxError, ValidationError
+from evalbox.faces.batch import Progress, Result, prepare_items
+from evalbox.policy.plan import Plan
+from evalbox.process.result import Output
+
+INSTALL = "pip install 'evalbox-sandbox[ray]'"
+MAX_ATTEMPTS = 3  # runs of one plan cut short by lost nodes before its slot gets a ClusterError
+NODE_WAIT = 60.0  # seconds to wait for a node with CPUs when none is left
+ACTOR_START = 120.0  # seconds an actor may take to start (a worker process, importing evalbox)
+
+
+# -- the actor (runs on every node) ---------------------------------------------------------------
+
+class NodeExecutor:
+    """One node's executor: an AsyncExecutor on the actor's event loop, `slots` sandboxes at once.
+
+    A plan comes as `Plan.to_dict()` data and goes back as ("ok", Output) or ("error", class name,
+    args, message) for a SandboxError; anything else raised is a bug and propagates.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.runs = 0
+        self._ex: Any = None
+        self._gate: asyncio.Semaphore | None = None
+
+    async def _executor(self) -> Any:
+        if self._ex is None:
+            from evalbox.faces.aio import AsyncExecutor
+
+            ex = AsyncExecutor()
+            await ex.__aenter__()
+            self._ex, self._gate = ex, asyncio.Semaphore(self.slots)
+        return self._ex
+
+    async def run(self, data: dict[str, Any]) -> tuple[Any, ...]:
+        try:
+            plan = Plan.from_dict(data)
+            ex = await self._executor()
+            assert self._gate is not None
+            async with self._gate:  # also bounds callers that share this actor beyond our feeding
+                self.runs += 1
+                return ("ok", await ex.run(plan))
+        except SandboxError as e:
+            return ("error", type(e).__name__, e.args, str(e))
+
+    def info(self) -> dict[str, Any]:
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {"pid": os.getpid(), "slots": self.slots, "runs": self.runs, "cpu_seconds": usage.ru_utime + usage.ru_stime}
+
+
+def rebuild_error(name: str, args: tuple[Any, ...], message: str) -> SandboxError:
+    """The SandboxError an actor reported, as its own class (from evalbox.errors) and message."""
+    cls = getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, SandboxError)):
+        return SandboxError(message)
+    try:
+        error = cls(*args)
+    except Exception:  # noqa: BLE001 - an unusual constructor: keep the text at least
+        error = cls(message)
+    return error if str(error) == message else cls(message)
+
+
+def decode(value: tuple[Any, ...]) -> Result:
+    if value[0] == "ok":
+        return value[1]
+    return rebuild_error(*value[1:])
+
+
+# -- connecting -----------------------------------------------------------------------------------
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ClusterError(f"cluster='ray' needs Ray, which is not installed: {INSTALL}") from None
+    return ray
+
+
+def connect(cluster: str) -> Any:
+    """Ray, connected as `cluster` asks: "ray" (this process's connection, else RAY_ADDRESS or the
+    cluster running on this machine) or "ray://HOST:PORT" (a Ray client connection)."""
+    if not isinstance(cluster, str) or not (cluster == "ray" or cluster.startswith("ray://")):
+        raise ValidationError(f"cluster={cluster!r}: use cluster='ray' (after ray.init(), or with RAY_ADDRESS set) "
+                              "or cluster='ray://HOST:PORT'")
+    ray = import_ray()
+    if not ray.is_initialized():
+        address = cluster if cluster.startswith("ray://") else (os.environ.get("RAY_ADDRESS") or "auto")
+        try:
+            ray.init(address=address, logging_level="WARNING")
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ClusterError(f"cannot connect to the Ray cluster at {address}: {e}. Start one (`ray start --head`), "
+                               "call ray.init() before evalbox, or set RAY_ADDRESS") from None
+    return ray
+
+
+# -- the driver side: one pool of node actors per Ray connection ----------------------------------
+
+@dataclass(eq=False)
+class Node:
+    node_id: str
+    actor: Any
+    slots: int
+    busy: int = 0
+    alive: bool = True
+
+    @property
+    def free(self) -> int:
+        return self.slots - self.busy if self.alive else 0
+
+
+@dataclass
+class Item:
+    index: int
+    data: dict[str, Any]
+    attempts: int = 0
+    lost_on: list[str] = field(default_factory=list)
+
+
+class NodePool:
+    """The NodeExecutor actors of one Ray connection, one per alive node with CPUs."""
+
+    def __init__(self, ray: Any, slots_per_node: int | None = None) -> None:
+        self.ray = ray
+        self.slots_per_node = slots_per_node
+        self.nodes: dict[str, Node] = {}
+        self._actor_class = ray.remote(NodeExecutor)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Start actors on nodes that joined; forget nodes that left."""
+        ray = self.ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        alive = {n["NodeID"]: int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")}
+        for node_id, node in list(self.nodes.items()):
+            if node_id not in alive or not node.alive:
+                self.drop(node)
+        started: list[Node] = []
+        for node_id, cpus in alive.items():
+            if cpus <= 0 or node_id in self.nodes:
+                continue
+            slots = self.slots_per_node or cpus
+            # No CPUs reserved: the sandboxes are ours to count; an actor holding the node's CPUs
+            # would starve other Ray work on a shared cluster (a trainer), or wait for it for ever.
+            actor = self._actor_class.options(
+                num_cpus=0, max_restarts=0, max_concurrency=max(1000, 4 * slots),
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+            ).remote(slots)
+            started.append(Node(node_id, actor, slots))
+        if started:
+            refs = [n.actor.info.remote() for n in started]
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=ACTOR_START)
+            for node, ref in zip(started, refs):
+                try:
+                    if ref in ready:
+                        ray.get(ref)
+                        self.nodes[node.node_id] = node
+                        continue
+                except lost_errors(ray):
+                    pass
+                self._kill(node)
+
+    def drop(self, node: Node) -> None:
+        node.alive = False
+        self.nodes.pop(node.node_id, None)
+        self._kill(node)
+
+    def _kill(self, node: Node) -> None:
+        try:
+            self.ray.kill(node.actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone with its node
+            pass
+
+    def wait_for_nodes(self) -> None:
+        """Return when some node has slots; ClusterError after NODE_WAIT seconds without one."""
+        deadline = time.monotonic() + NODE_WAIT
+        while True:
+            self.refresh()
+            if any(n.slots for n in self.nodes.values()):
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"no alive Ray node with CPUs to run sandboxes on (waited {NODE_WAIT:.0f}s); "
+                                   "add worker nodes, or give the head CPUs (ray start --num-cpus N)")
+            time.sleep(1.0)
+
+    @property
+    def capacity(self) -> int:
+        return sum(n.slots for n in self.nodes.values() if n.alive)
+
+
+def lost_errors(ray: Any) -> tuple[type[BaseException], ...]:
+    """Ray's errors for work lost with its actor, worker or node (never the program's fault)."""
+    ex = ray.exceptions
+    return tuple(getattr(ex, name) for name in ("RayActorError", "WorkerCrashedError", "NodeDiedError",
+                                                "LocalRayletDiedError", "ObjectLostError") if hasattr(ex, name))
+
+
+_pools: dict[tuple[str, int | None], NodePool] = {}
+_pools_lock = threading.Lock()
+
+
+def pool_for(cluster: str, slots_per_node: int | None = None) -> NodePool:
+    """The node pool of the current Ray connection (created once; a new ray.init gets a new one)."""
+    ray = connect(cluster)
+    key = (ray.get_runtime_context().get_job_id(), slots_per_node)
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            _pools.clear()  # actors of an earlier connection died with it
+            pool = _pools[key] = NodePool(ray, slots_per_node)
+        return pool
+
+
+def _lost(item: Item, node: Node, error: BaseException) -> ClusterError | None:
+    """Record a run of `item` lost with `node`; the ClusterError for its slot once it has had enough."""
+    item.attempts += 1
+    item.lost_on.append(node.node_id[:12])
+    if item.attempts >= MAX_ATTEMPTS:
+        return ClusterError(f"plan {item.index} was lost with {item.attempts} Ray actors or nodes in a row "
+                            f"({', '.join(item.lost_on)}; last: {type(error).__name__}); it may itself bring "
+                            "down the executor (huge output?): run it locally to see")
+    return None
+
+
+def _as_data(plan: Plan) -> dict[str, Any] | SandboxError:
+    try:
+        return plan.to_dict()
+    except ValidationError as e:
+        return ValidationError(f"{e} (cluster runs send plans as data)")
+
+
+# -- blocking: run_many ---------------------------------------------------------------------------
+
+def run_many(plans: Iterable[Plan | Sequence[str]], cluster: str = "ray", progress: bool = True,
+             slots_per_node: int | None = None, **overrides: Any) -> list[Result]:
+    """`evalbox.run_many` across a Ray cluster: results in input order, errors in their slots."""
+    pool = pool_for(cluster, slots_per_node)
+    pool.refresh()  # nodes that joined since the last batch
+    ray = pool.ray
+    lost = lost_errors(ray)
+    prepared = prepare_items(plans, overrides)
+    results: list[Result | None] = [None] * len(prepared)
+    queue: collections.deque[Item] = collections.deque()
+    bar = Progress(len(prepared), progress)
+
+    def settle(index: int, result: Result) -> None:
+        results[index] = result
+        bar.advance(result)
+
+    for index, plan in enumerate(prepared):
+        data = plan if isinstance(plan, SandboxError) else _as_data(plan)
+        if isinstance(data, SandboxError):
+            settle(index, data)
+        else:
+            queue.append(Item(index, data))
+    running: dict[Any, tuple[Item, Node]] = {}
+
+    def feed(node: Node) -> None:
+        while queue and node.free > 0:
+            item = queue.popleft()
+            running[node.actor.run.remote(item.data)] = (item, node)
+            node.busy += 1
+
+    try:
+        while queue or running:
+            if queue and not any(n.free for n in pool.nodes.values()) and not running:
+                pool.wait_for_nodes()
+            for node in list(pool.nodes.values()):
+                feed(node)
+            ready, _ = ray.wait(list(running), num_returns=1)
+            if len(running) > 1:  # everything else already done too, in one call
+                ready, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
+            for ref in ready:
+                item, node = running.pop(ref)
+                node.busy -= 1
+                try:
+                    value = ray.get(ref)
+                except lost as e:
+                    if node.alive:
+                        pool.drop(node)
+                    failed = _lost(item, node, e)
+                    if failed is not None:
+                        settle(item.index, failed)
+                    else:
+                        queue.appendleft(item)  # first in line: its neighbours in the output wait on it
+                    continue
+                settle(item.index, decode(value))
+            if any(not n.alive for n in pool.nodes.values()) or (queue and pool.capacity == 0):
+                pool.refresh()
+    except BaseException:
+        for ref in running:
+            ray.cancel(ref, force=False)
+        raise
+    finally:
+        bar.close()
+    return results  # type: ignore[return-value]
+
+
+# -- asyncio: a long-lived client with submit(), and arun_many ------------------------------------
+
+class ClusterClient:
+    """Submit plans one at a time from asyncio (a server's requests); they queue for free slots.
+
+        client = ClusterClient("ray")
+        out = await client.submit(plan)        # Output, or raises the SandboxError, as arun does
+
+    One dispatcher task on the running loop feeds every node up to its slots; a node that dies
+    gives its unfinished plans back to the queue. `close()` stops it (queued plans then fail).
+    """
+
+    def __init__(self, cluster: str = "ray", slots_per_node: int | None = None) -> None:
+        self._cluster = cluster
+        self._slots_per_node = slots_per_node
+        self._pool: NodePool | None = None
+        self._queue: collections.deque[tuple[Item, asyncio.Future[Result]]] = collections.deque()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._count = 0
+
+    async def start(self) -> "ClusterClient":
+        if self._task is None:
+            loop = asyncio.get_running_loop()
+            # Connecting and starting actors blocks for a second or two: not on the loop.
+            self._pool = await loop.run_in_executor(None, pool_for, self._cluster, self._slots_per_node)
+            self._wake = asyncio.Event()
+            self._task = loop.create_task(self._dispatch())
+        return self
+
+    async def __aenter__(self) -> "ClusterClient":
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def capacity(self) -> int:
+        """Sandboxes the cluster runs at once (its nodes' slots)."""
+        return self._pool.capacity if self._pool else 0
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, plan: Plan) -> Output:
+        """Run one plan on the cluster; its Output, or raises its SandboxError (as `arun`)."""
+        result = await self.submit_result(plan)
+        if isinstance(result, SandboxError):
+            raise result
+        return result
+
+    async def submit_result(self, plan: Plan) -> Result:
+        await self.start()
+        from evalbox.executor.executor import require_supervisor
+
+        try:
+            require_supervisor(plan)
+        except SandboxError as e:
+            return e
+        data = _as_data(plan)
+        if isinstance(data, SandboxError):
+            return data
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._count += 1
+        self._queue.append((Item(self._count, data), future))
+        assert self._wake is not None
+        self._wake.set()
+        return await future  # cancelling drops it from the queue, or lets the running sandbox finish
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        while self._queue:
+            _, future = self._queue.popleft()
+            if not future.done():
+                future.set_exception(ClusterError("the cluster client was closed before this plan ran"))
+
+    async def _dispatch(self) -> None:
+        pool, wake = self._pool, self._wake
+        assert pool is not None and wake is not None
+        ray = pool.ray
+        lost = lost_errors(ray)
+        loop = asyncio.get_running_loop()
+        running: dict[asyncio.Future[Any], tuple[Item, Node, asyncio.Future[Result]]] = {}
+        try:
+            while True:
+                while self._queue and self._queue[0][1].done():  # cancelled while queued
+                    self._queue.popleft()
+                if self._queue and pool.capacity == 0 and not running:
+                    await loop.run_in_executor(None, pool.wait_for_nodes)
+                for node in list(pool.nodes.values()):
+                    while self._queue and node.free > 0:
+                        item, future = self._queue.popleft()
+                        if future.done():
+                            continue
+                        ref = node.actor.run.remote(item.data)
+                        running[asyncio.wrap_future(ref.future())] = (item, node, future)
+                        node.busy += 1
+                wake.clear()
+                waker = loop.create_task(wake.wait())
+                done, _ = await asyncio.wait([*running, waker], return_when=asyncio.FIRST_COMPLETED)
+                waker.cancel()
+                for fut in done:
+                    if fut is waker:
+                        continue
+                    item, node, future = running.pop(fut)
+                    node.busy -= 1
+                    error = fut.exception()
+                    if error is not None and isinstance(error, lost):
+                        if node.alive:
+                            pool.drop(node)
+                        failed = _lost(item, node, error)
+                        if failed is None:
+                            self._queue.appendleft((item, future))
+                        elif not future.done():
+                            future.set_result(failed)
+                    elif not future.done():
+                        if error is not None:
+                            future.set_exception(error)
+                        else:
+                            future.set_result(decode(fut.result()))
+                if any(not n.alive for n in pool.nodes.values()) or (self._queue and pool.capacity == 0):
+                    await loop.run_in_executor(None, pool.refresh)
+        finally:
+            for fut, (_, _, future) in running.items():
+                fut.cancel()
+                if not future.done():
+                    future.set_exception(ClusterError("the cluster client was closed while this plan ran"))
+
+
+async def arun_many(plans: Iterable[Plan | Sequence[str]], cluster: str = "ray", progress: bool = False,
+                    slots_per_node: int | None = None, **overrides: Any) -> list[Result]:
+    """`evalbox.arun_many` across a Ray cluster (see ClusterClient)."""
+    prepared = prepare_items(plans, overrides)
+    bar = Progress(len(prepared), progress)
+
+    async def one(client: ClusterClient, item: Plan | SandboxError) -> Result:
+        result = item if isinstance(item, SandboxError) else await client.submit_result(item)
+        bar.advance(result)
+        return result
+
+    try:
+        async with ClusterClient(cluster, slots_per_node) as client:
+            return list(await asyncio.gather(*(one(client, p) for p in prepared)))
+    finally:
+        bar.close()
