@@ -370,6 +370,10 @@ go_command = runtime_command(
 )
 
 
+CLUSTER_HELP = ("Run on a Ray cluster: 'ray' (RAY_ADDRESS, or the cluster started on this machine) or "
+                "ray://HOST:PORT; --concurrency is then per node (default: its CPUs). Needs evalbox-sandbox[ray].")
+
+
 # -- batches --------------------------------------------------------------------------------------
 
 BATCH_RESERVED = ("id", "cmd", "runtime", "code")
@@ -416,7 +420,8 @@ def _batch_plan(line: str, lineno: int) -> Plan:
 @click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-", metavar="OUT.jsonl",
               help="Where the results go (default: standard output).")
 @click.option("--concurrency", type=int, default=None, help="Sandboxes at once (default: one per CPU).")
-def batch(infile: Any, output: Any, concurrency: int | None) -> None:
+@click.option("--cluster", default=None, metavar="ray|ray://HOST:PORT", help=CLUSTER_HELP)
+def batch(infile: Any, output: Any, concurrency: int | None, cluster: str | None) -> None:
     """Run one plan per line of IN.jsonl ('-' for stdin); one JSON result per line, in order.
 
     \b
@@ -453,7 +458,11 @@ def batch(infile: Any, output: Any, concurrency: int | None) -> None:
         except (TypeError, ValueError, AttributeError) as e:  # a value of the wrong shape somewhere in the line
             plans.append(ValidationError(f"line {lineno}: {e}"))
     runnable = [p for p in plans if isinstance(p, Plan)]
-    outputs = iter(run_many(runnable, concurrency=concurrency, progress=True) if runnable else [])
+    try:
+        outputs = iter(run_many(runnable, concurrency=concurrency, progress=True, cluster=cluster) if runnable else [])
+    except SandboxError as e:  # the cluster cannot be reached (per-line errors go into their rows)
+        click.echo(f"evalbox: {type(e).__name__}: {e}", err=True)
+        sys.exit(SETUP_FAILED)
     failed = 0
     for index, (plan, ident) in enumerate(zip(plans, ids)):
         result = next(outputs) if isinstance(plan, Plan) else plan
@@ -482,8 +491,9 @@ def batch(infile: Any, output: Any, concurrency: int | None) -> None:
 @click.option("--memory", default=None, help="Memory limit per completion (default: 256M).")
 @click.option("--interpreter", metavar="PATH", default=None, help="Python to run (default: the one running evalbox).")
 @click.option("--ignore-incomplete", is_flag=True, help="Score even if some problems have no sample.")
+@click.option("--cluster", default=None, metavar="ray|ray://HOST:PORT", help=CLUSTER_HELP)
 def humaneval(samples: str, problems: str | None, ks: str, timeout: float, concurrency: int | None,
-              memory: str | None, interpreter: str | None, ignore_incomplete: bool) -> None:
+              memory: str | None, interpreter: str | None, ignore_incomplete: bool, cluster: str | None) -> None:
     """HumanEval pass@k of SAMPLES.jsonl ({"task_id", "completion"} per line), each in its own sandbox.
 
     Prints pass@k as JSON and writes SAMPLES.jsonl_results.jsonl (each sample with "result" and
@@ -504,7 +514,8 @@ def humaneval(samples: str, problems: str | None, ks: str, timeout: float, concu
     limits = {key: value for key, value in (("memory", memory), ("interpreter", interpreter)) if value is not None}
     try:
         scores = evaluate_functional_correctness(samples, k=k, n_workers=concurrency, timeout=timeout,
-                                                 problem_file=problems, ignore_incomplete=ignore_incomplete, **limits)
+                                                 problem_file=problems, ignore_incomplete=ignore_incomplete,
+                                                 cluster=cluster, **limits)
     except SandboxError as e:
         click.echo(f"evalbox: {type(e).__name__}: {e}", err=True)
         sys.exit(SETUP_FAILED)

@@ -110,7 +110,8 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise ClusterError(f"cluster='ray' needs Ray, which is not installed: {INSTALL}") from None
+        raise ClusterError(f"running on a Ray cluster needs Ray, which is not installed: {INSTALL} "
+                           "(or run locally: leave out cluster= / --cluster)") from None
     return ray
 
 

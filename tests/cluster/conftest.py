@@ -1,0 +1,32 @@
+"""One local Ray cluster for the whole directory: a head with no CPUs and two worker nodes.
+
+The head has no CPUs, so every sandbox must run on a worker node: the test sees the real path
+(driver -> node actors). Ray is kept on 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before
+importing it; by default it advertises the machine's network address).
+"""
+
+import os
+
+import pytest
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+WORKER_CPUS = 2
+NO_RAY = "Ray is not installed: pip install -e '.[test]' (or 'evalbox-sandbox[ray]') to run the cluster tests"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """(ray module, Cluster, [worker nodes]); this process is connected to it."""
+    ray = pytest.importorskip("ray", reason=NO_RAY)
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=WORKER_CPUS) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="WARNING")
+    try:
+        yield ray, cluster, workers
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
