@@ -6,22 +6,32 @@ importing it; by default it advertises the machine's network address).
 """
 
 import os
+import socket
 
 import pytest
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 WORKER_CPUS = 2
 NO_RAY = "Ray is not installed: pip install -e '.[test]' (or 'evalbox-sandbox[ray]') to run the cluster tests"
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """(ray module, Cluster, [worker nodes]); this process is connected to it."""
+    """(ray module, Cluster, [worker nodes]); this process is connected to it. The head also
+    serves Ray clients at cluster.client_address (ray://127.0.0.1:PORT)."""
     ray = pytest.importorskip("ray", reason=NO_RAY)
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    client_port = free_port()
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False, "ray_client_server_port": client_port})
+    cluster.client_address = f"ray://127.0.0.1:{client_port}"
     workers = [cluster.add_node(num_cpus=WORKER_CPUS) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="WARNING")
