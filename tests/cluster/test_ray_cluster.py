@@ -122,6 +122,20 @@ def test_a_program_at_fault_runs_once(shared_dir):
         assert sorted(f.read().split()) == sorted(at_fault)
 
 
+def waiting_sandboxes(gate):
+    """Pids of the test's sandboxed shells still waiting for the gate."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv[0] == b"sh" and any(gate.encode() in a for a in argv):
+            found.append(int(pid))
+    return found
+
+
 def test_node_lost_mid_batch_loses_nothing_and_doubles_nothing(ray_cluster, shared_dir):
     """Every slot busy, one node removed: its plans run again on the others, each result once."""
     ray, cluster, _ = ray_cluster
@@ -141,6 +155,10 @@ def test_node_lost_mid_batch_loses_nothing_and_doubles_nothing(ray_cluster, shar
             assert runner.is_alive() and time.monotonic() < deadline, "the batch never filled the three nodes"
             time.sleep(0.02)
         cluster.remove_node(doomed)
+        # The lost node's sandboxes die with its executor (the two others keep running theirs).
+        while len(waiting_sandboxes(gate)) != slots - 2:
+            assert time.monotonic() < deadline, waiting_sandboxes(gate)
+            time.sleep(0.02)
     finally:
         open(gate, "w").close()  # let everything finish whatever happened above
         runner.join(120)
