@@ -21,13 +21,14 @@ def evalbox_cli(*args, env=None, timeout=300):
 
 
 def rows(text):
+    """Result rows by index (standard output gets them as they finish)."""
     out = []
     for line in text.splitlines():
         row = {k: v for k, v in json.loads(line).items() if k not in VARYING}
         if row.get("protections"):
             row["protections"]["identity"] = re.sub(r"\d{6,}", "N", row["protections"]["identity"])
         out.append(row)
-    return out
+    return sorted(out, key=lambda row: row["index"])
 
 
 def test_batch_cli_on_the_cluster(ray_cluster, tmp_path):
@@ -42,8 +43,8 @@ def test_batch_cli_on_the_cluster(ray_cluster, tmp_path):
     ]
     infile = tmp_path / "plans.jsonl"
     infile.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    local = evalbox_cli("batch", str(infile))
-    remote = evalbox_cli("batch", str(infile), "--cluster", "ray", env={"RAY_ADDRESS": cluster.address})
+    local = evalbox_cli("batch", str(infile), "--protections")
+    remote = evalbox_cli("batch", str(infile), "--protections", "--cluster", "ray", env={"RAY_ADDRESS": cluster.address})
     assert remote.returncode == local.returncode == 1, remote.stderr  # two lines could not run
     assert rows(remote.stdout) == rows(local.stdout)
     assert [r.get("status") or r["error_type"] for r in rows(remote.stdout)] == [

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from evalbox.errors import SandboxError
-from evalbox.faces.batch import Progress, Result, default_concurrency, prepare_items
+from evalbox.faces.batch import Progress, Result, check_concurrency, prepare_items
 from evalbox.executor.executor import Completed, Event, Executor, SandboxId, Timeout, require_supervisor
 from evalbox.policy.plan import Plan, as_plan
 from evalbox.policy.supervision import Decision, SyscallRequest
@@ -151,15 +151,16 @@ async def arun(target: Plan | Iterable[str], **overrides: Any) -> Output:
         return await ex.run(plan)
 
 
-async def arun_many(plans: Iterable[Plan | Sequence[str]], concurrency: int | None = None, progress: bool = False,
+async def arun_many(plans: Iterable[Plan | Sequence[str]], concurrency: int | None = None, progress: bool = True,
                     cluster: str | None = None, **overrides: Any) -> list[Result]:
-    """`run_many` for asyncio: one AsyncExecutor on the running loop (or a Ray cluster: `cluster=`)."""
+    """`run_many` for asyncio: one AsyncExecutor on the running loop (same arguments, same results)."""
+    limit = check_concurrency(concurrency)
     if cluster is not None:
         from evalbox.faces import cluster as ray_face
 
-        return await ray_face.arun_many(plans, cluster, progress, slots_per_node=concurrency, **overrides)
+        return await ray_face.arun_many(plans, cluster, progress, concurrency, **overrides)
     prepared = prepare_items(plans, overrides)
-    gate = asyncio.Semaphore(concurrency or default_concurrency())
+    gate = asyncio.Semaphore(limit)
     bar = Progress(len(prepared), progress)
 
     async def one(ex: AsyncExecutor, item: Plan | SandboxError) -> Result:

@@ -28,7 +28,7 @@ import collections
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,8 @@ INSTALL = "pip install 'evalbox-sandbox[ray]'"
 MAX_ATTEMPTS = 3  # runs of one plan cut short by lost nodes before its slot gets a ClusterError
 NODE_WAIT = 60.0  # seconds to wait for a node with CPUs when none is left
 ACTOR_START = 120.0  # seconds an actor may take to start (a worker process, importing evalbox)
+REFRESH_EVERY = 30.0  # seconds between looks for nodes that joined during a batch
+LOST_COOLDOWN = 30.0  # seconds before a node whose actor was lost gets a new one
 
 
 # -- the actor (runs on every node) ---------------------------------------------------------------
@@ -54,28 +56,19 @@ class NodeExecutor:
     """
 
     def __init__(self, slots: int) -> None:
-        self.slots = slots
+        self.slots = slots  # what the driver feeds it; the executor itself takes what it is given
         self.runs = 0
         self._ex: Any = None
-        self._gate: asyncio.Semaphore | None = None
-
-    async def _executor(self) -> Any:
-        if self._ex is None:
-            from evalbox.faces.aio import AsyncExecutor
-
-            ex = AsyncExecutor()
-            await ex.__aenter__()
-            self._ex, self._gate = ex, asyncio.Semaphore(self.slots)
-        return self._ex
 
     async def run(self, data: dict[str, Any]) -> tuple[Any, ...]:
         try:
             plan = Plan.from_dict(data)
-            ex = await self._executor()
-            assert self._gate is not None
-            async with self._gate:  # also bounds callers that share this actor beyond our feeding
-                self.runs += 1
-                return ("ok", await ex.run(plan))
+            if self._ex is None:
+                from evalbox.faces.aio import AsyncExecutor
+
+                self._ex = await AsyncExecutor().__aenter__()  # no await inside: one executor, even at once
+            self.runs += 1
+            return ("ok", await self._ex.run(plan))
         except SandboxError as e:
             return ("error", type(e).__name__, e.args, str(e))
 
@@ -142,51 +135,77 @@ class Node:
     busy: int = 0
     alive: bool = True
 
-    @property
-    def free(self) -> int:
-        return self.slots - self.busy if self.alive else 0
+    def room(self, limit: int | None = None) -> int:
+        """Plans to send now: up to `limit` (a caller's concurrency) or the node's slots at once."""
+        return (limit or self.slots) - self.busy if self.alive else 0
 
 
 @dataclass
 class Item:
+    """One plan on its way: turned into data when first sent (and kept for a resend)."""
+
     index: int
-    data: dict[str, Any]
+    plan: Plan
+    data: dict[str, Any] | None = None
     attempts: int = 0
     lost_on: list[str] = field(default_factory=list)
 
+    def as_data(self) -> dict[str, Any] | SandboxError:
+        if self.data is None:
+            try:
+                self.data = self.plan.to_dict()
+            except ValidationError as e:
+                return ValidationError(f"{e} (cluster runs send plans as data)")
+        return self.data
+
 
 class NodePool:
-    """The NodeExecutor actors of one Ray connection, one per alive node with CPUs."""
+    """The NodeExecutor actors of one Ray connection, one per alive node with CPUs.
 
-    def __init__(self, ray: Any, slots_per_node: int | None = None) -> None:
+    Shared by every batch and client of this process (their `busy` counts add up on each node).
+    """
+
+    def __init__(self, ray: Any) -> None:
         self.ray = ray
-        self.slots_per_node = slots_per_node
         self.nodes: dict[str, Node] = {}
+        self._lost_at: dict[str, float] = {}  # node id -> when its actor was lost
+        self._lock = threading.RLock()
         self._actor_class = ray.remote(NodeExecutor)
         self.refresh()
 
+    def alive_nodes(self) -> list[Node]:
+        with self._lock:
+            return [n for n in self.nodes.values() if n.alive]
+
+    def capacity(self, limit: int | None = None) -> int:
+        return sum(limit or n.slots for n in self.alive_nodes())
+
     def refresh(self) -> None:
-        """Start actors on nodes that joined; forget nodes that left."""
-        ray = self.ray
+        """Start actors on nodes that joined (or lost theirs a while ago); forget nodes that left."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        alive = {n["NodeID"]: int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")}
-        for node_id, node in list(self.nodes.items()):
-            if node_id not in alive or not node.alive:
-                self.drop(node)
-        started: list[Node] = []
-        for node_id, cpus in alive.items():
-            if cpus <= 0 or node_id in self.nodes:
-                continue
-            slots = self.slots_per_node or cpus
-            # No CPUs reserved: the sandboxes are ours to count; an actor holding the node's CPUs
-            # would starve other Ray work on a shared cluster (a trainer), or wait for it for ever.
-            actor = self._actor_class.options(
-                num_cpus=0, max_restarts=0, max_concurrency=max(1000, 4 * slots),
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-            ).remote(slots)
-            started.append(Node(node_id, actor, slots))
-        if started:
+        ray = self.ray
+        with self._lock:
+            alive = {n["NodeID"]: int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")}
+            for node_id, node in list(self.nodes.items()):
+                if node_id not in alive:
+                    self.drop(node)
+            now = time.monotonic()
+            started: list[Node] = []
+            for node_id, cpus in alive.items():
+                # A node that just lost its actor may be dying: Ray can list it as alive for a moment.
+                if cpus <= 0 or node_id in self.nodes or now - self._lost_at.get(node_id, -LOST_COOLDOWN) < LOST_COOLDOWN:
+                    continue
+                slots = cpus
+                # No CPUs reserved: the sandboxes are ours to count; an actor holding the node's CPUs
+                # would starve other Ray work on a shared cluster (a trainer), or wait for it for ever.
+                actor = self._actor_class.options(
+                    num_cpus=0, max_restarts=0, max_concurrency=max(1000, 4 * slots),
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+                ).remote(slots)
+                started.append(Node(node_id, actor, slots))
+            if not started:
+                return
             refs = [n.actor.info.remote() for n in started]
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=ACTOR_START)
             for node, ref in zip(started, refs):
@@ -197,12 +216,18 @@ class NodePool:
                         continue
                 except lost_errors(ray):
                     pass
+                self._lost_at[node.node_id] = now
                 self._kill(node)
 
     def drop(self, node: Node) -> None:
-        node.alive = False
-        self.nodes.pop(node.node_id, None)
-        self._kill(node)
+        """Forget a node whose actor was lost (its plans are the caller's to resend)."""
+        with self._lock:
+            if self.nodes.get(node.node_id) is node:
+                del self.nodes[node.node_id]
+                self._lost_at[node.node_id] = time.monotonic()
+            if node.alive:
+                node.alive = False
+                self._kill(node)
 
     def _kill(self, node: Node) -> None:
         try:
@@ -215,16 +240,12 @@ class NodePool:
         deadline = time.monotonic() + NODE_WAIT
         while True:
             self.refresh()
-            if any(n.slots for n in self.nodes.values()):
+            if self.capacity():
                 return
             if time.monotonic() > deadline:
                 raise ClusterError(f"no alive Ray node with CPUs to run sandboxes on (waited {NODE_WAIT:.0f}s); "
                                    "add worker nodes, or give the head CPUs (ray start --num-cpus N)")
             time.sleep(1.0)
-
-    @property
-    def capacity(self) -> int:
-        return sum(n.slots for n in self.nodes.values() if n.alive)
 
 
 def lost_errors(ray: Any) -> tuple[type[BaseException], ...]:
@@ -238,15 +259,15 @@ _pools: dict[tuple[str, int | None], NodePool] = {}
 _pools_lock = threading.Lock()
 
 
-def pool_for(cluster: str, slots_per_node: int | None = None) -> NodePool:
+def pool_for(cluster: str) -> NodePool:
     """The node pool of the current Ray connection (created once; a new ray.init gets a new one)."""
     ray = connect(cluster)
-    key = (ray.get_runtime_context().get_job_id(), slots_per_node)
+    key = ray.get_runtime_context().get_job_id()
     with _pools_lock:
         pool = _pools.get(key)
         if pool is None:
             _pools.clear()  # actors of an earlier connection died with it
-            pool = _pools[key] = NodePool(ray, slots_per_node)
+            pool = _pools[key] = NodePool(ray)
         return pool
 
 
@@ -261,77 +282,84 @@ def _lost(item: Item, node: Node, error: BaseException) -> ClusterError | None:
     return None
 
 
-def _as_data(plan: Plan) -> dict[str, Any] | SandboxError:
-    try:
-        return plan.to_dict()
-    except ValidationError as e:
-        return ValidationError(f"{e} (cluster runs send plans as data)")
+# -- blocking: iter_results / run_many ------------------------------------------------------------
 
-
-# -- blocking: run_many ---------------------------------------------------------------------------
-
-def run_many(plans: Iterable[Plan | Sequence[str]], cluster: str = "ray", progress: bool = True,
-             slots_per_node: int | None = None, **overrides: Any) -> list[Result]:
-    """`evalbox.run_many` across a Ray cluster: results in input order, errors in their slots."""
-    pool = pool_for(cluster, slots_per_node)
+def iter_results(plans: Iterable[Plan | Sequence[str]], cluster: str = "ray", progress: bool = True,
+                 slots_per_node: int | None = None, **overrides: Any) -> Iterator[tuple[int, Result]]:
+    """`evalbox.faces.batch.iter_results` across a Ray cluster: (input index, result) as each
+    finishes. Each result is fetched as it arrives and dropped by Ray, so the cluster holds only
+    what is running. Leaving the iteration early cancels (and so kills) what still runs."""
+    limit = slots_per_node
+    pool = pool_for(cluster)
     pool.refresh()  # nodes that joined since the last batch
     ray = pool.ray
     lost = lost_errors(ray)
     prepared = prepare_items(plans, overrides)
-    results: list[Result | None] = [None] * len(prepared)
     queue: collections.deque[Item] = collections.deque()
     bar = Progress(len(prepared), progress)
-
-    def settle(index: int, result: Result) -> None:
-        results[index] = result
-        bar.advance(result)
-
-    for index, plan in enumerate(prepared):
-        data = plan if isinstance(plan, SandboxError) else _as_data(plan)
-        if isinstance(data, SandboxError):
-            settle(index, data)
-        else:
-            queue.append(Item(index, data))
     running: dict[Any, tuple[Item, Node]] = {}
-
-    def feed(node: Node) -> None:
-        while queue and node.free > 0:
-            item = queue.popleft()
-            running[node.actor.run.remote(item.data)] = (item, node)
-            node.busy += 1
-
     try:
+        for index, plan in enumerate(prepared):
+            if isinstance(plan, SandboxError):
+                bar.advance(plan)
+                yield index, plan
+            else:
+                queue.append(Item(index, plan))
+        next_refresh = time.monotonic() + REFRESH_EVERY
         while queue or running:
-            if queue and not any(n.free for n in pool.nodes.values()) and not running:
+            if queue and not running and pool.capacity() == 0:
                 pool.wait_for_nodes()
-            for node in list(pool.nodes.values()):
-                feed(node)
-            ready, _ = ray.wait(list(running), num_returns=1)
-            if len(running) > 1:  # everything else already done too, in one call
+            for node in pool.alive_nodes():
+                while queue and node.room(limit) > 0:  # keep every node fed up to its slots
+                    item = queue.popleft()
+                    data = item.as_data()
+                    if isinstance(data, SandboxError):
+                        bar.advance(data)
+                        yield item.index, data
+                        continue
+                    running[node.actor.run.remote(data)] = (item, node)
+                    node.busy += 1
+            if not running:
+                continue
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=REFRESH_EVERY)
+            if len(running) > 1 and ready:  # whatever else is done too, in the same call
                 ready, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
+            changed = False
             for ref in ready:
                 item, node = running.pop(ref)
                 node.busy -= 1
                 try:
-                    value = ray.get(ref)
+                    result = decode(ray.get(ref))
                 except lost as e:
-                    if node.alive:
-                        pool.drop(node)
+                    pool.drop(node)
+                    changed = True
                     failed = _lost(item, node, e)
-                    if failed is not None:
-                        settle(item.index, failed)
-                    else:
-                        queue.appendleft(item)  # first in line: its neighbours in the output wait on it
-                    continue
-                settle(item.index, decode(value))
-            if any(not n.alive for n in pool.nodes.values()) or (queue and pool.capacity == 0):
-                pool.refresh()
-    except BaseException:
-        for ref in running:
-            ray.cancel(ref, force=False)
-        raise
+                    if failed is None:
+                        queue.appendleft(item)  # first in line again
+                        continue
+                    result = failed
+                bar.advance(result)
+                yield item.index, result
+            if changed or time.monotonic() > next_refresh:
+                pool.refresh()  # replacements for lost nodes, newly joined ones
+                next_refresh = time.monotonic() + REFRESH_EVERY
     finally:
+        for ref, (_, node) in running.items():
+            node.busy -= 1
+            try:
+                ray.cancel(ref)  # the actor's task is cancelled: its sandbox is killed
+            except Exception:  # noqa: BLE001 - gone with its node
+                pass
         bar.close()
+
+
+def run_many(plans: Iterable[Plan | Sequence[str]], cluster: str = "ray", progress: bool = True,
+             slots_per_node: int | None = None, **overrides: Any) -> list[Result]:
+    """`evalbox.run_many` across a Ray cluster: results in input order, errors in their slots."""
+    prepared = plans if isinstance(plans, list) else list(plans)
+    results: list[Result | None] = [None] * len(prepared)
+    for index, result in iter_results(prepared, cluster, progress, slots_per_node, **overrides):
+        results[index] = result
     return results  # type: ignore[return-value]
 
 
@@ -354,13 +382,14 @@ class ClusterClient:
         self._queue: collections.deque[tuple[Item, asyncio.Future[Result]]] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._failed: ClusterError | None = None  # why the dispatcher stopped, for later submits
         self._count = 0
 
     async def start(self) -> "ClusterClient":
         if self._task is None:
             loop = asyncio.get_running_loop()
             # Connecting and starting actors blocks for a second or two: not on the loop.
-            self._pool = await loop.run_in_executor(None, pool_for, self._cluster, self._slots_per_node)
+            self._pool = await loop.run_in_executor(None, pool_for, self._cluster)
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._dispatch())
         return self
@@ -374,7 +403,7 @@ class ClusterClient:
     @property
     def capacity(self) -> int:
         """Sandboxes the cluster runs at once (its nodes' slots)."""
-        return self._pool.capacity if self._pool else 0
+        return self._pool.capacity(self._slots_per_node) if self._pool else 0
 
     @property
     def queued(self) -> int:
@@ -388,22 +417,27 @@ class ClusterClient:
         return result
 
     async def submit_result(self, plan: Plan) -> Result:
-        await self.start()
+        """Like `submit`, but a SandboxError is returned rather than raised (as in run_many's slots)."""
         from evalbox.executor.executor import require_supervisor
 
+        await self.start()
         try:
             require_supervisor(plan)
         except SandboxError as e:
             return e
-        data = _as_data(plan)
+        self._count += 1
+        item = Item(self._count, plan)
+        data = item.as_data()
         if isinstance(data, SandboxError):
             return data
+        if self._failed is not None:
+            raise self._failed
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._count += 1
-        self._queue.append((Item(self._count, data), future))
+        self._queue.append((item, future))
         assert self._wake is not None
         self._wake.set()
-        return await future  # cancelling drops it from the queue, or lets the running sandbox finish
+        # Cancelling the caller drops a queued plan, or cancels its Ray task (killing the sandbox).
+        return await future
 
     async def close(self) -> None:
         if self._task is not None:
@@ -413,10 +447,13 @@ class ClusterClient:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        self._fail_queued(ClusterError("the cluster client was closed before this plan ran"))
+
+    def _fail_queued(self, error: BaseException) -> None:
         while self._queue:
             _, future = self._queue.popleft()
             if not future.done():
-                future.set_exception(ClusterError("the cluster client was closed before this plan ran"))
+                future.set_exception(error)
 
     async def _dispatch(self) -> None:
         pool, wake = self._pool, self._wake
@@ -424,51 +461,71 @@ class ClusterClient:
         ray = pool.ray
         lost = lost_errors(ray)
         loop = asyncio.get_running_loop()
-        running: dict[asyncio.Future[Any], tuple[Item, Node, asyncio.Future[Result]]] = {}
+        running: dict[asyncio.Future[Any], tuple[Item, Node, asyncio.Future[Result], Any]] = {}
+        next_refresh = time.monotonic() + REFRESH_EVERY
         try:
             while True:
-                while self._queue and self._queue[0][1].done():  # cancelled while queued
-                    self._queue.popleft()
-                if self._queue and pool.capacity == 0 and not running:
+                if self._queue and not running and pool.capacity() == 0:
                     await loop.run_in_executor(None, pool.wait_for_nodes)
-                for node in list(pool.nodes.values()):
-                    while self._queue and node.free > 0:
+                for node in pool.alive_nodes():
+                    while self._queue and node.room(self._slots_per_node) > 0:
                         item, future = self._queue.popleft()
-                        if future.done():
+                        if future.done():  # its caller was cancelled while it waited
                             continue
                         ref = node.actor.run.remote(item.data)
-                        running[asyncio.wrap_future(ref.future())] = (item, node, future)
+                        future.add_done_callback(lambda f, ref=ref: ray.cancel(ref) if f.cancelled() else None)
+                        running[asyncio.wrap_future(ref.future())] = (item, node, future, ref)
                         node.busy += 1
                 wake.clear()
                 waker = loop.create_task(wake.wait())
-                done, _ = await asyncio.wait([*running, waker], return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait([*running, waker], timeout=REFRESH_EVERY,
+                                             return_when=asyncio.FIRST_COMPLETED)
                 waker.cancel()
+                changed = False
                 for fut in done:
                     if fut is waker:
                         continue
-                    item, node, future = running.pop(fut)
+                    item, node, future, _ = running.pop(fut)
                     node.busy -= 1
-                    error = fut.exception()
-                    if error is not None and isinstance(error, lost):
-                        if node.alive:
-                            pool.drop(node)
+                    error = fut.exception() if not fut.cancelled() else None
+                    if isinstance(error, lost):
+                        pool.drop(node)
+                        changed = True
                         failed = _lost(item, node, error)
                         if failed is None:
-                            self._queue.appendleft((item, future))
+                            if not future.done():
+                                self._queue.appendleft((item, future))
                         elif not future.done():
                             future.set_result(failed)
-                    elif not future.done():
-                        if error is not None:
-                            future.set_exception(error)
-                        else:
-                            future.set_result(decode(fut.result()))
-                if any(not n.alive for n in pool.nodes.values()) or (self._queue and pool.capacity == 0):
+                    elif future.done():
+                        continue
+                    elif error is not None:
+                        future.set_exception(error)
+                    elif fut.cancelled():
+                        future.cancel()
+                    else:
+                        future.set_result(decode(fut.result()))
+                if changed or time.monotonic() > next_refresh:
                     await loop.run_in_executor(None, pool.refresh)
-        finally:
-            for fut, (_, _, future) in running.items():
-                fut.cancel()
+                    next_refresh = time.monotonic() + REFRESH_EVERY
+        except BaseException as e:
+            # Stopped (close) or broken (no node left): nothing that waits may hang.
+            error = e if isinstance(e, ClusterError) else ClusterError(
+                "the cluster client was closed while this plan ran" if isinstance(e, asyncio.CancelledError)
+                else f"the cluster client failed: {type(e).__name__}: {e}")
+            if not isinstance(e, asyncio.CancelledError):
+                self._failed = error
+            for _, node, future, ref in running.values():
+                node.busy -= 1
+                try:
+                    ray.cancel(ref)
+                except Exception:  # noqa: BLE001 - gone with its node
+                    pass
                 if not future.done():
-                    future.set_exception(ClusterError("the cluster client was closed while this plan ran"))
+                    future.set_exception(error)
+            self._fail_queued(error)
+            if isinstance(e, asyncio.CancelledError):
+                raise
 
 
 async def arun_many(plans: Iterable[Plan | Sequence[str]], cluster: str = "ray", progress: bool = False,
