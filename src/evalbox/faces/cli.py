@@ -371,6 +371,8 @@ def _execute(make_plan: Callable[[], Plan], as_json: bool, with_protections: boo
         click.echo(json.dumps(output.as_dict(protections=with_protections), indent=2))
     elif output.status.value not in ("exited", "signaled") or output.error:
         click.echo(f"evalbox: {output.status.name}: the program {output.describe()}", err=True)
+    if output.blocked_syscall and not as_json:
+        click.echo(f"evalbox: killed for calling {output.blocked_syscall}, which the sandbox forbids", err=True)
     sys.exit(output.shell_code)
 
 
@@ -839,9 +841,16 @@ def humaneval(samples: str, problems: str | None, ks: str, timeout: float, concu
               help="Comma-separated subset of: spawn, python, humaneval, caller.")
 @click.option("--json", "as_json", is_flag=True, help="Print {machine, rows} as JSON instead of a table.")
 @click.option("--profile", is_flag=True, help="Instead: where evalbox's per-run time goes (parent-side stages).")
+@click.option("--compat", is_flag=True,
+              help="Instead: CPython's own regression tests bare and sandboxed, the share of passing cases kept "
+                   "(needs the interpreter's test package: apt-get install libpython3.11-testsuite).")
+@click.option("--modules", default=None, metavar="NAMES",
+              help="--compat: comma-separated test modules (default: ~100 that exercise the OS; with --quick, 8).")
+@click.option("--net", "compat_net", type=click.Choice(["off", "on", "both"]), default="both",
+              help="--compat: sandboxed runs with network off, on, or both (default both).")
 def bench(quick: bool, runs: int | None, batches: int | None, batch_size: int | None, humaneval: bool | None,
           humaneval_repeats: int | None, caller_gb: float | None, python: str | None, only: str | None,
-          as_json: bool, profile: bool) -> None:
+          as_json: bool, profile: bool, compat: bool, modules: str | None, compat_net: str) -> None:
     """Benchmarks, measured side by side with bare spawning in one run (medians and p90).
 
     \b
@@ -855,8 +864,24 @@ def bench(quick: bool, runs: int | None, batches: int | None, batch_size: int | 
       evalbox bench --quick --json
       evalbox bench --only spawn,caller -n 500
       evalbox bench --profile -n 1000
+      evalbox bench --compat --quick --net off
     """
     from evalbox.faces.bench import SECTIONS, BenchError, Config, as_json as rows_json, format_table, machine, run_suite
+
+    if compat:
+        from evalbox.faces import compat as compat_bench
+
+        names = tuple(m.strip() for m in modules.split(",") if m.strip()) if modules else (
+            compat_bench.QUICK_MODULES if quick else compat_bench.MODULES)
+        nets = {"off": (False,), "on": (True,), "both": (False, True)}[compat_net]
+        try:
+            py, results = compat_bench.run_compat(names, nets, python,
+                                                  log=None if as_json else (lambda m: click.echo(m, err=True)))
+        except RuntimeError as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(json.dumps(compat_bench.as_json(py, results), indent=2) if as_json
+                   else compat_bench.format_report(py, results))
+        return
 
     if profile:
         from evalbox.faces.bench import format_profile, profile_stages

@@ -28,6 +28,7 @@ from evalbox.process.workspace import Workspace
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 UMASK = 0o022
+PRIVATE_SHM_INODES = 4096  # POSIX semaphores and shm segments: a few each; bounded like the size
 
 _counter = itertools.count()
 
@@ -126,6 +127,12 @@ def _processes_of_uid(uid: int) -> int:
                 pass
     _user_procs_cache = (now, count)
     return count
+
+
+def _below(paths: list[str], top: str) -> list[str]:
+    """The paths strictly below `top`, without those inside another one of them."""
+    inside = sorted({p for p in paths if p.startswith(top + "/")})
+    return [p for i, p in enumerate(inside) if not any(p.startswith(q + "/") for q in inside[:i])]
 
 
 def _take_pid_reservation(plan: Plan, host: Host, use_cgroup_pids: bool) -> int:
@@ -388,17 +395,17 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             filters = [(program, 0)]
         overlays = []
         if host.private_shm:
-            # a private /dev/shm (POSIX semaphores); the workspace may live there: bind it back
-            keep = [(ws.root.encode(), True)] if os.path.dirname(ws.root) == "/dev/shm" else []
-            overlays.append((b"/dev/shm", f"mode=1777,size={plan.memory or 64 << 20}".encode(),
-                             filesystem.PRIVATE_SHM_RIGHTS, keep))
-            # its own /tmp too (code that hard-codes /tmp/...), the same way
-            keep_tmp = [(ws.root.encode(), True)] if ws.root.startswith("/tmp/") else []
-            overlays.append((b"/tmp", f"mode=1777,size={plan.memory or 64 << 20}".encode(),
-                             filesystem.PRIVATE_SHM_RIGHTS, keep_tmp))
+            # a private /dev/shm (POSIX semaphores) and /tmp (code that hard-codes /tmp/...); the
+            # workspace, mounts and runtime files may live below them: bind those back
+            granted = [ws.root] + [r.path for r in rules if r.path != ws.root and not r.path.startswith(ws.root + "/")]
+            for top in ("/dev/shm", "/tmp"):
+                keep = _below(granted, top)
+                options = f"mode=1777,size={plan.memory or 64 << 20},nr_inodes={PRIVATE_SHM_INODES}"
+                overlays.append((top.encode(), options.encode(),
+                                 filesystem.PRIVATE_SHM_RIGHTS, [(p.encode(), os.path.isdir(p)) for p in keep]))
             if identity:
                 overlays.append((b"/etc", b"", 0, identity))
-            outside = [r.path for r in rules if r.path != ws.root]
+            outside = [r.path for r in rules if r.path != ws.root and not r.path.startswith(ws.root + "/")]
             overlays += _exposure_overlays(outside)
         private_shm = host.private_shm
 

@@ -16,7 +16,7 @@ import signal
 from evalbox.errors import ValidationError
 from evalbox.kernel import seccomp_notify as sn
 from evalbox.kernel.syscall_table import ARCHES, AUDIT_ARCH
-from evalbox.policy.seccomp_policy import BLOCKED, EMULATED, LARGE_MAP, NOTED, Routing
+from evalbox.policy.seccomp_policy import BLOCKED, EMULATED, LARGE_MAP, MEMFD, NOTED, Routing
 from evalbox.process import metadata
 from evalbox.policy.plan import NotifyMode, Plan
 from evalbox.policy.supervision import DIRFD_CALLS, PATH_ARG, SOCKADDR_CALLS, Decision, SyscallRecord, SyscallRequest
@@ -145,6 +145,9 @@ class Supervision:
                 if reason == LARGE_MAP:  # only integers: the kernel decides, we note a refusal to come
                     self._check_mapping(n)
                     sn.allow(self.listener, n.id)
+                    continue
+                if reason == MEMFD:
+                    _memfd_for(self.listener, n)
                     continue
                 if reason == NOTED:  # setpgid: only integers, nothing to re-read
                     self.made_groups = True
@@ -339,6 +342,28 @@ class Supervision:
 
 
 X32_SYSCALL_BIT = 0x40000000
+MFD_CLOEXEC, MFD_EXEC, MFD_NOEXEC_SEAL = 0x1, 0x10, 0x8
+
+
+def _memfd_for(listener: int, n: sn.Notification) -> None:
+    """memfd_create for the program, never executable: created here with MFD_NOEXEC_SEAL (mode
+    0666, F_SEAL_EXEC: no chmod +x later) and installed in the program as the call's result. The
+    memory it holds is charged to whoever writes it (the program)."""
+    flags = n.args[1] & 0xFFFFFFFF
+    raw = sn.read_string(n.pid, n.args[0], 250)
+    if raw is None:
+        sn.fail(listener, n.id, errno.EFAULT)
+        return
+    try:
+        fd = os.memfd_create(raw.decode("utf-8", "surrogateescape"), (flags & ~(MFD_EXEC | MFD_CLOEXEC)) | MFD_NOEXEC_SEAL)
+    except OSError as e:
+        # an older kernel (< 6.3) cannot make it non-executable: refuse as if memfds did not exist
+        sn.fail(listener, n.id, errno.ENOSYS if e.errno == errno.EINVAL and not flags & ~0x1F else e.errno or errno.EINVAL)
+        return
+    try:
+        sn.inject_fd_and_return(listener, n.id, fd, bool(flags & MFD_CLOEXEC))
+    finally:
+        os.close(fd)
 
 
 def _foreign_name(n: sn.Notification) -> str:

@@ -25,12 +25,20 @@ IDENTITY_FILES = (".passwd", ".group")  # a root host's per-run passwd/group (se
 SHM = "/dev/shm"
 
 
+SHM_INODES_KEPT = 0.5  # workspaces leave at least this share of /dev/shm's inodes to the host
+
+
 def _shm_usable() -> bool:
+    """/dev/shm can take a workspace: exec allowed, writable, and at least half of its inodes
+    free (a run's inodes are charged to its memory cgroup, but many runs together could exhaust
+    the host's /dev/shm: past half, new workspaces go to the temp dir)."""
     try:
-        flags = os.statvfs(SHM).f_flag
+        st = os.statvfs(SHM)
     except OSError:
         return False
-    return not flags & os.ST_NOEXEC and os.access(SHM, os.W_OK | os.X_OK)
+    if st.f_files and st.f_favail < st.f_files * SHM_INODES_KEPT:
+        return False
+    return not st.f_flag & os.ST_NOEXEC and os.access(SHM, os.W_OK | os.X_OK)
 
 
 def base_dir(memory_bounded: bool = False) -> str:
