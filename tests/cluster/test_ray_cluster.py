@@ -23,7 +23,7 @@ VARYING = ("wall_time", "cpu_time", "max_rss")  # measured, so never equal betwe
 def comparable(result):
     if isinstance(result, evalbox.SandboxError):
         return (type(result), str(result))
-    data = {k: v for k, v in result.as_dict().items() if k not in VARYING}
+    data = {k: v for k, v in result.as_dict(protections=True).items() if k not in VARYING}
     # Which per-sandbox uid a run got depends on what else runs on that host at the time.
     data["protections"]["identity"] = re.sub(r"\d{6,}", "N", data["protections"]["identity"])
     return data
