@@ -44,31 +44,52 @@ NODE_WAIT = 60.0  # seconds to wait for a node with CPUs when none is left
 ACTOR_START = 120.0  # seconds an actor may take to start (a worker process, importing evalbox)
 REFRESH_EVERY = 30.0  # seconds between looks for nodes that joined during a batch
 LOST_COOLDOWN = 30.0  # seconds before a node whose actor was lost gets a new one
+CHUNK_MAX = 16  # plans per Ray call at most (a call costs ~0.5 ms of driver CPU, whatever it carries)
+
+
+def chunk_size(slots: int) -> int:
+    """Plans per call to a node running `slots` at once: 1 for small nodes (no plan waits on
+    another's call), up to CHUNK_MAX for big ones, where the per-call cost would bound the driver."""
+    return max(1, min(CHUNK_MAX, slots // 4))
+
+
+def outstanding(slots: int) -> int:
+    """Plans a node may hold at once (running, and queued in its actor): its slots plus a chunk or
+    two, so a slot that frees is refilled at once while the next call is on its way."""
+    return slots + max(chunk_size(slots), slots // 4)
 
 
 # -- the actor (runs on every node) ---------------------------------------------------------------
 
 class NodeExecutor:
-    """One node's executor: an AsyncExecutor on the actor's event loop, `slots` sandboxes at once.
+    """One node's executor: an AsyncExecutor on the actor's event loop.
 
-    A plan comes as `Plan.to_dict()` data and goes back as ("ok", Output) or ("error", class name,
-    args, message) for a SandboxError; anything else raised is a bug and propagates.
+    `run(plans, slots)` takes a chunk of plans as `Plan.to_dict()` data, runs them at most `slots`
+    at once (counting every call with the same `slots`), and returns, in order, ("ok", Output) or
+    ("error", class name, args, message) for a SandboxError; anything else raised is a bug and
+    propagates. Cancelling the call kills its sandboxes.
     """
 
     def __init__(self, slots: int) -> None:
-        self.slots = slots  # what the driver feeds it; the executor itself takes what it is given
+        self.slots = slots  # the node's CPUs: what the driver feeds it unless told otherwise
         self.runs = 0
         self._ex: Any = None
+        self._gates: dict[int, asyncio.Semaphore] = {}
 
-    async def run(self, data: dict[str, Any]) -> tuple[Any, ...]:
+    async def run(self, chunk: list[dict[str, Any]], slots: int) -> list[tuple[Any, ...]]:
+        if self._ex is None:
+            from evalbox.faces.aio import AsyncExecutor
+
+            self._ex = await AsyncExecutor().__aenter__()  # no await inside: one executor, even at once
+        gate = self._gates.setdefault(slots, asyncio.Semaphore(slots))
+        return list(await asyncio.gather(*(self._run_one(data, gate) for data in chunk)))
+
+    async def _run_one(self, data: dict[str, Any], gate: asyncio.Semaphore) -> tuple[Any, ...]:
         try:
             plan = Plan.from_dict(data)
-            if self._ex is None:
-                from evalbox.faces.aio import AsyncExecutor
-
-                self._ex = await AsyncExecutor().__aenter__()  # no await inside: one executor, even at once
-            self.runs += 1
-            return ("ok", await self._ex.run(plan))
+            async with gate:
+                self.runs += 1
+                return ("ok", await self._ex.run(plan))
         except SandboxError as e:
             return ("error", type(e).__name__, e.args, str(e))
 
@@ -135,9 +156,13 @@ class Node:
     busy: int = 0
     alive: bool = True
 
-    def room(self, limit: int | None = None) -> int:
-        """Plans to send now: up to `limit` (a caller's concurrency) or the node's slots at once."""
-        return (limit or self.slots) - self.busy if self.alive else 0
+    def next_chunk(self, limit: int | None, queued: int) -> int:
+        """How many plans to send this node in one call now (0: it has enough), for a caller
+        running `limit` (its concurrency) or the node's slots at once."""
+        if not self.alive:
+            return 0
+        slots = limit or self.slots
+        return max(0, min(chunk_size(slots), outstanding(slots) - self.busy, queued))
 
 
 @dataclass
@@ -297,7 +322,7 @@ def iter_results(plans: Iterable[Plan | Sequence[str]], cluster: str = "ray", pr
     prepared = prepare_items(plans, overrides)
     queue: collections.deque[Item] = collections.deque()
     bar = Progress(len(prepared), progress)
-    running: dict[Any, tuple[Item, Node]] = {}
+    running: dict[Any, tuple[list[Item], Node]] = {}  # a Ray call -> the plans it carries
     try:
         for index, plan in enumerate(prepared):
             if isinstance(plan, SandboxError):
@@ -310,15 +335,19 @@ def iter_results(plans: Iterable[Plan | Sequence[str]], cluster: str = "ray", pr
             if queue and not running and pool.capacity() == 0:
                 pool.wait_for_nodes()
             for node in pool.alive_nodes():
-                while queue and node.room(limit) > 0:  # keep every node fed up to its slots
-                    item = queue.popleft()
-                    data = item.as_data()
-                    if isinstance(data, SandboxError):
-                        bar.advance(data)
-                        yield item.index, data
-                        continue
-                    running[node.actor.run.remote(data)] = (item, node)
-                    node.busy += 1
+                while (size := node.next_chunk(limit, len(queue))) > 0:  # keep every node fed
+                    chunk: list[Item] = []
+                    while queue and len(chunk) < size:
+                        item = queue.popleft()
+                        data = item.as_data()
+                        if isinstance(data, SandboxError):
+                            bar.advance(data)
+                            yield item.index, data
+                        else:
+                            chunk.append(item)
+                    if chunk:
+                        running[node.actor.run.remote([i.data for i in chunk], limit or node.slots)] = (chunk, node)
+                        node.busy += len(chunk)
             if not running:
                 continue
             ready, _ = ray.wait(list(running), num_returns=1, timeout=REFRESH_EVERY)
@@ -326,28 +355,33 @@ def iter_results(plans: Iterable[Plan | Sequence[str]], cluster: str = "ray", pr
                 ready, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
             changed = False
             for ref in ready:
-                item, node = running.pop(ref)
-                node.busy -= 1
+                chunk, node = running.pop(ref)
+                node.busy -= len(chunk)
                 try:
-                    result = decode(ray.get(ref))
+                    values = ray.get(ref)
                 except lost as e:
                     pool.drop(node)
                     changed = True
-                    failed = _lost(item, node, e)
-                    if failed is None:
-                        queue.appendleft(item)  # first in line again
-                        continue
-                    result = failed
-                bar.advance(result)
-                yield item.index, result
+                    for item in reversed(chunk):
+                        failed = _lost(item, node, e)
+                        if failed is None:
+                            queue.appendleft(item)  # first in line again
+                        else:
+                            bar.advance(failed)
+                            yield item.index, failed
+                    continue
+                for item, value in zip(chunk, values):
+                    result = decode(value)
+                    bar.advance(result)
+                    yield item.index, result
             if changed or time.monotonic() > next_refresh:
                 pool.refresh()  # replacements for lost nodes, newly joined ones
                 next_refresh = time.monotonic() + REFRESH_EVERY
     finally:
-        for ref, (_, node) in running.items():
-            node.busy -= 1
+        for ref, (chunk, node) in running.items():
+            node.busy -= len(chunk)
             try:
-                ray.cancel(ref)  # the actor's task is cancelled: its sandbox is killed
+                ray.cancel(ref)  # the actor's task is cancelled: its sandboxes are killed
             except Exception:  # noqa: BLE001 - gone with its node
                 pass
         bar.close()
@@ -461,21 +495,28 @@ class ClusterClient:
         ray = pool.ray
         lost = lost_errors(ray)
         loop = asyncio.get_running_loop()
-        running: dict[asyncio.Future[Any], tuple[Item, Node, asyncio.Future[Result], Any]] = {}
+        # a Ray call's future -> (the plans it carries with their callers' futures, node, ObjectRef)
+        running: dict[asyncio.Future[Any], tuple[list[tuple[Item, asyncio.Future[Result]]], Node, Any]] = {}
+        limit = self._slots_per_node
         next_refresh = time.monotonic() + REFRESH_EVERY
         try:
             while True:
                 if self._queue and not running and pool.capacity() == 0:
                     await loop.run_in_executor(None, pool.wait_for_nodes)
                 for node in pool.alive_nodes():
-                    while self._queue and node.room(self._slots_per_node) > 0:
-                        item, future = self._queue.popleft()
-                        if future.done():  # its caller was cancelled while it waited
+                    while (size := node.next_chunk(limit, len(self._queue))) > 0:
+                        chunk = []
+                        while self._queue and len(chunk) < size:
+                            item, future = self._queue.popleft()
+                            if not future.done():  # else its caller was cancelled while it waited
+                                chunk.append((item, future))
+                        if not chunk:
                             continue
-                        ref = node.actor.run.remote(item.data)
-                        future.add_done_callback(lambda f, ref=ref: ray.cancel(ref) if f.cancelled() else None)
-                        running[asyncio.wrap_future(ref.future())] = (item, node, future, ref)
-                        node.busy += 1
+                        ref = node.actor.run.remote([item.data for item, _ in chunk], limit or node.slots)
+                        for _, future in chunk:  # a cancelled caller cancels the call (and kills its sandboxes)
+                            future.add_done_callback(lambda f, ref=ref: ray.cancel(ref) if f.cancelled() else None)
+                        running[asyncio.wrap_future(ref.future())] = (chunk, node, ref)
+                        node.busy += len(chunk)
                 wake.clear()
                 waker = loop.create_task(wake.wait())
                 done, _ = await asyncio.wait([*running, waker], timeout=REFRESH_EVERY,
@@ -485,26 +526,29 @@ class ClusterClient:
                 for fut in done:
                     if fut is waker:
                         continue
-                    item, node, future, _ = running.pop(fut)
-                    node.busy -= 1
+                    chunk, node, _ = running.pop(fut)
+                    node.busy -= len(chunk)
                     error = fut.exception() if not fut.cancelled() else None
                     if isinstance(error, lost):
                         pool.drop(node)
                         changed = True
-                        failed = _lost(item, node, error)
-                        if failed is None:
-                            if not future.done():
-                                self._queue.appendleft((item, future))
-                        elif not future.done():
-                            future.set_result(failed)
-                    elif future.done():
+                        for item, future in reversed(chunk):
+                            failed = _lost(item, node, error)
+                            if failed is None:
+                                if not future.done():
+                                    self._queue.appendleft((item, future))
+                            elif not future.done():
+                                future.set_result(failed)
                         continue
-                    elif error is not None:
-                        future.set_exception(error)
-                    elif fut.cancelled():
-                        future.cancel()
-                    else:
-                        future.set_result(decode(fut.result()))
+                    for position, (item, future) in enumerate(chunk):
+                        if future.done():
+                            continue
+                        if error is not None:
+                            future.set_exception(error)
+                        elif fut.cancelled():
+                            future.cancel()
+                        else:
+                            future.set_result(decode(fut.result()[position]))
                 if changed or time.monotonic() > next_refresh:
                     await loop.run_in_executor(None, pool.refresh)
                     next_refresh = time.monotonic() + REFRESH_EVERY
@@ -515,14 +559,15 @@ class ClusterClient:
                 else f"the cluster client failed: {type(e).__name__}: {e}")
             if not isinstance(e, asyncio.CancelledError):
                 self._failed = error
-            for _, node, future, ref in running.values():
-                node.busy -= 1
+            for chunk, node, ref in running.values():
+                node.busy -= len(chunk)
                 try:
                     ray.cancel(ref)
                 except Exception:  # noqa: BLE001 - gone with its node
                     pass
-                if not future.done():
-                    future.set_exception(error)
+                for _, future in chunk:
+                    if not future.done():
+                        future.set_exception(error)
             self._fail_queued(error)
             if isinstance(e, asyncio.CancelledError):
                 raise
