@@ -7,7 +7,8 @@ each: the same two sandbox slots as the local run, on this machine's cores), war
 actors up, then runs the same N small plans (`/bin/true`, and `python -I -S -c pass`) with
 `run_many` locally (concurrency 2) and with `cluster="ray"`. Reports per item: wall time, the
 CPU the driver spent (Python and Ray's threads), the CPU the node actors spent outside their
-sandboxes, and the sandboxes' own CPU; plus the fixed cost of a one-plan batch. Needs Ray
+sandboxes, and the sandboxes' own CPU; the same at 32 sandboxes per node (as a big node is fed: calls of 8 plans);
+plus the fixed cost of a one-plan batch. Needs Ray
 (`pip install 'evalbox-sandbox[ray]'`) and about 1 GB of memory.
 """
 
@@ -43,6 +44,40 @@ def measure(label: str, run, n: int, actors_cpu) -> dict:
             "wall_ms_per_item": round(1000 * wall / n, 3), "driver_cpu_ms": round(1000 * cpu / n, 3),
             "actor_cpu_ms": round(1000 * actors / n, 3), "sandbox_cpu_ms": round(1000 * sandbox_cpu / n, 3),
             "local_children_cpu_ms": round(1000 * children / n, 3)}
+
+
+class Echo:
+    """An actor that returns what it gets: Ray's own cost of a call carrying k (plan, Output) pairs."""
+
+    async def run(self, chunk):
+        return chunk
+
+    def cpu(self) -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+
+def call_costs(ray, evalbox, items: int = 2000) -> list[dict]:
+    """Driver and actor CPU per item of Ray calls carrying 1, 8 or 16 items, nothing run."""
+    actor = ray.remote(Echo).options(num_cpus=0).remote()
+    pair = (evalbox.Plan(["/bin/true"]).to_dict(), evalbox.run(["/bin/true"]))
+    ray.get(actor.cpu.remote())
+    rows = []
+    for k in (1, 8, 16):
+        actor_before, cpu_before, wall_before = ray.get(actor.cpu.remote()), time.process_time(), time.perf_counter()
+        pending = [actor.run.remote([pair] * k) for _ in range(8)]
+        for _ in range(items // k - 8):
+            ready, pending = ray.wait(pending, num_returns=1)
+            ray.get(ready)
+            pending.append(actor.run.remote([pair] * k))
+        ray.get(pending)
+        wall, cpu = time.perf_counter() - wall_before, time.process_time() - cpu_before
+        actor_cpu = ray.get(actor.cpu.remote()) - actor_before
+        rows.append({"row": f"ray    call cost, {k} per call (echo actor)", "n": items,
+                     "wall_ms_per_item": round(1000 * wall / items, 3), "driver_cpu_ms": round(1000 * cpu / items, 3),
+                     "actor_cpu_ms": round(1000 * actor_cpu / items, 3)})
+    ray.kill(actor)
+    return rows
 
 
 def main() -> None:
@@ -83,6 +118,12 @@ def main() -> None:
         for name, plans in batches.items():
             rows.append(measure(f"local  {name}", lambda: evalbox.run_many(plans, concurrency=2, progress=False), n, nothing))
             rows.append(measure(f"ray    {name}", lambda: evalbox.run_many(plans, cluster="ray", progress=False), n, actors_cpu))
+        # As a big node is fed (32 at once: calls of 8 plans): the per-item costs of the driver and
+        # the actor there (the two cores are oversubscribed: wall time means little).
+        plans = batches["true"]
+        rows.append(measure("ray    true, 32 at once per node (calls of 8)",
+                            lambda: evalbox.run_many(plans, cluster="ray", concurrency=32, progress=False), n, actors_cpu))
+        rows.extend(call_costs(ray, evalbox))
         one = [evalbox.Plan(["/bin/true"])]
         fixed = []
         for _ in range(20):

@@ -11,6 +11,10 @@ import socket
 import pytest
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# Ray's files (sessions, sockets, the "current cluster" address) in a directory of this uid's own:
+# the suite runs as root and as another user on the same machine, and /tmp/ray belongs to the first.
+os.environ["RAY_TMPDIR"] = f"/tmp/evalbox-ray-{os.getuid()}"
+os.makedirs(os.environ["RAY_TMPDIR"], mode=0o700, exist_ok=True)
 WORKER_CPUS = 2
 NO_RAY = "Ray is not installed: pip install -e '.[test]' (or 'evalbox-sandbox[ray]') to run the cluster tests"
 
