@@ -4,15 +4,14 @@ same work done locally."""
 
 import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from same_as_local import normalised
 
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # keep every Ray process on 127.0.0.1
-VARYING = ("wall_time", "cpu_time", "max_rss")
 
 
 def evalbox_cli(*args, env=None, timeout=300):
@@ -22,13 +21,7 @@ def evalbox_cli(*args, env=None, timeout=300):
 
 def rows(text):
     """Result rows by index (standard output gets them as they finish)."""
-    out = []
-    for line in text.splitlines():
-        row = {k: v for k, v in json.loads(line).items() if k not in VARYING}
-        if row.get("protections"):
-            row["protections"]["identity"] = re.sub(r"\d{6,}", "N", row["protections"]["identity"])
-        out.append(row)
-    return sorted(out, key=lambda row: row["index"])
+    return sorted((normalised(json.loads(line)) for line in text.splitlines()), key=lambda row: row["index"])
 
 
 def test_batch_cli_on_the_cluster(ray_cluster, tmp_path):

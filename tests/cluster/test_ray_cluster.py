@@ -4,7 +4,6 @@ errors in their slots, limits kept, and nothing lost or doubled when a node dies
 import asyncio
 import errno
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -14,20 +13,9 @@ import pytest
 
 import evalbox
 from evalbox import Mount, Plan, Status
+from same_as_local import comparable
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
-
-VARYING = ("wall_time", "cpu_time", "max_rss")  # measured, so never equal between two runs
-
-
-def comparable(result):
-    if isinstance(result, evalbox.SandboxError):
-        return (type(result), str(result))
-    data = {k: v for k, v in result.as_dict(protections=True).items() if k not in VARYING}
-    # Which per-sandbox uid a run got depends on what else runs on that host at the time.
-    data["protections"]["identity"] = re.sub(r"\d{6,}", "N", data["protections"]["identity"])
-    return data
-
 
 def mixed_plans():
     return [
@@ -194,3 +182,25 @@ def test_arun_many_and_submit(ray_cluster):
 def test_bad_cluster_name_is_a_validation_error():
     with pytest.raises(evalbox.ValidationError, match="ray://HOST:PORT"):
         evalbox.run_many([["true"]], cluster="spark")
+
+
+def test_cancelling_a_submit_kills_its_sandbox(shared_dir):
+    from evalbox.faces.cluster import ClusterClient
+
+    marker = os.path.join(shared_dir, "never")  # in the sandbox's argv: how the test finds it
+
+    async def main():
+        async with ClusterClient("ray") as client:
+            waiting = asyncio.ensure_future(client.submit(
+                Plan(["sh", "-c", f"while [ ! -e {marker} ]; do sleep 0.02; done"], mounts=[Mount.ro(shared_dir)])))
+            deadline = time.monotonic() + 60
+            while not waiting_sandboxes(marker):
+                assert time.monotonic() < deadline and not waiting.done()
+                await asyncio.sleep(0.02)
+            waiting.cancel()
+            while waiting_sandboxes(marker):
+                assert time.monotonic() < deadline, "the cancelled plan's sandbox is still running"
+                await asyncio.sleep(0.02)
+            assert (await client.submit(evalbox.shell.plan("echo after"))).stdout == b"after\n"
+
+    asyncio.run(main())
