@@ -79,8 +79,11 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def limit_options(defaults: Mapping[str, Any] | None = None) -> Callable[[Any], Any]:
-    """The limit flags, their help showing the defaults that apply (a runtime's own, e.g. Go's)."""
+def limit_options(defaults: Mapping[str, Any] | None = None, address_space: int | None = None) -> Callable[[Any], Any]:
+    """The limit flags, their help showing the defaults that apply (a runtime's own, e.g. Go's).
+
+    `address_space`: what the runtime's memory default becomes where memory is an RLIMIT_AS.
+    """
     shown = {**PLAN_DEFAULTS, **(defaults or {})}
 
     def decorate(f: Any) -> Any:
@@ -88,6 +91,9 @@ def limit_options(defaults: Mapping[str, Any] | None = None) -> Callable[[Any], 
             default = shown.get(name)
             suffix = f"  [default: {default:g}]" if isinstance(default, float) else \
                 f"  [default: {default}]" if default is not None else "  [default: none]"
+            if name == "memory" and address_space:
+                suffix = (f"  [default: {default}; {address_space >> 20}M where memory is an address-space "
+                          "limit: not root, no delegated cgroup (evalbox check)]")
             metavar = {"seconds": "SECONDS", "count": "N", "size": "SIZE"}[kind]
             f = click.option(_flag(name), name, type=LimitType(kind), default=None, metavar=metavar,
                              help=text + " 'none': no limit." + suffix)(f)
@@ -116,13 +122,17 @@ def sandbox_options(f: Any) -> Any:
 
 # -- messages in the command line's terms ---------------------------------------------------------
 
+# Plan and runtime keywords that have a flag of the same name.
+CLI_KEYWORDS = LIMIT_NAMES + ("interpreter", "packages_from", "shell")
+
+
 def cli_message(message: str) -> str:
-    """A library message with the limit keywords spelled as the flags that set them."""
-    for name in LIMIT_NAMES:
+    """A library message in the command line's terms: `timeout=-1` -> `--timeout -1`, None -> none."""
+    for name in CLI_KEYWORDS:
         flag = _flag(name)
-        if re.match(rf"{name}\b", message):
-            message = re.sub(rf"^{name}=(\S+)", lambda m: f"{flag} {m.group(1)}", message)
-            message = re.sub(rf"^{name}\b", flag, message)
+        message = re.sub(rf"(?<![\w.-]){name}=('?)([^'\s;,]*)\1", lambda m: f"{flag} {m.group(2)}", message)
+        message = re.sub(rf"^{name}\b", flag, message)
+        if message.startswith(flag):
             message = message.replace("use None for no limit", f"use {flag} none for no limit")
     return message.replace("use None for no limit", "use 'none' for no limit")
 
@@ -446,7 +456,10 @@ def runtime_command(name: str, help_text: str, extra: Sequence[Any] = (),
 
     command.__doc__ = help_text
     decorated: Any = click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[FILE] [ARGS]...")(command)
-    decorated = sandbox_options(limit_options(getattr(runtime, "DEFAULTS", None))(decorated))
+    from evalbox.runtimes.common import ADDRESS_SPACE_NEEDED
+
+    decorated = sandbox_options(limit_options(getattr(runtime, "DEFAULTS", None),
+                                              ADDRESS_SPACE_NEEDED.get(name))(decorated))
     for option in reversed([click.option("-c", "code", metavar="CODE", help="The program text."), *extra]):
         decorated = option(decorated)
     return main.command(name, context_settings={"allow_interspersed_args": False})(decorated)
