@@ -409,6 +409,8 @@ class ClusterClient:
 
     One dispatcher task on the running loop feeds every node up to its slots; a node that dies
     gives its unfinished plans back to the queue. `close()` stops it (queued plans then fail).
+    `run` is `submit`, so a server written against `AsyncExecutor.run` takes either; `capacity`
+    is how many plans the cluster runs at once (a server's concurrency).
     """
 
     def __init__(self, cluster: str = "ray", slots_per_node: int | None = None) -> None:
@@ -457,6 +459,8 @@ class ClusterClient:
         if isinstance(result, SandboxError):
             raise result
         return result
+
+    run = submit  # what AsyncExecutor.run is called: a server can take either
 
     async def submit_result(self, plan: Plan) -> Result:
         """Like `submit`, but a SandboxError is returned rather than raised (as in run_many's slots)."""

@@ -427,9 +427,9 @@ class Plan:
             files={path: {"content": f.content, "executable": f.executable} for path, f in self.files.items()},
             mounts=[{"source": m.source, "dest": m.dest, "writable": m.writable} for m in self.mounts],
             syscalls={"allow": list(self.syscalls.allow), "deny": list(self.syscalls.deny)},
-            notify=self.notify.value, intercept=list(self.intercept),
+            notify=self.notify.value,
         )
-        return data
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Plan":
