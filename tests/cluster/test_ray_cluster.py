@@ -204,3 +204,36 @@ def test_cancelling_a_submit_kills_its_sandbox(shared_dir):
             assert (await client.submit(evalbox.shell.plan("echo after"))).stdout == b"after\n"
 
     asyncio.run(main())
+
+
+def test_node_lost_under_the_async_client(ray_cluster, shared_dir):
+    """The server's path (ClusterClient.submit): a lost node's plans are resubmitted, each once."""
+    from evalbox.faces.cluster import ClusterClient
+
+    _, cluster, _ = ray_cluster
+    doomed = cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    gate, log = os.path.join(shared_dir, "open"), os.path.join(shared_dir, "log")
+    n = 10
+
+    async def main():
+        async with ClusterClient("ray") as client:
+            assert client.capacity == 6
+            calls = [asyncio.ensure_future(client.submit(
+                Plan(["sh", "-c", f"echo {i} >> {log}; while [ ! -e {gate} ]; do sleep 0.02; done; echo {i}"],
+                     mounts=[Mount.rw(shared_dir)], timeout=60))) for i in range(n)]
+            try:
+                deadline = time.monotonic() + 120
+                while len(open(log).read().split()) < 6:
+                    assert time.monotonic() < deadline, "the client never filled the three nodes"
+                    await asyncio.sleep(0.02)
+                await asyncio.get_running_loop().run_in_executor(None, cluster.remove_node, doomed)
+            finally:
+                open(gate, "w").close()
+            return await asyncio.gather(*calls)
+
+    outs = asyncio.run(main())
+    assert [o.stdout for o in outs] == [f"{i}\n".encode() for i in range(n)]
+    started = open(log).read().split()
+    assert sorted(set(started), key=int) == [str(i) for i in range(n)]
+    assert len(started) == n + 2  # the two plans running on the removed node, and only they, ran twice
