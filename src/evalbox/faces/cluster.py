@@ -435,6 +435,7 @@ class ClusterClient:
         loop = asyncio.get_running_loop()
         # Connecting and starting actors blocks for a second or two: not on the loop.
         self._pool = await loop.run_in_executor(None, pool_for, self._cluster)
+        await loop.run_in_executor(None, self._pool.refresh)  # nodes that joined since the pool was made
         self._wake = asyncio.Event()
         self._task = loop.create_task(self._dispatch())
 
