@@ -21,7 +21,7 @@ from evalbox.policy.plan import WORK_DIR, Plan
 from evalbox.process.identity import is_sandbox_uid
 
 SUBDIRS = (WORK_DIR, "tmp", "home")
-IDENTITY_FILES = (".passwd", ".group")  # a root host's per-run passwd/group (see lockdown)
+IDENTITY_FILES = (".passwd", ".group")  # a root host's per-run passwd/group entries (see lockdown)
 SHM = "/dev/shm"
 
 
