@@ -22,6 +22,7 @@ from evalbox.policy.supervision import VIRTUALIZE_DEFAULT, validate_virtual_path
 WORK_DIR = "work"  # the cwd inside the workspace, and where plan files are written
 
 _SIZE = re.compile(r"^\s*(\d{1,30}(?:\.\d{1,30})?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 # Upper bounds: a limit the kernel cannot hold is refused, never wrapped or truncated
@@ -34,6 +35,7 @@ MIN_MEMORY = 4096  # one page: less cannot be accounted at all
 # Workspace paths: NAME_MAX per component, and room for the workspace's own prefix in PATH_MAX.
 NAME_MAX = 255
 MAX_WORKSPACE_PATH = 2048
+MAX_WORKSPACE_DEPTH = 64  # directories: building the workspace stays cheap whatever the plan
 
 
 def parse_size(value: int | str | None, name: str, minimum: int = 1, maximum: int = MAX_BYTES) -> int | None:
@@ -122,6 +124,9 @@ def workspace_path(path: str, what: str) -> str:
     if longest > NAME_MAX:
         raise ValidationError(f"{what} {path[:80]!r}...: a name in it is {longest} bytes long; file names are at most "
                               f"{NAME_MAX} bytes")
+    if len(parts) > MAX_WORKSPACE_DEPTH:
+        raise ValidationError(f"{what} {path[:80]!r}... is {len(parts)} levels deep; use at most "
+                              f"{MAX_WORKSPACE_DEPTH} (a flatter layout)")
     if len(encoded) > MAX_WORKSPACE_PATH:
         raise ValidationError(f"{what} {path[:80]!r}... is {len(encoded)} bytes long; use a path of at most "
                               f"{MAX_WORKSPACE_PATH} bytes")
@@ -290,6 +295,9 @@ class Plan:
     intercept: tuple[str, ...] = ()
     supervisor: Callable[..., Any] | None = None
     virtual_paths: Mapping[str, str] = field(default_factory=dict)
+    # Python modules a warm template imports once (set by evalbox.python; README "Warm Python");
+    # None: a cold start. argv must then be [python, "-s", script, *args].
+    warm: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -371,6 +379,21 @@ class Plan:
         except ValueError:
             raise ValidationError(f"notify must be a NotifyMode, not {self.notify!r}") from None
         self._validate_supervision()
+        self._validate_warm()
+
+    def _validate_warm(self) -> None:
+        if self.warm is None:
+            return
+        if isinstance(self.warm, str) or not isinstance(self.warm, Iterable):
+            raise ValidationError(f"warm must be a list of module names to preload (or None), not {self.warm!r}")
+        names = tuple(self.warm)
+        for name in names:
+            if not isinstance(name, str) or not _MODULE_NAME.match(name):
+                raise ValidationError(f"warm: {name!r} is not a module name (e.g. 'json' or 'collections.abc')")
+        if len(self.argv) < 3 or self.argv[1] != "-s":
+            raise ValidationError("warm= runs need argv [python, '-s', script, *args]; build them with "
+                                  "evalbox.python.plan(code)")
+        object.__setattr__(self, "warm", names)
 
     def _validate_supervision(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
