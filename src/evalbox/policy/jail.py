@@ -186,14 +186,15 @@ def shareable(extras: list[Entry], workspace: str) -> bool:
 
 
 def run_entries(plan: Plan, workspace: str, proc_rights: int, owner: tuple[int, int] | None,
-                handled_fs: int, identity: list[tuple[bytes, bytes]] = ()) -> list[Entry]:
+                handled_fs: int, identity: list[tuple[bytes, bytes]] = (), shm_inodes: int = 4096) -> list[Entry]:
     """What each run mounts into its copy of the template: its own /dev/shm, /proc, /tmp, and the
     workspace (a tmpfs bounded in bytes and files) with the plan's files written into it."""
     disk = plan.disk if plan.disk is not None else 0
     size = f"size={disk},nr_inodes={inode_limit(disk)}" if disk else "size=50%"
     tmp_rights = fs.PRIVATE_SHM_RIGHTS & handled_fs
     out: list[Entry] = [
-        (_spawn.ROOT_TMPFS, b"/dev/shm", f"mode=1777,size={plan.memory or 64 << 20}".encode(), 0, 0, tmp_rights),
+        (_spawn.ROOT_TMPFS, b"/dev/shm", f"mode=1777,size={plan.memory or 64 << 20},nr_inodes={shm_inodes}".encode(),
+         0, 0, tmp_rights),
         (_spawn.ROOT_PROC, b"/proc", b"", 0, 0, proc_rights),
         (_spawn.ROOT_DEVPTS, b"/dev/pts", b"", 0, 0, fs.PTY_RIGHTS & handled_fs),
         (_spawn.ROOT_TMPFS, b"/tmp", f"mode=1777,{size}".encode(), 0, 0, tmp_rights),
