@@ -249,6 +249,14 @@ class NotifyMode(enum.Enum):
     VIRTUALIZE = "virtualize"
 
 
+# Calls that do the same thing by other means: intercepting one intercepts them all.
+INTERCEPT_FAMILIES = (
+    frozenset({"open", "openat", "openat2", "creat"}),
+    frozenset({"stat", "lstat", "newfstatat", "statx"}),
+    frozenset({"access", "faccessat", "faccessat2"}),
+    frozenset({"execve", "execveat"}),
+)
+
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MEMORY = "256M"
 DEFAULT_MAX_PIDS = 64
@@ -384,6 +392,11 @@ class Plan:
                                   f"{'record' if mode is NotifyMode.MONITOR else 'decide'}, e.g. ['openat', 'execve']")
         if self.supervisor is not None and (mode is not NotifyMode.SUPERVISE or not callable(self.supervisor)):
             raise ValidationError("supervisor= must be a callable and needs notify=NotifyMode.SUPERVISE")
+        if mode in (NotifyMode.MONITOR, NotifyMode.SUPERVISE):
+            # one call of a family stands for the family: a program could pick another spelling
+            for family in INTERCEPT_FAMILIES:
+                if family & set(intercept):
+                    intercept += tuple(sorted(family - set(intercept)))
         if mode is NotifyMode.VIRTUALIZE:
             if not virtual:
                 raise ValidationError("notify=VIRTUALIZE needs virtual_paths={'/data': '/host/dir'}")

@@ -322,17 +322,12 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
     if same_uid:  # utimensat(fd, NULL, ...) is futimens(): the file had to be opened
         out.append(Rule("utimensat", ALLOW, (Arg(1, "eq", 0),)))
     out.append(Rule("utimensat", metadata if same_uid else ALLOW))
-    # Extended attributes: Landlock does not cover them. A uid of its own: the kernel's checks
-    # suffice (user.* needs write permission, trusted.*/security.* capabilities). The caller's
-    # uid: by path inside the workspace only (EMULATED); on an fd, "not supported here", which
-    # `cp -a` and friends accept.
+    # Extended attributes: Landlock does not cover them, and user.* ones may be set on any file
+    # one may write (a world-writable host file, or any of the caller's own). So user attributes
+    # are set by path inside the workspace only (EMULATED); elsewhere, and on an fd, the answer
+    # is "not supported here", which `cp -a` and friends accept.
     for name in XATTR_SET:
-        if not same_uid:
-            out.append(Rule(name, ALLOW))
-        elif routed and name in XATTR_SET_BY_PATH:
-            out.append(Rule(name, EMULATED))
-        else:
-            out.append(Rule(name, refuse(errno.EOPNOTSUPP)))
+        out.append(Rule(name, EMULATED if routed and name in XATTR_SET_BY_PATH else refuse(errno.EOPNOTSUPP)))
     for name, mode_arg in (("mknod", 1), ("mknodat", 2)):
         for kind in (0, S_IFIFO, S_IFREG, S_IFSOCK):
             out.append(Rule(name, ALLOW, (Arg(mode_arg, "masked_eq", kind, mask=S_IFMT, width=32),)))
