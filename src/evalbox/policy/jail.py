@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 
 from evalbox.kernel import _spawn
 from evalbox.kernel import landlock as ll
@@ -102,16 +103,39 @@ def _etc_stamp() -> tuple[int, int]:
     return st.st_ino, st.st_mtime_ns
 
 
-_system_cache: tuple[tuple[int, int], list[Entry]] | None = None
+def _sources_stamp(entries: list[Entry]) -> tuple:
+    """The identity of every bound source: a file replaced on the host (by rename, as package
+    managers and editors do) must not stay bound in a template."""
+    out = []
+    for e in entries:
+        if e[0] == _spawn.ROOT_BIND and not e[4] & _spawn.ROOT_LATE:
+            try:
+                st = os.stat(e[2])
+                out.append((st.st_dev, st.st_ino))
+            except OSError:
+                out.append(None)
+    return tuple(out)
+
+
+STAMP_TTL = 1.0  # seconds between checks of the host's system paths
+_system_cache: tuple[tuple[int, int], list[Entry], tuple, float] | None = None
 
 
 def _system_entries_cached() -> list[Entry]:
-    """The system part, recomputed when /etc changed (a file replaced by rename changes its mtime)."""
+    return _system_state()[0]
+
+
+def _system_state() -> tuple[list[Entry], tuple]:
+    """The system part and its sources' stamp, checked at most every STAMP_TTL seconds; the list
+    is recomputed when /etc changed (an entry may have appeared or gone)."""
     global _system_cache
-    stamp = _etc_stamp()
-    if _system_cache is None or _system_cache[0] != stamp:
-        _system_cache = (stamp, _system_entries())
-    return _system_cache[1]
+    now = time.monotonic()
+    if _system_cache is not None and now - _system_cache[3] < STAMP_TTL:
+        return _system_cache[1], _system_cache[2]
+    etc = _etc_stamp()
+    entries = _system_cache[1] if _system_cache is not None and _system_cache[0] == etc else _system_entries()
+    _system_cache = (etc, entries, _sources_stamp(entries), now)
+    return entries, _system_cache[2]
 
 
 _places_cache: tuple[int, list[str], set[str]] | None = None
@@ -171,7 +195,7 @@ def template_entries(plan: Plan, workspace: str, rules: list[fs.PathRule]
             out.append(_bind(path))
             sources.append(path)
         bound.append(path)
-    stamp = [_etc_stamp()]
+    stamp = [_system_state()[1]]
     for src in sources:
         st = os.stat(src)
         stamp.append((st.st_dev, st.st_ino))
