@@ -273,9 +273,5 @@ def test_metadata_through_the_programs_own_fds(host_dir):
             "try:\n    os.chmod(f'/proc/self/fd/{out}', 0o666)\n    print('changed')\nexcept OSError as e:\n    print('refused')\n"
             "os.makedirs('d/deep')\nprint(subprocess.run(['cp', '-a', 'd', 'copy']).returncode)\n")
     out = ok(py(code, mounts=[evalbox.Mount.ro(str(host_dir))]))
-    from evalbox.process.host import probe
-    if probe().jail and out.stdout.split()[-1:] == [b"1"]:
-        pytest.xfail("known jail issue: setxattr(system.posix_acl_access) on the jail's workspace tmpfs answers "
-                     "EPERM, so `cp -a` warns and exits 1 (to be fixed)")
     assert out.stdout.split() == [b"0o640", b"refused", b"0"], describe(out)
     assert outside.stat().st_mode & 0o777 == 0o644
