@@ -449,7 +449,7 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
             system, extras, stamp = jail.template_entries(plan, ws.root, rules)
             root = jail.run_entries(plan, ws.root, filesystem.PROC_RIGHTS & ruleset.handled_fs,
                                     (uid, gid) if lease else None, ruleset.handled_fs,
-                                    identity=[(t, _read(s)) for t, _, s in identity])
+                                    identity=[(t, _read(s)) for t, _, s in identity], shm_inodes=PRIVATE_SHM_INODES)
             if jail.shareable(extras, ws.root):
                 template = templates.template_fd(system + extras, stamp)
             if template >= 0:

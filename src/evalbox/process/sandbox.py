@@ -84,7 +84,8 @@ class Sandbox:
             try:  # (before the ruleset is closed: supervised opens are made with the program's rights)
                 self.supervision = Supervision(sandbox_id, plan, listener, self.pid, host.arch,
                                                others_only=host.switches_uid, routing=self.lock.routing,
-                                               workspace=self.lock.workspace.root, ruleset_fd=self.lock.ruleset.fd,
+                                               workspace=self._workspace_seen_by_host(),
+                                               ruleset_fd=self.lock.ruleset.fd,
                                                uid=self.lock.uid, gid=self.lock.gid)
             except BaseException:  # (Supervision closed the listener)
                 self.lock.release_spawn_resources()
@@ -99,6 +100,13 @@ class Sandbox:
         watchdog.register(str(self.pid), self.pid, self.lock.uid, lease.path if lease else "",
                           group.distinct_dirs if group else [], self.lock.workspace.root)
         self.deadline = self.started + plan.timeout if plan.timeout is not None else None
+
+    def _workspace_seen_by_host(self) -> str:
+        """The workspace as the program has it: in the jail, its tmpfs in the jail's root (reached
+        through the init's /proc root link; its components are mount points the program cannot
+        move), not the host directory of the same name."""
+        root = self.lock.workspace.root
+        return f"/proc/{self.pid}/root{root}" if self.lock.jail_flags else root
 
     def _start(self, plan: Plan, host: Host, stdin: int, stdout: int, stderr: int) -> int:
         """Start the program warm if it may, else cold; returns the notify listener or -1."""
