@@ -208,6 +208,7 @@ class Plan:
     intercept: tuple[str, ...] = ()
     supervisor: Callable[..., Any] | None = None
     virtual_paths: Mapping[str, str] = field(default_factory=dict)
+    collect: tuple[str, ...] = ()  # files (or directories) of work/ returned in Output.files
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -262,6 +263,8 @@ class Plan:
         if self.max_open_files is not None and self.max_open_files < 4:
             raise ValidationError(f"max_open_files={self.max_open_files} leaves no room beyond stdin/stdout/stderr; use at least 4")
         set_("network", bool(self.network))
+        collect = (self.collect,) if isinstance(self.collect, str) else tuple(self.collect)
+        set_("collect", tuple(dict.fromkeys(workspace_path(p, "collect path") for p in collect)))
 
         mounts = tuple(self.mounts)
         for m in mounts:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import signal as _signal
 from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -57,6 +58,7 @@ class Output:
     protections: Protections | None = field(default=None, repr=False)
     syscalls: tuple = ()  # SyscallRecord audit trail of intercepted calls (notify modes)
     error: str | None = None  # why evalbox ended the run when no limit did (a failing supervisor)
+    files: Mapping[str, bytes] = field(default_factory=dict)  # what Plan.collect asked for and was found
 
     @property
     def success(self) -> bool:

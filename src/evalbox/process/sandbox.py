@@ -10,7 +10,8 @@ import os
 import signal
 import time
 
-from evalbox.policy.plan import Plan
+from evalbox.policy.plan import WORK_DIR, Plan
+from evalbox.process.collect import COLLECT_BUDGET, collect
 from evalbox.process import watchdog
 from evalbox.process.host import Host
 from evalbox.process.lockdown import Lockdown, prepare
@@ -192,7 +193,14 @@ class Sandbox:
             protections=self.lock.protections,
             syscalls=tuple(self.supervision.records) if self.supervision else (),
             error=self.error,
+            files=self._collected(),
         )
+
+    def _collected(self) -> dict[str, bytes]:
+        # Only once the whole tree is dead: nothing may change the files while they are read.
+        if not self.plan.collect or self.error is not None:
+            return {}
+        return collect(os.path.join(self.lock.workspace.root, WORK_DIR), self.plan.collect, COLLECT_BUDGET)
 
     def close(self) -> None:
         """Release every fd and the workspace/cgroup. The tree must already be dead and reaped."""
