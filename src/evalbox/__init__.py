@@ -11,7 +11,7 @@ from evalbox.faces.batch import run_many
 from evalbox.policy.plan import File, Mount, NotifyMode, Plan, Syscalls
 from evalbox.policy.supervision import Decision, SyscallRecord, SyscallRequest
 from evalbox.process.result import Output, Protections, Status
-from evalbox.runtimes import go, node, python, shell
+from evalbox.runtimes import bash, c, cpp, go, go_test, java, node, nodejs, pytest, python, rust, shell, typescript
 from evalbox import evals
 
 __all__ = [
@@ -26,7 +26,8 @@ __all__ = [
     # errors
     "SandboxError", "ValidationError", "CommandNotFound", "UnsupportedKernel", "SpawnError",
     # runtimes and evaluations
-    "python", "shell", "node", "go", "evals",
+    "python", "shell", "node", "go", "bash", "nodejs", "typescript", "pytest", "cpp", "c", "java", "rust", "go_test",
+    "evals",
 ]
 __version__ = "0.1.0"
 
