@@ -8,6 +8,7 @@ from evalbox.errors import CommandNotFound, SandboxError, SpawnError, Unsupporte
 from evalbox.executor.executor import Completed, Event, Executor, SandboxId, Stderr, Stdout, Syscall, Timeout
 from evalbox.faces.api import run
 from evalbox.faces.batch import run_many
+from evalbox.faces.code import CodeResult, arun_code, run_code
 from evalbox.policy.plan import File, Mount, NotifyMode, Plan, Syscalls
 from evalbox.policy.supervision import Decision, SyscallRecord, SyscallRequest
 from evalbox.process.result import Output, Protections, Status
@@ -16,7 +17,7 @@ from evalbox import evals
 
 __all__ = [
     # running
-    "run", "arun", "run_many", "arun_many", "Executor", "AsyncExecutor", "AsyncSandbox", "SandboxId",
+    "run", "arun", "run_many", "arun_many", "run_code", "arun_code", "CodeResult", "Executor", "AsyncExecutor", "AsyncSandbox", "SandboxId",
     # describing a run
     "Plan", "File", "Mount", "Syscalls", "NotifyMode",
     # results and events
