@@ -54,8 +54,8 @@ def _typescript_package() -> tuple[str, tuple[Mount, ...]]:
 
 def plan(code: str | bytes, *, args: Iterable[str] | None = None, **limits: Any) -> Plan:
     """A Plan transpiling and running `code`; `limits` are Plan keywords."""
-    node = find_tool("node", NODE_INSTALL, prefix_marker="lib/node_modules")
     package, mounts = _typescript_package()
+    node = find_tool("node", NODE_INSTALL, prefix_marker="lib/node_modules")
     driver = _DRIVER % (json.dumps(package), json.dumps(SOURCE))
     argv = [node.path, "--enable-source-maps", DRIVER, *program_args(args)]
     return make_plan(argv, limits, files={SOURCE: source_text(code, "TypeScript"), DRIVER: driver},
