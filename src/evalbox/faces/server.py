@@ -50,6 +50,8 @@ SANDBOX_FUSION_LANGUAGES = (
 )
 Language = Literal[SANDBOX_FUSION_LANGUAGES + ("c",)]  # type: ignore[valid-type]
 
+GRACEFUL_SHUTDOWN = 10.0  # seconds runs in flight may finish after SIGTERM; then they are killed
+
 DATASET_ENDPOINTS = ("/list_datasets", "/list_ids", "/get_prompts", "/get_prompt_by_id", "/submit", "/get_metrics",
                      "/get_metrics_function")
 
@@ -317,4 +319,4 @@ def serve(host: str = "127.0.0.1", port: int = 8080, *, token: str | None = None
     settings = Settings(concurrency=concurrency or default_concurrency(), memory=memory, max_output=max_output,
                         queue_timeout=queue_timeout, token=token, python=python)
     uvicorn.run(create_app(settings), host=host, port=port, access_log=access_log, log_level=log_level,
-                timeout_keep_alive=75)
+                timeout_keep_alive=75, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN)
