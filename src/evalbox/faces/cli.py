@@ -529,7 +529,7 @@ def humaneval(samples: str, problems: str | None, ks: str, timeout: float, concu
               help="Interpreter for the Python rows; must be reachable by other users on a root host "
                    "(default /usr/bin/python3.11).")
 @click.option("--only", default=None, metavar="SECTIONS",
-              help="Comma-separated subset of: spawn, python, humaneval, caller.")
+              help="Comma-separated subset of: spawn, python, humaneval, caller, notify, server.")
 @click.option("--json", "as_json", is_flag=True, help="Print {machine, rows} as JSON instead of a table.")
 @click.option("--profile", is_flag=True, help="Instead: where evalbox's per-run time goes (parent-side stages).")
 def bench(quick: bool, runs: int | None, batches: int | None, batch_size: int | None, humaneval: bool | None,
