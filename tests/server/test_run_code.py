@@ -237,3 +237,12 @@ def test_without_the_extra_serve_says_what_to_install():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "pip install 'evalbox-sandbox[server]'" in done.stderr
+
+
+def test_a_huge_request_is_refused_with_413(server):
+    from evalbox.faces.server import MAX_REQUEST
+
+    response = requests.post(server.url + "/run_code", data=b'{"code": "' + b"#" * (MAX_REQUEST + 10) + b'"}',
+                             headers={"Content-Type": "application/json"}, timeout=120)
+    assert response.status_code == 413
+    assert server.run_code(code="print(1)", language="python")["status"] == "Success"  # still serving

@@ -18,6 +18,7 @@ import base64
 import binascii
 import hmac
 import ipaddress
+import json
 import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ SANDBOX_FUSION_LANGUAGES = (
 )
 Language = Literal[SANDBOX_FUSION_LANGUAGES + ("c",)]  # type: ignore[valid-type]
 
+MAX_REQUEST = 64 << 20  # bytes of one request body (code + base64 files): larger ones get a 413
 GRACEFUL_SHUTDOWN = 10.0  # seconds runs in flight may finish after SIGTERM; then they are killed
 
 DATASET_ENDPOINTS = ("/list_datasets", "/list_ids", "/get_prompts", "/get_prompt_by_id", "/submit", "/get_metrics",
@@ -231,6 +233,44 @@ class Service:
         return _response(status, message, compile_result, run_result, files)
 
 
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is answered 413 before it is all read."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(send)
+        seen = 0
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Any) -> None:
+        body = json.dumps({"detail": f"request body over {self.limit >> 20} MiB"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class TooLarge(Exception):
+    pass
+
+
 def create_app(settings: Settings) -> FastAPI:
     service = Service(settings)
 
@@ -243,6 +283,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="evalbox", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
+    app.add_middleware(BodyLimit, limit=MAX_REQUEST)
 
     if settings.token is not None:
         expected = f"Bearer {settings.token}".encode()
