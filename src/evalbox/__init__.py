@@ -12,7 +12,8 @@ from evalbox.faces.code import CodeResult, arun_code, run_code
 from evalbox.policy.plan import File, Mount, NotifyMode, Plan, Syscalls
 from evalbox.policy.supervision import Decision, SyscallRecord, SyscallRequest
 from evalbox.process.result import Output, Protections, Status
-from evalbox.runtimes import bash, c, cpp, go, go_test, java, node, nodejs, pytest, python, rust, shell, typescript
+from evalbox.runtimes import (bash, c, cpp, go, go_test, java, node, nodejs, perl, pytest, python, rust, shell,
+                              typescript)
 from evalbox import evals
 
 __all__ = [
@@ -27,7 +28,7 @@ __all__ = [
     # errors
     "SandboxError", "ValidationError", "CommandNotFound", "UnsupportedKernel", "SpawnError",
     # runtimes and evaluations
-    "python", "shell", "node", "go", "bash", "nodejs", "typescript", "pytest", "cpp", "c", "java", "rust", "go_test",
+    "python", "shell", "node", "go", "bash", "nodejs", "typescript", "pytest", "cpp", "c", "java", "rust", "go_test", "perl",
     "evals",
 ]
 __version__ = "0.1.0"

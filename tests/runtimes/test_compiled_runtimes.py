@@ -20,6 +20,7 @@ PROGRAMS = {
     "c": ('#include <stdio.h>\nint main(void) { long n; scanf("%ld", &n); printf("%ld\\n", n * 2); return 0; }',
           "int main(void) { return undeclared; }"),
     "bash": ("read n; echo $((n * 2))", None),
+    "perl": ("my $n = <STDIN>; print $n * 2, \"\\n\";", None),
     "nodejs": ("const n = Number(require('fs').readFileSync(0, 'utf8')); console.log(n * 2);", None),
     "typescript": ("const n: number = Number(require('fs').readFileSync(0, 'utf8')); console.log(n * 2);", None),
     "go": ('package main\nimport "fmt"\nfunc main() { var n int; fmt.Scan(&n); fmt.Println(n * 2) }',
@@ -33,7 +34,7 @@ PROGRAMS = {
              "  println!(\"{}\", s.trim().parse::<i64>().unwrap() * 2); }",
              "fn main() { undeclared(); }"),
 }
-READS_STDIN = {"python", "cpp", "c", "bash", "nodejs", "typescript", "go", "java", "rust"}
+READS_STDIN = {"python", "cpp", "c", "bash", "perl", "nodejs", "typescript", "go", "java", "rust"}
 
 
 def test_every_language_has_a_program_here():

@@ -81,7 +81,7 @@ def test_official_async_client_and_concurrency(server):
 
 def test_official_client_raises_on_a_sandbox_error(server):
     with pytest.raises(Exception, match="Sandbox responded with error.*not supported"):
-        run_code(RunCodeRequest(code="print 1", language="perl"), endpoint=server.url, max_attempts=1)
+        run_code(RunCodeRequest(code="<?php echo 1;", language="php"), endpoint=server.url, max_attempts=1)
 
 
 # -- verl's reward code ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import binascii
 import hmac
 import ipaddress
 import json
+import logging
 import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Any, Literal, Optional
 from evalbox.errors import SandboxError, ValidationError
 
 INSTALL_HINT = "pip install 'evalbox-sandbox[server]'"
+log = logging.getLogger("evalbox.serve")
 
 try:
     from fastapi import FastAPI, Request
@@ -309,6 +311,9 @@ def create_app(settings: Settings) -> FastAPI:
             return JSONResponse({"detail": f"no free sandbox slot within {settings.queue_timeout:g} s "
                                            f"({settings.concurrency} running, {service.slots.waiting} waiting); retry"},
                                 status_code=504)
+        except Exception as e:  # as SandboxFusion: anything unexpected is a SandboxError answer, and logged
+            log.exception("run_code failed")
+            body = _response("SandboxError", f"evalbox serve could not run the request: {type(e).__name__}: {e}")
         if body is None:
             return JSONResponse({"detail": "client disconnected"}, status_code=499)
         return JSONResponse(body)
@@ -354,9 +359,11 @@ def serve(host: str = "127.0.0.1", port: int = 8080, *, token: str | None = None
         raise SandboxError(f"evalbox serve needs uvicorn: {INSTALL_HINT}") from None
     check_binding(host, token)
     from evalbox.policy.plan import parse_size
+    from evalbox.runtimes.python import find_interpreter
 
     parse_size(memory, "--memory")
     parse_size(max_output, "--max-output")
+    find_interpreter(python)  # a wrong --python fails now, not on every request
     settings = Settings(concurrency=concurrency or default_concurrency(), memory=memory, max_output=max_output,
                         queue_timeout=queue_timeout, token=token, python=python)
     uvicorn.run(create_app(settings), host=host, port=port, access_log=access_log, log_level=log_level,

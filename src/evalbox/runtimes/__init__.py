@@ -6,15 +6,16 @@ the compile and run phases as separate Plans (`Stages`); `limits` are the keywor
 `evalbox.Plan`. `LANGUAGES` maps SandboxFusion's language names to them.
 """
 
-from evalbox.runtimes import bash, c, cpp, go, go_test, java, node, nodejs, pytest, python, rust, shell, typescript
+from evalbox.runtimes import (bash, c, cpp, go, go_test, java, node, nodejs, perl, pytest, python, rust, shell,
+                              typescript)
 
 RUNTIMES = {"python": python, "shell": shell, "node": node, "go": go}
 
 # SandboxFusion's names (plus "c"), each with stages() for separate compile and run phases.
 LANGUAGES = {
     "python": python, "pytest": pytest, "cpp": cpp, "c": c, "bash": bash, "nodejs": nodejs,
-    "typescript": typescript, "go": go, "go_test": go_test, "java": java, "rust": rust,
+    "typescript": typescript, "go": go, "go_test": go_test, "java": java, "rust": rust, "perl": perl,
 }
 
-__all__ = ["LANGUAGES", "RUNTIMES", "bash", "c", "cpp", "go", "go_test", "java", "node", "nodejs", "pytest", "python",
+__all__ = ["LANGUAGES", "RUNTIMES", "bash", "c", "cpp", "go", "go_test", "java", "node", "nodejs", "perl", "pytest", "python",
            "rust", "shell", "typescript"]
