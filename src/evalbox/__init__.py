@@ -11,7 +11,7 @@ from evalbox.faces.batch import run_many
 from evalbox.faces.code import CodeResult, arun_code, run_code
 from evalbox.policy.plan import File, Mount, NotifyMode, Plan, Syscalls
 from evalbox.policy.supervision import Decision, SyscallRecord, SyscallRequest
-from evalbox.process.result import Output, Protections, Status
+from evalbox.process.result import CalledProcessError, Output, Protections, Status
 from evalbox.runtimes import (bash, c, cpp, go, go_test, java, node, nodejs, perl, pytest, python, rust, shell,
                               typescript)
 from evalbox import evals
@@ -26,7 +26,7 @@ __all__ = [
     # supervision
     "Decision", "SyscallRequest", "SyscallRecord",
     # errors
-    "SandboxError", "ValidationError", "CommandNotFound", "UnsupportedKernel", "SpawnError",
+    "SandboxError", "ValidationError", "CommandNotFound", "UnsupportedKernel", "SpawnError", "CalledProcessError",
     # runtimes and evaluations
     "python", "shell", "node", "go", "bash", "nodejs", "typescript", "pytest", "cpp", "c", "java", "rust", "go_test", "perl",
     "evals",
@@ -42,3 +42,7 @@ def __getattr__(name: str):  # the asyncio face loads asyncio (~40 ms): only whe
 
         return getattr(aio, name)
     raise AttributeError(f"module 'evalbox' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:  # the lazily loaded names too, for completion and help()
+    return sorted(set(globals()) | set(_ASYNC_NAMES))

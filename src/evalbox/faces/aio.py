@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from evalbox.errors import SandboxError
-from evalbox.faces.batch import Progress, Result, default_concurrency, prepare_items
+from evalbox.faces.batch import Progress, Result, check_concurrency, prepare_items
 from evalbox.executor.executor import Completed, Event, Executor, SandboxId, Timeout, require_supervisor
 from evalbox.policy.plan import Plan, as_plan
 from evalbox.policy.supervision import Decision, SyscallRequest
+from evalbox.process.lockdown import expect_neighbours
 from evalbox.process.result import Output
 
 
@@ -151,11 +152,12 @@ async def arun(target: Plan | Iterable[str], **overrides: Any) -> Output:
         return await ex.run(plan)
 
 
-async def arun_many(plans: Iterable[Plan | Sequence[str]], concurrency: int | None = None, progress: bool = False,
+async def arun_many(plans: Iterable[Plan | Sequence[str]], concurrency: int | None = None, progress: bool = True,
                     **overrides: Any) -> list[Result]:
-    """`run_many` for asyncio: one AsyncExecutor on the running loop."""
+    """`run_many` for asyncio: one AsyncExecutor on the running loop (same arguments, same results)."""
+    limit = check_concurrency(concurrency)
     prepared = prepare_items(plans, overrides)
-    gate = asyncio.Semaphore(concurrency or default_concurrency())
+    gate = asyncio.Semaphore(limit)
     bar = Progress(len(prepared), progress)
 
     async def one(ex: AsyncExecutor, item: Plan | SandboxError) -> Result:
@@ -170,8 +172,10 @@ async def arun_many(plans: Iterable[Plan | Sequence[str]], concurrency: int | No
         bar.advance(result)
         return result
 
+    most_pids = max((p.max_pids or 0 for p in prepared if isinstance(p, Plan)), default=0)
     try:
-        async with AsyncExecutor() as ex:
-            return list(await asyncio.gather(*(one(ex, p) for p in prepared)))
+        with expect_neighbours(concurrency or default_concurrency(), most_pids):
+            async with AsyncExecutor() as ex:
+                return list(await asyncio.gather(*(one(ex, p) for p in prepared)))
     finally:
         bar.close()

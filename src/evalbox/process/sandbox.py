@@ -7,6 +7,7 @@ turn what happened into an Output.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import time
 
@@ -16,14 +17,11 @@ from evalbox.process import watchdog
 from evalbox.process.host import Host
 from evalbox.process.lockdown import Lockdown, prepare
 from evalbox.process.result import Output, Status
-from evalbox.process.spawn import kill_uid, spawn
+from evalbox.process.spawn import kill_session, kill_uid, spawn
 from evalbox.process.supervisor import Supervision
 
 CPU_TICK_SLACK = 0.1  # seconds
 
-# Messages by which common runtimes report an allocation refused by RLIMIT_AS (used only when no
-# memory cgroup can tell us directly).
-_OOM_MARKERS = (b"MemoryError", b"Cannot allocate memory", b"std::bad_alloc", b"out of memory", b"Out of memory")
 
 
 class Sandbox:
@@ -50,6 +48,9 @@ class Sandbox:
                 os.set_blocking(fd, False)
             self.started = time.monotonic()
             self.pid, self.pidfd, listener = spawn(self.lock, in_r, out_w, err_w)
+            # the spawn child shared our memory until it exec'd (spawn returns after that), and the
+            # kernel folds that memory's peak into the program's ru_maxrss: remember our peak now
+            self.caller_peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         except BaseException:
             for fd in child_fds + [getattr(self, n, -1) for n in ("stdin_w", "stdout_r", "stderr_r")]:
                 if fd >= 0:
@@ -62,17 +63,20 @@ class Sandbox:
                     os.close(fd)
                 except OSError:
                     pass
-        self.lock.release_spawn_resources()
         if listener >= 0:
-            try:
+            try:  # (before the ruleset is closed: supervised opens are made with the program's rights)
                 self.supervision = Supervision(sandbox_id, plan, listener, self.pid, host.arch,
-                                               others_only=host.switches_uid)
+                                               others_only=host.switches_uid, routing=self.lock.routing,
+                                               workspace=self.lock.workspace.root, ruleset_fd=self.lock.ruleset.fd,
+                                               uid=self.lock.uid, gid=self.lock.gid)
             except BaseException:  # (Supervision closed the listener)
+                self.lock.release_spawn_resources()
                 self.kill_tree()
                 os.waitpid(self.pid, 0)
                 self.wait_status = 0
                 self.close()
                 raise
+        self.lock.release_spawn_resources()
         group = self.lock.cgroup
         lease = self.lock.uid_lease
         watchdog.register(str(self.pid), self.pid, self.lock.uid, lease.path if lease else "",
@@ -117,15 +121,20 @@ class Sandbox:
         # Until the leader is reaped its pid cannot be reused, so the group id is safe to signal.
         # Processes that left the group are found by the cgroup, or by the sandbox's own uid
         # (without either, the policy keeps them from leaving the group).
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        reaped = self.wait_status is not None  # then the pid may already name someone else
+        if not reaped:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         if self.lock.cgroup is not None:
             if not self.lock.cgroup.kill() and self.error is None:
                 self.error = "some processes of the run could not be killed (stuck in the kernel?)"
         elif self.lock.uid >= 0:
             kill_uid(self.lock.uid, self.lock.gid)
+        elif not reaped and self.supervision is not None and self.supervision.made_groups:
+            # process groups of its own (timeout, job control) stay in the session it cannot leave
+            kill_session(self.pid)
 
     def reap(self) -> None:
         """The leader has exited: kill the rest of the tree, then collect its status."""
@@ -136,19 +145,20 @@ class Sandbox:
         _, self.wait_status, self.rusage = os.wait4(self.pid, 0)
         os.close(self.pidfd)
         self.pidfd = -1
-        self._sweep_group()
+        # (every process left in the group got SIGKILL in kill_tree: a group kill reaches children
+        # forked meanwhile too, so nothing is waited for here, in the event loop)
 
-    def _sweep_group(self) -> None:
-        """Orphans of the leader are still in its group until they die: make sure they do."""
-        if self.lock.cgroup is not None or self.lock.uid >= 0:
-            return  # kill_tree already reached every process
-        end = time.monotonic() + 1.0
-        while time.monotonic() < end:
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                return
-            time.sleep(0.001)
+    def max_rss(self) -> int:
+        """The program's peak memory: what its memory cgroup was charged at most, else the largest
+        resident set among its processes when that is above what the caller's own memory could
+        have contributed (the CLONE_VM spawn child's figure includes the caller's peak), else 0
+        (unknown)."""
+        group = self.lock.cgroup
+        peak = group.peak_memory() if group is not None else None
+        if peak is not None:
+            return peak
+        rss = self.rusage.ru_maxrss * 1024
+        return rss if rss > self.caller_peak_rss else 0
 
     def output(self) -> Output:
         assert self.wait_status is not None and self.rusage is not None and self.ended_at is not None
@@ -173,10 +183,16 @@ class Sandbox:
             failed = sig is not None or (code or 0) != 0
             if sig == signal.SIGXCPU or cpu >= plan.cpu_time or (failed and cpu >= plan.cpu_time - CPU_TICK_SLACK):
                 status = Status.CPU_LIMIT
-        if status is None and plan.memory is not None and (group is None or "memory" not in group.dirs):
-            failed = sig is not None or (code or 0) != 0
-            if failed and any(m in self.stderr for m in _OOM_MARKERS):
+        if status is None and self.supervision is not None and self.supervision.memory_refused:
+            # RLIMIT_AS (no memory cgroup): the listener saw an allocation the limit refused; the
+            # verdict rests on that, never on what the program printed about it
+            if sig is not None or (code or 0) != 0:
                 status = Status.MEMORY_LIMIT
+        blocked = self.supervision.blocked if self.supervision else []
+        if sig == signal.SIGKILL and blocked and self.kill_reason is None and status is None:
+            # killed for a forbidden call (by evalbox, which is the only one to SIGKILL a run
+            # without a kill reason): reported as the SIGSYS a seccomp kill gives
+            sig = int(signal.SIGSYS)
         if status is None:
             status = Status.SIGNALED if sig is not None else Status.EXITED
         return Output(
@@ -187,12 +203,13 @@ class Sandbox:
             signal=sig,
             wall_time=self.ended_at - self.started,
             cpu_time=cpu,
-            max_rss=self.rusage.ru_maxrss * 1024,
+            max_rss=self.max_rss(),
             stdout_truncated=self.stdout_truncated,
             stderr_truncated=self.stderr_truncated,
             protections=self.lock.protections,
             syscalls=tuple(self.supervision.records) if self.supervision else (),
             error=self.error,
+            blocked_syscall=blocked[0][0] if blocked else None,
             files=self._collected(),
         )
 
