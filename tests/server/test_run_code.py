@@ -10,7 +10,7 @@ import sys
 import pytest
 import requests
 
-from conftest import start_server, stop_server
+from server_helpers import start_server, stop_server
 
 TOP_KEYS = {"status", "message", "compile_result", "run_result", "executor_pod_name", "files"}
 RESULT_KEYS = {"status", "execution_time", "return_code", "stdout", "stderr"}  # SandboxFusion's; extras allowed
