@@ -81,7 +81,7 @@ def test_a_compile_error_stops_before_the_run(language):
     bad = PROGRAMS[language][1]
     _stages(language, bad)
     result = evalbox.run_code(language, bad, compile_timeout=60)
-    assert result.compile.status is evalbox.Status.EXITED and result.compile.exit_code != 0, describe(result.compile)
+    assert result.compile.exit_code not in (None, 0), describe(result.compile)
     assert b"undeclared" in result.compile.stderr, describe(result.compile)
     assert result.run is None and not result.success
     one = LANGUAGES[language].run(bad)  # the one-sandbox form exits with the compiler's code

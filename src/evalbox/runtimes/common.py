@@ -203,8 +203,8 @@ def compiled_stages(compile_argv: list[str], run_argv: list[str], *, source: str
     program in another. `stdin` and `collect` belong to the run phase; `files` go to both."""
     compile_limits = {k: v for k, v in limits.items() if k not in ("stdin", "collect")}
     compile_limits = _at_least(compile_limits, compile_defaults or {})
-    compile_plan = make_plan(compile_argv, phase_limits(compile_limits, compile_timeout, compile_defaults),
+    compile_plan = make_plan(compile_argv, phase_limits(compile_limits, compile_timeout), defaults=compile_defaults,
                              files={source: code}, env=env, mounts=mounts, runtime=runtime).replace(collect=artifacts)
-    run_plan = make_plan(run_argv, phase_limits(limits, run_timeout, run_defaults), env=env, mounts=run_mounts,
-                         runtime=runtime)
+    run_plan = make_plan(run_argv, phase_limits(limits, run_timeout), defaults=run_defaults, env=env,
+                         mounts=run_mounts, runtime=runtime)
     return Stages(compile_plan, run_plan)

@@ -31,6 +31,11 @@ RUN_DEFAULTS = {"max_pids": 256, "memory": "1G"}
 COMPILE_DEFAULTS = {"memory": "1G", "max_pids": 256, "timeout": 30.0}
 
 
+# glibc gives each thread its own 64M malloc arena reservation; under RLIMIT_AS the JVM's many
+# threads get some refused (harmless, but evalbox rightly reports refused memory). One arena.
+JAVA_ENV = {"MALLOC_ARENA_MAX": "1"}
+
+
 def jvm_flags(memory: int | None) -> list[str]:
     """The serial GC (fewer threads), and reservations sized to `memory`: the heap may take half of
     it, class metadata and compiled code 64M each. Without them the JVM reserves gigabytes of
@@ -83,7 +88,8 @@ def plan(code: str | bytes, *, args: Iterable[str] | None = None, **limits: Any)
     memory = _memory(limits, "1G")
     compile_argv, run_argv, mounts = _tools(limits, memory, memory)
     return compiled_plan(compile_argv, run_argv, source=SOURCE, code=source_text(code, "Java"), limits=limits, args=args,
-                         mounts=mounts, defaults={"memory": "1G", "max_pids": 256, "timeout": 60.0}, runtime="java")
+                         mounts=mounts, env=JAVA_ENV, defaults={"memory": "1G", "max_pids": 256, "timeout": 60.0},
+                         runtime="java")
 
 
 def stages(code: str | bytes, *, args: Iterable[str] | None = None, compile_timeout: float | None = None,
@@ -95,7 +101,7 @@ def stages(code: str | bytes, *, args: Iterable[str] | None = None, compile_time
     compile_argv, run_argv, mounts = _tools(limits, compile_memory, run_memory)
     return compiled_stages(compile_argv, [*run_argv, *program_args(args)], source=SOURCE,
                            code=source_text(code, "Java"), artifacts=(CLASSES,), limits=limits, mounts=mounts,
-                           run_mounts=mounts,
+                           run_mounts=mounts, env=JAVA_ENV,
                            compile_timeout=compile_timeout, run_timeout=run_timeout,
                            compile_defaults=COMPILE_DEFAULTS, run_defaults=RUN_DEFAULTS, runtime="java")
 

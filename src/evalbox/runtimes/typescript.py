@@ -25,6 +25,7 @@ from evalbox.runtimes.node import INSTALL as NODE_INSTALL
 
 SOURCE = "main.ts"
 DRIVER = ".evalbox-ts.js"
+DEFAULTS = {"max_pids": 128}  # node runs a dozen threads, and threads count
 INSTALL = "install the TypeScript compiler (npm install -g typescript) and Node.js (apt-get install nodejs)"
 
 # Transpiles main.ts and runs it as main.js would run (same require, module, __filename, argv).
@@ -59,7 +60,7 @@ def plan(code: str | bytes, *, args: Iterable[str] | None = None, **limits: Any)
     driver = _DRIVER % (json.dumps(package), json.dumps(SOURCE))
     argv = [node.path, "--enable-source-maps", DRIVER, *program_args(args)]
     return make_plan(argv, limits, files={SOURCE: source_text(code, "TypeScript"), DRIVER: driver},
-                     mounts=(*node.mounts, *mounts), runtime="typescript")
+                     mounts=(*node.mounts, *mounts), defaults=DEFAULTS, runtime="typescript")
 
 
 def stages(code: str | bytes, *, args: Iterable[str] | None = None, compile_timeout: float | None = None,
