@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import signal
 import sys
@@ -47,6 +48,7 @@ from evalbox.runtimes import python
 # starts when the candidate reports it started), and the backstop for the trusted child.
 GRACE = 2.0
 HOST_SLACK = 1.0  # the host kills a worker whose backstop did not answer by then
+LINGER = 0.25  # seconds a finished candidate has to exit at the end of its stdin before it is killed
 WORKER_CHECKS = 256  # checks per trusted worker before it is replaced
 WORKER_OUTPUT = 4 << 20  # bytes a worker may send before it is replaced (the executor keeps its output)
 TRUSTED_KEYWORDS = ("interpreter", "packages_from")  # limits that apply to the tests' sandbox too
@@ -118,7 +120,9 @@ def candidate_gone(out: Output) -> list[str]:
         return ["failed", "output limit exceeded"]
     if out.signal is not None:
         return ["failed", f"killed by {_signal_name(out.signal)}"]
-    return ["failed", f"exited with code {out.exit_code} before the tests finished"]
+    text = f"exited with code {out.exit_code} before the tests finished"
+    tail = out.stderr.decode("utf-8", "replace").strip().splitlines() if out.exit_code else []
+    return ["failed", text + (f": {tail[-1][:500]}" if tail else "")]
 
 
 def _worker_ended(out: Output) -> str:
@@ -139,6 +143,7 @@ class _Worker:
     job: "_Job | None" = None
     checks: int = 0
     received: int = 0
+    done_any: bool = False
 
 
 @dataclass(eq=False)
@@ -149,6 +154,7 @@ class _Job:
     candidate: SandboxId | None  # None once it ended (or was killed for breaking the protocol)
     deadline: float
     reader: wire.FrameReader = field(default_factory=wire.FrameReader)
+    replies_due: int = 2  # "started" and the program's load result, then one per call relayed
 
 
 class _Progress:
@@ -184,12 +190,16 @@ class _Relay:
         self.workers: dict[SandboxId, _Worker] = {}
         self.jobs: dict[SandboxId, _Job] = {}  # by candidate sandbox
         self.running = 0
+        # Candidates whose check is over: told to exit (end of stdin, so honest ones leave at once
+        # without the cost of a kill); killed at the deadline. They count against the concurrency.
+        self.lingering: dict[SandboxId, float] = {}
 
     def run(self) -> list[str]:
         while self.todo or self.running:
             self._start_jobs()
             now = time.monotonic()
             deadlines = [w.job.deadline for w in self.workers.values() if w.job is not None]
+            deadlines += [d for d in self.lingering.values() if d != math.inf]
             wait = max(0.0, min(deadlines) - now) if deadlines else None
             for ev in self.ex.poll(wait):
                 self._dispatch(ev)
@@ -199,9 +209,15 @@ class _Relay:
     # -- scheduling ---------------------------------------------------------------------------
 
     def _start_jobs(self) -> None:
-        while self.todo and self.running < self.concurrency:
+        while self.todo and self.running + len(self.lingering) < self.concurrency:
             index = self.todo.popleft()
             test = self.tests[index]
+            try:
+                problem = _problem_frame(test)
+            except ValueError:  # over the frame limit
+                self.results[index] = f"failed: the check is larger than {wire.MAX_FRAME} bytes"
+                self.bar.advance()
+                continue
             worker = self.free.pop() if self.free else self._new_worker()
             try:
                 sid = self.ex.spawn(candidate_plan(test, self.limits))
@@ -216,7 +232,7 @@ class _Relay:
             worker.checks += 1
             self.jobs[sid] = job
             self.running += 1
-            self.ex.write_stdin(worker.sid, _problem_frame(test))
+            self.ex.write_stdin(worker.sid, problem)
 
     def _new_worker(self) -> _Worker:
         worker = _Worker(self.ex.spawn(worker_plan(self.limits)))
@@ -231,8 +247,12 @@ class _Relay:
         self.bar.advance()
         job.worker.job = None
         if job.candidate is not None:
-            self.ex.kill(job.candidate)  # its Completed event is ignored
-            job.candidate = None
+            sid, job.candidate = job.candidate, None
+            try:
+                self.ex.close_stdin(sid)
+                self.lingering[sid] = time.monotonic() + LINGER
+            except SandboxError:
+                pass  # already ended
 
     def _retire(self, worker: _Worker, kill: bool = False) -> None:
         self.workers.pop(worker.sid, None)
@@ -258,8 +278,13 @@ class _Relay:
                 self.workers.pop(sid, None)
                 if worker in self.free:
                     self.free.remove(worker)
+                out = ev.output
+                if out.status is Status.EXITED and out.exit_code != 0 and not worker.done_any:
+                    tail = out.stderr.decode("utf-8", "replace").strip().splitlines()
+                    raise SandboxError("the trusted test harness failed to start (exit code "
+                                       f"{out.exit_code}){': ' + tail[-1] if tail else ''}; check interpreter=")
                 if worker.job is not None:
-                    self._finish(worker.job, _worker_ended(ev.output))
+                    self._finish(worker.job, _worker_ended(out))
             return
         job = self.jobs.get(sid)
         if job is None:
@@ -268,6 +293,7 @@ class _Relay:
             self._from_candidate(job, ev.data)
         elif isinstance(ev, (Completed, Timeout)):
             del self.jobs[sid]
+            self.lingering.pop(sid, None)
             if job.candidate is not None and self.results[job.index] is None:
                 job.candidate = None
                 self._to_worker(job.worker, wire.GONE, json.dumps(candidate_gone(ev.output)).encode())
@@ -282,6 +308,7 @@ class _Relay:
             job = worker.job
             if kind == wire.CALL and job is not None:
                 if job.candidate is not None:
+                    job.replies_due += 1
                     try:
                         self.ex.write_stdin(job.candidate, wire.frame(wire.CALL, payload))
                     except SandboxError:
@@ -295,6 +322,7 @@ class _Relay:
                 except (ValueError, KeyError, TypeError):
                     result, retire = "failed: the test harness sent a malformed verdict", True
                 self._finish(job, result)
+                worker.done_any = True
                 if retire or worker.checks >= WORKER_CHECKS or worker.received >= WORKER_OUTPUT:
                     self._retire(worker)
                 else:
@@ -312,6 +340,9 @@ class _Relay:
             frames = job.reader.feed(data)
             if any(kind != wire.REPLY for kind, _ in frames):
                 raise wire.WireError("unexpected frame kind")
+            job.replies_due -= len(frames)
+            if job.replies_due < 0:  # answers nobody asked for: refused, so the host never queues unbounded data
+                raise wire.WireError("more replies than calls")
         except wire.WireError:
             self.ex.kill(job.candidate)
             job.candidate = None
@@ -327,6 +358,10 @@ class _Relay:
             pass  # the worker ended: its Completed event settles the check
 
     def _enforce_deadlines(self, now: float) -> None:
+        for sid, deadline in list(self.lingering.items()):
+            if now >= deadline:
+                self.ex.kill(sid)
+                self.lingering[sid] = math.inf  # counted until its Completed event
         for worker in list(self.workers.values()):
             job = worker.job
             if job is not None and now >= job.deadline:
