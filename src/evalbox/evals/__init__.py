@@ -7,5 +7,6 @@ candidate and the trusted tests in separate sandboxes, only plain data between t
 """
 
 from evalbox.evals import humaneval, judge, relay
+from evalbox.evals.relay import FunctionTest, check_functions
 
-__all__ = ["humaneval", "judge", "relay"]
+__all__ = ["FunctionTest", "check_functions", "humaneval", "judge", "relay"]

@@ -47,7 +47,7 @@ from evalbox.runtimes import python
 # Wall clock beyond the tests' own timeout: the candidate's interpreter start-up (its timeout
 # starts when the candidate reports it started), and the backstop for the trusted child.
 GRACE = 2.0
-HOST_SLACK = 1.0  # the host kills a worker whose backstop did not answer by then
+HOST_SLACK = 1.0  # the host kills a worker whose backstop did not answer by then (plus GRACE for a new worker's start-up)
 LINGER = 0.25  # seconds a finished candidate has to exit at the end of its stdin before it is killed
 WORKER_CHECKS = 256  # checks per trusted worker before it is replaced
 WORKER_OUTPUT = 4 << 20  # bytes a worker may send before it is replaced (the executor keeps its output)
@@ -218,6 +218,7 @@ class _Relay:
                 self.results[index] = f"failed: the check is larger than {wire.MAX_FRAME} bytes"
                 self.bar.advance()
                 continue
+            fresh = not self.free
             worker = self.free.pop() if self.free else self._new_worker()
             try:
                 sid = self.ex.spawn(candidate_plan(test, self.limits))
@@ -227,7 +228,8 @@ class _Relay:
                     self.todo.appendleft(index)
                     return
                 raise
-            job = _Job(index, test, worker, sid, time.monotonic() + float(test.timeout) + GRACE + HOST_SLACK)
+            slack = HOST_SLACK + (GRACE if fresh else 0.0)
+            job = _Job(index, test, worker, sid, time.monotonic() + float(test.timeout) + GRACE + slack)
             worker.job = job
             worker.checks += 1
             self.jobs[sid] = job
@@ -378,6 +380,9 @@ def check_functions(tests: Sequence[FunctionTest], *, concurrency: int | None = 
     Raises SandboxError when no sandbox can be started at all.
     """
     tests = list(tests)
+    for test in tests:
+        if not (isinstance(test.timeout, (int, float)) and 0 < test.timeout < 1e6):
+            raise ValueError(f"timeout={test.timeout!r}: give the seconds the tests may take (a positive number)")
     if not tests:
         return []
     limit = max(1, concurrency or default_concurrency())
