@@ -10,7 +10,7 @@ from evalbox.faces.api import run
 from evalbox.faces.batch import run_many
 from evalbox.policy.plan import File, Mount, NotifyMode, Plan, Syscalls
 from evalbox.policy.supervision import Decision, SyscallRecord, SyscallRequest
-from evalbox.process.result import Output, Protections, Status
+from evalbox.process.result import CalledProcessError, Output, Protections, Status
 from evalbox.runtimes import go, node, python, shell
 from evalbox import evals
 
@@ -24,7 +24,7 @@ __all__ = [
     # supervision
     "Decision", "SyscallRequest", "SyscallRecord",
     # errors
-    "SandboxError", "ValidationError", "CommandNotFound", "UnsupportedKernel", "SpawnError",
+    "SandboxError", "ValidationError", "CommandNotFound", "UnsupportedKernel", "SpawnError", "CalledProcessError",
     # runtimes and evaluations
     "python", "shell", "node", "go", "evals",
 ]
@@ -39,3 +39,7 @@ def __getattr__(name: str):  # the asyncio face loads asyncio (~40 ms): only whe
 
         return getattr(aio, name)
     raise AttributeError(f"module 'evalbox' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:  # the lazily loaded names too, for completion and help()
+    return sorted(set(globals()) | set(_ASYNC_NAMES))

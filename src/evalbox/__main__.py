@@ -1,3 +1,3 @@
-from evalbox.faces.cli import main
+from evalbox.faces.cli import entry
 
-main()
+entry()

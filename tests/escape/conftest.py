@@ -46,7 +46,8 @@ HERE = Path(__file__).resolve().parent
 PAYLOAD_DIR = HERE / "payloads"
 SIGSYS = int(signal.SIGSYS)
 BLOCKING_ERRNOS = frozenset({"EPERM", "EACCES", "ENOSYS", "EAFNOSUPPORT"})
-SANDBOX_UID_RANGE = range(2_000_000_000, 2_000_000_000 + (1 << 20))
+from evalbox.process.identity import SANDBOX_UID_BASE, SANDBOX_UID_SPAN  # noqa: E402
+SANDBOX_UID_RANGE = range(SANDBOX_UID_BASE, SANDBOX_UID_BASE + SANDBOX_UID_SPAN)
 GCC_FLAGS = ["-O1", "-static", "-Wall", "-Wextra", "-pthread"]
 
 
@@ -318,6 +319,7 @@ class Box:
 
     def plan(self, payload: str, *args: str, files: dict | None = None, **kw) -> tuple[evalbox.Plan, str]:
         token = f"evx{secrets.token_hex(5)}"
+        OUR_TOKENS.add(token)
         exe = f"{payload}-{token}"
         all_files = {exe: evalbox.File(self.payloads[payload], executable=True)}
         all_files.update(files or {})
@@ -343,6 +345,9 @@ class Box:
         return r
 
 
+# Tokens of the payload runs this test process made (other sessions on the machine make their own).
+OUR_TOKENS: set[str] = set()
+
 WORKSPACE_SUBDIRS = {"work", "tmp", "home"}
 
 
@@ -366,6 +371,11 @@ def workspace_residue(root: str) -> str | None:
 def assert_clean(r: Run, fds_before: set[int] | None = None) -> None:
     """After a run: none of its processes alive, its workspace and cgroup gone, no fd leaked."""
     uid = r.uid
+    if uid == os.getuid():
+        # A caller that is not root shares its uid with its sandboxes: the test runner, evalbox's
+        # guard and the user's other programs run as that uid too. The run's token in argv names
+        # its own processes (their children inherit it).
+        uid = None
     found = processes_matching(r.token or None, uid)
     live = [p for p in found if p[1] not in ("Z", "X")]
     assert not live, f"processes of the finished run are still alive: {live}\n{r.describe()}"
@@ -445,7 +455,13 @@ class Targets:
     def __init__(self) -> None:
         self.paths: list[str] = []
 
+    @staticmethod
+    def _need_writable(directory: str) -> None:
+        if os.geteuid() != 0 and not os.access(directory, os.W_OK):
+            pytest.skip(f"needs root: the sacrificial target goes in {directory} (run the suite as root, as .ci/run does)")
+
     def file(self, directory: str, mode: int = 0o600, content: bytes | None = None, prefix: str = "secret") -> tuple[str, bytes]:
+        self._need_writable(directory)
         token = secrets.token_hex(12)
         path = os.path.join(directory, f"evalbox-test-{prefix}-{token}")
         data = content if content is not None else f"EVALBOX-SECRET-{token}\n".encode()
@@ -459,12 +475,14 @@ class Targets:
         return path, data
 
     def dir(self, parent: str = "/tmp", mode: int = 0o777) -> str:
+        self._need_writable(parent)
         path = tempfile.mkdtemp(prefix="evalbox-test-", dir=parent)
         os.chmod(path, mode)
         self.paths.append(path)
         return path
 
     def track(self, path: str) -> str:
+        self._need_writable(os.path.dirname(path))
         self.paths.append(path)
         return path
 
@@ -534,10 +552,10 @@ def _no_stray_sandbox_processes():
     """Whatever a test did, no sandbox-uid process of ours may survive it."""
     yield
     stray = [p for p in sandbox_uid_processes() if p[1] not in ("Z", "X")]
-    # other engineers may run sandboxes on this machine at the same time: only ours count, and ours
-    # are the children (or orphaned descendants) of runs this process made, recognisable by the
-    # "evx" token in argv or by the shell/sleep commands of the executor tests.
-    ours = [p for p in stray if "evx" in p[2] or "evalbox-escape" in p[2]]
+    # other engineers may run sandboxes (and this very suite) on this machine at the same time: only
+    # ours count, and ours are the children (or orphaned descendants) of runs this process made,
+    # recognisable by their token in argv.
+    ours = [p for p in stray if any(token in p[2] for token in re.findall(r"evx[0-9a-f]{10}", p[2]) if token in OUR_TOKENS)]
     assert not ours, f"sandbox processes survived the test: {ours}"
 
 

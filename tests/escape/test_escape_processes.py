@@ -16,6 +16,7 @@ import time
 import pytest
 
 import evalbox
+from portability import known_nonroot_gap, needs_root
 from escape_kit import (
     SANDBOX_UID_RANGE,
     assert_clean,
@@ -102,7 +103,9 @@ def test_lockdown_as_seen_by_the_kernel(box):
     r = box.run("proc_attacks", "status")
     info = {ln.split("=", 1)[0]: ln.split("=", 1)[1] for ln in r.lines("INFO")}
     assert info.get("NoNewPrivs") == "1", f"NoNewPrivs is not set\n{r.describe()}"
-    for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+    # Not root: nothing is held, and without CAP_SETPCAP the bounding set cannot be cleared (NO_NEW_PRIVS
+    # keeps file capabilities and setuid from adding any).
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapAmb") + (("CapBnd",) if os.geteuid() == 0 else ()):
         assert info.get(cap) == "0000000000000000", f"{cap} is {info.get(cap)}: capabilities left\n{r.describe()}"
     assert info.get("Seccomp") == "2", f"no seccomp filter in force (Seccomp: {info.get('Seccomp')})\n{r.describe()}"
     uids = info.get("Uid", "").split()
@@ -117,6 +120,7 @@ def test_lockdown_as_seen_by_the_kernel(box):
         assert bits >= 0 and bits & locked == locked, f"securebits not locked: {bits:#x}\n{r.describe()}"
 
 
+@needs_root("a setuid-root binary can only be made by root")
 def test_setuid_root_binary_gains_nothing(box, payloads, targets):
     d = targets.dir("/tmp", 0o755)
     path = os.path.join(d, f"suid-evx{secrets.token_hex(5)}")
@@ -232,6 +236,7 @@ def test_daemonized_grandchild_dies_with_the_run(box):
         f"the daemonized grandchild {daemon} outlived the run")
 
 
+@known_nonroot_gap("max_pids is RLIMIT_NPROC of the caller's uid plus its process count at spawn, approximate when other processes of that uid come and go (issue 8, item 8)")
 def test_fork_bomb_stays_inside_its_limit(box):
     """max_pids=16: the bomb runs into its limit, other sandboxes and the host keep working, and
     when it ends no process of it remains."""
@@ -276,8 +281,10 @@ def test_fork_bomb_stays_inside_its_limit(box):
 
 def test_other_sandbox_workspace_is_private(box):
     secret = f"EVALBOX-WS-SECRET-{secrets.token_hex(12)}"
-    holder = evalbox.Plan(["/bin/sh", "-c", f"echo {secret} > secret.txt && chmod 644 secret.txt && chmod 755 . .. && "
-                           "pwd && exec sleep 30"], timeout=20)
+    holder = evalbox.Plan(["/bin/sh", "-c", f"echo {secret} > secret.txt && "
+                           # opened up where the sandbox may (a root host's sandbox uid); refused (EPERM) otherwise,
+                           # and then the caller's uid owns both workspaces: either way only the sandbox's rules remain
+                           "{{ chmod 644 secret.txt; chmod 755 . ..; }} 2>/dev/null; pwd && exec sleep 30"], timeout=20)
     with evalbox.Executor() as ex:
         ev = Events(ex)
         a = ex.spawn(holder)

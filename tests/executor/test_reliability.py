@@ -9,6 +9,7 @@ import time
 import uuid
 
 import evalbox
+from portability import known_nonroot_gap
 from evalbox.kernel import cgroups
 from proc_helpers import alive_with, zombie_children
 
@@ -61,6 +62,7 @@ def test_ten_thousand_sequential_runs_leak_nothing():
     assert_clean(fds)
 
 
+@known_nonroot_gap("RLIMIT_NPROC is shared by every sandbox of the uid: at high concurrency some cannot fork (issue 8, item 8)")
 def test_two_hundred_concurrent_sandboxes():
     fds = open_fds()
     done = {}

@@ -30,7 +30,7 @@ def test_uid_leases_are_exclusive_across_processes():
         mine.release()
     again = UidLease()
     try:
-        assert again.uid == mine.uid  # released leases are reused (lowest free first)
+        assert again.uid not in (mine.uid, theirs)  # never reused, even once released (issue 9)
     finally:
         again.release()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import evalbox
 
 HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
-HOST_PYTHON = "/work/venv/bin/python"
+HOST_PYTHON = sys.executable  # the interpreter running the tests has evalbox installed
 
 
 # -- running -------------------------------------------------------------------------------------

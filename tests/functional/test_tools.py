@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import evalbox
+from portability import known_nonroot_gap, needs_root
 from ft_helpers import bash, describe, ok, py, sh
 
 S = evalbox.Status
@@ -31,6 +32,7 @@ def test_mkdir_p():
     assert out.stdout == b"made\n"
 
 
+@known_nonroot_gap("`timeout 1 sleep 5` does not end with 124 (issue 8, item 8)")
 def test_timeout_expires_with_124():
     """GNU timeout tries setpgid(0,0); when that fails it signals its own process group."""
     out = sh("timeout 1 sleep 5; echo rc=$?", timeout=15)
@@ -84,6 +86,7 @@ echo "x=$x $(cat bg1.txt) $(cat bg2.txt)"
     assert out.stdout == b"sub=3\nw1=0\nx=inner bg1 bg2\n", describe(out)
 
 
+@known_nonroot_gap("chmod by path is refused, so the linker cannot set the exec bit (issue 8, item 8)")
 def test_gcc_compiles_and_runs():
     src = r"""
 #include <stdio.h>
@@ -147,6 +150,7 @@ if __name__ == "__main__":
 """
 
 
+@needs_root("multiprocessing locks need a private /dev/shm, which only a root host gives a sandbox (README)")
 def test_python_multiprocessing_pool():
     out = py(PY_MP, timeout=30)
     assert out.status is S.EXITED and out.exit_code == 0, describe(out)
@@ -192,6 +196,7 @@ def test_env_shows_only_expected_variables():
         assert key not in env
 
 
+@known_nonroot_gap("chmod by path is refused inside the workspace too (issue 8, item 8)")
 def test_file_tools():
     script = r"""
 set -e

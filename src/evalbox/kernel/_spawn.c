@@ -104,6 +104,7 @@ struct overlay {
 
 struct bind {
     const char *path;
+    const char *source; /* what is bound at path: NULL for path itself (as it was before the overlay) */
     int is_dir;
 };
 
@@ -227,14 +228,16 @@ static void private_mounts(const struct config *c)
         report(c, STEP_MOUNTS, errno);
     /* Bind sources must belong to this namespace and be held before the overlays hide them. */
     for (int i = 0; i < c->n_binds; i++)
-        if ((fds[i] = open(c->binds[i].path, O_PATH | O_CLOEXEC)) < 0)
+        if ((fds[i] = open(c->binds[i].source ? c->binds[i].source : c->binds[i].path, O_PATH | O_CLOEXEC)) < 0)
             report(c, STEP_MOUNTS, errno);
     for (int o = 0; o < c->n_overlays; o++) {
         const struct overlay *ov = &c->overlays[o];
-        if (mount("tmpfs", ov->target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, ov->options) != 0)
+        /* No tmpfs options: no tmpfs either, the binds go straight over existing paths. */
+        int tmpfs = ov->options[0] != '\0';
+        if (tmpfs && mount("tmpfs", ov->target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, ov->options) != 0)
             report(c, STEP_MOUNTS, errno);
         for (int i = ov->first; i < ov->first + ov->count; i++) {
-            int err = make_path(ov->target, c->binds[i].path, c->binds[i].is_dir);
+            int err = tmpfs ? make_path(ov->target, c->binds[i].path, c->binds[i].is_dir) : 0;
             if (err)
                 report(c, STEP_MOUNTS, err);
             fd_path(source, fds[i]);
@@ -406,7 +409,8 @@ static int int_list(PyObject *seq, int *out, int max, int *count, const char *wh
     return 0;
 }
 
-/* overlays: [(target bytes, tmpfs options bytes, landlock rights int, [(path bytes, is_dir bool), ...]), ...]
+/* overlays: [(target bytes, tmpfs options bytes (b"": no tmpfs), landlock rights int,
+ *             [(path bytes, is_dir bool[, source bytes]), ...]), ...]
  * The strings stay alive through `keep`, a list holding every tuple. */
 static int parse_overlays(PyObject *obj, struct config *c, PyObject **keep)
 {
@@ -440,11 +444,13 @@ static int parse_overlays(PyObject *obj, struct config *c, PyObject **keep)
             return -1;
         }
         for (int i = 0; i < ov->count; i++) {
-            PyObject *path;
+            PyObject *path, *source = NULL;
             int is_dir;
-            if (!PyArg_ParseTuple(PyList_GET_ITEM(binds, i), "O!p", &PyBytes_Type, &path, &is_dir))
+            if (!PyArg_ParseTuple(PyList_GET_ITEM(binds, i), "O!p|O!", &PyBytes_Type, &path, &is_dir, &PyBytes_Type,
+                                  &source))
                 return -1;
             c->binds[c->n_binds].path = PyBytes_AS_STRING(path);
+            c->binds[c->n_binds].source = source ? PyBytes_AS_STRING(source) : NULL;
             c->binds[c->n_binds].is_dir = is_dir;
             c->n_binds++;
         }

@@ -57,6 +57,7 @@ __all__ = [
     "build",
     "disassemble",
     "errno_action",
+    "first_match",
 ]
 
 RET_KILL_PROCESS = 0x80000000
@@ -161,6 +162,34 @@ class Arg:
             )
         object.__setattr__(self, "value", value)
         object.__setattr__(self, "mask", mask)
+
+
+def arg_matches(arg: Arg, value: int) -> bool:
+    """Does ``arg`` hold for this argument register value (what the compiled filter decides)?"""
+    v = value & (_U32 if arg.width == 32 else _U64)
+    op = arg.op
+    if op == "masked_eq":
+        return v & arg.mask == arg.value
+    if op == "eq":
+        return v == arg.value
+    if op == "ne":
+        return v != arg.value
+    if op == "lt":
+        return v < arg.value
+    if op == "le":
+        return v <= arg.value
+    if op == "gt":
+        return v > arg.value
+    return v >= arg.value
+
+
+def first_match(rules: Sequence["Rule"], args: Sequence[int], default: int) -> int:
+    """The action of the first of one syscall's ``rules`` whose args all hold (else ``default``):
+    the same decision ``build`` compiles, for a caller that must know which rule a call met."""
+    for rule in rules:
+        if all(arg_matches(a, args[a.index]) for a in rule.args):
+            return rule.action
+    return default
 
 
 def _normalise(v: int, width: int, what: str) -> int:

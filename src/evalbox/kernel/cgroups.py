@@ -198,9 +198,42 @@ class Group:
         """Did the kernel kill a process of this group for memory since it was (re)used?"""
         return self._oom_kills() > self._oom_baseline
 
+    def peak_memory(self) -> int | None:
+        """Most memory charged to the group since it was (re)used, in bytes (None: unknown)."""
+        d = self.dirs.get("memory")
+        if d is None or self._peak_stale:
+            return None
+        try:
+            if self.version == 2:
+                if self._peak_fd >= 0:  # fd-local peak (Linux 6.12+): since this group's reset
+                    return int(os.pread(self._peak_fd, 64, 0).decode())
+                return int(_read(os.path.join(d, "memory.peak")))
+            return int(_read(os.path.join(d, "memory.max_usage_in_bytes")))
+        except (OSError, ValueError):
+            return None
+
+    _peak_fd = -1
+    _peak_stale = False  # a recycled group whose peak could not be reset
+
+    def _reset_peak(self) -> None:
+        d = self.dirs.get("memory")
+        if d is None:
+            return
+        try:
+            if self.version == 1:
+                _write(os.path.join(d, "memory.max_usage_in_bytes"), "0")
+            else:
+                if self._peak_fd < 0:
+                    self._peak_fd = os.open(os.path.join(d, "memory.peak"), os.O_RDWR | os.O_CLOEXEC)
+                os.pwrite(self._peak_fd, b"reset\n", 0)
+            self._peak_stale = False
+        except OSError:
+            self._peak_stale = True
+
     def reset(self) -> None:
         """Make a group whose processes are all gone ready for the next sandbox."""
         self._oom_baseline = self._oom_kills()
+        self._reset_peak()
         if self.version == 1:
             if "cpuacct" in self.dirs:
                 try:
@@ -270,6 +303,9 @@ class Group:
 
     def remove(self) -> None:
         """Remove the group directories (they must be empty of processes)."""
+        if self._peak_fd >= 0:
+            os.close(self._peak_fd)
+            self._peak_fd = -1
         for d in self.distinct_dirs:
             for _ in range(200):
                 try:
@@ -324,6 +360,24 @@ def drain_pool() -> None:
     remove_parents()
 
 
+def _kill_all_in(group_dir: str, deadline: float = 2.0) -> None:
+    """SIGKILL every process of a cgroup directory until it is empty (or the deadline passes)."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            pids = [int(p) for p in _read(os.path.join(group_dir, "cgroup.procs")).split()]
+        except (OSError, ValueError):
+            return
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.001)
+
+
 def sweep_stale() -> None:
     """Remove empty parent groups left by evalbox processes that died without cleaning up."""
     for d in set(layout().roots.values()):
@@ -336,9 +390,11 @@ def sweep_stale() -> None:
             if prefix == "evalbox" and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
                 parent = os.path.join(d, name)
                 for child in os.listdir(parent) if os.path.isdir(parent) else ():
-                    if os.path.isdir(os.path.join(parent, child)):
+                    group = os.path.join(parent, child)
+                    if os.path.isdir(group):
+                        _kill_all_in(group)  # processes a dead caller's runs left (its guard died too)
                         try:
-                            os.rmdir(os.path.join(parent, child))
+                            os.rmdir(group)
                         except OSError:
                             pass
                 try:

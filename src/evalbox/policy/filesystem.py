@@ -35,7 +35,8 @@ ETC_FILES = (
     "/etc/bash.bashrc", "/etc/alternatives", "/etc/ssl/certs", "/etc/ssl/openssl.cnf",
     "/etc/ca-certificates", "/etc/fonts", "/etc/perl", "/etc/gitconfig",
 )
-ETC_GLOBS = ("/etc/python3*",)
+# (Debian/Ubuntu keep the JDK's configuration here, linked from its prefix: java.security, jvm.cfg)
+ETC_GLOBS = ("/etc/python3*", "/etc/java-*")
 
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 PROC = "/proc"
@@ -97,9 +98,25 @@ def _system_trees_real() -> tuple[str, ...]:
 PRIVATE_SHM_RIGHTS = ll.READ | ll.WRITE_FILE | ll.TRUNCATE | ll.MAKE_REG | ll.REMOVE_FILE | ll.MAKE_DIR | ll.REMOVE_DIR
 
 
-def path_rules(plan: Plan, workspace: str, runtime: Runtime) -> list[PathRule]:
-    """The Landlock rules specific to this run (the system rules are added by build_ruleset)."""
+# Pseudo-terminals (openpty, script, pexpect, termios tests). Granted only to a sandbox with a uid
+# of its own: the host's devpts then holds only terminals it may not open (other owners, mode
+# 0620), while a sandbox sharing the caller's uid could open the caller's own terminals. (A
+# private devpts instance in the sandbox's mount namespace lifts this: the jail's job.)
+PTY_PATHS = ("/dev/ptmx", "/dev/pts")
+PTY_RIGHTS = ll.READ_FILE | ll.WRITE_FILE | ll.IOCTL_DEV
+
+
+def path_rules(plan: Plan, workspace: str, runtime: Runtime, own_uid: bool = False,
+               cgroup_dirs: tuple[str, ...] = ()) -> list[PathRule]:
+    """The Landlock rules specific to this run (the system rules are added by build_ruleset).
+
+    `own_uid`: the sandbox runs as a uid of its own (pseudo-terminals are granted).
+    `cgroup_dirs`: the run's own cgroup directories, readable so that runtimes size themselves
+    to the limits (the JVM reads memory.limit_in_bytes / memory.max to size its heap)."""
     rules: list[PathRule] = []
+    if own_uid:
+        rules += [PathRule(p, PTY_RIGHTS) for p in PTY_PATHS if os.path.exists(p)]
+    rules += [PathRule(d, ll.READ) for d in cgroup_dirs]
     system_real = _system_trees_real()
     for path in sorted(runtime.executables | runtime.libraries):
         if not _inside(path, system_real) and not _inside(path, (workspace,)):

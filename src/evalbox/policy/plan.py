@@ -21,11 +21,22 @@ from evalbox.policy.supervision import VIRTUALIZE_DEFAULT, validate_virtual_path
 
 WORK_DIR = "work"  # the cwd inside the workspace, and where plan files are written
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d{1,30}(?:\.\d{1,30})?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
+# Upper bounds: a limit the kernel cannot hold is refused, never wrapped or truncated
+# (rlimits and cgroup files are 64-bit; epoll waits are at most 2**31 ms).
+MAX_BYTES = 1 << 62
+MAX_SECONDS = 2_000_000  # about 23 days
+MAX_PIDS = 1 << 22  # PID_MAX_LIMIT
+MAX_OPEN_FILES = 1 << 20  # the kernel's default fs.nr_open
+MIN_MEMORY = 4096  # one page: less cannot be accounted at all
+# Workspace paths: NAME_MAX per component, and room for the workspace's own prefix in PATH_MAX.
+NAME_MAX = 255
+MAX_WORKSPACE_PATH = 2048
 
-def parse_size(value: int | str | None, name: str) -> int | None:
+
+def parse_size(value: int | str | None, name: str, minimum: int = 1, maximum: int = MAX_BYTES) -> int | None:
     """Bytes from an int or a string like "64K", "256M", "2G" (binary units); None stays None."""
     if value is None:
         return None
@@ -42,6 +53,11 @@ def parse_size(value: int | str | None, name: str) -> int | None:
         raise ValidationError(f"{name} must be an int or a string like '256M', not {type(value).__name__}")
     if size <= 0:
         raise ValidationError(f"{name} must be positive, got {value!r}; use None for no limit")
+    if size < minimum:
+        raise ValidationError(f"{name}={value!r} is too small for any program to start; use at least {minimum >> 10}K")
+    if size > maximum:
+        raise ValidationError(f"{name}={value!r} is larger than this system can enforce (at most {maximum} bytes); "
+                              "use None for no limit")
     return size
 
 
@@ -56,17 +72,29 @@ def parse_seconds(value: float | int | str | None, name: str) -> float | None:
         raise ValidationError(f"{name}={value!r} is not a number of seconds") from None
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValidationError(f"{name} must be a positive number of seconds, got {value!r}; use None for no limit")
+    if seconds > MAX_SECONDS:
+        raise ValidationError(f"{name}={value!r} is too long: at most {MAX_SECONDS} seconds (about 23 days); "
+                              "use None for no limit")
     return seconds
 
 
-def parse_count(value: int | None, name: str) -> int | None:
+def parse_count(value: int | None, name: str, maximum: int) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValidationError(f"{name} must be a whole number, not {value!r}")
     if value <= 0:
         raise ValidationError(f"{name} must be positive, got {value}; use None for no limit")
+    if value > maximum:
+        raise ValidationError(f"{name}={value} is more than the kernel allows (at most {maximum}); use None for no limit")
     return value
+
+
+def _as_tuple(value: Any, what: str, example: str) -> tuple:
+    """`value` as a tuple, or a ValidationError naming the field (never a raw TypeError)."""
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise ValidationError(f"{what} must be a list, like {example}, not {type(value).__name__} {value!r:.80}")
+    return tuple(value)
 
 
 def _no_nul(text: str, what: str) -> str:
@@ -85,7 +113,50 @@ def workspace_path(path: str, what: str) -> str:
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if not parts or ".." in parts:
         raise ValidationError(f"{what} {path!r} leaves the workspace; use a path below it without '..'")
-    return "/".join(parts)
+    clean = "/".join(parts)
+    try:
+        encoded = clean.encode("utf-8", "surrogateescape")
+        longest = max(len(p.encode("utf-8", "surrogateescape")) for p in parts)
+    except UnicodeEncodeError:
+        raise ValidationError(f"{what} {path[:80]!r} is not a valid file name (unpaired surrogate)") from None
+    if longest > NAME_MAX:
+        raise ValidationError(f"{what} {path[:80]!r}...: a name in it is {longest} bytes long; file names are at most "
+                              f"{NAME_MAX} bytes")
+    if len(encoded) > MAX_WORKSPACE_PATH:
+        raise ValidationError(f"{what} {path[:80]!r}... is {len(encoded)} bytes long; use a path of at most "
+                              f"{MAX_WORKSPACE_PATH} bytes")
+    return clean
+
+
+def _below(path: str, top: str) -> bool:
+    """`path` is `top` or inside it (both clean relative paths)."""
+    return path == top or path.startswith(top + "/")
+
+
+def check_layout(files: Mapping[str, "File"], mounts: tuple["Mount", ...], cwd: str | None) -> None:
+    """The plan's files, mount links and cwd must not overlap: nothing may be created inside (or
+    through) a mount link or a file, which could write outside the workspace."""
+    taken: dict[str, str] = {}  # path below work/ -> what put it there
+    for rel in sorted(files):
+        taken[rel] = f"file {rel!r}"
+    for m in mounts:
+        if m.dest is not None:
+            if m.dest in taken:
+                raise ValidationError(f"mount dest {m.dest!r} is also the {taken[m.dest]}; give each a path of its own")
+            taken[m.dest] = f"mount dest {m.dest!r} (of {m.source})"
+    for path in taken:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent in taken:
+                raise ValidationError(f"{taken[path]} lies inside {taken[parent]}: a path cannot be both a file or "
+                                      "mount link and a directory; rename one of them")
+    if cwd is not None and _below(cwd, WORK_DIR) and cwd != WORK_DIR:
+        inner = cwd[len(WORK_DIR) + 1:]
+        for path, what in taken.items():
+            if _below(inner, path):
+                raise ValidationError(f"cwd {cwd!r} lies inside {what}: the cwd must be a directory of the workspace "
+                                      "itself; mount the directory you want and cd into it in the command")
 
 
 @dataclass(frozen=True)
@@ -97,7 +168,7 @@ class File:
 
     def __init__(self, content: str | bytes, executable: bool = False) -> None:
         if isinstance(content, str):
-            content = content.encode()
+            content = content.encode("utf-8", "surrogateescape")
         elif isinstance(content, (bytearray, memoryview)):
             content = bytes(content)
         if not isinstance(content, bytes):
@@ -124,6 +195,7 @@ class Mount:
             raise ValidationError(f"mount source {self.source!r} must be an absolute host path")
         object.__setattr__(self, "source", os.path.normpath(self.source))
         if self.dest is not None:
+            _no_nul(self.dest, "mount dest")
             if os.path.isabs(self.dest):
                 if os.path.normpath(self.dest) != self.source:
                     raise ValidationError(
@@ -160,7 +232,7 @@ class Syscalls:
             names = getattr(self, attr)
             if isinstance(names, str):
                 names = (names,)
-            names = tuple(names)
+            names = _as_tuple(names, f"Syscalls({attr}=...)", "['ptrace']")
             for name in names:
                 if not isinstance(name, str) or not known_syscall(name):
                     raise ValidationError(f"Syscalls({attr}=...): unknown system call name {name!r} (see `man 2 syscalls`)")
@@ -217,7 +289,7 @@ class Plan:
             raise ValidationError(
                 f"argv must be a list of strings, not one string {argv!r}: split it (shlex.split) or use evalbox.shell"
             )
-        argv = tuple(argv)
+        argv = _as_tuple(argv, "argv", "['python3', 'main.py']")
         if not argv:
             raise ValidationError("argv is empty: give the program to run, e.g. ['python3', 'main.py']")
         for i, arg in enumerate(argv):
@@ -229,20 +301,26 @@ class Plan:
         set_("argv", tuple(os.fspath(a) for a in argv))
 
         files: dict[str, File] = {}
-        for path, content in dict(self.files).items():
+        if not isinstance(self.files, Mapping):
+            raise ValidationError(f"files must be a mapping {{path: content}}, not {type(self.files).__name__}")
+        for path, content in self.files.items():
             rel = workspace_path(path, "file path")
+            if rel in files:
+                raise ValidationError(f"file path {path!r} names the same file as another entry ({rel!r}); keep one")
             files[rel] = content if isinstance(content, File) else File(content)
         set_("files", _FrozenDict(files))
 
         stdin = self.stdin
         if isinstance(stdin, str):
-            stdin = stdin.encode()
+            stdin = stdin.encode("utf-8", "surrogateescape")
         if not isinstance(stdin, (bytes, bytearray, memoryview)):
             raise ValidationError(f"stdin must be bytes or str, not {type(stdin).__name__}")
         set_("stdin", bytes(stdin))
 
         env: dict[str, str] = {}
-        for key, value in dict(self.env).items():
+        if not isinstance(self.env, Mapping):
+            raise ValidationError(f"env must be a mapping {{name: value}}, not {type(self.env).__name__}")
+        for key, value in self.env.items():
             _no_nul(key, "env name")
             _no_nul(value, f"env {key}")
             if not key or "=" in key:
@@ -255,20 +333,25 @@ class Plan:
 
         set_("timeout", parse_seconds(self.timeout, "timeout"))
         set_("cpu_time", parse_seconds(self.cpu_time, "cpu_time"))
-        for name in ("memory", "max_output", "max_file_size"):
+        set_("memory", parse_size(self.memory, "memory", minimum=MIN_MEMORY))
+        for name in ("max_output", "max_file_size"):
             set_(name, parse_size(getattr(self, name), name))
-        for name in ("max_pids", "max_open_files"):
-            set_(name, parse_count(getattr(self, name), name))
+        set_("max_pids", parse_count(self.max_pids, "max_pids", MAX_PIDS))
+        set_("max_open_files", parse_count(self.max_open_files, "max_open_files", MAX_OPEN_FILES))
         if self.max_open_files is not None and self.max_open_files < 4:
             raise ValidationError(f"max_open_files={self.max_open_files} leaves no room beyond stdin/stdout/stderr; use at least 4")
         set_("network", bool(self.network))
 
-        mounts = tuple(self.mounts)
+        mounts = _as_tuple(self.mounts, "mounts", "[evalbox.Mount.ro('/opt/data')]")
         for m in mounts:
             if not isinstance(m, Mount):
                 raise ValidationError(f"mounts must be evalbox.Mount.ro(...) or Mount.rw(...), not {m!r}")
         set_("mounts", mounts)
+        check_layout(self.files, mounts, self.cwd)
         if isinstance(self.syscalls, Mapping):
+            unknown = set(self.syscalls) - {"allow", "deny"}
+            if unknown:
+                raise ValidationError(f"syscalls: unknown keys {sorted(map(str, unknown))}; use allow= and deny=")
             set_("syscalls", Syscalls(**self.syscalls))
         elif not isinstance(self.syscalls, Syscalls):
             raise ValidationError(f"syscalls must be evalbox.Syscalls(allow=[...], deny=[...]), not {self.syscalls!r}")
@@ -281,11 +364,15 @@ class Plan:
 
     def _validate_supervision(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
-        intercept = (self.intercept,) if isinstance(self.intercept, str) else tuple(self.intercept)
+        intercept = (self.intercept,) if isinstance(self.intercept, str) else \
+            _as_tuple(self.intercept, "intercept", "['openat', 'execve']")
         for name in intercept:
             if not isinstance(name, str) or not known_syscall(name):
                 raise ValidationError(f"intercept: unknown system call name {name!r} (see `man 2 syscalls`)")
         mode = self.notify
+        if not isinstance(self.virtual_paths, Mapping):
+            raise ValidationError(f"virtual_paths must be a mapping {{'/data': '/host/dir'}}, not "
+                                  f"{type(self.virtual_paths).__name__}")
         virtual = validate_virtual_paths(dict(self.virtual_paths))
         if mode is NotifyMode.DISABLED and (intercept or self.supervisor or virtual):
             raise ValidationError("intercept=, supervisor= and virtual_paths= need notify=NotifyMode.MONITOR, "

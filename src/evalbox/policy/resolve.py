@@ -24,6 +24,18 @@ machine match the executable's; otherwise the search continues, as ld.so does.
 If a needed name is already loaded (same name, same ``DT_SONAME`` or same
 file), the loaded copy is reused.
 
+Trust: the content of a file (its ``#!`` line, ELF headers, ``RPATH``) is followed
+only when the file is owned by root, not writable by group or others, and not inside
+a directory the sandbox can write (the workspace, ``rw`` mounts: ``untrusted``). The
+plan or the program supplies everything else, so such a file gives only itself: what
+it names is never granted (its loader and libraries in the system trees are granted
+anyway). Files are opened ``O_PATH`` first and read only when they are regular files
+outside /proc and /sys, non-blocking and bounded, and the whole resolution has a budget
+of files and time (a crafted input gives a smaller result, never a slow run).
+Parsing follows the kernel: the first ``PT_INTERP``; a ``#!`` line is one interpreter
+and at most one argument, and ``#!/usr/bin/env`` is followed only for a plain
+``NAME`` (no options such as ``-S``, no assignments).
+
 Everything here is best effort and never raises for odd input. A corrupt ELF, a
 missing library or an unreadable file gives a smaller result. A missing library
 is reported by ld.so itself when the program starts.
@@ -33,9 +45,11 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import stat
 import struct
 import sys
+import time
 from dataclasses import dataclass
 
 from evalbox.errors import CommandNotFound
@@ -58,6 +72,12 @@ LD_SO_CACHE = "/etc/ld.so.cache"
 _MAX_SCRIPT_DEPTH = 4  # nested '#!' interpreters we follow
 _SHEBANG_BYTES = 256  # Linux BINPRM_BUF_SIZE
 _MAX_SYMLINK_HOPS = 40
+# Budget of one resolution: whatever the input, the host's work stays small.
+_MAX_PROBES = 2048  # files stat'ed or opened
+_MAX_OBJECTS = 256  # ELF objects loaded
+_MAX_NEEDED = 256  # DT_NEEDED entries per object
+_MAX_SEARCH_DIRS = 64  # RPATH/RUNPATH/LD_LIBRARY_PATH entries per lookup
+_MAX_SECONDS = 0.5
 
 # --------------------------------------------------------------------------
 # Public types
@@ -146,6 +166,7 @@ def runtime_files(
     *,
     env_path: str = DEFAULT_ENV_PATH,
     ld_library_path: str = "",
+    untrusted: tuple[str, ...] = (),
 ) -> Runtime:
     """Return the files that running ``executable`` needs. Never raises.
 
@@ -156,6 +177,8 @@ def runtime_files(
         env_path: PATH used to resolve ``#!/usr/bin/env NAME``.
         ld_library_path: The sandbox's ``LD_LIBRARY_PATH``, if it sets one.
             ld.so searches it after ``DT_RPATH`` and before ``DT_RUNPATH``.
+        untrusted: Directories the sandbox can write (workspace, rw mounts):
+            nothing inside them is trusted to name further files.
 
     Scripts (``#!``) are followed through at most four interpreters. A static
     ELF binary gives only itself. A file that does not exist gives an empty
@@ -175,19 +198,20 @@ def runtime_files(
         return _EMPTY
     if key is None:
         return _EMPTY
+    untrusted = tuple(sorted({os.path.realpath(d) for d in untrusted}))
     salt = _salts.get(path, 0)
-    runtime, deps = _runtime_cached(path, key, env_path, ld_library_path, salt)
+    runtime, deps = _runtime_cached(path, key, env_path, ld_library_path, untrusted, salt)
     for dep_path, dep_key in deps:
         if _stat_key(dep_path) != dep_key:
             _salts[path] = salt + 1
-            runtime, _ = _runtime_cached(path, key, env_path, ld_library_path, salt + 1)
+            runtime, _ = _runtime_cached(path, key, env_path, ld_library_path, untrusted, salt + 1)
             break
     return runtime
 
 
 def _cache_clear() -> None:
     _runtime_cached.cache_clear()
-    _elf_cached.cache_clear()
+    _probe_cached.cache_clear()
     _ld_cache_cached.cache_clear()
     _salts.clear()
 
@@ -313,23 +337,97 @@ class _Elf:
 
 
 def _elf_info(path: str) -> _Elf | None:
-    key = _stat_key(path)
-    if key is None:
+    """Parse any regular file's ELF headers (for the public helpers; no trust decision)."""
+    opened = _open_regular(path)
+    if opened is None:
         return None
-    return _elf_cached(path, key)
-
-
-@functools.lru_cache(maxsize=4096)
-def _elf_cached(path: str, key: _StatKey) -> _Elf | None:
-    del key  # part of the cache key only
+    fd, st = opened
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        return _parse_elf(_Reader(fd, st.st_size))
+    except (OSError, ValueError, struct.error, IndexError, OverflowError):
+        return None
+    finally:
+        os.close(fd)
+
+
+@functools.cache
+def _pseudo_fs_devices() -> frozenset[int]:
+    """st_dev of /proc and /sys: their files are not programs, and some reads have effects."""
+    out = set()
+    for d in ("/proc", "/sys"):
+        try:
+            out.add(os.stat(d).st_dev)
+        except OSError:
+            pass
+    return frozenset(out)
+
+
+def _open_regular(path: str) -> tuple[int, os.stat_result] | None:
+    """A read-only fd of `path` if it is a non-empty regular file outside /proc and /sys.
+
+    The file is looked at through an O_PATH fd first (opening that has no effect on devices,
+    FIFOs or sockets) and only then opened for reading, non-blocking, through that same fd.
+    """
+    try:
+        pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except (OSError, ValueError):
         return None
     try:
-        return _parse_elf(_Reader(fd, os.fstat(fd).st_size))
-    except (OSError, ValueError, struct.error, IndexError, OverflowError):
+        st = os.fstat(pfd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0 or st.st_dev in _pseudo_fs_devices():
+            return None
+        fd = os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
         return None
+    finally:
+        os.close(pfd)
+    return fd, st
+
+
+def _inside_any(path: str, dirs: tuple[str, ...]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs)
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """What resolution may know of one file."""
+
+    trusted: bool  # owned by root, not group/other-writable, outside what the sandbox writes
+    head: bytes  # the first bytes (for '#!'), empty when not trusted
+    elf: _Elf | None  # parsed headers, only when trusted
+
+
+def _probe(path: str, untrusted: tuple[str, ...]) -> tuple[_StatKey, _Probe] | None:
+    key = _stat_key(path)
+    if key is None:
+        return None
+    return key, _probe_cached(path, key, untrusted)
+
+
+@functools.lru_cache(maxsize=4096)
+def _probe_cached(path: str, key: _StatKey, untrusted: tuple[str, ...]) -> _Probe:
+    nothing = _Probe(False, b"", None)
+    opened = _open_regular(path)
+    if opened is None:
+        return nothing  # unreadable (e.g. execute-only) or not a plain file: itself only
+    fd, st = opened
+    try:
+        if (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size) != key:
+            return nothing  # replaced since the stat: decide nothing on it
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            return nothing
+        if untrusted and _inside_any(os.readlink(f"/proc/self/fd/{fd}"), untrusted):
+            return nothing
+        reader = _Reader(fd, st.st_size)
+        elf = None
+        if reader.head.startswith(b"\x7fELF"):
+            try:
+                elf = _parse_elf(reader)
+            except (OSError, ValueError, struct.error, IndexError, OverflowError):
+                elf = None
+        return _Probe(True, reader.head[:_SHEBANG_BYTES], elf)
+    except OSError:
+        return nothing
     finally:
         os.close(fd)
 
@@ -403,6 +501,7 @@ def _parse_elf(f: _Reader) -> _Elf | None:
         return bare
 
     interp = None
+    seen_interp = False
     dynamic: tuple[int, int] | None = None
     loads: list[tuple[int, int, int]] = []  # (vaddr, filesz, offset)
     for i in range(phnum):
@@ -413,8 +512,13 @@ def _parse_elf(f: _Reader) -> _Elf | None:
             p_type, p_offset, p_vaddr, _pa, p_filesz = fields[:5]
         if p_type == _PT_LOAD:
             loads.append((p_vaddr, p_filesz, p_offset))
-        elif p_type == _PT_INTERP:
-            interp = f.cstr(p_offset, min(f.size, p_offset + p_filesz))
+        elif p_type == _PT_INTERP and interp is None and not seen_interp:
+            # the kernel uses the first PT_INTERP; it must end in NUL within p_filesz
+            seen_interp = True
+            if 2 <= p_filesz <= 4096:
+                raw = f.read(p_offset, p_filesz)
+                if len(raw) == p_filesz and raw.endswith(b"\0"):
+                    interp = os.fsdecode(raw.split(b"\0", 1)[0]) or None
         elif p_type == _PT_DYNAMIC:
             dynamic = (p_offset, p_filesz)
 
@@ -433,7 +537,8 @@ def _parse_elf(f: _Reader) -> _Elf | None:
         if tag == _DT_NULL:
             break
         if tag == _DT_NEEDED:
-            needed_offs.append(val)
+            if len(needed_offs) < _MAX_NEEDED:
+                needed_offs.append(val)
         elif tag == _DT_STRTAB:
             strtab = val
         elif tag == _DT_STRSZ:
@@ -598,11 +703,21 @@ def _ld_cache() -> tuple[_StatKey | None, _LdCache]:
 @functools.lru_cache(maxsize=2)
 def _ld_cache_cached(key: _StatKey) -> _LdCache:
     del key
+    opened = _open_regular(LD_SO_CACHE)
+    if opened is None:
+        return _LdCache(b"")
+    fd, st = opened
     try:
-        with open(LD_SO_CACHE, "rb") as f:
-            return _LdCache(f.read())
+        if st.st_uid != 0 or st.st_mode & 0o022 or st.st_size > _MAX_LD_CACHE:
+            return _LdCache(b"")  # only root's own cache names libraries
+        return _LdCache(os.pread(fd, st.st_size, 0))
     except OSError:
         return _LdCache(b"")
+    finally:
+        os.close(fd)
+
+
+_MAX_LD_CACHE = 64 << 20
 
 
 # --------------------------------------------------------------------------
@@ -621,10 +736,18 @@ class _Obj:
         self.origin = origin
 
 
+class _OutOfBudget(Exception):
+    """The resolution's budget of files or time is spent: keep what was found."""
+
+
 class _Resolver:
-    def __init__(self, env_path: str, ld_library_path: str):
+    def __init__(self, env_path: str, ld_library_path: str, untrusted: tuple[str, ...] = ()):
         self.env_path = env_path
         self.ld_library_path = ld_library_path
+        self.untrusted = untrusted
+        self.probes_left = _MAX_PROBES
+        self.objects_left = _MAX_OBJECTS
+        self.deadline = time.monotonic() + _MAX_SECONDS
         self.executables: set[str] = set()
         self.libraries: set[str] = set()
         self.deps: dict[str, _StatKey] = {}
@@ -633,45 +756,56 @@ class _Resolver:
         self.ld_cache: _LdCache | None = None
 
     # -- bookkeeping
-    def note(self, path: str) -> _StatKey | None:
-        key = _stat_key(path)
-        if key is not None:
-            self.deps[path] = key
-        return key
+    def spend(self) -> None:
+        self.probes_left -= 1
+        if self.probes_left < 0 or time.monotonic() > self.deadline:
+            raise _OutOfBudget
+
+    def probe(self, path: str) -> _Probe | None:
+        """What may be known of `path` (None: not a regular file); recorded as a dependency."""
+        self.spend()
+        got = _probe(path, self.untrusted)
+        if got is None:
+            return None
+        self.deps[path] = got[0]
+        return got[1]
 
     def add(self, target: set[str], path: str) -> None:
+        self.spend()
         target.update(_names_for(path, self.realdirs))
 
     # -- entry point
     def run(self, path: str, depth: int = 0) -> None:
-        if depth > _MAX_SCRIPT_DEPTH or self.note(path) is None:
+        if depth > _MAX_SCRIPT_DEPTH:
             return
-        try:
-            with open(path, "rb") as f:
-                head = f.read(_SHEBANG_BYTES)
-        except OSError:
-            # Unreadable (e.g. execute-only): grant the file, nothing more is known.
-            self.add(self.executables, path)
+        probe = self.probe(path)
+        if probe is None:
             return
         self.add(self.executables, path)
-        if head.startswith(b"#!"):
-            for interp in self.shebang(head):
+        if not probe.trusted:
+            return  # the plan or the program wrote it: it names nothing we grant
+        if probe.head.startswith(b"#!"):
+            for interp in self.shebang(probe.head):
                 self.run(interp, depth + 1)
-        elif head.startswith(b"\x7fELF"):
-            self.elf(path)
+        elif probe.elf is not None:
+            self.elf(path, probe.elf)
 
     def shebang(self, head: bytes) -> list[str]:
-        line = head[2:].split(b"\n", 1)[0].strip(b" \t")
+        """The interpreters the kernel (and env) will run for this '#!' line, when certain."""
+        line = head[2:].split(b"\n", 1)
+        if len(line) == 1 and len(head) >= _SHEBANG_BYTES:
+            return []  # no end of line within the kernel's buffer: interpreter name may be cut
+        line = line[0].split(b"\0", 1)[0].strip(b" \t")
         if not line:
             return []
-        parts = line.replace(b"\t", b" ").split(b" ", 1)
-        interp = os.fsdecode(parts[0])
-        arg = os.fsdecode(parts[1].strip(b" \t")) if len(parts) > 1 else ""
+        cut = min((i for i in (line.find(b" "), line.find(b"\t")) if i >= 0), default=len(line))
+        interp = os.fsdecode(line[:cut])
+        arg = os.fsdecode(line[cut:].strip(b" \t"))  # the kernel passes the rest as one argument
         if not interp.startswith("/"):
             return []  # relative to the unknown cwd of the caller; not followed
         out = [interp]
         if os.path.basename(interp) == "env" and arg:
-            cmd = _env_command(arg.split())
+            cmd = _env_command(arg)
             if cmd is not None:
                 if "/" in cmd:
                     if cmd.startswith("/"):
@@ -684,10 +818,9 @@ class _Resolver:
         return out
 
     # -- ELF
-    def elf(self, exe_path: str) -> None:
-        info = _elf_info(exe_path)
-        if info is None or info.interp is None:
-            return  # static, or not parsable: only the file itself
+    def elf(self, exe_path: str, info: _Elf) -> None:
+        if info.interp is None:
+            return  # static: only the file itself
         kind = info.kind
         loaded_names: dict[str, _Obj] = {}
         loaded_files: dict[tuple[int, int], _Obj] = {}
@@ -706,9 +839,10 @@ class _Resolver:
 
         # The dynamic loader (PT_INTERP): mapped by the kernel, needs execute.
         interp = info.interp
-        if self.note(interp) is not None:
+        iprobe = self.probe(interp)
+        if iprobe is not None:
             self.add(self.executables, interp)
-            iinfo = _elf_info(interp)
+            iinfo = iprobe.elf
             if iinfo is not None:
                 iobj = _Obj(interp, iinfo, None, os.path.dirname(interp))
                 register(iobj, interp, iinfo.soname)
@@ -731,6 +865,9 @@ class _Resolver:
                     if existing is not None:
                         primary = primary or existing
                         continue
+                    self.objects_left -= 1
+                    if self.objects_left < 0:
+                        raise _OutOfBudget
                     self.add(self.libraries, cand_path)
                     new = _Obj(cand_path, cand_info, obj, os.path.dirname(cand_path))
                     register(new, cand_info.soname)
@@ -798,7 +935,7 @@ class _Resolver:
     @staticmethod
     def expand_list(entries: list[str], obj: _Obj, platform: str, lib: str) -> list[str]:
         out = []
-        for e in entries:
+        for e in entries[:_MAX_SEARCH_DIRS]:
             if "$" in e:
                 e = _expand_dst(e, obj.origin, platform, lib)
             if e.startswith("/"):  # relative entries depend on the unknown cwd: skipped
@@ -806,14 +943,12 @@ class _Resolver:
         return out
 
     def try_file(self, path: str, kind) -> tuple[str, _Elf] | None:
-        key = _stat_key(path)
-        if key is None:
+        """A library candidate: only a trusted ELF of the right kind counts (an untrusted one is
+        neither granted nor followed; ld.so may still find it, and the program then fails)."""
+        probe = self.probe(path)
+        if probe is None or probe.elf is None or probe.elf.kind != kind:
             return None
-        info = _elf_cached(path, key)
-        if info is None or info.kind != kind:
-            return None
-        self.deps[path] = key
-        return (path, info)
+        return (path, probe.elf)
 
     def try_dir(self, d: str, name: str, kind, platform: str, found: list) -> bool:
         """Look for ``name`` in ``d``: hwcaps variants are collected, True once the plain file is found."""
@@ -836,6 +971,7 @@ class _Resolver:
             return cached
         out: list[str] = []
         hw = f"{d}/glibc-hwcaps"
+        self.spend()
         try:
             out.extend(f"{hw}/{e}" for e in sorted(os.listdir(hw)))
         except OSError:
@@ -883,37 +1019,36 @@ def _expand_dst(entry: str, origin: str, platform: str, lib: str) -> str:
     return "".join(out)
 
 
-def _env_command(words: list[str]) -> str | None:
-    """The command run by ``#!/usr/bin/env [options] [NAME=VALUE...] COMMAND [args]``."""
-    takes_value = {"-u", "--unset", "-C", "--chdir", "-P"}
-    i = 0
-    while i < len(words):
-        w = words[i]
-        if w in ("-S", "--split-string"):
-            i += 1
-            continue
-        if w.startswith("-S") and len(w) > 2:  # -Scommand
-            words = words[: i] + [w[2:]] + words[i + 1 :]
-            continue
-        if w in takes_value:
-            i += 2
-            continue
-        if w.startswith("-") or ("=" in w and not w.startswith("=")):
-            i += 1
-            continue
-        return w
-    return None
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9_./+,:@%-]+")
+
+
+def _env_command(arg: str) -> str | None:
+    """The command ``#!/usr/bin/env ARG`` runs, only when that is certain.
+
+    The kernel hands env the rest of the line as one argument: a plain NAME is run as is.
+    ``-S WORDS`` (GNU env's split) is followed only when every word is plain (no quotes,
+    escapes, ``$``, ``=``) and the first word is the command; anything else (other options,
+    assignments, quoting env would read differently) is not followed, so nothing is granted.
+    """
+    if arg.startswith("-S"):
+        words = arg[2:].split()
+        if not words or not all(_PLAIN_WORD.fullmatch(w) for w in words) or words[0].startswith("-"):
+            return None
+        return words[0]
+    if not _PLAIN_WORD.fullmatch(arg) or arg.startswith("-"):
+        return None
+    return arg
 
 
 @functools.lru_cache(maxsize=1024)
 def _runtime_cached(
-    path: str, key: _StatKey, env_path: str, ld_library_path: str, salt: int
+    path: str, key: _StatKey, env_path: str, ld_library_path: str, untrusted: tuple[str, ...], salt: int
 ) -> tuple[Runtime, tuple[tuple[str, _StatKey], ...]]:
     del key, salt  # cache key only
-    r = _Resolver(env_path, ld_library_path)
+    r = _Resolver(env_path, ld_library_path, untrusted)
     try:
         r.run(path)
-    except Exception:  # noqa: BLE001 - promised never to raise; keep what was found
+    except Exception:  # noqa: BLE001 - promised never to raise; keep what was found (budget too)
         pass
     runtime = Runtime(frozenset(r.executables), frozenset(r.libraries))
     return runtime, tuple(r.deps.items())

@@ -14,7 +14,14 @@ from evalbox.kernel import bpf
 from evalbox.kernel.bpf import Arg, Rule
 
 ALLOW = bpf.RET_ALLOW
-KILL = bpf.RET_KILL_PROCESS
+KILL = KILL_NOW = bpf.RET_KILL_PROCESS
+# With a notify listener (every run where the kernel has user notification), the filter routes
+# some calls to evalbox instead; the low bits tell evalbox why (the kernel ignores them):
+BLOCKED = bpf.RET_USER_NOTIF | 1  # a killed call: evalbox names it (Output.blocked_syscall), then kills
+EMULATED = bpf.RET_USER_NOTIF | 2  # path metadata of a same-uid sandbox: done by evalbox inside the workspace
+INTERCEPTED = bpf.RET_USER_NOTIF | 3  # the plan's notify intercepts
+NOTED = bpf.RET_USER_NOTIF | 4  # allowed once evalbox has taken note (setpgid: the tree spans groups)
+LARGE_MAP = bpf.RET_USER_NOTIF | 5  # a large mapping under RLIMIT_AS: evalbox checks it against the limit
 
 
 def refuse(e: int) -> int:
@@ -41,6 +48,7 @@ rt_tgsigqueueinfo sigaltstack pause kill tkill tgkill pidfd_open pidfd_send_sign
 nanosleep clock_nanosleep clock_gettime clock_getres gettimeofday time times alarm getitimer setitimer
 timer_create timer_settime timer_gettime timer_getoverrun timer_delete
 futex futex_waitv futex_wake futex_wait futex_requeue set_robust_list get_robust_list set_tid_address
+kcmp adjtimex clock_adjtime memfd_create
 rseq arch_prctl sched_yield sched_getaffinity sched_getparam sched_getscheduler sched_getattr
 sched_get_priority_max sched_get_priority_min sched_rr_get_interval getcpu getpriority ioprio_get
 fork vfork execve exit exit_group wait4 waitid restart_syscall setsid setpgid
@@ -52,27 +60,42 @@ sendto recvfrom sendmsg recvmsg sendmmsg recvmmsg shutdown
 landlock_create_ruleset landlock_add_rule landlock_restrict_self seccomp
 """.split()
 
-# Calls only an attack needs (or that reach far outside the sandbox): the process is killed.
+# Calls an unprivileged user could make that only an attack needs (or that reach far outside
+# the sandbox): the process is killed.
 KILLED = """
-ptrace process_vm_readv process_vm_writev kcmp pidfd_getfd process_madvise process_mrelease
-mount umount2 pivot_root chroot fsopen fsconfig fsmount fspick move_mount open_tree open_tree_attr
-mount_setattr unshare setns bpf perf_event_open userfaultfd
-keyctl add_key request_key init_module finit_module delete_module kexec_load kexec_file_load reboot
-swapon swapoff acct quotactl quotactl_fd open_by_handle_at name_to_handle_at iopl ioperm modify_ldt
-vhangup settimeofday clock_settime clock_adjtime adjtimex syslog sethostname setdomainname
-fanotify_init fanotify_mark lookup_dcookie uselib memfd_secret lsm_set_self_attr
-
+process_vm_readv process_vm_writev pidfd_getfd process_madvise process_mrelease
+bpf perf_event_open userfaultfd keyctl add_key request_key modify_ldt uselib memfd_secret
 """.split()
+
+# Calls the kernel refuses a process without capabilities anyway: they get that refusal (EPERM),
+# not a kill, so that tools probing them (test suites, `hostname`, `date -s`, container
+# detection) report instead of dying. The filter answers before the kernel runs any of their
+# code, so the kernel surface behind them stays out of reach. Namespaces: unshare/setns and
+# clone with namespace flags (below) are refused the same way, as on a host without user
+# namespaces.
+PRIVILEGED = """
+mount umount2 pivot_root chroot fsopen fsconfig fsmount fspick move_mount open_tree open_tree_attr
+mount_setattr setns init_module finit_module delete_module kexec_load kexec_file_load reboot
+swapon swapoff acct quotactl quotactl_fd open_by_handle_at name_to_handle_at iopl ioperm vhangup
+settimeofday clock_settime syslog sethostname setdomainname fanotify_init fanotify_mark
+lsm_set_self_attr
+""".split()
+
+# ptrace is refused (EPERM) rather than killed: AddressSanitizer's leak checker, gdb and strace
+# then report "not permitted" at once instead of hanging or dying. Nothing is traced either way.
+# kcmp (compares two processes' resources, checked by the kernel like a ptrace read, which
+# Landlock confines to the sandbox) and adjtimex/clock_adjtime (read the clock; setting it needs
+# CAP_SYS_TIME, which the sandbox never has) are allowed.
+REFUSED_NOT_KILLED = ("ptrace",)
 
 # Refused with an error ordinary programs expect and handle; nothing is done.
 REFUSED = {
     # newer interfaces with a fallback: glibc retries clone3 as clone, libuv and others fall back
-    # from io_uring; fileless executables (memfd) have no place in a sandbox
+    # from io_uring
     "clone3": errno.ENOSYS,
     "io_uring_setup": errno.ENOSYS,
     "io_uring_enter": errno.ENOSYS,
     "io_uring_register": errno.ENOSYS,
-    "memfd_create": errno.ENOSYS,
     "io_setup": errno.ENOSYS,
     "io_destroy": errno.ENOSYS,
     "io_submit": errno.ENOSYS,
@@ -95,7 +118,7 @@ REFUSED = {
     # memory placement of other processes, mount listings of the host
     "mbind": errno.EPERM, "set_mempolicy": errno.EPERM, "set_mempolicy_home_node": errno.EPERM,
     "migrate_pages": errno.EPERM, "move_pages": errno.EPERM,
-    "statmount": errno.ENOSYS, "listmount": errno.ENOSYS,
+    "statmount": errno.ENOSYS, "listmount": errno.ENOSYS, "lookup_dcookie": errno.ENOSYS,
     "lsm_get_self_attr": errno.ENOSYS, "lsm_list_modules": errno.ENOSYS,
     "file_getattr": errno.ENOSYS, "file_setattr": errno.EPERM,
 }
@@ -119,6 +142,8 @@ TIOCCONS = 0x541D
 
 # Namespaces, and CLONE_PARENT (a child of the host process would escape reaping).
 CLONE_FORBIDDEN = 0x7E020000 | 0x00008000
+# unshare: every namespace flag (CLONE_NEWTIME too); CLONE_FILES/CLONE_FS/CLONE_SYSVSEM are harmless.
+UNSHARE_NAMESPACES = 0x7E020000 | 0x00000080
 
 AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
 SOCK_STREAM, SOCK_SEQPACKET = 1, 5
@@ -182,48 +207,76 @@ def _network_rules(network: bool) -> list[Rule]:
 
 
 def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), group_only: bool = False,
-          same_uid: bool = False) -> list[Rule]:
+          same_uid: bool = False, routed: bool = False, large_map: int = 0) -> list[Rule]:
     """The rule list for a plan's network switch and its Syscalls(allow=..., deny=...).
 
     `group_only`: the process group is the only way to find the whole tree (no cgroup, no uid of
     its own), so the program may not leave it; `timeout` and job-control shells then stay in it.
     `same_uid`: the program runs as the caller's uid (see PATH_METADATA).
+    `routed`: a notify listener serves the sandbox: killed calls go to it (BLOCKED), and so do
+    path metadata changes of a same-uid sandbox (EMULATED).
+    `large_map`: memory is an RLIMIT_AS: mappings of at least this many bytes (mmap, mremap
+    growth) go to the listener too (LARGE_MAP), which tells a refused allocation from the limit.
     """
+    KILL = BLOCKED if routed else KILL_NOW
+    metadata = EMULATED if routed else refuse(errno.EPERM)
     out: list[Rule] = []
     if group_only:
-        out += [Rule("setsid", refuse(errno.EPERM)), Rule("setpgid", refuse(errno.EPERM))]
+        # With a listener, a new process group (timeout, job-control shells) is noted and allowed:
+        # the tree is then found by its session, which it still cannot leave.
+        out += [Rule("setsid", refuse(errno.EPERM)), Rule("setpgid", NOTED if routed else refuse(errno.EPERM))]
     # The plan's explicit choices come first: the first matching rule decides.
     out += [Rule(name, refuse(errno.EPERM)) for name in deny]
     out += [Rule(name, ALLOW) for name in allow]
     out += [Rule("ioctl", KILL, (Arg(1, "masked_eq", req, width=32),)) for req in (TIOCSTI, TIOCLINUX, TIOCSETD, TIOCCONS)]
     out.append(Rule("ioctl", ALLOW))
     out.append(Rule("clone", ALLOW, (Arg(0, "masked_eq", 0, mask=CLONE_FORBIDDEN),)))
-    out.append(Rule("clone", KILL))
+    out.append(Rule("clone", refuse(errno.EPERM)))
+    out.append(Rule("unshare", ALLOW, (Arg(0, "masked_eq", 0, mask=UNSHARE_NAMESPACES, width=32),)))
+    out.append(Rule("unshare", refuse(errno.EPERM)))
+    # execveat(fd, "", AT_EMPTY_PATH) runs an open file (fexecve): ENOSYS makes glibc fall back to
+    # execve("/proc/self/fd/N"), which Landlock checks like any path, so an fd of a memfd or of any
+    # file outside the granted trees is refused (EACCES) there: no fileless exec.
     out.append(Rule("execveat", ALLOW, (Arg(4, "masked_eq", 0, mask=AT_EMPTY_PATH, width=32),)))
-    out.append(Rule("execveat", KILL))
+    out.append(Rule("execveat", refuse(errno.ENOSYS)))
     out += [Rule("prctl", ALLOW, (Arg(0, "eq", option, width=32),)) for option in PRCTL_ALLOWED]
     out.append(Rule("prctl", refuse(errno.EPERM)))
     # personality: reading it is fine, changing it (e.g. READ_IMPLIES_EXEC, no ASLR) is not
     out.append(Rule("personality", ALLOW, (Arg(0, "eq", 0xFFFFFFFF, width=32),)))
     out.append(Rule("personality", ALLOW, (Arg(0, "eq", 0, width=32),)))
     out.append(Rule("personality", refuse(errno.EPERM)))
-    out += _self_only("prlimit64", 0)
-    out += _self_only("setpriority", 1, kinds=(PRIO_PROCESS, PRIO_PGRP))
-    out += _self_only("ioprio_set", 1, kinds=(IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP))
-    for name in ("sched_setaffinity", "sched_setscheduler", "sched_setparam", "sched_setattr"):
-        out += _self_only(name, 0)
+    if same_uid:
+        # the kernel would let these reach every process of the caller's uid: the caller only
+        out += _self_only("prlimit64", 0)
+        out += _self_only("setpriority", 1, kinds=(PRIO_PROCESS, PRIO_PGRP))
+        out += _self_only("ioprio_set", 1, kinds=(IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP))
+        for name in ("sched_setaffinity", "sched_setscheduler", "sched_setparam", "sched_setattr"):
+            out += _self_only(name, 0)
+    else:
+        # a uid of its own: the kernel's same-uid checks keep these to the sandbox's own processes
+        # (no other process has its uid); "every process of my user" stays refused all the same
+        for name, kinds in (("setpriority", (PRIO_PROCESS, PRIO_PGRP)), ("ioprio_set", (IOPRIO_WHO_PROCESS, IOPRIO_WHO_PGRP))):
+            out += [Rule(name, ALLOW, (Arg(0, "eq", kind, width=32),)) for kind in kinds]
+            out.append(Rule(name, refuse(errno.EPERM)))
+    if routed and large_map:
+        out += [Rule("mmap", LARGE_MAP, (Arg(1, "ge", large_map),)), Rule("mmap", ALLOW),
+                Rule("mremap", LARGE_MAP, (Arg(2, "ge", large_map),)), Rule("mremap", ALLOW)]
     out += _network_rules(network)
-    out += [Rule(name, refuse(errno.EPERM) if same_uid else ALLOW) for name in PATH_METADATA]
+    out += [Rule(name, metadata if same_uid else ALLOW) for name in PATH_METADATA]
     if same_uid:  # utimensat(fd, NULL, ...) is futimens(): the file had to be opened
         out.append(Rule("utimensat", ALLOW, (Arg(1, "eq", 0),)))
-    out.append(Rule("utimensat", refuse(errno.EPERM) if same_uid else ALLOW))
+    out.append(Rule("utimensat", metadata if same_uid else ALLOW))
     for name, mode_arg in (("mknod", 1), ("mknodat", 2)):
         for kind in (0, S_IFIFO, S_IFREG, S_IFSOCK):
             out.append(Rule(name, ALLOW, (Arg(mode_arg, "masked_eq", kind, mask=S_IFMT, width=32),)))
         out.append(Rule(name, refuse(errno.EPERM)))
     listed = {r.syscall for r in out}
     out += [Rule(name, ALLOW) for name in ALLOWED if name not in listed]
+    if not same_uid:
+        out += [Rule(name, ALLOW) for name in ("prlimit64", "sched_setaffinity", "sched_setscheduler",
+                                               "sched_setparam", "sched_setattr") if name not in listed]
     out += [Rule(name, KILL) for name in KILLED if name not in listed]
+    out += [Rule(name, refuse(errno.EPERM)) for name in PRIVILEGED + list(REFUSED_NOT_KILLED) if name not in listed]
     out += [Rule(name, refuse(e)) for name, e in REFUSED.items() if name not in listed]
     return out
 
@@ -231,5 +284,67 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
 @functools.lru_cache(maxsize=64)
 def program(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), arch: str | None = None,
             group_only: bool = False, same_uid: bool = False) -> bytes:
-    """The BPF program for these choices (cached: plans share a handful of shapes)."""
+    """The BPF program for these choices, killing forbidden calls outright (no listener)."""
     return bpf.build(rules(network, allow, deny, group_only, same_uid), default=KILL, arch=arch)
+
+
+def with_intercepts(rule_list: list[Rule], intercept: tuple[str, ...], magic: int) -> list[Rule]:
+    """Route the calls the plan intercepts to the supervisor, where the policy allows them.
+
+    A call the policy refuses or kills keeps that answer (it never reaches a supervisor). Calls
+    tagged with `magic` in the sixth argument are the spawn child's own last steps before exec,
+    made while the supervisor cannot answer yet (see _spawn.c `tagged`).
+    """
+    wanted = set(intercept)
+    out: list[Rule] = []
+    for rule in rule_list:
+        if rule.syscall in wanted and rule.action == ALLOW:
+            out.append(Rule(rule.syscall, ALLOW, rule.args + (Arg(5, "eq", magic),)))
+            out.append(Rule(rule.syscall, INTERCEPTED, rule.args))
+        else:
+            out.append(rule)
+    return out
+
+
+class Routing:
+    """A listener-served filter and, for each call the kernel routes to evalbox, why (the same
+    first-match decision the filter made, evaluated again from the call's number and arguments)."""
+
+    def __init__(self, rule_list: list[Rule], arch: str | None) -> None:
+        from evalbox.kernel.syscall_table import ARCHES, native_arch
+
+        self.arch = arch or native_arch()
+        self.program = bpf.build(rule_list, default=BLOCKED, arch=self.arch, bad_arch=BLOCKED)
+        self.by_nr: dict[int, list[Rule]] = {}
+        table = ARCHES[self.arch]
+        for rule in rule_list:
+            nr = table.get(rule.syscall)
+            if nr is not None:
+                self.by_nr.setdefault(nr, []).append(rule)
+        self.names = {nr: name for name, nr in table.items()}
+
+    def reason(self, nr: int, args: tuple[int, ...]) -> int:
+        """BLOCKED, EMULATED or INTERCEPTED for a notification of (native) call `nr`."""
+        return bpf.first_match(self.by_nr.get(nr, ()), args, BLOCKED)
+
+
+@functools.lru_cache(maxsize=64)
+def _routing(network: bool, allow: tuple[str, ...], deny: tuple[str, ...], arch: str | None, group_only: bool,
+             same_uid: bool, large_map: int) -> Routing:
+    return Routing(rules(network, allow, deny, group_only, same_uid, routed=True, large_map=large_map), arch)
+
+
+def large_map_threshold(memory: int) -> int:
+    """Mappings at least this large are checked against an RLIMIT_AS memory limit (rare enough
+    to cost nothing measurable; large enough that the allocation that fails is usually one)."""
+    return max(1 << 20, memory // 32)
+
+
+def routing(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), arch: str | None = None,
+            group_only: bool = False, same_uid: bool = False, intercept: tuple[str, ...] = (),
+            magic: int = 0, large_map: int = 0) -> Routing:
+    """The filter for a run served by a notify listener (cached unless the plan intercepts calls)."""
+    if not intercept:
+        return _routing(network, allow, deny, arch, group_only, same_uid, large_map)
+    base = rules(network, allow, deny, group_only, same_uid, routed=True, large_map=large_map)
+    return Routing(with_intercepts(base, intercept, magic), arch)

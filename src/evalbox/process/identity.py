@@ -1,58 +1,101 @@
-"""Per-sandbox uids on root hosts, leased host-wide so no two live sandboxes ever share one.
+"""Per-sandbox uids on root hosts: every run gets a uid no run of this host ever had.
 
-A uid is the boundary between sandboxes of a root host (file modes, signals, RLIMIT_NPROC), so
-two evalbox processes must never hand out the same one. Each uid is held with an flock on a
-small file in a root-only directory: the kernel drops the lock if the holder dies. Uids are
-taken lowest-free first, so the lock files stay as few as the most sandboxes ever alive at once.
+A uid is the boundary between sandboxes of a root host (file modes, signals, RLIMIT_NPROC). What
+a run leaves behind persists: files it created in an `rw` mount stay owned by its uid, and
+Landlock does not cover metadata, so a later run with the same uid could chmod, chown or re-date
+them by path. So uids are never handed out twice: a host-wide cursor, kept in a root-only state
+file that survives reboots, moves forward through SANDBOX_UID_SPAN uids (two billion: at 200
+runs a second, about four months of non-stop runs; then every lease is refused with a message
+saying how to start over once the old uids' files are dealt with).
+
+Each process reserves a block of uids at a time under an flock of the cursor file (one fsync
+per block, not per run); uids of a block that a process never used are simply skipped.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import tempfile
+import threading
+
+from evalbox.errors import SandboxError
 
 SANDBOX_UID_BASE = 2_000_000_000  # far above any real account or subordinate-id range
-SANDBOX_UID_SPAN = 1 << 20
+SANDBOX_UID_SPAN = 2_000_000_000  # up to 3_999_999_999 (uid 2**32-1 is "no uid")
+BLOCK = 64  # uids reserved per visit to the cursor file
+CURSOR_NAME = "uid-cursor"
+STATE_DIRS = ("/var/lib/evalbox", "/run/evalbox")  # the first that can be used (persistent first)
 
-_held: set[int] = set()
+_lock = threading.Lock()
+_block = [0, 0]  # [next index, end] of this process's reserved block
 
 
-def _lock_dir() -> str:
-    for parent in ("/run", tempfile.gettempdir()):
-        path = os.path.join(parent, "evalbox-uids")
+def state_dir() -> str:
+    """A root-only directory for host-wide state (EVALBOX_STATE_DIR overrides)."""
+    override = os.environ.get("EVALBOX_STATE_DIR")
+    candidates = (override,) if override else (*STATE_DIRS, os.path.join(tempfile.gettempdir(), "evalbox-state"))
+    for path in candidates:
         try:
             os.makedirs(path, 0o700, exist_ok=True)
-            return path
+            st = os.lstat(path)
         except OSError:
             continue
-    raise OSError("no writable directory for evalbox's uid leases (/run or the temp dir)")
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022:
+            return path
+    raise SandboxError(
+        f"no usable directory for evalbox's host-wide uid cursor ({', '.join(candidates)}: each must be a "
+        "directory owned by you and not writable by others); create /var/lib/evalbox (mode 0700) or set "
+        "EVALBOX_STATE_DIR"
+    )
+
+
+def _reserve_block() -> tuple[int, int]:
+    path = os.path.join(state_dir(), CURSOR_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise SandboxError(f"{path} is not a regular file of yours; remove it")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        raw = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        try:
+            start = int(raw) if raw else 0
+        except ValueError:
+            raise SandboxError(f"{path} is corrupt ({raw!r}); it holds the next unused sandbox uid index: "
+                               "restore it, or remove it only after no file is owned by uids "
+                               f"{SANDBOX_UID_BASE}+ anywhere (rw mounts included)") from None
+        if start + BLOCK > SANDBOX_UID_SPAN:
+            raise SandboxError(
+                f"every sandbox uid ({SANDBOX_UID_BASE}..{SANDBOX_UID_BASE + SANDBOX_UID_SPAN - 1}) has been used "
+                "once on this host, and uids are never reused (files a run left in rw mounts keep its uid); "
+                f"chown or remove files owned by those uids in your rw mounts, then delete {path}"
+            )
+        data = f"{start + BLOCK}\n".encode()
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)  # a crash must never move the cursor back
+        return start, start + BLOCK
+    finally:
+        os.close(fd)  # drops the flock
 
 
 class UidLease:
+    """A uid for one run, never given to any other run of this host."""
+
     def __init__(self) -> None:
-        directory = _lock_dir()
-        for index in range(SANDBOX_UID_SPAN):
-            if index in _held:
-                continue
-            fd = os.open(os.path.join(directory, str(index)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            self.index, self.fd = index, fd
-            self.path = os.path.join(directory, str(index))
-            self.uid = SANDBOX_UID_BASE + index
-            _held.add(index)
-            return
-        raise OSError("every sandbox uid is in use")
+        with _lock:
+            if _block[0] >= _block[1]:
+                _block[0], _block[1] = _reserve_block()
+            index = _block[0]
+            _block[0] += 1
+        self.index = index
+        self.uid = SANDBOX_UID_BASE + index
+        self.path = ""  # (no lock file: nothing to hand over, a retired uid is never leased again)
 
     def release(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)  # closing drops the flock
-            _held.discard(self.index)
-            self.fd = -1
+        """Nothing to give back: the uid is retired for good."""
 
 
 def is_sandbox_uid(uid: int) -> bool:
@@ -60,8 +103,10 @@ def is_sandbox_uid(uid: int) -> bool:
 
 
 def forget_after_fork() -> None:
-    """A forked child holds copies of its parent's lock fds but owns none of the leases."""
-    _held.clear()
+    """A forked child must not use the rest of its parent's block (the parent will)."""
+    global _lock
+    _lock = threading.Lock()
+    _block[0] = _block[1] = 0
 
 
 os.register_at_fork(after_in_child=forget_after_fork)

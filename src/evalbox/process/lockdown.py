@@ -6,6 +6,7 @@ needs cannot be had on this host, `prepare` raises UnsupportedKernel and nothing
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from evalbox.errors import SandboxError, UnsupportedKernel, ValidationError
 from evalbox.kernel import capabilities as caps
 from evalbox.kernel import cgroups, landlock, seccomp_notify
-from evalbox.policy import filesystem, seccomp_policy, supervision
+from evalbox.policy import filesystem, seccomp_policy
 from evalbox.policy.plan import NotifyMode, Plan
 from evalbox.policy.resolve import find_executable, runtime_files
 from evalbox.process.identity import UidLease
@@ -52,9 +53,11 @@ class Lockdown:
     # tmpfs overlays in the program's own mount namespace: (target, options, Landlock rights,
     # [(path bound back, is_dir)]) -- a private /dev/shm, and reachable paths under hidden ones
     overlays: list[tuple[bytes, bytes, int, list[tuple[bytes, bool]]]] = field(default_factory=list)
-    magic: int = 0  # non-zero when a notify filter is installed (see _spawn.c `tagged`)
+    magic: int = 0  # non-zero when the plan intercepts calls (see _spawn.c `tagged`)
+    routing: seccomp_policy.Routing | None = None  # set when a notify listener serves the filter
     cgroup_fds: list[int] = field(default_factory=list)
     uid_lease: UidLease | None = None
+    pids_reserved: int = 0  # counted in _pids_reserved until close()
 
     def release_spawn_resources(self) -> None:
         """Close what only the child needed (the Landlock ruleset, the cgroup.procs fds)."""
@@ -65,6 +68,9 @@ class Lockdown:
 
     def close(self, keep_uid: bool = False) -> None:
         """Release everything: call after every process of the run is dead."""
+        if self.pids_reserved:
+            _reserve_pids(-self.pids_reserved)
+            self.pids_reserved = 0
         self.release_spawn_resources()
         if self.cgroup is not None:
             cgroups.release(self.cgroup)
@@ -81,6 +87,28 @@ class Lockdown:
 
 
 _user_procs_cache: tuple[float, int] = (0.0, 0)
+_pids_reserved = 0  # max_pids of this process's live sandboxes that share the caller's uid
+_pids_expected = 0  # what sandboxes a running batch will start next to each other (see expect_neighbours)
+
+
+def _reserve_pids(n: int) -> None:
+    global _pids_reserved
+    _pids_reserved += n
+
+
+@contextlib.contextmanager
+def expect_neighbours(concurrency: int, max_pids: int | None):
+    """A batch about to run `concurrency` sandboxes of up to `max_pids` processes at once: where
+    RLIMIT_NPROC counts every process of the caller's uid (no cgroup, no uid of its own), each
+    sandbox's limit leaves room for all of them from the start, so that a sandbox started first
+    does not run out when its neighbours start (the verdict must not depend on concurrency)."""
+    global _pids_expected
+    extra = max(0, concurrency - 1) * (max_pids or 0)
+    _pids_expected += extra
+    try:
+        yield
+    finally:
+        _pids_expected -= extra
 
 
 def _processes_of_uid(uid: int) -> int:
@@ -98,6 +126,13 @@ def _processes_of_uid(uid: int) -> int:
                 pass
     _user_procs_cache = (now, count)
     return count
+
+
+def _take_pid_reservation(plan: Plan, host: Host, use_cgroup_pids: bool) -> int:
+    if host.switches_uid or use_cgroup_pids or plan.max_pids is None:
+        return 0
+    _reserve_pids(plan.max_pids)
+    return plan.max_pids
 
 
 def hidden_ancestor(path: str) -> str | None:
@@ -119,7 +154,7 @@ def _exposure_overlays(paths: list[str]) -> list[tuple[bytes, bytes, int, list[t
         if top is not None and not any(path.startswith(p + "/") for p in groups.get(top, ())):
             groups.setdefault(top, []).append(path)
     return [
-        (top.encode(), b"mode=0755,size=1m", 0, [(p.encode(), os.path.isdir(p)) for p in binds])
+        (top.encode(), b"mode=0755,size=1m", 0, [(os.fsencode(p), os.path.isdir(p)) for p in binds])
         for top, binds in groups.items()
     ]
 
@@ -185,21 +220,25 @@ def _rlimits(plan: Plan, host: Host, uid: int, use_cgroup_memory: bool, use_cgro
             memory_how = f"cgroup v{host.cgroup.version} limit on the whole tree"
         else:
             limits.append((resource.RLIMIT_AS, plan.memory, plan.memory))
-            memory_how = "RLIMIT_AS per process (no memory cgroup on this host)"
+            memory_how = ("RLIMIT_AS per process (no memory cgroup on this host): address space, not resident "
+                          "memory; refused large allocations are reported as MEMORY_LIMIT")
     pids_how = "unlimited"
     if plan.max_pids is not None:
         if host.switches_uid:
             limits.append((resource.RLIMIT_NPROC, plan.max_pids, plan.max_pids))
         else:
-            # RLIMIT_NPROC counts every process of the uid: leave room for the ones already running.
-            room = _processes_of_uid(uid) + plan.max_pids
+            # RLIMIT_NPROC counts every process of the uid, whichever sandbox (or host program)
+            # runs it: leave room for the ones already running and for what every sandbox of
+            # this process may still start, so that neighbours never change a run's verdict.
+            room = _processes_of_uid(uid) + max(_pids_reserved, _pids_expected) + plan.max_pids
             limits.append((resource.RLIMIT_NPROC, room, room))
         if use_cgroup_pids:
             pids_how = f"cgroup v{host.cgroup.version} pids.max on the whole tree, and RLIMIT_NPROC"
         elif host.switches_uid:
             pids_how = "RLIMIT_NPROC of the sandbox's own uid"
         else:
-            pids_how = "RLIMIT_NPROC of your uid, raised by its current process count (approximate: no cgroup)"
+            pids_how = ("RLIMIT_NPROC of your uid, raised by its current process count and the max_pids of the "
+                        "other running sandboxes (shared headroom: no cgroup)")
     if not host.switches_uid:
         for res, soft, hard in limits:
             current = resource.getrlimit(res)[1]
@@ -216,10 +255,61 @@ def _rlimits(plan: Plan, host: Host, uid: int, use_cgroup_memory: bool, use_cgro
     return limits, described, memory_how, pids_how
 
 
-def _environment(plan: Plan, ws: Workspace) -> dict[str, str]:
-    env = {"PATH": DEFAULT_PATH, "HOME": ws.home, "TMPDIR": ws.tmp, "LANG": "C.UTF-8"}
+SANDBOX_USER = "sandbox"  # the passwd name of a root host's per-sandbox uid
+
+
+def _user_name(uid: int) -> str:
+    if uid >= 0:
+        return SANDBOX_USER
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (KeyError, ImportError):
+        return str(os.getuid())
+
+
+def _environment(plan: Plan, ws: Workspace, uid: int) -> dict[str, str]:
+    # USER/LOGNAME: getpass.getuser() and many tools read them before asking passwd
+    name = _user_name(uid)
+    env = {"PATH": DEFAULT_PATH, "HOME": ws.home, "TMPDIR": ws.tmp, "LANG": "C.UTF-8", "USER": name, "LOGNAME": name}
     env.update(plan.env)
     return env
+
+
+_passwd_cache: dict[str, tuple[float, bytes]] = {}
+
+
+def _host_file(path: str) -> bytes:
+    """A public host file (/etc/passwd, /etc/group), re-read only when it changes."""
+    try:
+        mtime = os.stat(path).st_mtime
+    except OSError:
+        return b""
+    cached = _passwd_cache.get(path)
+    if cached is None or cached[0] != mtime:
+        with open(path, "rb") as f:
+            cached = (mtime, f.read())
+        _passwd_cache[path] = cached
+    return cached[1]
+
+
+def _identity_files(ws: Workspace, uid: int, gid: int) -> list[tuple[bytes, bool, bytes]]:
+    """/etc/passwd and /etc/group with the sandbox's own uid in them (whoami, getpwuid, Node's
+    os.userInfo()), written root-owned and read-only into the workspace root and bound over the
+    host's files in the sandbox's mount namespace (bind list entries: target, is_dir, source)."""
+    binds = []
+    for name, line in (("passwd", f"{SANDBOX_USER}:x:{uid}:{gid}:evalbox sandbox:{ws.home}:/bin/sh\n"),
+                       ("group", f"{SANDBOX_USER}:x:{gid}:\n")):
+        host = _host_file(f"/etc/{name}")
+        if host and not host.endswith(b"\n"):
+            host += b"\n"
+        path = os.path.join(ws.root, f".{name}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "wb") as out:
+            out.write(host + line.encode())
+        binds.append((f"/etc/{name}".encode(), False, path.encode()))
+    return binds
 
 
 def prepare(plan: Plan, host: Host) -> Lockdown:
@@ -245,14 +335,13 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             uid = gid = lease.uid
         ws = Workspace(plan, (uid, gid) if lease else None,
                        memory_bounded=plan.memory is not None and "memory" in host.cgroup.controllers)
-        env = _environment(plan, ws)
-        cwd = ws.path(plan.workdir)
-        if not os.path.isdir(cwd):
-            os.makedirs(cwd, 0o700)
-            if lease:
-                os.chown(cwd, uid, gid)
+        env = _environment(plan, ws, uid)
+        cwd = ws.path(plan.workdir) if plan.workdir == "work" else ws.make_dir(plan.workdir)
         executable = find_executable(plan.argv[0], env["PATH"], cwd)
-        runtime = runtime_files(executable, env_path=env["PATH"], ld_library_path=env.get("LD_LIBRARY_PATH", ""))
+        # what the sandbox can write is never trusted to name further files (SPEC §4.8)
+        untrusted = (ws.root, *(m.source for m in plan.mounts if m.writable))
+        runtime = runtime_files(executable, env_path=env["PATH"], ld_library_path=env.get("LD_LIBRARY_PATH", ""),
+                                untrusted=untrusted)
 
         want = {c for c, needed in (("memory", plan.memory), ("pids", plan.max_pids)) if needed is not None}
         if host.cgroup.version and want & host.cgroup.controllers:
@@ -267,27 +356,48 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             raise UnsupportedKernel("no pids cgroup to bound processes of a root sandbox; mount the pids controller")
         rlimits, rlimit_names, memory_how, pids_how = _rlimits(plan, host, uid if uid >= 0 else os.getuid(), use_mem, use_pids)
 
-        rules = filesystem.path_rules(plan, ws.root, runtime)
+        rules = filesystem.path_rules(plan, ws.root, runtime, own_uid=uid >= 0,
+                                      cgroup_dirs=tuple(group.distinct_dirs) if group is not None else ())
+        identity = _identity_files(ws, uid, gid) if host.private_shm and uid >= 0 else []
+        # (Landlock sees a bound file by its own inode, not by the path it is mounted at)
+        rules += [filesystem.PathRule(source.decode(), landlock.READ_FILE) for _, _, source in identity]
         ruleset = filesystem.build_ruleset(rules, host.landlock_abi, plan.network)
         # The tree is found by the cgroup, else by the sandbox's own uid, else by its process group.
         group_only = group is None and uid < 0
-        program = seccomp_policy.program(plan.network, plan.syscalls.allow, plan.syscalls.deny, host.arch,
-                                         group_only=group_only, same_uid=uid < 0)
-        filters = [(program, 0)]
         magic = 0
+        routing = None
         if plan.notify is not NotifyMode.DISABLED:
             if not host.seccomp_notify:
                 raise UnsupportedKernel("notify modes need seccomp user notification (Linux 5.5+, 5.14+ for "
                                         "virtualized opens); run with notify=NotifyMode.DISABLED")
             magic = int.from_bytes(os.urandom(8), "little") | 1
-            filters.append((supervision.notify_program(plan.intercept, magic, host.arch),
-                            seccomp_notify.FILTER_FLAG_NEW_LISTENER))
+        if host.seccomp_notify:
+            # One filter served by a listener: killed calls are named before the kill
+            # (Output.blocked_syscall), a same-uid sandbox's path metadata changes are done inside
+            # its workspace, and the plan's intercepts reach its supervisor.
+            routing = seccomp_policy.routing(plan.network, plan.syscalls.allow, plan.syscalls.deny, host.arch,
+                                             group_only=group_only, same_uid=uid < 0,
+                                             intercept=plan.intercept if magic else (), magic=magic,
+                                             large_map=seccomp_policy.large_map_threshold(plan.memory)
+                                             if plan.memory is not None and not use_mem else 0)
+            program = routing.program
+            filters = [(program, seccomp_notify.FILTER_FLAG_NEW_LISTENER)]
+        else:
+            program = seccomp_policy.program(plan.network, plan.syscalls.allow, plan.syscalls.deny, host.arch,
+                                             group_only=group_only, same_uid=uid < 0)
+            filters = [(program, 0)]
         overlays = []
         if host.private_shm:
             # a private /dev/shm (POSIX semaphores); the workspace may live there: bind it back
             keep = [(ws.root.encode(), True)] if os.path.dirname(ws.root) == "/dev/shm" else []
             overlays.append((b"/dev/shm", f"mode=1777,size={plan.memory or 64 << 20}".encode(),
                              filesystem.PRIVATE_SHM_RIGHTS, keep))
+            # its own /tmp too (code that hard-codes /tmp/...), the same way
+            keep_tmp = [(ws.root.encode(), True)] if ws.root.startswith("/tmp/") else []
+            overlays.append((b"/tmp", f"mode=1777,size={plan.memory or 64 << 20}".encode(),
+                             filesystem.PRIVATE_SHM_RIGHTS, keep_tmp))
+            if identity:
+                overlays.append((b"/etc", b"", 0, identity))
             outside = [r.path for r in rules if r.path != ws.root]
             overlays += _exposure_overlays(outside)
         private_shm = host.private_shm
@@ -299,11 +409,12 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
         protections = Protections(
             landlock_abi=host.landlock_abi,
             filesystem=f"landlock ABI {host.landlock_abi}: system trees read-only, narrow /etc, workspace read-write"
-            + (", private /dev/shm" if private_shm else ""),
+            + (", private /dev/shm and /tmp" if private_shm else ""),
             network="host network" if plan.network else "off: seccomp allows only Unix stream socket pairs (no connect, bind, listen)",
             tcp_landlock=bool(not plan.network and landlock.net_rights(host.landlock_abi)),
             scopes=tuple(scope_names),
-            seccomp=f"allow-list, {len(program) // 8} instructions, SIGSYS kill on forbidden calls, i386/x32 killed",
+            seccomp=f"allow-list, {len(program) // 8} instructions, kill on forbidden calls, i386/x32 killed"
+            + (" (named by the notify listener)" if routing else " (SIGSYS)"),
             no_new_privs=True,
             capabilities="all dropped, bounding set cleared" if has_setpcap else "all dropped (none were held)",
             securebits="locked (noroot, no_setuid_fixup, keep_caps, no_cap_ambient_raise)" if has_setpcap else "not needed (no capabilities)",
@@ -313,17 +424,18 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             memory=memory_how,
             rlimits=tuple(rlimit_names),
             weakened=tuple(f"syscall {n} allowed unconditionally" for n in plan.syscalls.allow),
-            namespaces=("mount (private /dev/shm, hidden paths bound in)",) if overlays else (),
+            namespaces=("mount (private /dev/shm and /tmp, own passwd entry, hidden paths bound in)",) if overlays else (),
         )
         return Lockdown(
             executable=executable,
-            argv=[a.encode() for a in plan.argv],
-            env=[f"{k}={v}".encode() for k, v in env.items()],
+            argv=[os.fsencode(a) for a in plan.argv],  # fsencode: non-UTF-8 bytes (surrogateescape) pass through
+            env=[os.fsencode(f"{k}={v}") for k, v in env.items()],
             cwd=cwd,
             workspace=ws,
             ruleset=ruleset,
             filters=filters,
             magic=magic,
+            routing=routing,
             rlimits=rlimits,
             uid=uid,
             gid=gid,
@@ -334,6 +446,7 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             overlays=overlays,
             cgroup_fds=group.open_procs() if group is not None else [],
             uid_lease=lease,
+            pids_reserved=_take_pid_reservation(plan, host, use_pids),
         )
     except BaseException:
         if ruleset is not None:

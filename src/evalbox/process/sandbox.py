@@ -7,6 +7,7 @@ turn what happened into an Output.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import time
 
@@ -15,14 +16,11 @@ from evalbox.process import watchdog
 from evalbox.process.host import Host
 from evalbox.process.lockdown import Lockdown, prepare
 from evalbox.process.result import Output, Status
-from evalbox.process.spawn import kill_uid, spawn
+from evalbox.process.spawn import kill_session, kill_uid, spawn
 from evalbox.process.supervisor import Supervision
 
 CPU_TICK_SLACK = 0.1  # seconds
 
-# Messages by which common runtimes report an allocation refused by RLIMIT_AS (used only when no
-# memory cgroup can tell us directly).
-_OOM_MARKERS = (b"MemoryError", b"Cannot allocate memory", b"std::bad_alloc", b"out of memory", b"Out of memory")
 
 
 class Sandbox:
@@ -47,6 +45,9 @@ class Sandbox:
             child_fds = [in_r, out_w, err_w]
             for fd in (self.stdin_w, self.stdout_r, self.stderr_r):
                 os.set_blocking(fd, False)
+            # the spawn child shares our memory until it execs, and the kernel folds that memory's
+            # peak into the program's ru_maxrss: remember it to know when that figure is ours
+            self.caller_peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             self.started = time.monotonic()
             self.pid, self.pidfd, listener = spawn(self.lock, in_r, out_w, err_w)
         except BaseException:
@@ -65,7 +66,8 @@ class Sandbox:
         if listener >= 0:
             try:
                 self.supervision = Supervision(sandbox_id, plan, listener, self.pid, host.arch,
-                                               others_only=host.switches_uid)
+                                               others_only=host.switches_uid, routing=self.lock.routing,
+                                               workspace=self.lock.workspace.root)
             except BaseException:  # (Supervision closed the listener)
                 self.kill_tree()
                 os.waitpid(self.pid, 0)
@@ -116,15 +118,20 @@ class Sandbox:
         # Until the leader is reaped its pid cannot be reused, so the group id is safe to signal.
         # Processes that left the group are found by the cgroup, or by the sandbox's own uid
         # (without either, the policy keeps them from leaving the group).
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        reaped = self.wait_status is not None  # then the pid may already name someone else
+        if not reaped:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         if self.lock.cgroup is not None:
             if not self.lock.cgroup.kill() and self.error is None:
                 self.error = "some processes of the run could not be killed (stuck in the kernel?)"
         elif self.lock.uid >= 0:
             kill_uid(self.lock.uid, self.lock.gid)
+        elif not reaped and self.supervision is not None and self.supervision.made_groups:
+            # process groups of its own (timeout, job control) stay in the session it cannot leave
+            kill_session(self.pid)
 
     def reap(self) -> None:
         """The leader has exited: kill the rest of the tree, then collect its status."""
@@ -135,19 +142,20 @@ class Sandbox:
         _, self.wait_status, self.rusage = os.wait4(self.pid, 0)
         os.close(self.pidfd)
         self.pidfd = -1
-        self._sweep_group()
+        # (every process left in the group got SIGKILL in kill_tree: a group kill reaches children
+        # forked meanwhile too, so nothing is waited for here, in the event loop)
 
-    def _sweep_group(self) -> None:
-        """Orphans of the leader are still in its group until they die: make sure they do."""
-        if self.lock.cgroup is not None or self.lock.uid >= 0:
-            return  # kill_tree already reached every process
-        end = time.monotonic() + 1.0
-        while time.monotonic() < end:
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                return
-            time.sleep(0.001)
+    def max_rss(self) -> int:
+        """The program's peak memory: what its memory cgroup was charged at most, else the largest
+        resident set among its processes when that is above what the caller's own memory could
+        have contributed (the CLONE_VM spawn child's figure includes the caller's peak), else 0
+        (unknown)."""
+        group = self.lock.cgroup
+        peak = group.peak_memory() if group is not None else None
+        if peak is not None:
+            return peak
+        rss = self.rusage.ru_maxrss * 1024
+        return rss if rss > self.caller_peak_rss else 0
 
     def output(self) -> Output:
         assert self.wait_status is not None and self.rusage is not None and self.ended_at is not None
@@ -172,10 +180,14 @@ class Sandbox:
             failed = sig is not None or (code or 0) != 0
             if sig == signal.SIGXCPU or cpu >= plan.cpu_time or (failed and cpu >= plan.cpu_time - CPU_TICK_SLACK):
                 status = Status.CPU_LIMIT
-        if status is None and plan.memory is not None and (group is None or "memory" not in group.dirs):
-            failed = sig is not None or (code or 0) != 0
-            if failed and any(m in self.stderr for m in _OOM_MARKERS):
+        if status is None and self.supervision is not None and self.supervision.memory_refused:
+            # RLIMIT_AS (no memory cgroup): the listener saw an allocation the limit refused; the
+            # verdict rests on that, never on what the program printed about it
+            if sig is not None or (code or 0) != 0:
                 status = Status.MEMORY_LIMIT
+        blocked = self.supervision.blocked if self.supervision else []
+        if sig == signal.SIGKILL and any(pid == self.pid for _, pid in blocked) and self.kill_reason is None:
+            sig = int(signal.SIGSYS)  # killed for a forbidden call, as SECCOMP_RET_KILL would have
         if status is None:
             status = Status.SIGNALED if sig is not None else Status.EXITED
         return Output(
@@ -186,12 +198,13 @@ class Sandbox:
             signal=sig,
             wall_time=self.ended_at - self.started,
             cpu_time=cpu,
-            max_rss=self.rusage.ru_maxrss * 1024,
+            max_rss=self.max_rss(),
             stdout_truncated=self.stdout_truncated,
             stderr_truncated=self.stderr_truncated,
             protections=self.lock.protections,
             syscalls=tuple(self.supervision.records) if self.supervision else (),
             error=self.error,
+            blocked_syscall=blocked[0][0] if blocked else None,
         )
 
     def close(self) -> None:

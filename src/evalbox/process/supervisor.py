@@ -11,9 +11,13 @@ import os
 import struct
 from collections.abc import Callable
 
+import signal
+
 from evalbox.errors import ValidationError
 from evalbox.kernel import seccomp_notify as sn
-from evalbox.kernel.syscall_table import ARCHES
+from evalbox.kernel.syscall_table import ARCHES, AUDIT_ARCH
+from evalbox.policy.seccomp_policy import BLOCKED, EMULATED, LARGE_MAP, NOTED, Routing
+from evalbox.process import metadata
 from evalbox.policy.plan import NotifyMode, Plan
 from evalbox.policy.supervision import DIRFD_CALLS, PATH_ARG, SOCKADDR_CALLS, Decision, SyscallRecord, SyscallRequest
 
@@ -64,20 +68,29 @@ class Supervision:
     """One sandbox's listener and what its plan says to do with each intercepted call."""
 
     def __init__(self, sandbox_id: int, plan: Plan, listener: int, pid: int, arch: str,
-                 others_only: bool = False) -> None:
+                 others_only: bool = False, routing: Routing | None = None, workspace: str | None = None) -> None:
         """`others_only`: the sandbox has a uid of its own (root host) while the supervisor is
-        root, so virtualized access is limited to what file modes give "other" users."""
+        root, so virtualized access is limited to what file modes give "other" users.
+        `routing`: why the filter sends each call here (policy kills, workspace metadata, the
+        plan's intercepts); `workspace`: the root below which metadata changes are done."""
         self.sandbox_id = sandbox_id
         self.plan = plan
         self.listener = listener
         self.pid = pid
-        self.names = {nr: name for name, nr in ARCHES[arch].items()}
+        self.routing = routing
+        self.workspace = workspace
+        self.names = routing.names if routing else {nr: name for name, nr in ARCHES[arch].items()}
         self.arch = arch
+        self.native_arch = AUDIT_ARCH[arch]
         self.records: list[SyscallRecord] = []
         self.pending: dict[int, SyscallRequest] = {}
+        self.blocked: list[tuple[str, int]] = []  # (call, pid) of each process killed for a forbidden call
+        self.made_groups = False  # a process of the run made a process group of its own (setpgid)
+        self.memory_refused = False  # an allocation was refused by the RLIMIT_AS memory limit
         self.error: str | None = None
         self.others_only = others_only
-        self.sync_wakeup = sn.set_sync_wakeup(listener)
+        # (only worth an ioctl when calls are intercepted on purpose)
+        self.sync_wakeup = sn.set_sync_wakeup(listener) if plan.notify is not NotifyMode.DISABLED else False
         self._poller = sn.poller(listener)
         self.roots: list[tuple[str, str, int]] = []  # (virtual prefix, host dir, O_PATH fd)
         for virtual, host in sorted(plan.virtual_paths.items(), key=lambda kv: -len(kv[0])):
@@ -118,6 +131,25 @@ class Supervision:
             n = sn.receive(self.listener)
             if n is None:
                 break
+            if self.routing is not None:
+                if n.arch != self.native_arch or n.nr < 0 or n.nr >= X32_SYSCALL_BIT:
+                    self._block(n, _foreign_name(n))
+                    continue
+                reason = self.routing.reason(n.nr, n.args)
+                if reason == BLOCKED:
+                    self._block(n, self.names.get(n.nr, f"syscall {n.nr}"))
+                    continue
+                if reason == EMULATED:
+                    metadata.emulate(self.listener, n, self.names.get(n.nr, ""), self.workspace)
+                    continue
+                if reason == LARGE_MAP:  # only integers: the kernel decides, we note a refusal to come
+                    self._check_mapping(n)
+                    sn.allow(self.listener, n.id)
+                    continue
+                if reason == NOTED:  # setpgid: only integers, nothing to re-read
+                    self.made_groups = True
+                    sn.allow(self.listener, n.id)
+                    continue
             name = self.names.get(n.nr, f"syscall_{n.nr}")
             path = self._path(name, n)
             if path is not None and not sn.still_valid(self.listener, n.id):
@@ -133,6 +165,39 @@ class Supervision:
                 self.pending[n.id] = req
                 out.append(req)
         return out
+
+    def _check_mapping(self, n: sn.Notification) -> None:
+        """A large mmap/mremap under an RLIMIT_AS limit: if the process's address space (the
+        kernel's count, /proc/<pid>/status VmSize) plus the growth exceeds the limit, the kernel
+        is about to refuse it (ENOMEM) because of the memory limit: note it for the verdict."""
+        limit = self.plan.memory
+        if limit is None or self.memory_refused:
+            return
+        growth = n.args[1] if self.names.get(n.nr) == "mmap" else n.args[2] - n.args[1]
+        try:
+            with open(f"/proc/{n.pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"VmSize:"):
+                        size = int(line.split()[1]) * 1024
+                        break
+                else:
+                    return
+        except (OSError, ValueError, IndexError):
+            return
+        if size + growth > limit and sn.still_valid(self.listener, n.id):
+            self.memory_refused = True
+
+    def _block(self, n: sn.Notification, name: str) -> None:
+        """A call the policy forbids: remember its name, then kill the process that made it (the
+        call never runs; the process waits in the kernel until it dies)."""
+        if not sn.still_valid(self.listener, n.id):
+            return  # it died meanwhile; its pid may already belong to someone else
+        if len(self.blocked) < 16:
+            self.blocked.append((name, n.pid))
+        try:
+            os.kill(n.pid, signal.SIGKILL)  # (a thread id reaches its whole process)
+        except ProcessLookupError:
+            pass
 
     # -- answering ---------------------------------------------------------------------------------
 
@@ -271,6 +336,17 @@ class Supervision:
         mode = os.fstat(fd).st_mode
         if need_read and not mode & 0o004:
             raise OSError(errno.EACCES, "not readable by others")
+
+
+X32_SYSCALL_BIT = 0x40000000
+
+
+def _foreign_name(n: sn.Notification) -> str:
+    """A call of another ABI (i386 `int $0x80`, x32, arm32), named by its ABI and number."""
+    if n.nr >= X32_SYSCALL_BIT and n.arch == AUDIT_ARCH["x86_64"]:
+        return f"x32 syscall {n.nr & ~X32_SYSCALL_BIT}"
+    abi = {0x40000003: "i386", 0x40000028: "arm"}.get(n.arch, f"audit arch {n.arch:#x}")
+    return f"{abi} syscall {n.nr}"
 
 
 def _describe_sockaddr(raw: bytes) -> str | None:

@@ -6,11 +6,16 @@ sandbox) and tells it, over a pipe, what every live sandbox consists of: process
 directories, its own uid, workspace. The guard only reads. When the pipe reaches end of file,
 the caller is gone: the guard kills whatever is still registered, removes the workspaces and
 cgroups, and exits. One guard per caller process, not per sandbox.
+
+If the guard itself dies first (killed by someone), the caller notices at once: a watcher thread
+(one per caller process, blocked on the guard's pidfd) starts a new guard and tells it every
+live sandbox again, so the caller's death never goes unnoticed for longer than a restart takes.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -124,6 +129,8 @@ for fd in held:
 _lock = threading.Lock()
 _guard: subprocess.Popen[bytes] | None = None
 _live: dict[str, bytes] = {}  # registrations, replayed to a new guard if the old one died
+_watcher: threading.Thread | None = None
+restarts = 0  # guards started again after dying (for tests and diagnostics)
 
 
 def _start() -> subprocess.Popen[bytes]:
@@ -131,6 +138,65 @@ def _start() -> subprocess.Popen[bytes]:
         [sys.executable, "-I", "-S", "-c", _GUARD], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, start_new_session=True,
     )
+
+
+def _reap_locked() -> None:
+    if _guard is not None:
+        try:
+            if _guard.stdin is not None:
+                _guard.stdin.close()
+        except OSError:
+            pass
+        _guard.wait()
+
+
+def _restart_locked() -> None:
+    """The guard died: start a new one and tell it every live sandbox (caller holds _lock)."""
+    global _guard, restarts
+    _reap_locked()
+    _guard = _start()
+    restarts += 1
+    assert _guard.stdin is not None
+    _write_all(_guard.stdin.fileno(), b"".join(_live.values()))
+
+
+def _watch() -> None:
+    """Wait for the current guard to die; restart it while sandboxes are live."""
+    global _guard, _watcher
+    me = threading.current_thread()
+    while True:
+        with _lock:
+            if _watcher is not me or _guard is None:
+                return  # forked, replaced or stopped
+            guard = _guard
+        try:
+            pidfd = os.pidfd_open(guard.pid)
+        except OSError:
+            pidfd = -1  # already gone: handled below
+        if pidfd >= 0:
+            try:
+                p = select.poll()
+                p.register(pidfd, select.POLLIN)
+                p.poll()
+            finally:
+                os.close(pidfd)
+        with _lock:
+            if _watcher is not me:
+                return
+            if _guard is guard:
+                if _live:
+                    _restart_locked()
+                else:  # nothing to guard: the next registration starts a guard again
+                    _reap_locked()
+                    _guard = _watcher = None
+                    return
+
+
+def _ensure_watcher_locked() -> None:
+    global _watcher
+    if _watcher is None or not _watcher.is_alive():
+        _watcher = threading.Thread(target=_watch, name="evalbox-guard-watch", daemon=True)
+        _watcher.start()
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -149,23 +215,28 @@ def _send(key: str, line: bytes | None) -> None:
         else:
             _live[key] = message = line
         if _guard is None:
+            if line is None:
+                return  # no guard: nothing it would need to forget
             _guard = _start()
+        elif _guard.poll() is not None:
+            _restart_locked()  # died since we last looked: the replay already reflects `message`
+            _ensure_watcher_locked()
+            return
         assert _guard.stdin is not None
         try:
             _write_all(_guard.stdin.fileno(), message)
         except BrokenPipeError:
             # the guard died (killed by someone): a new one must learn every live sandbox again
-            _guard.wait()
-            _guard = _start()
-            assert _guard.stdin is not None
-            _write_all(_guard.stdin.fileno(), b"".join(_live.values()))
+            _restart_locked()
+        _ensure_watcher_locked()
 
 
 def _forget_after_fork() -> None:
     # the child must not write to its parent's guard, nor keep its pipe open (the guard would
     # not see the parent die); the child starts a guard of its own when it needs one
-    global _guard, _lock
-    _lock = threading.Lock()  # another thread may have held it at the fork: it will never release it here
+    global _guard, _lock, _watcher
+    _lock = threading.Lock()
+    _watcher = None  # another thread may have held it at the fork: it will never release it here
     if _guard is not None and _guard.stdin is not None:
         try:
             _guard.stdin.close()

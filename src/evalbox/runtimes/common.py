@@ -83,7 +83,7 @@ def find_tool(name: str, install: str, prefix_marker: str | None = None) -> Tool
 
 def source_text(code: str | bytes, what: str) -> bytes:
     if isinstance(code, str):
-        return code.encode()
+        return code.encode("utf-8", "surrogateescape")  # text from argv or a file may hold non-UTF-8 bytes
     if isinstance(code, (bytes, bytearray, memoryview)):
         return bytes(code)
     raise ValidationError(f"{what} code must be str or bytes, not {type(code).__name__}")

@@ -1,0 +1,194 @@
+"""Path metadata changes of a sandbox that shares the caller's uid, done by evalbox inside its
+workspace.
+
+Landlock does not cover file metadata, so a sandbox running as the caller's uid could chmod,
+chown or re-date every file of the caller it can name. The filter therefore routes chmod,
+chown and utimes *by path* here (their fd forms stay allowed: the file had to be opened). Linkers
+(`gcc -o prog`), `cp -p`, `tar x`, pip and `shutil.copy2` need them on their own output, so they
+are done on the program's behalf when the file is inside its workspace, and refused (EPERM)
+anywhere else:
+
+- the path is read once from the program's memory and resolved by evalbox, as the program
+  would (its root for an absolute path, its cwd or dirfd for a relative one), with magic links
+  (/proc/*/fd) refused, so a racing thread cannot change what is acted on;
+- the directory holding the final component must lie inside the workspace (walked up by
+  `..` to the workspace root), and a final symlink is followed only to somewhere below that
+  directory;
+- the change is made on the opened file (an O_PATH fd), with the caller's own uid: the kernel
+  applies its usual ownership checks.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import struct
+
+from evalbox.kernel import _spawn
+from evalbox.kernel import seccomp_notify as sn
+from evalbox.kernel.syscall_table import ARCHES, native_arch
+
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_EMPTY_PATH = 0x1000
+MAX_DEPTH = 2048  # `..` steps before giving up (a path is at most 4096 bytes)
+
+# call -> (dirfd argument or None, path argument, follows a final symlink unless flags say no,
+#          flags argument or None, what it changes, the argument holding the new value)
+CALLS = {
+    "chmod": (None, 0, True, None, "mode", 1),
+    "fchmodat": (0, 1, True, None, "mode", 2),
+    "fchmodat2": (0, 1, True, 3, "mode", 2),
+    "chown": (None, 0, True, None, "owner", 1),
+    "lchown": (None, 0, False, None, "owner", 1),
+    "fchownat": (0, 1, True, 4, "owner", 2),
+    "utime": (None, 0, True, None, "utimbuf", 1),
+    "utimes": (None, 0, True, None, "timeval", 1),
+    "futimesat": (0, 1, True, None, "timeval", 2),
+    "utimensat": (0, 1, True, 3, "timespec", 2),
+}
+RESOLVE_IN_ROOT = 0x10
+
+
+def _int32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def emulate(listener: int, n: sn.Notification, name: str, workspace: str | None) -> None:
+    """Answer notification `n` (one of CALLS): done inside the workspace, else refused."""
+    try:
+        _emulate(listener, n, name, workspace)
+    except OSError as e:
+        code = e.errno if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
+                                      errno.EINVAL, errno.EOPNOTSUPP, errno.EFAULT, errno.EROFS) else errno.EPERM
+        sn.fail(listener, n.id, code)
+        return
+    sn.succeed(listener, n.id, 0)
+
+
+def _emulate(listener: int, n: sn.Notification, name: str, workspace: str | None) -> None:
+    if name not in CALLS or workspace is None:
+        raise OSError(errno.EPERM, "not emulated")
+    dirfd_arg, path_arg, follow, flags_arg, what, value_arg = CALLS[name]
+    args = n.args
+    flags = _int32(args[flags_arg]) if flags_arg is not None else 0
+    if flags & AT_SYMLINK_NOFOLLOW:
+        follow = False
+    raw = sn.read_string(n.pid, args[path_arg])
+    if raw is None:
+        raise OSError(errno.EFAULT, "path unreadable")
+    if not raw:
+        # "" with AT_EMPTY_PATH acts on an fd: not a path change this module can confine
+        raise OSError(errno.EPERM if flags & AT_EMPTY_PATH else errno.ENOENT, "empty path")
+    dirfd = _int32(args[dirfd_arg]) if dirfd_arg is not None else AT_FDCWD
+    absolute = raw.startswith(b"/")
+    if absolute:
+        base_link = f"/proc/{n.pid}/root"
+    elif dirfd == AT_FDCWD:
+        base_link = f"/proc/{n.pid}/cwd"
+    else:
+        base_link = f"/proc/{n.pid}/fd/{dirfd}"
+    base = os.open(base_link, os.O_PATH | os.O_CLOEXEC)
+    try:
+        # opened first, checked after: a reused pid cannot lend us another process's directory
+        if not sn.still_valid(listener, n.id):
+            raise OSError(errno.ESRCH, "caller gone")
+        if not stat.S_ISDIR(os.fstat(base).st_mode):
+            raise OSError(errno.ENOTDIR, "dirfd is not a directory")
+        target = _open_inside(base, raw, absolute, follow, workspace)
+    finally:
+        os.close(base)
+    try:
+        _apply(target, what, args[value_arg:], n.pid)
+    finally:
+        os.close(target)
+
+
+def _open_inside(base: int, raw: bytes, absolute: bool, follow: bool, workspace: str) -> int:
+    """An O_PATH fd of the file `raw` names (resolved from `base`), if it lies in the workspace."""
+    resolve = sn.RESOLVE_NO_MAGICLINKS | (RESOLVE_IN_ROOT if absolute else 0)
+    stripped = raw.rstrip(b"/")
+    parent, sep, last = stripped.rpartition(b"/")
+    if not stripped:  # "/" itself
+        parent, last = b"/", b"."
+    elif not sep:
+        parent = b"."
+    elif not parent:
+        parent = b"/"
+    if last in (b".", b"..") or raw.endswith(b"/"):
+        # the target is itself a directory: check it directly
+        fd = sn.openat2(base, stripped or b"/", os.O_PATH | os.O_DIRECTORY, 0, resolve)
+        if not _below(fd, workspace):
+            os.close(fd)
+            raise OSError(errno.EPERM, "outside the workspace")
+        return fd
+    dir_fd = sn.openat2(base, parent, os.O_PATH | os.O_DIRECTORY, 0, resolve)
+    try:
+        if not _below(dir_fd, workspace):
+            raise OSError(errno.EPERM, "outside the workspace")
+        try:
+            return sn.openat2(dir_fd, last, os.O_PATH | (0 if follow else os.O_NOFOLLOW), 0,
+                              sn.RESOLVE_BENEATH | sn.RESOLVE_NO_MAGICLINKS)
+        except OSError as e:
+            if e.errno == errno.EXDEV:  # a symlink out of that directory
+                raise OSError(errno.EPERM, "symlink leads outside") from None
+            raise
+    finally:
+        os.close(dir_fd)
+
+
+def _below(dir_fd: int, workspace: str) -> bool:
+    """Is this directory the workspace or inside it? Walked up by `..` (mounts included)."""
+    try:
+        ws = os.stat(workspace)
+    except OSError:
+        return False
+    key = (ws.st_dev, ws.st_ino)
+    fd = os.dup(dir_fd)
+    try:
+        for _ in range(MAX_DEPTH):
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) == key:
+                return True
+            up = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            top = os.fstat(up)
+            os.close(fd)
+            fd = up
+            if (top.st_dev, top.st_ino) == (st.st_dev, st.st_ino):
+                return False  # reached a root
+        return False
+    finally:
+        os.close(fd)
+
+
+def _apply(target: int, what: str, values: tuple[int, ...], pid: int) -> None:
+    """Make the change on the opened file, with this process's (= the sandbox's) uid."""
+    table = ARCHES[native_arch()]
+    if what == "mode":
+        if stat.S_ISLNK(os.fstat(target).st_mode):
+            raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
+        os.chmod(f"/proc/self/fd/{target}", values[0] & 0o7777)
+        return
+    if what == "owner":
+        _spawn.syscall(table["fchownat"], target, b"\0", values[0] & 0xFFFFFFFF, values[1] & 0xFFFFFFFF, AT_EMPTY_PATH)
+        return
+    pointer = values[0]
+    times: bytes | int = 0  # NULL: now
+    if pointer:
+        size = {"utimbuf": 16, "timeval": 32, "timespec": 32}[what]
+        raw = sn.read_bytes(pid, pointer, size)
+        if raw is None:
+            raise OSError(errno.EFAULT, "times unreadable")
+        if what == "utimbuf":
+            atime, mtime = struct.unpack("=qq", raw)
+            times = struct.pack("=qqqq", atime, 0, mtime, 0)
+        elif what == "timeval":
+            a_s, a_us, m_s, m_us = struct.unpack("=qqqq", raw)
+            if not (0 <= a_us < 1_000_000 and 0 <= m_us < 1_000_000):
+                raise OSError(errno.EINVAL, "bad timeval")
+            times = struct.pack("=qqqq", a_s, a_us * 1000, m_s, m_us * 1000)
+        else:
+            times = raw
+    _spawn.syscall(table["utimensat"], target, b"\0", times, AT_EMPTY_PATH)
