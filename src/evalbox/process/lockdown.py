@@ -398,7 +398,8 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
                              filesystem.PRIVATE_SHM_RIGHTS, keep_tmp))
             if identity:
                 overlays.append((b"/etc", b"", 0, identity))
-            outside = [r.path for r in rules if r.path != ws.root]
+            # (the identity files live in the workspace root: not "outside", or the overlay hides work/)
+            outside = [r.path for r in rules if r.path != ws.root and not r.path.startswith(ws.root + "/")]
             overlays += _exposure_overlays(outside)
         private_shm = host.private_shm
 
