@@ -7,6 +7,6 @@ candidate and the trusted tests in separate sandboxes, only plain data between t
 """
 
 from evalbox.evals import humaneval, judge, relay
-from evalbox.evals.relay import FunctionTest, check_functions
+from evalbox.evals.relay import FunctionTest, check_functions, iter_checks
 
-__all__ = ["FunctionTest", "check_functions", "humaneval", "judge", "relay"]
+__all__ = ["FunctionTest", "check_functions", "humaneval", "iter_checks", "judge", "relay"]

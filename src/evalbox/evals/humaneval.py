@@ -33,10 +33,11 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from evalbox.evals.relay import GRACE, FunctionTest, check_functions
+from evalbox.evals.relay import GRACE, FunctionTest, check_functions, iter_checks
 
-__all__ = ["GRACE", "check_correctness", "check_program", "estimate_pass_at_k", "evaluate_functional_correctness",
-           "function_test", "read_problems", "stream_jsonl", "write_jsonl", "default_problem_file"]
+__all__ = ["GRACE", "check_correctness", "check_many", "check_program", "default_problem_file", "estimate_pass_at_k",
+           "evaluate_functional_correctness", "function_test", "pass_at_k", "read_problems", "stream_jsonl",
+           "write_jsonl"]
 
 
 def check_program(problem: dict[str, Any], completion: str) -> str:
@@ -144,34 +145,18 @@ def evaluate_functional_correctness(sample_file: str, k: Sequence[int] = (1, 10,
                          f"(e.g. {', '.join(missing[:3])}); pass ignore_incomplete=True to score the rest")
 
     results = check_functions(checks, concurrency=n_workers, progress=progress, **limits)
-
-    by_task: dict[str, list[bool]] = defaultdict(list)
-    for sample, result in zip(samples, results):
-        by_task[sample["task_id"]].append(result == "passed")
-    total = [len(v) for v in by_task.values()]
-    correct = [sum(v) for v in by_task.values()]
-    pass_at_k = {f"pass@{n}": math.fsum(estimate_pass_at_k(total, correct, n)) / len(total)
-                 for n in k if total and min(total) >= n}
-
     write_jsonl(sample_file + "_results.jsonl",
                 ({**sample, "result": result, "passed": result == "passed"} for sample, result in zip(samples, results)))
-    return pass_at_k
+    return pass_at_k(samples, results, k)
 
 
 # -- for callers that save results as they come (evalbox humaneval) -----------------------------
 
 def check_many(tasks: Sequence[tuple[dict[str, Any], str]], timeout: float = 3.0, n_workers: int | None = None,
                progress: bool = True, **limits: Any) -> Iterator[tuple[int, str]]:
-    """(position in `tasks`, result string) for each (problem, completion), as each run finishes."""
-    from evalbox.faces.batch import iter_results
-
-    markers = [_marker() for _ in tasks]
-    plans = [_plan(problem, completion, timeout, marker, **limits)
-             for (problem, completion), marker in zip(tasks, markers)]
-    for index, out in iter_results(plans, concurrency=n_workers, progress=progress):
-        if isinstance(out, SandboxError):  # nothing ran (e.g. out of fds): one more try, then give up
-            out = _run(plans[index])
-        yield index, _result(out, markers[index])
+    """(position in `tasks`, result string) for each (problem, completion), as each check finishes."""
+    checks = [function_test(problem, completion, timeout) for problem, completion in tasks]
+    yield from iter_checks(checks, concurrency=n_workers, progress=progress, **limits)
 
 
 def pass_at_k(samples: Sequence[dict[str, Any]], results: Sequence[str], k: Sequence[int]) -> dict[str, float]:

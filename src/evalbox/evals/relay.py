@@ -32,15 +32,16 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from evalbox.errors import SandboxError
 from evalbox.evals import wire
 from evalbox.executor.executor import Completed, Executor, SandboxId, Stdout, Timeout
-from evalbox.faces.batch import default_concurrency
-from evalbox.policy.plan import Plan
+from evalbox.faces.batch import check_concurrency
+from evalbox.policy.plan import DEFAULT_MAX_PIDS, Plan
+from evalbox.process.lockdown import expect_neighbours
 from evalbox.process.result import Output, Status
 from evalbox.runtimes import python
 
@@ -185,6 +186,7 @@ class _Relay:
         self.concurrency = concurrency
         self.bar = bar
         self.results: list[str | None] = [None] * len(tests)
+        self.ready: deque[int] = deque()  # indexes whose result is in, not yet yielded
         self.todo = deque(range(len(tests)))
         self.free: list[_Worker] = []
         self.workers: dict[SandboxId, _Worker] = {}
@@ -194,9 +196,16 @@ class _Relay:
         # without the cost of a kill); killed at the deadline. They count against the concurrency.
         self.lingering: dict[SandboxId, float] = {}
 
-    def run(self) -> list[str]:
-        while self.todo or self.running:
+    def run(self) -> Iterator[tuple[int, str]]:
+        while self.todo or self.running or self.ready:
+            while self.ready:
+                index = self.ready.popleft()
+                yield index, self.results[index]  # type: ignore[misc]
+            if not (self.todo or self.running):
+                break
             self._start_jobs()
+            if self.ready:
+                continue
             now = time.monotonic()
             deadlines = [w.job.deadline for w in self.workers.values() if w.job is not None]
             deadlines += [d for d in self.lingering.values() if d != math.inf]
@@ -204,7 +213,6 @@ class _Relay:
             for ev in self.ex.poll(wait):
                 self._dispatch(ev)
             self._enforce_deadlines(time.monotonic())
-        return self.results  # type: ignore[return-value]
 
     # -- scheduling ---------------------------------------------------------------------------
 
@@ -216,6 +224,7 @@ class _Relay:
                 problem = _problem_frame(test)
             except ValueError:  # over the frame limit
                 self.results[index] = f"failed: the check is larger than {wire.MAX_FRAME} bytes"
+                self.ready.append(index)
                 self.bar.advance()
                 continue
             fresh = not self.free
@@ -245,6 +254,7 @@ class _Relay:
         if self.results[job.index] is not None:
             return
         self.results[job.index] = result
+        self.ready.append(job.index)
         self.running -= 1
         self.bar.advance()
         job.worker.job = None
@@ -371,24 +381,37 @@ class _Relay:
                 self._retire(worker, kill=True)
 
 
-def check_functions(tests: Sequence[FunctionTest], *, concurrency: int | None = None, progress: bool = False,
-                    **limits: Any) -> list[str]:
-    """Run every check; results in input order: "passed", "timed out" or "failed: ...".
+def iter_checks(tests: Sequence[FunctionTest], *, concurrency: int | None = None, progress: bool = False,
+                **limits: Any) -> Iterator[tuple[int, str]]:
+    """(index in `tests`, result) of every check as it finishes: "passed", "timed out" or "failed: ...".
 
     `limits` are Plan keywords or the Python runtime's (`interpreter=`, `memory=`...) for the
     candidates' sandboxes; `interpreter=`/`packages_from=` apply to the tests' sandboxes too.
-    Raises SandboxError when no sandbox can be started at all.
+    Leaving the iteration early kills and cleans up every sandbox. Raises SandboxError when no
+    sandbox can be started at all.
     """
     tests = list(tests)
     for test in tests:
         if not (isinstance(test.timeout, (int, float)) and 0 < test.timeout < 1e6):
             raise ValueError(f"timeout={test.timeout!r}: give the seconds the tests may take (a positive number)")
     if not tests:
-        return []
-    limit = max(1, concurrency or default_concurrency())
+        return
+    limit = check_concurrency(concurrency)
+    pids = limits.get("max_pids", DEFAULT_MAX_PIDS)
     bar = _Progress(len(tests), progress)
     try:
-        with Executor() as ex:
-            return _Relay(ex, tests, limits, limit, bar).run()
+        # a worker and a candidate per check at once
+        with Executor() as ex, expect_neighbours(2 * min(limit, len(tests)), pids):
+            yield from _Relay(ex, tests, limits, limit, bar).run()
     finally:
         bar.close()
+
+
+def check_functions(tests: Sequence[FunctionTest], *, concurrency: int | None = None, progress: bool = False,
+                    **limits: Any) -> list[str]:
+    """Run every check (see iter_checks); results in input order."""
+    tests = list(tests)
+    results: list[str] = [""] * len(tests)
+    for index, result in iter_checks(tests, concurrency=concurrency, progress=progress, **limits):
+        results[index] = result
+    return results
