@@ -8,7 +8,8 @@ import textwrap
 import pytest
 
 from evalbox.evals import relay
-from evalbox.evals.relay import FunctionTest, check_functions
+from evalbox.errors import SandboxError, ValidationError
+from evalbox.evals.relay import FunctionTest, check_functions, iter_checks
 
 
 def check(program: str, test: str, functions=("f",), limits=None, **kwargs) -> str:
@@ -109,5 +110,17 @@ def test_each_check_starts_clean_and_workers_survive(monkeypatch):
 
 def test_empty_and_errors():
     assert check_functions([]) == []
-    with pytest.raises(Exception):
+    with pytest.raises(SandboxError):
         check_functions([FunctionTest("", ("f",), test="f()")], interpreter="/nonexistent/python")
+    with pytest.raises(ValidationError, match="memory"):
+        check_functions([FunctionTest("", ("f",), test="f()")], memory="lots")
+    with pytest.raises(ValueError, match="timeout"):
+        check_functions([FunctionTest("", ("f",), test="f()", timeout=0)])
+    with pytest.raises(ValidationError, match="concurrency"):
+        check_functions([FunctionTest("", ("f",), test="f()")], concurrency=0)
+
+
+def test_results_as_they_come():
+    tests = [FunctionTest("def f():\n    import time; time.sleep(3)\n", ("f",), test="f()", timeout=20),
+             FunctionTest("def f():\n    return 1\n", ("f",), test="assert f() == 1")]
+    assert list(iter_checks(tests, concurrency=2)) == [(1, "passed"), (0, "passed")]

@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from evalbox.errors import SandboxError
+from evalbox.errors import SandboxError, ValidationError
 from evalbox.evals import wire
 from evalbox.executor.executor import Completed, Executor, SandboxId, Stdout, Timeout
 from evalbox.faces.batch import check_concurrency
@@ -227,11 +227,18 @@ class _Relay:
                 self.ready.append(index)
                 self.bar.advance()
                 continue
+            try:
+                plan = candidate_plan(test, self.limits)
+            except ValidationError as e:  # this program cannot be a plan (the limits were checked up front)
+                self.results[index] = f"failed: {e}"
+                self.ready.append(index)
+                self.bar.advance()
+                continue
             fresh = not self.free
             worker = self.free.pop() if self.free else self._new_worker()
             try:
-                sid = self.ex.spawn(candidate_plan(test, self.limits))
-            except SandboxError:
+                sid = self.ex.spawn(plan)
+            except (SandboxError, OSError):
                 self.free.append(worker)
                 if self.running:  # e.g. out of fds: retry once others finish
                     self.todo.appendleft(index)
@@ -397,6 +404,7 @@ def iter_checks(tests: Sequence[FunctionTest], *, concurrency: int | None = None
     if not tests:
         return
     limit = check_concurrency(concurrency)
+    candidate_plan(tests[0], limits)  # bad limits raise here, not as a failure of every check
     pids = limits.get("max_pids", DEFAULT_MAX_PIDS)
     bar = _Progress(len(tests), progress)
     try:
