@@ -178,6 +178,8 @@ def test_create_file_outside(box, victims, targets, where):
     path = targets.track(os.path.join(directory, f"evalbox-test-create-{secrets.token_hex(8)}"))
     r = box.run("fs_attacks", "create", path)
     assert not os.path.lexists(path), f"ESCAPE: the sandbox created {path}\n{r.describe()}"
+    if where == "/tmp" and "/tmp" in " ".join(r.out.protections.namespaces):
+        return  # its own private /tmp: creating a file there is allowed, the host's stays untouched
     r.blocked_how("create", WRITE_ERRNOS)
 
 

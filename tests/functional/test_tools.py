@@ -181,7 +181,8 @@ def test_date_id_uname():
 def test_env_shows_only_expected_variables():
     out = ok(evalbox.run(["env"], env={"SEED": "1"}, timeout=10))
     env = dict(line.split("=", 1) for line in out.stdout.decode().splitlines())
-    assert set(env) == {"PATH", "HOME", "TMPDIR", "LANG", "SEED"}, describe(out)
+    assert set(env) == {"PATH", "HOME", "TMPDIR", "LANG", "USER", "LOGNAME", "SEED"}, describe(out)
+    assert env["USER"] == env["LOGNAME"] and env["USER"], describe(out)
     assert env["PATH"] == "/usr/local/bin:/usr/bin:/bin"
     assert env["LANG"] == "C.UTF-8"
     assert env["SEED"] == "1"
@@ -191,8 +192,8 @@ def test_env_shows_only_expected_variables():
     root = os.path.dirname(env["HOME"])
     assert os.path.basename(env["HOME"]) == "home" and os.path.basename(env["TMPDIR"]) == "tmp", env
     assert os.path.dirname(env["TMPDIR"]) == root
-    # nothing from the host leaks
-    for key in ("PYTEST_CURRENT_TEST", "VIRTUAL_ENV", "USER", "PWD", "SHELL"):
+    # nothing from the host leaks (USER is the sandbox's own user, not inherited)
+    for key in ("PYTEST_CURRENT_TEST", "VIRTUAL_ENV", "PWD", "SHELL"):
         assert key not in env
 
 

@@ -46,7 +46,7 @@ def caller(request):
     return request.param
 
 
-def run_snippet(who: str, code: str, timeout: float = 120, cwd: str = "/tmp") -> dict:
+def run_snippet(who: str, code: str, timeout: float = 120, cwd: str = "/tmp", prefix: str = "") -> dict:
     """Run `code` (which must `emit(dict)` once) as `who`; returns that dict."""
     prelude = (
         "import json, os, sys\n"
@@ -55,7 +55,7 @@ def run_snippet(who: str, code: str, timeout: float = 120, cwd: str = "/tmp") ->
         "def emit(d):\n"
         "    print('RESULT ' + json.dumps(d), flush=True)\n"
     )
-    script = prelude + textwrap.dedent(code)
+    script = prelude + prefix + textwrap.dedent(code)
     if who == "root":
         argv = [sys.executable, "-c", script]
     else:

@@ -18,11 +18,8 @@ needs_go = pytest.mark.skipif(not HAVE_GO, reason="needs Go: apt-get install gol
 needs_node = pytest.mark.skipif(not HAVE_NODE, reason="needs Node.js: apt-get install nodejs (.ci/run installs it)")
 
 # Where no memory cgroup is available (a caller that is not root, without a delegated cgroup),
-# `memory` is an RLIMIT_AS per process, and Go's and Node's runtimes reserve about 1 GB of address
-# space before running a line: give them room there (README: "Decisions worth knowing").
-MEMORY_IS_ADDRESS_SPACE = "memory" not in probe().cgroup.controllers
-BIG_RUNTIME = {"memory": "2G"} if MEMORY_IS_ADDRESS_SPACE else {}
-BIG_RUNTIME_FLAGS = ["--memory", "2G"] if MEMORY_IS_ADDRESS_SPACE else []
+# `memory` is an RLIMIT_AS per process; Go's and Node's defaults are then 1G of address space.
+MEMORY_IS_ADDRESS_SPACE = not (probe().cgroup.version and "memory" in probe().cgroup.controllers)
 
 
 def describe(out: evalbox.Output) -> str:

@@ -7,7 +7,7 @@ import pytest
 import evalbox
 from evalbox.runtimes import common
 from evalbox.runtimes.go import used_packages, wrap
-from rt_helpers import BIG_RUNTIME, describe, needs_go, ok
+from rt_helpers import MEMORY_IS_ADDRESS_SPACE, describe, needs_go, ok
 
 
 # -- wrapping (no build) ---------------------------------------------------------------------------
@@ -52,7 +52,7 @@ def test_snippet_imports_move_to_the_top():
 
 @needs_go
 def test_snippet_runs():
-    out = ok(evalbox.go.run('fmt.Println(strings.Repeat("ab", 3), len(os.Args))', **BIG_RUNTIME))
+    out = ok(evalbox.go.run('fmt.Println(strings.Repeat("ab", 3), len(os.Args))'))
     assert out.stdout == b"ababab 1\n"
 
 
@@ -72,28 +72,28 @@ func main() {
 	os.Exit(5)
 }
 '''
-    out = evalbox.go.run(src, args=["arg"], stdin=b"in\n", **BIG_RUNTIME)
+    out = evalbox.go.run(src, args=["arg"], stdin=b"in\n")
     assert out.exit_code == 5 and out.stdout == b"arg in\n", describe(out)
 
 
 @needs_go
 def test_func_main_with_helpers():
     src = "func sq(x int) int { return x * x }\n\nfunc main() {\n\tfmt.Println(sq(7))\n}\n"
-    assert ok(evalbox.go.run(src, **BIG_RUNTIME)).stdout == b"49\n"
+    assert ok(evalbox.go.run(src)).stdout == b"49\n"
 
 
 @needs_go
 def test_errors_keep_the_users_line_numbers():
-    out = evalbox.go.run("x := 1\nfmt.Println(x)\nundefinedThing()\n", **BIG_RUNTIME)
+    out = evalbox.go.run("x := 1\nfmt.Println(x)\nundefinedThing()\n")
     assert out.exit_code != 0 and b"main.go:3" in out.stderr and b"undefined" in out.stderr, describe(out)
-    out = evalbox.go.run("var a []int\nfmt.Println(a[3])\n", **BIG_RUNTIME)
+    out = evalbox.go.run("var a []int\nfmt.Println(a[3])\n")
     assert out.exit_code == 2 and b"index out of range" in out.stderr and b"main.go:2" in out.stderr, describe(out)
 
 
 @needs_go
 def test_extra_go_files_are_part_of_the_package():
     helper = 'package main\n\nfunc greet() string { return "hi from helper" }\n'
-    out = ok(evalbox.go.run("fmt.Println(greet())", files={"helper.go": helper}, **BIG_RUNTIME))
+    out = ok(evalbox.go.run("fmt.Println(greet())", files={"helper.go": helper}))
     assert out.stdout == b"hi from helper\n"
 
 
@@ -101,19 +101,19 @@ def test_extra_go_files_are_part_of_the_package():
 def test_build_cache_is_private_and_nothing_is_downloaded():
     code = ('out, _ := exec.Command("go", "env", "GOCACHE", "GOPATH", "GOPROXY").Output()\n'
             'fmt.Print(string(out))\n')
-    out = ok(evalbox.go.run('import "os/exec"\n' + code, **BIG_RUNTIME))
+    out = ok(evalbox.go.run('import "os/exec"\n' + code))
     cache, gopath, proxy = out.stdout.decode().split()
     assert "/home/.cache/go-build" in cache and gopath.endswith("/home/go") and proxy == "off"
-    out = evalbox.go.run('package main\nimport "example.com/nothere"\nfunc main() { nothere.X() }\n', **BIG_RUNTIME)
+    out = evalbox.go.run('package main\nimport "example.com/nothere"\nfunc main() { nothere.X() }\n')
     assert out.exit_code != 0 and b"nothere" in out.stderr, describe(out)
 
 
 @needs_go
 def test_defaults_and_limits():
     plan = evalbox.go.plan("fmt.Println(1)")
-    assert plan.timeout == 60 and plan.max_pids == 256 and plan.memory == 512 << 20
+    assert plan.timeout == 60 and plan.max_pids == 256 and plan.memory == (1 << 30 if MEMORY_IS_ADDRESS_SPACE else 512 << 20)  # address space: 1G (README)
     assert evalbox.go.plan("fmt.Println(1)", max_pids=100).max_pids == 100
-    out = evalbox.go.run("for {}", timeout=3, **BIG_RUNTIME)
+    out = evalbox.go.run("for {}", timeout=3)
     assert out.status is evalbox.Status.TIMEOUT
 
 
@@ -126,5 +126,5 @@ def test_missing_go_says_how_to_install(monkeypatch):
 
 @needs_go
 def test_a_go_mod_builds_the_workspace_as_a_module():
-    out = ok(evalbox.go.run('fmt.Println("in a module")', files={"go.mod": "module example.com/x\n\ngo 1.19\n"}, **BIG_RUNTIME))
+    out = ok(evalbox.go.run('fmt.Println("in a module")', files={"go.mod": "module example.com/x\n\ngo 1.19\n"}))
     assert out.stdout == b"in a module\n"

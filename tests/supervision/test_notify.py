@@ -22,7 +22,7 @@ def test_monitor_records_exec_and_opens_with_paths():
     calls = [(r.syscall, r.path) for r in out.syscalls]
     assert ("openat", "/etc/hostname") in calls
     assert ("execve", "/usr/bin/cat") in calls or ("execve", "/bin/cat") in calls
-    assert all(r.decision == "continued" for r in out.syscalls)
+    assert all(r.decision == "continued" or r.decision.startswith("failed E") for r in out.syscalls)
     # recorded in order: the cat exec comes before its open of /etc/hostname
     names = [c for c in calls if c[1] and ("cat" in c[1] or c[1] == "/etc/hostname")]
     assert names[0][0] == "execve"

@@ -43,12 +43,12 @@ def test_privileged_calls_get_the_kernels_refusal(name):
     assert errno_of(decide(False, name)) == errno.EPERM
 
 
-@pytest.mark.parametrize("name", ["memfd_create", "kcmp", "adjtimex", "clock_adjtime"])
+@pytest.mark.parametrize("name", ["kcmp", "adjtimex", "clock_adjtime"])
 def test_harmless_calls_allowed(name):
     assert decide(False, name) == bpf.RET_ALLOW
 
 
-@pytest.mark.parametrize("name", ["io_uring_setup", "clone3", "shmget", "mq_open"])
+@pytest.mark.parametrize("name", ["io_uring_setup", "clone3", "shmget", "mq_open", "memfd_create"])
 def test_fallback_calls_answer_enosys(name):
     assert errno_of(decide(False, name)) == errno.ENOSYS
 
@@ -195,6 +195,7 @@ def test_routed_program_sends_kills_and_metadata_to_the_listener():
     routing = sp.routing(False, (), (), ARCH, same_uid=True)
     program = routing.program
     for name, args, reason in [("bpf", [0] * 6, sp.BLOCKED), ("chmod", [0] * 6, sp.EMULATED),
+                               ("memfd_create", [0] * 6, sp.MEMFD),
                                ("ioctl", [1, 0x5412, 0, 0, 0, 0], sp.BLOCKED)]:
         nr = syscall_number(name, ARCH)
         assert interp.run(program, nr, AUDIT, args) & 0xFFFF0000 == bpf.RET_USER_NOTIF

@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import NewType
 
+from evalbox.executor.deferred import stop_signals_deferred
 from evalbox.errors import SandboxError, ValidationError
 from evalbox.policy.plan import NotifyMode, Plan
 from evalbox.policy.supervision import Decision, SyscallRequest
@@ -98,6 +99,7 @@ class Executor:
 
     # -- public API ------------------------------------------------------------------------------
 
+    @stop_signals_deferred  # a Ctrl-C while starting must not orphan the sandbox
     def spawn(self, plan: Plan, *, close_stdin: bool = False) -> SandboxId:
         """Start a sandbox; returns at once. Raises SandboxError if it cannot start safely.
 
@@ -276,6 +278,9 @@ class Executor:
         if kind is _PIDFD:
             self._unwatch(fd)
             box.reap()
+            if box.supervision is not None and box.plan.notify is NotifyMode.DISABLED:
+                # the tree is dead: no decision can be pending (saves the listener's hang-up event)
+                self._unwatch(box.supervision.listener)
             run.drain_until = time.monotonic() + DRAIN_GRACE
         elif kind is _STDIN:
             self._pump_stdin(run)

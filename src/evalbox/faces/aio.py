@@ -15,6 +15,7 @@ from evalbox.faces.batch import Progress, Result, check_concurrency, prepare_ite
 from evalbox.executor.executor import Completed, Event, Executor, SandboxId, Timeout, require_supervisor
 from evalbox.policy.plan import Plan, as_plan
 from evalbox.policy.supervision import Decision, SyscallRequest
+from evalbox.process.lockdown import expect_neighbours
 from evalbox.process.result import Output
 
 
@@ -171,8 +172,10 @@ async def arun_many(plans: Iterable[Plan | Sequence[str]], concurrency: int | No
         bar.advance(result)
         return result
 
+    most_pids = max((p.max_pids or 0 for p in prepared if isinstance(p, Plan)), default=0)
     try:
-        async with AsyncExecutor() as ex:
-            return list(await asyncio.gather(*(one(ex, p) for p in prepared)))
+        with expect_neighbours(concurrency or default_concurrency(), most_pids):
+            async with AsyncExecutor() as ex:
+                return list(await asyncio.gather(*(one(ex, p) for p in prepared)))
     finally:
         bar.close()

@@ -79,8 +79,11 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def limit_options(defaults: Mapping[str, Any] | None = None) -> Callable[[Any], Any]:
-    """The limit flags, their help showing the defaults that apply (a runtime's own, e.g. Go's)."""
+def limit_options(defaults: Mapping[str, Any] | None = None, address_space: int | None = None) -> Callable[[Any], Any]:
+    """The limit flags, their help showing the defaults that apply (a runtime's own, e.g. Go's).
+
+    `address_space`: what the runtime's memory default becomes where memory is an RLIMIT_AS.
+    """
     shown = {**PLAN_DEFAULTS, **(defaults or {})}
 
     def decorate(f: Any) -> Any:
@@ -88,6 +91,9 @@ def limit_options(defaults: Mapping[str, Any] | None = None) -> Callable[[Any], 
             default = shown.get(name)
             suffix = f"  [default: {default:g}]" if isinstance(default, float) else \
                 f"  [default: {default}]" if default is not None else "  [default: none]"
+            if name == "memory" and address_space:
+                suffix = (f"  [default: {default}; {address_space >> 20}M where memory is an address-space "
+                          "limit: not root, no delegated cgroup (evalbox check)]")
             metavar = {"seconds": "SECONDS", "count": "N", "size": "SIZE"}[kind]
             f = click.option(_flag(name), name, type=LimitType(kind), default=None, metavar=metavar,
                              help=text + " 'none': no limit." + suffix)(f)
@@ -116,13 +122,17 @@ def sandbox_options(f: Any) -> Any:
 
 # -- messages in the command line's terms ---------------------------------------------------------
 
+# Plan and runtime keywords that have a flag of the same name.
+CLI_KEYWORDS = LIMIT_NAMES + ("interpreter", "packages_from", "shell")
+
+
 def cli_message(message: str) -> str:
-    """A library message with the limit keywords spelled as the flags that set them."""
-    for name in LIMIT_NAMES:
+    """A library message in the command line's terms: `timeout=-1` -> `--timeout -1`, None -> none."""
+    for name in CLI_KEYWORDS:
         flag = _flag(name)
-        if re.match(rf"{name}\b", message):
-            message = re.sub(rf"^{name}=(\S+)", lambda m: f"{flag} {m.group(1)}", message)
-            message = re.sub(rf"^{name}\b", flag, message)
+        message = re.sub(rf"(?<![\w.-]){name}=('?)([^'\s;,]*)\1", lambda m: f"{flag} {m.group(2)}", message)
+        message = re.sub(rf"^{name}\b", flag, message)
+        if message.startswith(flag):
             message = message.replace("use None for no limit", f"use {flag} none for no limit")
     return message.replace("use None for no limit", "use 'none' for no limit")
 
@@ -371,6 +381,8 @@ def _execute(make_plan: Callable[[], Plan], as_json: bool, with_protections: boo
         click.echo(json.dumps(output.as_dict(protections=with_protections), indent=2))
     elif output.status.value not in ("exited", "signaled") or output.error:
         click.echo(f"evalbox: {output.status.name}: the program {output.describe()}", err=True)
+    if output.blocked_syscall and not as_json:
+        click.echo(f"evalbox: killed for calling {output.blocked_syscall}, which the sandbox forbids", err=True)
     sys.exit(output.shell_code)
 
 
@@ -444,7 +456,10 @@ def runtime_command(name: str, help_text: str, extra: Sequence[Any] = (),
 
     command.__doc__ = help_text
     decorated: Any = click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[FILE] [ARGS]...")(command)
-    decorated = sandbox_options(limit_options(getattr(runtime, "DEFAULTS", None))(decorated))
+    from evalbox.runtimes.common import ADDRESS_SPACE_NEEDED
+
+    decorated = sandbox_options(limit_options(getattr(runtime, "DEFAULTS", None),
+                                              ADDRESS_SPACE_NEEDED.get(name))(decorated))
     for option in reversed([click.option("-c", "code", metavar="CODE", help="The program text."), *extra]):
         decorated = option(decorated)
     return main.command(name, context_settings={"allow_interspersed_args": False})(decorated)
@@ -829,9 +844,16 @@ def humaneval(samples: str, problems: str | None, ks: str, timeout: float, concu
               help="Comma-separated subset of: spawn, python, humaneval, caller.")
 @click.option("--json", "as_json", is_flag=True, help="Print {machine, rows} as JSON instead of a table.")
 @click.option("--profile", is_flag=True, help="Instead: where evalbox's per-run time goes (parent-side stages).")
+@click.option("--compat", is_flag=True,
+              help="Instead: CPython's own regression tests bare and sandboxed, the share of passing cases kept "
+                   "(needs the interpreter's test package: apt-get install libpython3.11-testsuite).")
+@click.option("--modules", default=None, metavar="NAMES",
+              help="--compat: comma-separated test modules (default: ~100 that exercise the OS; with --quick, 8).")
+@click.option("--net", "compat_net", type=click.Choice(["off", "on", "both"]), default="both",
+              help="--compat: sandboxed runs with network off, on, or both (default both).")
 def bench(quick: bool, runs: int | None, batches: int | None, batch_size: int | None, humaneval: bool | None,
           humaneval_repeats: int | None, caller_gb: float | None, python: str | None, only: str | None,
-          as_json: bool, profile: bool) -> None:
+          as_json: bool, profile: bool, compat: bool, modules: str | None, compat_net: str) -> None:
     """Benchmarks, measured side by side with bare spawning in one run (medians and p90).
 
     \b
@@ -845,8 +867,24 @@ def bench(quick: bool, runs: int | None, batches: int | None, batch_size: int | 
       evalbox bench --quick --json
       evalbox bench --only spawn,caller -n 500
       evalbox bench --profile -n 1000
+      evalbox bench --compat --quick --net off
     """
     from evalbox.faces.bench import SECTIONS, BenchError, Config, as_json as rows_json, format_table, machine, run_suite
+
+    if compat:
+        from evalbox.faces import compat as compat_bench
+
+        names = tuple(m.strip() for m in modules.split(",") if m.strip()) if modules else (
+            compat_bench.QUICK_MODULES if quick else compat_bench.MODULES)
+        nets = {"off": (False,), "on": (True,), "both": (False, True)}[compat_net]
+        try:
+            py, results = compat_bench.run_compat(names, nets, python,
+                                                  log=None if as_json else (lambda m: click.echo(m, err=True)))
+        except RuntimeError as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(json.dumps(compat_bench.as_json(py, results), indent=2) if as_json
+                   else compat_bench.format_report(py, results))
+        return
 
     if profile:
         from evalbox.faces.bench import format_profile, profile_stages

@@ -14,6 +14,7 @@ test package (`/usr/lib/python3.11/test` on Debian: `apt-get install libpython3.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,7 +50,8 @@ QUICK_MODULES = ("test_os", "test_posix", "test_shutil", "test_pty", "test_tempf
                  "test_resource", "test_signal")
 PYTHON_CANDIDATES = ("/usr/bin/python3.11", "/usr/bin/python3")
 NOBODY = 65534
-MODULE_TIMEOUT = 900.0
+MODULE_TIMEOUT = 600.0  # wall clock per module run; one test may take at most PER_TEST_TIMEOUT
+PER_TEST_TIMEOUT = 120
 
 
 @dataclass
@@ -87,24 +89,34 @@ def _stdlib_dir(python: str) -> str:
     return out.stdout.strip() or "/nonexistent"
 
 
-def _cases(xml_path: str) -> dict[str, str]:
-    """test id -> "pass" | "fail" | "skip" from regrtest's JUnit XML (empty if none was written)."""
+def _cases(xml_path: str, verbose: bytes = b"") -> dict[str, str]:
+    """test id -> "pass" | "fail" | "skip": from regrtest's JUnit XML, or, when the run died
+    before writing it, from its verbose lines ("test_x (test.test_m.C.test_x) ... ok")."""
     try:
         root = ET.parse(xml_path).getroot()
     except (OSError, ET.ParseError):
-        return {}
+        root = None
     out = {}
-    for case in root.iter("testcase"):
-        name = f"{case.get('classname', '')}.{case.get('name', '')}"
-        kinds = {child.tag for child in case}
-        out[name] = "fail" if kinds & {"failure", "error"} else "skip" if "skipped" in kinds else "pass"
+    if root is not None:
+        for case in root.iter("testcase"):
+            kinds = {child.tag for child in case}
+            out[case.get("name", "")] = ("fail" if kinds & {"failure", "error"} else "skip" if "skipped" in kinds
+                                         else "pass")
+        return out
+    for m in _VERBOSE.finditer(verbose.decode("utf-8", "replace")):
+        word = m.group(2)
+        out[m.group(1)] = "pass" if word in ("ok", "expected failure") else "skip" if word == "skipped" else "fail"
     return out
+
+
+_VERBOSE = re.compile(r"^test\w* \(([\w.]+)\)[^\n]*? \.\.\. (ok|FAIL|ERROR|skipped|expected failure|unexpected success)",
+                      re.MULTILINE)
 
 
 def _argv(python: str, xml_path: str, module: str) -> list[str]:
     # -u all: the resources a developer enables (network tests still need network=True)
-    return [python, "-X", "faulthandler", "-m", "test", "-u", "all,-gui,-cpu,-largefile,-urlfetch",
-            "--timeout", str(int(MODULE_TIMEOUT) - 30), "--junit-xml", xml_path, module]
+    return [python, "-X", "faulthandler", "-m", "test", "-v", "-u", "all,-gui,-cpu,-largefile,-urlfetch",
+            "--timeout", str(PER_TEST_TIMEOUT), "--junit-xml", xml_path, module]
 
 
 def _bare_env(home: str, tmp: str) -> dict[str, str]:
@@ -130,16 +142,19 @@ def run_bare(python: str, module: str, scratch: str) -> tuple[dict[str, str], fl
             for name in [""] + dirnames:
                 os.chown(os.path.join(dirpath, name), NOBODY, NOBODY)
     started = time.monotonic()
+    log = tempfile.TemporaryFile(dir=scratch)
     try:
         subprocess.run(_argv(python, xml_path, module), cwd=os.path.join(root, "work"),
                        env=_bare_env(os.path.join(root, "home"), os.path.join(root, "tmp")),
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                        timeout=MODULE_TIMEOUT, start_new_session=True,
                        **({"user": NOBODY, "group": NOBODY, "extra_groups": []} if as_nobody else {}))
     except subprocess.TimeoutExpired:
         pass
     seconds = time.monotonic() - started
-    cases = _cases(xml_path)
+    log.seek(0)
+    cases = _cases(xml_path, log.read())
+    log.close()
     shutil.rmtree(root, ignore_errors=True)
     return cases, seconds
 
@@ -152,11 +167,11 @@ def run_sandboxed(python: str, module: str, scratch: str, network: bool) -> tupl
     xml_path = os.path.join(out_dir, "result.xml")
     plan = evalbox.Plan(
         _argv(python, xml_path, module), timeout=MODULE_TIMEOUT, memory="4G", max_pids=512,
-        max_output="64M", max_open_files=4096, max_file_size="2G", network=network,
+        max_output="256M", max_open_files=None, max_file_size=None, network=network,
         mounts=[evalbox.Mount.rw(out_dir)],
     )
     out = evalbox.run(plan)
-    cases = _cases(xml_path)
+    cases = _cases(xml_path, out.stdout + out.stderr)
     shutil.rmtree(out_dir, ignore_errors=True)
     status = out.status.value
     if out.exit_code is not None:

@@ -54,7 +54,9 @@ def host_report() -> dict[str, Any]:
     defaults = {
         "files": "system trees read-only, narrow /etc, /proc read-only, workspace read-write",
         "network": "off (seccomp: Unix stream socket pairs only, no connect/bind/listen; Landlock TCP deny)",
-        "memory": f"{plan_defaults.DEFAULT_MEMORY} via " + ("memory cgroup (whole tree)" if mem else "RLIMIT_AS per process"),
+        "memory": f"{plan_defaults.DEFAULT_MEMORY} via " + ("memory cgroup (whole tree)" if mem else
+                   "RLIMIT_AS per process: address space, not resident memory; node and go need 1G and get it "
+                   "by default (an explicit smaller memory= is refused), the JVM needs about 2G"),
         "processes": f"{plan_defaults.DEFAULT_MAX_PIDS} via "
         + ("pids cgroup (whole tree)" if pids else
            "RLIMIT_NPROC of the sandbox's own uid" if host.switches_uid else

@@ -106,6 +106,8 @@ struct bind {
     const char *path;
     const char *source; /* what is bound at path: NULL for path itself (as it was before the overlay) */
     int is_dir;
+    int readonly;       /* remount the bind read-only (nosuid, nodev): inside a writable overlay,
+                         * Landlock's rights on the overlay would otherwise reach into it */
 };
 
 struct config {
@@ -243,6 +245,9 @@ static void private_mounts(const struct config *c)
             fd_path(source, fds[i]);
             if (mount(source, c->binds[i].path, NULL, MS_BIND | MS_REC, NULL) != 0)
                 report(c, STEP_MOUNTS, errno);
+            if (c->binds[i].readonly &&
+                mount(NULL, c->binds[i].path, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) != 0)
+                report(c, STEP_MOUNTS, errno);
             close(fds[i]);
         }
         if (ov->rights) {
@@ -301,8 +306,11 @@ static int child_main(void *arg)
     if (c->n_overlays > 0)
         private_mounts(c);
 
+    /* RLIMIT_NOFILE waits until the seccomp listener exists: until exec the child still holds
+     * copies of the caller's fds, so a small limit would leave no number for the listener. */
     for (int i = 0; i < c->n_rlimits; i++)
-        if (syscall(SYS_prlimit64, 0, c->rlimits[i].resource, &c->rlimits[i].value, NULL) != 0)
+        if (c->rlimits[i].resource != RLIMIT_NOFILE &&
+            syscall(SYS_prlimit64, 0, c->rlimits[i].resource, &c->rlimits[i].value, NULL) != 0)
             report(c, STEP_RLIMIT, errno);
 
     if (c->drop_bounding_set) {
@@ -352,6 +360,11 @@ static int child_main(void *arg)
             tagged(c, SYS_close, fd, 0, 0);
         }
     }
+
+    for (int i = 0; i < c->n_rlimits; i++)
+        if (c->rlimits[i].resource == RLIMIT_NOFILE &&
+            tagged(c, SYS_prlimit64, 0, c->rlimits[i].resource, (long)&c->rlimits[i].value) != 0)
+            report(c, STEP_RLIMIT, errno);
 
     tagged(c, SYS_execve, (long)c->path, (long)c->argv, (long)c->envp);
     report(c, STEP_EXEC, errno);
@@ -410,7 +423,7 @@ static int int_list(PyObject *seq, int *out, int max, int *count, const char *wh
 }
 
 /* overlays: [(target bytes, tmpfs options bytes (b"": no tmpfs), landlock rights int,
- *             [(path bytes, is_dir bool[, source bytes]), ...]), ...]
+ *             [(path bytes, is_dir bool[, source bytes or None[, readonly bool]]), ...]), ...]
  * The strings stay alive through `keep`, a list holding every tuple. */
 static int parse_overlays(PyObject *obj, struct config *c, PyObject **keep)
 {
@@ -444,14 +457,19 @@ static int parse_overlays(PyObject *obj, struct config *c, PyObject **keep)
             return -1;
         }
         for (int i = 0; i < ov->count; i++) {
-            PyObject *path, *source = NULL;
-            int is_dir;
-            if (!PyArg_ParseTuple(PyList_GET_ITEM(binds, i), "O!p|O!", &PyBytes_Type, &path, &is_dir, &PyBytes_Type,
-                                  &source))
+            PyObject *path, *source = Py_None;
+            int is_dir, readonly = 0;
+            if (!PyArg_ParseTuple(PyList_GET_ITEM(binds, i), "O!p|Op", &PyBytes_Type, &path, &is_dir, &source,
+                                  &readonly))
                 return -1;
+            if (source != Py_None && !PyBytes_Check(source)) {
+                PyErr_SetString(PyExc_TypeError, "a bind source must be bytes or None");
+                return -1;
+            }
             c->binds[c->n_binds].path = PyBytes_AS_STRING(path);
-            c->binds[c->n_binds].source = source ? PyBytes_AS_STRING(source) : NULL;
+            c->binds[c->n_binds].source = source != Py_None ? PyBytes_AS_STRING(source) : NULL;
             c->binds[c->n_binds].is_dir = is_dir;
+            c->binds[c->n_binds].readonly = readonly;
             c->n_binds++;
         }
         c->n_overlays++;
@@ -650,7 +668,14 @@ static PyObject *raw_syscall(PyObject *self, PyObject *args)
             goto done;
         }
     }
-    long ret = syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+    long ret;
+    int saved_errno;
+    /* without the GIL: a call that waits (an open on the program's behalf) stalls no other thread */
+    Py_BEGIN_ALLOW_THREADS
+    ret = syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+    saved_errno = errno;
+    Py_END_ALLOW_THREADS
+    errno = saved_errno;
     if (ret < 0)
         PyErr_SetFromErrno(PyExc_OSError);
     else

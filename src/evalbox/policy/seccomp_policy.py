@@ -22,6 +22,7 @@ EMULATED = bpf.RET_USER_NOTIF | 2  # path metadata of a same-uid sandbox: done b
 INTERCEPTED = bpf.RET_USER_NOTIF | 3  # the plan's notify intercepts
 NOTED = bpf.RET_USER_NOTIF | 4  # allowed once evalbox has taken note (setpgid: the tree spans groups)
 LARGE_MAP = bpf.RET_USER_NOTIF | 5  # a large mapping under RLIMIT_AS: evalbox checks it against the limit
+MEMFD = bpf.RET_USER_NOTIF | 6  # memfd_create: evalbox makes a non-executable one (MFD_NOEXEC_SEAL) for it
 
 
 def refuse(e: int) -> int:
@@ -48,7 +49,7 @@ rt_tgsigqueueinfo sigaltstack pause kill tkill tgkill pidfd_open pidfd_send_sign
 nanosleep clock_nanosleep clock_gettime clock_getres gettimeofday time times alarm getitimer setitimer
 timer_create timer_settime timer_gettime timer_getoverrun timer_delete
 futex futex_waitv futex_wake futex_wait futex_requeue set_robust_list get_robust_list set_tid_address
-kcmp adjtimex clock_adjtime memfd_create
+kcmp adjtimex clock_adjtime
 rseq arch_prctl sched_yield sched_getaffinity sched_getparam sched_getscheduler sched_getattr
 sched_get_priority_max sched_get_priority_min sched_rr_get_interval getcpu getpriority ioprio_get
 fork vfork execve exit exit_group wait4 waitid restart_syscall setsid setpgid
@@ -108,10 +109,6 @@ REFUSED = {
     "msgget": errno.ENOSYS, "msgsnd": errno.ENOSYS, "msgrcv": errno.ENOSYS, "msgctl": errno.ENOSYS,
     "mq_open": errno.ENOSYS, "mq_unlink": errno.ENOSYS, "mq_timedsend": errno.ENOSYS,
     "mq_timedreceive": errno.ENOSYS, "mq_notify": errno.ENOSYS, "mq_getsetattr": errno.ENOSYS,
-    # Landlock does not cover extended attributes; `cp -a` treats this as "not supported here"
-    "setxattr": errno.EOPNOTSUPP, "lsetxattr": errno.EOPNOTSUPP, "fsetxattr": errno.EOPNOTSUPP,
-    "removexattr": errno.EOPNOTSUPP, "lremovexattr": errno.EOPNOTSUPP, "fremovexattr": errno.EOPNOTSUPP,
-    "setxattrat": errno.EOPNOTSUPP, "removexattrat": errno.EOPNOTSUPP,
     # host-wide effects answered as if done
     "sync": 0,
     "syncfs": 0,
@@ -128,6 +125,10 @@ REFUSED = {
 # outside its workspace; one that shares the caller's uid owns all the caller's files, and gets
 # these calls refused (fchmod/fchown on a file it could open stay allowed).
 PATH_METADATA = ("chmod", "fchmodat", "fchmodat2", "chown", "lchown", "fchownat", "utime", "utimes", "futimesat")
+
+XATTR_SET = ("setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr", "fremovexattr", "setxattrat",
+             "removexattrat")
+XATTR_SET_BY_PATH = ("setxattr", "lsetxattr", "removexattr", "lremovexattr")
 
 # mknod: FIFOs, sockets and regular files (mkfifo); device nodes need CAP_MKNOD anyway.
 S_IFMT, S_IFIFO, S_IFREG, S_IFSOCK = 0o170000, 0o010000, 0o100000, 0o140000
@@ -206,6 +207,28 @@ def _network_rules(network: bool) -> list[Rule]:
     return unix_only
 
 
+# Files the sandbox can only read (system trees, /etc, ro mounts) must not be usable to stall or
+# slow host processes (issue 9, class 7). seccomp cannot see an fd's mode or path, so:
+# - advisory locks are not taken at all: flock() and fcntl F_SETLK/F_SETLKW/F_OFD_SETLK(W)
+#   succeed without locking (a sandbox never blocks a host writer; processes inside one sandbox
+#   cannot exclude each other with them); F_GETLK still reports host locks truthfully;
+# - leases (F_SETLEASE) are refused: a lease stalls any other opener of the file;
+# - cache eviction advice (POSIX_FADV_DONTNEED/NOREUSE, MADV_COLD/MADV_PAGEOUT) succeeds without
+#   effect: evicting host files' page cache would slow the host.
+F_SETLK, F_SETLKW, F_OFD_SETLK, F_OFD_SETLKW, F_SETLEASE = 6, 7, 37, 38, 1024
+POSIX_FADV_DONTNEED, POSIX_FADV_NOREUSE = 4, 5
+MADV_COLD, MADV_PAGEOUT = 20, 21
+PRETEND = bpf.errno_action(0)  # the call returns 0 and does nothing
+
+
+def _host_interference_rules() -> list[Rule]:
+    out = [Rule("flock", PRETEND), Rule("fcntl", refuse(errno.EPERM), (Arg(1, "eq", F_SETLEASE, width=32),))]
+    out += [Rule("fcntl", PRETEND, (Arg(1, "eq", cmd, width=32),)) for cmd in (F_SETLK, F_SETLKW, F_OFD_SETLK, F_OFD_SETLKW)]
+    out += [Rule("fadvise64", PRETEND, (Arg(3, "eq", a, width=32),)) for a in (POSIX_FADV_DONTNEED, POSIX_FADV_NOREUSE)]
+    out += [Rule("madvise", PRETEND, (Arg(2, "eq", a, width=32),)) for a in (MADV_COLD, MADV_PAGEOUT)]
+    return out + [Rule(name, ALLOW) for name in ("fcntl", "fadvise64", "madvise")]
+
+
 def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), group_only: bool = False,
           same_uid: bool = False, routed: bool = False, large_map: int = 0) -> list[Rule]:
     """The rule list for a plan's network switch and its Syscalls(allow=..., deny=...).
@@ -261,11 +284,28 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
     if routed and large_map:
         out += [Rule("mmap", LARGE_MAP, (Arg(1, "ge", large_map),)), Rule("mmap", ALLOW),
                 Rule("mremap", LARGE_MAP, (Arg(2, "ge", large_map),)), Rule("mremap", ALLOW)]
+    # memfd_create: Landlock does not cover memfds (kernel-internal mount), so a memfd could be
+    # written with a program and executed (fileless exec). With a listener evalbox creates it
+    # for the program with MFD_NOEXEC_SEAL (Linux 6.3+: not executable, and cannot become so);
+    # without one, ENOSYS (callers fall back to a file).
+    out.append(Rule("memfd_create", MEMFD if routed else refuse(errno.ENOSYS)))
     out += _network_rules(network)
+    out += _host_interference_rules()
     out += [Rule(name, metadata if same_uid else ALLOW) for name in PATH_METADATA]
     if same_uid:  # utimensat(fd, NULL, ...) is futimens(): the file had to be opened
         out.append(Rule("utimensat", ALLOW, (Arg(1, "eq", 0),)))
     out.append(Rule("utimensat", metadata if same_uid else ALLOW))
+    # Extended attributes: Landlock does not cover them. A uid of its own: the kernel's checks
+    # suffice (user.* needs write permission, trusted.*/security.* capabilities). The caller's
+    # uid: by path inside the workspace only (EMULATED); on an fd, "not supported here", which
+    # `cp -a` and friends accept.
+    for name in XATTR_SET:
+        if not same_uid:
+            out.append(Rule(name, ALLOW))
+        elif routed and name in XATTR_SET_BY_PATH:
+            out.append(Rule(name, EMULATED))
+        else:
+            out.append(Rule(name, refuse(errno.EOPNOTSUPP)))
     for name, mode_arg in (("mknod", 1), ("mknodat", 2)):
         for kind in (0, S_IFIFO, S_IFREG, S_IFSOCK):
             out.append(Rule(name, ALLOW, (Arg(mode_arg, "masked_eq", kind, mask=S_IFMT, width=32),)))

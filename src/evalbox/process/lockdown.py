@@ -28,6 +28,7 @@ from evalbox.process.workspace import Workspace
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 UMASK = 0o022
+PRIVATE_SHM_INODES = 4096  # POSIX semaphores and shm segments: a few each; bounded like the size
 
 _counter = itertools.count()
 
@@ -126,6 +127,12 @@ def _processes_of_uid(uid: int) -> int:
                 pass
     _user_procs_cache = (now, count)
     return count
+
+
+def _below(paths: list[str], top: str) -> list[str]:
+    """The paths strictly below `top`, without those inside another one of them."""
+    inside = sorted({p for p in paths if p.startswith(top + "/")})
+    return [p for i, p in enumerate(inside) if not any(p.startswith(q + "/") for q in inside[:i])]
 
 
 def _take_pid_reservation(plan: Plan, host: Host, use_cgroup_pids: bool) -> int:
@@ -296,8 +303,9 @@ def _host_file(path: str) -> bytes:
 
 def _identity_files(ws: Workspace, uid: int, gid: int) -> list[tuple[bytes, bool, bytes]]:
     """/etc/passwd and /etc/group with the sandbox's own uid in them (whoami, getpwuid, Node's
-    os.userInfo()), written root-owned and read-only into the workspace root and bound over the
-    host's files in the sandbox's mount namespace (bind list entries: target, is_dir, source)."""
+    os.userInfo()), written root-owned and read-only into the workspace root (removed with it; a
+    uid is never leased twice, so no later run binds them) and bound over the host's files in the
+    sandbox's mount namespace (bind list entries: target, is_dir, source)."""
     binds = []
     for name, line in (("passwd", f"{SANDBOX_USER}:x:{uid}:{gid}:evalbox sandbox:{ws.home}:/bin/sh\n"),
                        ("group", f"{SANDBOX_USER}:x:{gid}:\n")):
@@ -358,7 +366,7 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
 
         rules = filesystem.path_rules(plan, ws.root, runtime, own_uid=uid >= 0,
                                       cgroup_dirs=tuple(group.distinct_dirs) if group is not None else ())
-        identity = _identity_files(ws, uid, gid) if host.private_shm and uid >= 0 else []
+        identity = _identity_files(ws, uid, gid) if host.private_shm and lease is not None else []
         # (Landlock sees a bound file by its own inode, not by the path it is mounted at)
         rules += [filesystem.PathRule(source.decode(), landlock.READ_FILE) for _, _, source in identity]
         ruleset = filesystem.build_ruleset(rules, host.landlock_abi, plan.network)
@@ -388,17 +396,19 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             filters = [(program, 0)]
         overlays = []
         if host.private_shm:
-            # a private /dev/shm (POSIX semaphores); the workspace may live there: bind it back
-            keep = [(ws.root.encode(), True)] if os.path.dirname(ws.root) == "/dev/shm" else []
-            overlays.append((b"/dev/shm", f"mode=1777,size={plan.memory or 64 << 20}".encode(),
-                             filesystem.PRIVATE_SHM_RIGHTS, keep))
-            # its own /tmp too (code that hard-codes /tmp/...), the same way
-            keep_tmp = [(ws.root.encode(), True)] if ws.root.startswith("/tmp/") else []
-            overlays.append((b"/tmp", f"mode=1777,size={plan.memory or 64 << 20}".encode(),
-                             filesystem.PRIVATE_SHM_RIGHTS, keep_tmp))
+            # a private /dev/shm (POSIX semaphores) and /tmp (code that hard-codes /tmp/...); the
+            # workspace, mounts and runtime files may live below them: bind those back
+            granted = [ws.root] + [r.path for r in rules if r.path != ws.root and not r.path.startswith(ws.root + "/")]
+            writable = {ws.root} | {m.source for m in plan.mounts if m.writable}
+            for top in ("/dev/shm", "/tmp"):
+                keep = _below(granted, top)
+                # (what is not writable is bound read-only: the tmpfs's own Landlock rights would
+                # otherwise reach into it)
+                options = f"mode=1777,size={plan.memory or 64 << 20},nr_inodes={PRIVATE_SHM_INODES}"
+                overlays.append((top.encode(), options.encode(), filesystem.PRIVATE_SHM_RIGHTS,
+                                 [(p.encode(), os.path.isdir(p), None, p not in writable) for p in keep]))
             if identity:
                 overlays.append((b"/etc", b"", 0, identity))
-            # (the identity files live in the workspace root: not "outside", or the overlay hides work/)
             outside = [r.path for r in rules if r.path != ws.root and not r.path.startswith(ws.root + "/")]
             overlays += _exposure_overlays(outside)
         private_shm = host.private_shm

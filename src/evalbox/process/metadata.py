@@ -47,7 +47,12 @@ CALLS = {
     "utimes": (None, 0, True, None, "timeval", 1),
     "futimesat": (0, 1, True, None, "timeval", 2),
     "utimensat": (0, 1, True, 3, "timespec", 2),
+    "setxattr": (None, 0, True, None, "xattr_set", 1),
+    "lsetxattr": (None, 0, False, None, "xattr_set", 1),
+    "removexattr": (None, 0, True, None, "xattr_remove", 1),
+    "lremovexattr": (None, 0, False, None, "xattr_remove", 1),
 }
+XATTR_NAME_MAX, XATTR_SIZE_MAX = 255, 65536
 RESOLVE_IN_ROOT = 0x10
 
 
@@ -62,7 +67,9 @@ def emulate(listener: int, n: sn.Notification, name: str, workspace: str | None)
         _emulate(listener, n, name, workspace)
     except OSError as e:
         code = e.errno if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
-                                      errno.EINVAL, errno.EOPNOTSUPP, errno.EFAULT, errno.EROFS) else errno.EPERM
+                                      errno.EINVAL, errno.EOPNOTSUPP, errno.EFAULT, errno.EROFS, errno.E2BIG,
+                                      errno.ENODATA, errno.EEXIST, errno.ERANGE, errno.ENOSPC, errno.EDQUOT) \
+            else errno.EPERM
         sn.fail(listener, n.id, code)
         return
     sn.succeed(listener, n.id, 0)
@@ -173,6 +180,24 @@ def _apply(target: int, what: str, values: tuple[int, ...], pid: int) -> None:
         return
     if what == "owner":
         _spawn.syscall(table["fchownat"], target, b"\0", values[0] & 0xFFFFFFFF, values[1] & 0xFFFFFFFF, AT_EMPTY_PATH)
+        return
+    if what in ("xattr_set", "xattr_remove"):
+        name = sn.read_string(pid, values[0], XATTR_NAME_MAX + 1)
+        if name is None:
+            raise OSError(errno.EFAULT if values[0] else errno.EINVAL, "attribute name")
+        if stat.S_ISLNK(os.fstat(target).st_mode):
+            raise OSError(errno.EPERM, "no user attributes on symlinks")
+        here = f"/proc/self/fd/{target}"
+        if what == "xattr_remove":
+            os.removexattr(here, name)
+            return
+        size = values[2]
+        if size > XATTR_SIZE_MAX:
+            raise OSError(errno.E2BIG, "attribute too large")
+        value = sn.read_bytes(pid, values[1], size) if size else b""
+        if value is None:
+            raise OSError(errno.EFAULT, "attribute value")
+        os.setxattr(here, name, value, values[3] & 0xFFFFFFFF)
         return
     pointer = values[0]
     times: bytes | int = 0  # NULL: now

@@ -45,11 +45,11 @@ class Sandbox:
             child_fds = [in_r, out_w, err_w]
             for fd in (self.stdin_w, self.stdout_r, self.stderr_r):
                 os.set_blocking(fd, False)
-            # the spawn child shares our memory until it execs, and the kernel folds that memory's
-            # peak into the program's ru_maxrss: remember it to know when that figure is ours
-            self.caller_peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             self.started = time.monotonic()
             self.pid, self.pidfd, listener = spawn(self.lock, in_r, out_w, err_w)
+            # the spawn child shared our memory until it exec'd (spawn returns after that), and the
+            # kernel folds that memory's peak into the program's ru_maxrss: remember our peak now
+            self.caller_peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         except BaseException:
             for fd in child_fds + [getattr(self, n, -1) for n in ("stdin_w", "stdout_r", "stderr_r")]:
                 if fd >= 0:
@@ -62,18 +62,20 @@ class Sandbox:
                     os.close(fd)
                 except OSError:
                     pass
-        self.lock.release_spawn_resources()
         if listener >= 0:
-            try:
+            try:  # (before the ruleset is closed: supervised opens are made with the program's rights)
                 self.supervision = Supervision(sandbox_id, plan, listener, self.pid, host.arch,
                                                others_only=host.switches_uid, routing=self.lock.routing,
-                                               workspace=self.lock.workspace.root)
+                                               workspace=self.lock.workspace.root, ruleset_fd=self.lock.ruleset.fd,
+                                               uid=self.lock.uid, gid=self.lock.gid)
             except BaseException:  # (Supervision closed the listener)
+                self.lock.release_spawn_resources()
                 self.kill_tree()
                 os.waitpid(self.pid, 0)
                 self.wait_status = 0
                 self.close()
                 raise
+        self.lock.release_spawn_resources()
         group = self.lock.cgroup
         lease = self.lock.uid_lease
         watchdog.register(str(self.pid), self.pid, self.lock.uid, lease.path if lease else "",
@@ -186,8 +188,10 @@ class Sandbox:
             if sig is not None or (code or 0) != 0:
                 status = Status.MEMORY_LIMIT
         blocked = self.supervision.blocked if self.supervision else []
-        if sig == signal.SIGKILL and any(pid == self.pid for _, pid in blocked) and self.kill_reason is None:
-            sig = int(signal.SIGSYS)  # killed for a forbidden call, as SECCOMP_RET_KILL would have
+        if sig == signal.SIGKILL and blocked and self.kill_reason is None and status is None:
+            # killed for a forbidden call (by evalbox, which is the only one to SIGKILL a run
+            # without a kill reason): reported as the SIGSYS a seccomp kill gives
+            sig = int(signal.SIGSYS)
         if status is None:
             status = Status.SIGNALED if sig is not None else Status.EXITED
         return Output(

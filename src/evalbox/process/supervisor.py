@@ -2,21 +2,31 @@
 
 Runs in the caller's event loop; every step is a non-blocking ioctl, so a pending decision
 blocks only the sandbox that made the call.
+
+Soundness (SPEC §5): for the open, stat and access families (and the path of the exec family)
+the path is read once into evalbox's own copy and resolved by an `Opener` with the program's
+rights and view; `req.path` names the file found (absolute, normalised, links resolved) and an
+allowed call is carried out on that very file (the fd is injected, the stat result written back),
+so neither a racing thread nor a swapped link can get another file through. Exec-family calls
+and every other intercepted call are allowed by letting the kernel run them as made
+(SECCOMP_USER_NOTIF_FLAG_CONTINUE): for those the path is advisory (README lists them).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import signal
+import stat
 import struct
 from collections.abc import Callable
 
-import signal
-
-from evalbox.errors import ValidationError
+from evalbox.errors import SandboxError, ValidationError
 from evalbox.kernel import seccomp_notify as sn
+from evalbox.process.opener import AT_FDCWD as OPENER_ROOT
+from evalbox.process.opener import PROC_SUPER_MAGIC, Opener, OpenerBroken, fs_type
 from evalbox.kernel.syscall_table import ARCHES, AUDIT_ARCH
-from evalbox.policy.seccomp_policy import BLOCKED, EMULATED, LARGE_MAP, NOTED, Routing
+from evalbox.policy.seccomp_policy import BLOCKED, EMULATED, LARGE_MAP, MEMFD, NOTED, Routing
 from evalbox.process import metadata
 from evalbox.policy.plan import NotifyMode, Plan
 from evalbox.policy.supervision import DIRFD_CALLS, PATH_ARG, SOCKADDR_CALLS, Decision, SyscallRecord, SyscallRequest
@@ -29,6 +39,38 @@ AT_SYMLINK_NOFOLLOW = 0x100
 ACCESS_CALLS = ("access", "faccessat", "faccessat2")
 OPEN_CALLS = ("open", "openat", "openat2", "creat")
 MAX_PER_WAKEUP = 64  # notifications handled per readiness before other sandboxes get a turn
+EXEC_CALLS = ("execve", "execveat")
+# Calls carried out on the file evalbox resolved itself (sound); the rest run as made (advisory).
+SOUND_CALLS = frozenset(OPEN_CALLS + STAT_CALLS + ("statx",) + ACCESS_CALLS + EXEC_CALLS)
+O_PATH = os.O_PATH
+AT_EACCESS = 0x200
+SYS_FACCESSAT2 = "faccessat2"
+
+
+class _Prepared:
+    """A sound call, resolved and ready: `path` for the decision, `carry_out` if allowed."""
+
+    __slots__ = ("path", "carry_out", "fds")
+
+    def __init__(self, path: str | None, carry_out: Callable[[], str], fds: list[int] | None = None) -> None:
+        self.path = path
+        self.carry_out = carry_out
+        self.fds = fds or []
+
+    def close(self) -> None:
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = []
+
+
+def _normal(path: str) -> str:
+    """Absolute path with //, . and .. collapsed (textually)."""
+    return "/" + os.path.normpath(path).lstrip("/") if path.startswith("/") else os.path.normpath(path)
+
+
 
 
 class SupervisorFailed(Exception):
@@ -68,11 +110,13 @@ class Supervision:
     """One sandbox's listener and what its plan says to do with each intercepted call."""
 
     def __init__(self, sandbox_id: int, plan: Plan, listener: int, pid: int, arch: str,
-                 others_only: bool = False, routing: Routing | None = None, workspace: str | None = None) -> None:
+                 others_only: bool = False, routing: Routing | None = None, workspace: str | None = None,
+                 ruleset_fd: int = -1, uid: int = -1, gid: int = -1) -> None:
         """`others_only`: the sandbox has a uid of its own (root host) while the supervisor is
         root, so virtualized access is limited to what file modes give "other" users.
         `routing`: why the filter sends each call here (policy kills, workspace metadata, the
-        plan's intercepts); `workspace`: the root below which metadata changes are done."""
+        plan's intercepts); `workspace`: the root below which metadata changes are done.
+        `ruleset_fd`, `uid`, `gid`: the program's Landlock ruleset and ids, for the Opener."""
         self.sandbox_id = sandbox_id
         self.plan = plan
         self.listener = listener
@@ -91,8 +135,18 @@ class Supervision:
         self.others_only = others_only
         # (only worth an ioctl when calls are intercepted on purpose)
         self.sync_wakeup = sn.set_sync_wakeup(listener) if plan.notify is not NotifyMode.DISABLED else False
-        self._poller = sn.poller(listener)
+        self._poller: object | None = None  # made on the first wake-up (most runs never have one)
         self.roots: list[tuple[str, str, int]] = []  # (virtual prefix, host dir, O_PATH fd)
+        self._prepared: dict[int, _Prepared] = {}
+        self.opener: Opener | None = None
+        if plan.notify in (NotifyMode.SUPERVISE, NotifyMode.MONITOR) and SOUND_CALLS & set(plan.intercept):
+            try:
+                self.opener = Opener(pid, ruleset_fd, uid, gid)
+            except OpenerBroken as e:
+                os.close(listener)
+                self.listener = -1
+                raise SandboxError(f"supervision needs to open files with the program's rights, and {e}; "
+                                   "nothing was run (use notify=NotifyMode.DISABLED)") from None
         for virtual, host in sorted(plan.virtual_paths.items(), key=lambda kv: -len(kv[0])):
             try:
                 fd = os.open(host, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -105,6 +159,12 @@ class Supervision:
         for _, _, fd in self.roots:
             os.close(fd)
         self.roots = []
+        for prepared in self._prepared.values():
+            prepared.close()
+        self._prepared.clear()
+        if self.opener is not None:
+            self.opener.close()
+            self.opener = None
         if self.listener >= 0:
             os.close(self.listener)
             self.listener = -1
@@ -126,8 +186,11 @@ class Supervision:
         answered what they answer themselves."""
         out = []
         for i in range(MAX_PER_WAKEUP):
-            if i and not sn.pending(self._poller):  # the first one: epoll just said readable
-                break
+            if i:  # the first one: epoll just said readable
+                if self._poller is None:
+                    self._poller = sn.poller(self.listener)
+                if not sn.pending(self._poller):
+                    break
             n = sn.receive(self.listener)
             if n is None:
                 break
@@ -146,25 +209,242 @@ class Supervision:
                     self._check_mapping(n)
                     sn.allow(self.listener, n.id)
                     continue
+                if reason == MEMFD:
+                    _memfd_for(self.listener, n)
+                    continue
                 if reason == NOTED:  # setpgid: only integers, nothing to re-read
                     self.made_groups = True
                     sn.allow(self.listener, n.id)
                     continue
             name = self.names.get(n.nr, f"syscall_{n.nr}")
-            path = self._path(name, n)
-            if path is not None and not sn.still_valid(self.listener, n.id):
-                continue  # the caller died (its pid may be reused) while we read its memory
+            if self.plan.notify is NotifyMode.VIRTUALIZE:
+                path = self._path(name, n)
+                if path is not None and not sn.still_valid(self.listener, n.id):
+                    continue  # the caller died (its pid may be reused) while we read its memory
+                self._virtualize(SyscallRequest(self.sandbox_id, name, n.args, n.pid, path, n.id))
+                continue
+            prepared = self._prepare(name, n) if self.opener is not None and name in SOUND_CALLS else None
+            path = prepared.path if prepared is not None else self._advisory_path(name, n)
+            if not sn.still_valid(self.listener, n.id):
+                if prepared is not None:
+                    prepared.close()
+                continue  # the caller died (its pid may be reused) while we looked
             req = SyscallRequest(self.sandbox_id, name, n.args, n.pid, path, n.id)
             if self.plan.notify is NotifyMode.MONITOR:
-                sn.allow(self.listener, n.id)
-                self.records.append(SyscallRecord(name, path, n.args, n.pid, "continued"))
+                try:
+                    outcome = prepared.carry_out() if prepared is not None else (
+                        "continued" if sn.allow(self.listener, n.id) else "abandoned (caller gone)")
+                    outcome = "continued" if outcome == "allowed" else outcome
+                finally:
+                    if prepared is not None:
+                        prepared.close()
+                self.records.append(SyscallRecord(name, path, n.args, n.pid, outcome))
                 out.append(req)
-            elif self.plan.notify is NotifyMode.VIRTUALIZE:
-                self._virtualize(req)
             else:
                 self.pending[n.id] = req
+                if prepared is not None:
+                    self._prepared[n.id] = prepared
                 out.append(req)
         return out
+
+    # -- paths ---------------------------------------------------------------------------------------
+
+    def _advisory_path(self, name: str, n: sn.Notification) -> str | None:
+        """The call's path, absolute and normalised (its dirfd or the cwd joined), or its socket
+        address. Read from the program's memory: advisory (the kernel reads it again)."""
+        path = self._path(name, n)
+        if path is None or name not in PATH_ARG or path.startswith("/"):
+            return _normal(path) if path and path.startswith("/") else path
+        base = self._base_path(name, n)
+        return _normal(os.path.join(base, path)) if base is not None else None
+
+    def _base_path(self, name: str, n: sn.Notification) -> str | None:
+        dirfd = _int32(n.args[0]) if name in DIRFD_CALLS else AT_FDCWD
+        link = f"/proc/{n.pid}/cwd" if dirfd == AT_FDCWD else f"/proc/{n.pid}/fd/{dirfd}"
+        try:
+            return os.readlink(link)
+        except OSError:
+            return None
+
+    def _self_rewrite(self, raw: bytes, pid: int) -> bytes:
+        """/proc/self and /proc/thread-self mean the program, not the opener: name its pid."""
+        clean = os.path.normpath(raw).lstrip(b"/")
+        for prefix in (b"proc/self", b"proc/thread-self"):
+            if raw.startswith(b"/") and (clean == prefix or clean.startswith(prefix + b"/")):
+                try:
+                    with open(f"/proc/{pid}/status", "rb") as f:
+                        fields = dict(line.split(b":", 1) for line in f.read().splitlines() if b":" in line)
+                    tgid = int(fields[b"Tgid"])
+                    with open(f"/proc/{tgid}/status", "rb") as f:
+                        ns_tgid = [l for l in f.read().splitlines() if l.startswith(b"NSpid:")][0].split()[-1]
+                    ns_tid = fields[b"NSpid"].split()[-1]
+                except (OSError, KeyError, IndexError, ValueError):
+                    return raw
+                own = b"/proc/" + ns_tgid + (b"/task/" + ns_tid if prefix.endswith(b"thread-self") else b"")
+                return own + clean[len(prefix):]
+        return raw
+
+    def _own_proc_entry(self, fd: int) -> bool:
+        """Is `fd` an entry of evalbox's own process in /proc (the opener thread's /proc/<pid>)?"""
+        if fs_type(fd) != PROC_SUPER_MAGIC:
+            return False
+        assert self.opener is not None
+        parts = self.opener.real_path(fd).split("/")
+        if len(parts) < 3 or parts[1] != "proc" or not parts[2].isdigit():
+            return False
+        try:
+            ours = set(os.listdir(f"/proc/{os.getpid()}/task"))
+        except OSError:
+            return True
+        return parts[2] in ours or parts[2] == str(os.getpid())
+
+    def _prepare(self, name: str, n: sn.Notification) -> _Prepared:
+        """Resolve a sound call's path with the program's rights; what to do if it is allowed."""
+        opener = self.opener
+        assert opener is not None
+        listener, nid, args = self.listener, n.id, n.args
+
+        def fail(code: int) -> Callable[[], str]:
+            def run() -> str:
+                return f"failed {errno.errorcode.get(code, code)}" if sn.fail(listener, nid, code) else "abandoned"
+            return run
+
+        raw = sn.read_string(n.pid, args[PATH_ARG[name]])
+        if raw is None:
+            return _Prepared(None, fail(errno.EFAULT))
+        flags = 0
+        if name in ("newfstatat", "faccessat2"):
+            flags = args[3]
+        elif name == "statx":
+            flags = args[2]
+        elif name == "execveat":
+            flags = args[4]
+        follow = not (flags & AT_SYMLINK_NOFOLLOW) and name != "lstat"
+        dirfd = _int32(args[0]) if name in DIRFD_CALLS else AT_FDCWD
+        mode_flags, mode, resolve = 0, 0, 0
+        if name in OPEN_CALLS:
+            if name == "openat2":
+                how = sn.read_bytes(n.pid, args[2], 24)
+                if how is None:
+                    return _Prepared(None, fail(errno.EFAULT))
+                mode_flags, mode, resolve = struct.unpack("=QQQ", how)
+            elif name == "creat":
+                mode_flags, mode = os.O_CREAT | os.O_WRONLY | os.O_TRUNC, args[1]
+            else:
+                i = 1 if name == "open" else 2
+                mode_flags, mode = args[i] & 0xFFFFFFFF, args[i + 1] & 0o7777
+            follow = not mode_flags & os.O_NOFOLLOW and not (mode_flags & os.O_CREAT and mode_flags & os.O_EXCL)
+
+        fds: list[int] = []
+        base = OPENER_ROOT
+        textual = raw.decode("utf-8", "surrogateescape")
+        try:
+            if raw.startswith(b"/"):
+                raw = self._self_rewrite(raw, n.pid)
+            elif raw or flags & AT_EMPTY_PATH:
+                link = f"/proc/{n.pid}/cwd" if dirfd == AT_FDCWD else f"/proc/{n.pid}/fd/{dirfd}"
+                base = os.open(link, os.O_PATH | os.O_CLOEXEC)  # the program's own directory (or fd)
+                fds.append(base)
+                base_path = opener.real_path(base)
+                textual = _normal(os.path.join(base_path, textual)) if textual else base_path
+            if not raw:
+                if not flags & AT_EMPTY_PATH:
+                    return _Prepared(textual or None, fail(errno.ENOENT), fds)
+                target = os.dup(base)
+            else:
+                target = opener.resolve(base, raw, follow, resolve)
+        except OSError as e:
+            code = e.errno or errno.EACCES
+            if code == errno.ENOENT and mode_flags & os.O_CREAT and raw:
+                return self._prepare_create(raw, base, mode_flags, mode, fds, listener, nid, fail)
+            return _Prepared(_normal(textual) if textual.startswith("/") else textual, fail(code), fds)
+        fds.append(target)
+        try:
+            if self._own_proc_entry(target):
+                return _Prepared(_normal(textual), fail(errno.EACCES), fds)
+            path = opener.real_path(target)
+        except OSError as e:
+            return _Prepared(_normal(textual), fail(e.errno or errno.EACCES), fds)
+
+        if name in EXEC_CALLS:
+            def run_exec() -> str:  # advisory: the kernel resolves the path again
+                return "allowed" if sn.allow(listener, nid) else "abandoned"
+            return _Prepared(path, run_exec, fds)
+        if name in OPEN_CALLS:
+            return _Prepared(path, lambda: self._carry_out_open(nid, target, mode_flags), fds)
+        if name in ACCESS_CALLS:
+            access_mode = args[1] if name == "access" else args[2]
+            return _Prepared(path, lambda: self._carry_out_access(nid, target, access_mode), fds)
+        return _Prepared(path, lambda: self._carry_out_stat(name, n, target), fds)
+
+    def _prepare_create(self, raw: bytes, base: int, flags: int, mode: int, fds: list[int],
+                        listener: int, nid: int, fail) -> _Prepared:  # type: ignore[no-untyped-def]
+        assert self.opener is not None
+        head, _, name = raw.rstrip(b"/").rpartition(b"/")
+        if not name or name in (b".", b".."):
+            return _Prepared(None, fail(errno.EISDIR), fds)
+        try:
+            parent = self.opener.resolve(base, head or (b"/" if raw.startswith(b"/") else b"."), True)
+        except OSError as e:
+            return _Prepared(None, fail(e.errno or errno.EACCES), fds)
+        fds.append(parent)
+        try:
+            path = _normal(os.path.join(self.opener.real_path(parent), name.decode("utf-8", "surrogateescape")))
+        except OSError as e:
+            return _Prepared(None, fail(e.errno or errno.EACCES), fds)
+
+        def run() -> str:
+            assert self.opener is not None
+            try:
+                fd = self.opener.create(parent, name, flags & ~os.O_CLOEXEC, mode)
+            except OSError as e:
+                code = e.errno or errno.EACCES
+                return f"failed {errno.errorcode.get(code, code)}" if sn.fail(listener, nid, code) else "abandoned"
+            try:
+                return "allowed" if sn.inject_fd_and_return(listener, nid, fd, bool(flags & os.O_CLOEXEC)) else "abandoned"
+            finally:
+                os.close(fd)
+        return _Prepared(path, run, fds)
+
+    def _carry_out_open(self, nid: int, target: int, flags: int) -> str:
+        assert self.opener is not None
+        try:
+            kind = os.fstat(target).st_mode
+            if not flags & O_PATH and not (stat.S_ISREG(kind) or stat.S_ISDIR(kind) or stat.S_ISCHR(kind)):
+                # a FIFO or socket open may block: refused under supervision (README)
+                raise OSError(errno.EACCES if not stat.S_ISLNK(kind) else errno.ELOOP, "not a file")
+            fd = self.opener.reopen(target, flags & ~os.O_CLOEXEC)
+        except OSError as e:
+            code = e.errno or errno.EACCES
+            return f"failed {errno.errorcode.get(code, code)}" if sn.fail(self.listener, nid, code) else "abandoned"
+        try:
+            done = sn.inject_fd_and_return(self.listener, nid, fd, bool(flags & os.O_CLOEXEC))
+            return "allowed" if done else "abandoned"
+        finally:
+            os.close(fd)
+
+    def _carry_out_access(self, nid: int, target: int, access_mode: int) -> str:
+        assert self.opener is not None
+        try:
+            self.opener.access_fd(target, access_mode & 7)
+        except OSError as e:
+            code = e.errno or errno.EACCES
+            return f"failed {errno.errorcode.get(code, code)}" if sn.fail(self.listener, nid, code) else "abandoned"
+        return "allowed" if sn.succeed(self.listener, nid, 0) else "abandoned"
+
+    def _carry_out_stat(self, name: str, n: sn.Notification, target: int) -> str:
+        args = n.args
+        st = os.fstat(target)
+        if name == "statx":
+            ok = sn.write_bytes(self.listener, n.id, n.pid, args[4], _pack_statx(st))
+        elif self.arch == "x86_64":
+            buf = args[1] if name in ("stat", "lstat") else args[2]
+            ok = sn.write_bytes(self.listener, n.id, n.pid, buf, _pack_stat(st))
+        else:  # struct stat of other architectures: let the kernel do it (advisory, README)
+            return "allowed" if sn.allow(self.listener, n.id) else "abandoned"
+        if not ok:
+            return "failed EFAULT" if sn.fail(self.listener, n.id, errno.EFAULT) else "abandoned"
+        return "allowed" if sn.succeed(self.listener, n.id, 0) else "abandoned"
 
     def _check_mapping(self, n: sn.Notification) -> None:
         """A large mmap/mremap under an RLIMIT_AS limit: if the process's address space (the
@@ -215,10 +495,22 @@ class Supervision:
         """Answer a pending request. Returns False for KILL (the caller must kill the sandbox)."""
         if self.pending.pop(req.id, None) is None:
             raise ValueError(f"request {req.id} of sandbox {self.sandbox_id} is not pending (already answered?)")
+        prepared = self._prepared.pop(req.id, None)
+        try:
+            return self._respond(req, decision, prepared)
+        finally:
+            if prepared is not None:
+                prepared.close()
+
+    def _respond(self, req: SyscallRequest, decision: Decision, prepared: _Prepared | None) -> bool:
         if decision.action == "allow":
-            done = sn.allow(self.listener, req.id)
-            self.records.append(SyscallRecord(req.syscall, req.path, req.args, req.pid,
-                                              "allowed" if done else "abandoned (caller gone)"))
+            if prepared is not None:
+                outcome = prepared.carry_out()
+                outcome = "allowed" if outcome == "allowed" else f"allowed, {outcome}"
+            else:
+                outcome = "allowed" if sn.allow(self.listener, req.id) else "abandoned (caller gone)"
+            self.records.append(SyscallRecord(req.syscall, req.path, req.args, req.pid, outcome))
+
         elif decision.action == "deny":
             done = sn.fail(self.listener, req.id, decision.errno)
             name = errno.errorcode.get(decision.errno, decision.errno)
@@ -287,9 +579,23 @@ class Supervision:
                 flags, mode = args[i] & 0xFFFFFFFF, args[i + 1] & 0o7777
             if flags & O_WRITE_MASK:
                 raise OSError(errno.EROFS, "virtual paths are read-only")
-            fd = sn.openat2(root, rel.encode("utf-8", "surrogateescape"), flags & ~os.O_CLOEXEC, mode, resolve)
+            # O_PATH first (no open side effects), only regular files and directories, then the
+            # real open through that fd, non-blocking (a FIFO, a device or a lease never stalls
+            # the event loop), with the program's own flags otherwise
+            nofollow = os.O_NOFOLLOW if flags & os.O_NOFOLLOW else 0
+            opath = sn.openat2(root, rel.encode("utf-8", "surrogateescape"), os.O_PATH | nofollow, 0, resolve)
             try:
-                self._check_others_may_read(root, fd)
+                kind = os.fstat(opath).st_mode
+                if not (stat.S_ISREG(kind) or stat.S_ISDIR(kind)):
+                    raise OSError(errno.EACCES, "virtual paths serve regular files and directories only")
+                self._check_others_may_read(root, opath)
+                fd = os.open(f"/proc/self/fd/{opath}", (flags & ~(os.O_CLOEXEC | os.O_CREAT | os.O_PATH))
+                             | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+            finally:
+                os.close(opath)
+            try:
+                if not flags & os.O_NONBLOCK:
+                    os.set_blocking(fd, True)
                 sn.inject_fd_and_return(self.listener, req.id, fd, bool(flags & os.O_CLOEXEC))
             finally:
                 os.close(fd)
@@ -339,6 +645,28 @@ class Supervision:
 
 
 X32_SYSCALL_BIT = 0x40000000
+MFD_CLOEXEC, MFD_EXEC, MFD_NOEXEC_SEAL = 0x1, 0x10, 0x8
+
+
+def _memfd_for(listener: int, n: sn.Notification) -> None:
+    """memfd_create for the program, never executable: created here with MFD_NOEXEC_SEAL (mode
+    0666, F_SEAL_EXEC: no chmod +x later) and installed in the program as the call's result. The
+    memory it holds is charged to whoever writes it (the program)."""
+    flags = n.args[1] & 0xFFFFFFFF
+    raw = sn.read_string(n.pid, n.args[0], 250)
+    if raw is None:
+        sn.fail(listener, n.id, errno.EFAULT)
+        return
+    try:
+        fd = os.memfd_create(raw.decode("utf-8", "surrogateescape"), (flags & ~(MFD_EXEC | MFD_CLOEXEC)) | MFD_NOEXEC_SEAL)
+    except OSError as e:
+        # an older kernel (< 6.3) cannot make it non-executable: refuse as if memfds did not exist
+        sn.fail(listener, n.id, errno.ENOSYS if e.errno == errno.EINVAL and not flags & ~0x1F else e.errno or errno.EINVAL)
+        return
+    try:
+        sn.inject_fd_and_return(listener, n.id, fd, bool(flags & MFD_CLOEXEC))
+    finally:
+        os.close(fd)
 
 
 def _foreign_name(n: sn.Notification) -> str:

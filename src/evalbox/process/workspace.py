@@ -21,16 +21,23 @@ from evalbox.policy.plan import WORK_DIR, Plan
 from evalbox.process.identity import is_sandbox_uid
 
 SUBDIRS = (WORK_DIR, "tmp", "home")
-IDENTITY_FILES = (".passwd", ".group")  # a root host's per-run passwd/group (see lockdown)
 SHM = "/dev/shm"
 
 
+SHM_INODES_KEPT = 0.5  # workspaces leave at least this share of /dev/shm's inodes to the host
+
+
 def _shm_usable() -> bool:
+    """/dev/shm can take a workspace: exec allowed, writable, and at least half of its inodes
+    free (a run's inodes are charged to its memory cgroup, but many runs together could exhaust
+    the host's /dev/shm: past half, new workspaces go to the temp dir)."""
     try:
-        flags = os.statvfs(SHM).f_flag
+        st = os.statvfs(SHM)
     except OSError:
         return False
-    return not flags & os.ST_NOEXEC and os.access(SHM, os.W_OK | os.X_OK)
+    if st.f_files and st.f_favail < st.f_files * SHM_INODES_KEPT:
+        return False
+    return not st.f_flag & os.ST_NOEXEC and os.access(SHM, os.W_OK | os.X_OK)
 
 
 def base_dir(memory_bounded: bool = False) -> str:
@@ -187,11 +194,6 @@ class Workspace:
     def remove(self) -> None:
         # fast path: the program left its three directories empty (rmdir refuses anything else)
         try:
-            for name in IDENTITY_FILES:
-                try:
-                    os.unlink(os.path.join(self.root, name))
-                except FileNotFoundError:
-                    pass
             for sub in SUBDIRS:
                 os.rmdir(os.path.join(self.root, sub))
             os.rmdir(self.root)
