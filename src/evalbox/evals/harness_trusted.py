@@ -2,7 +2,8 @@
 
 The host sends a PROBLEM frame (JSON: the trusted setup and test code, the names of the
 candidate's functions, the timeout); the worker forks a child for it, so that every problem
-starts from the same clean interpreter and nothing one problem's tests do is seen by the next.
+starts from the same clean interpreter and nothing one problem's tests do in memory is seen by
+the next (files they write in the workspace stay).
 The child binds each function name to a proxy that sends the call over the channel (CALL) and
 waits for the candidate's answer (REPLY, relayed by the host) or the host's notice that the
 candidate ended (GONE). Only plain data comes back (see evalbox_wire): the tests compare fresh

@@ -151,7 +151,7 @@ def _value(node: object, depth: int) -> object:
             raise WireError("bad bytes") from None
     if tag == "c" and len(items) == 2:
         return complex(_number(items[0]), _number(items[1]))
-    raise WireError(f"unknown tag {tag!r}")
+    raise WireError(f"unknown tag {repr(tag)[:20]}")
 
 
 def _no_objects(pairs: object) -> object:
