@@ -124,3 +124,13 @@ def test_results_as_they_come():
     tests = [FunctionTest("def f():\n    import time; time.sleep(3)\n", ("f",), test="f()", timeout=20),
              FunctionTest("def f():\n    return 1\n", ("f",), test="assert f() == 1")]
     assert list(iter_checks(tests, concurrency=2)) == [(1, "passed"), (0, "passed")]
+
+
+def test_a_dead_worker_costs_only_its_check():
+    """Trusted code that kills its own worker (a stand-in for a harness crash): that check fails
+    saying so, and the next checks get a new worker."""
+    program = "def f():\n    return 1\n"
+    tests = [FunctionTest(program, ("f",), test="import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nf()"),
+             FunctionTest(program, ("f",), test="assert f() == 1"), FunctionTest(program, ("f",), test="assert f() == 1")]
+    results = check_functions(tests, concurrency=1)
+    assert results[0].startswith("failed: the test harness ended (killed by SIGKILL)") and results[1:] == ["passed"] * 2
