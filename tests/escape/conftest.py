@@ -189,7 +189,8 @@ def wait_until(cond, timeout: float, what: str, interval: float = 0.005):
 
 
 def own_fds() -> set[int]:
-    """This process's fds, less those of evalbox's bounded pool of recycled cgroups."""
+    """This process's fds, less those of evalbox's bounded pools: recycled cgroups, and the jail's
+    network namespaces and template mount namespaces (process/netns.py, process/templates.py)."""
     pooled = f"/evalbox-{os.getpid()}/"
     out = set()
     for n in os.listdir("/proc/self/fd"):
@@ -197,6 +198,8 @@ def own_fds() -> set[int]:
             target = os.readlink(f"/proc/self/fd/{n}")
         except OSError:
             continue  # the listing's own fd
+        if target.startswith(("net:[", "mnt:[")):
+            continue
         if not (target.startswith("/sys/fs/cgroup/") and pooled in target):
             out.add(int(n))
     return out

@@ -7,7 +7,6 @@ import re
 import secrets
 
 import evalbox
-from portability import known_nonroot_gap
 
 
 def test_timeout_on_infinite_loop(box):
@@ -33,7 +32,6 @@ def test_output_flood(box):
     assert o.wall_time < 5, f"the flood ran {o.wall_time:.1f}s before being stopped"
 
 
-@known_nonroot_gap("memory is an RLIMIT_AS there: a program whose allocation fails and exits is not reported as MEMORY_LIMIT (issue 8, item 8)")
 def test_memory_hog(box):
     r = box.run("limits", "memhog", "1024", memory="64M", timeout=20)
     r.assert_no_escape("memory limit")

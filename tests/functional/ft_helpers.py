@@ -128,7 +128,16 @@ def zombie_children() -> list[int]:
 
 
 def open_fds() -> list[str]:
-    return sorted(os.listdir("/proc/self/fd"))
+    """Open fds, less the jail's bounded pools of namespaces (network, template mount)."""
+    out = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}").startswith(("net:[", "mnt:[")):
+                continue
+        except OSError:
+            pass
+        out.append(name)
+    return sorted(out)
 
 
 def sandbox_cgroups(pid: int | None = None) -> list[str]:

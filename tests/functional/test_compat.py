@@ -243,3 +243,31 @@ def test_java_sees_its_memory_limit():
     out = ok(evalbox.run(["java", "-XX:+PrintFlagsFinal", "-version"], memory="768M", timeout=60))
     heap = next(int(line.split()[3]) for line in out.stdout.decode().splitlines() if " MaxHeapSize " in line)
     assert heap <= 768 << 20, describe(out)
+
+
+def test_processes_in_groups_of_their_own_die_with_the_run(marker):
+    """`timeout` makes a process group of its own; left running in the background, it and its
+    child must still be dead when the run ends (found by the session where nothing else can)."""
+    from ft_helpers import live_with_marker
+
+    m = marker()
+    out = ok(sh(f"timeout {m} sleep {m} & echo started"))
+    assert out.stdout == b"started\n", describe(out)
+    assert live_with_marker(m) == {}, live_with_marker(m)
+
+
+def test_metadata_through_the_programs_own_fds(host_dir):
+    """glibc's lchmod goes through /proc/self/fd/N: inside the workspace it works, an fd of a file
+    outside stays refused; `cp -a` (ACLs: "not supported") succeeds."""
+    outside = host_dir / "outside"
+    outside.write_text("x")
+    os.chmod(host_dir, 0o755)
+    outside.chmod(0o644)
+    code = ("import os, subprocess\nopen('f', 'w').close()\nos.chmod('f', 0o600, follow_symlinks=False)\n"
+            "fd = os.open('f', os.O_PATH)\nos.chmod(f'/proc/self/fd/{fd}', 0o640)\nprint(oct(os.stat('f').st_mode & 0o777))\n"
+            f"out = os.open({str(outside)!r}, os.O_PATH)\n"
+            "try:\n    os.chmod(f'/proc/self/fd/{out}', 0o666)\n    print('changed')\nexcept OSError as e:\n    print('refused')\n"
+            "os.makedirs('d/deep')\nprint(subprocess.run(['cp', '-a', 'd', 'copy']).returncode)\n")
+    out = ok(py(code, mounts=[evalbox.Mount.ro(str(host_dir))]))
+    assert out.stdout.split() == [b"0o640", b"refused", b"0"], describe(out)
+    assert outside.stat().st_mode & 0o777 == 0o644

@@ -38,7 +38,7 @@ def test_mount_below_an_unsearchable_directory(hidden_home):
     assert os.stat(home).st_mode & 0o777 == 0o700
     out = evalbox.run(["sh", "-c", f"cat {shared}/data.txt; cat {home}/secret.txt; ls {home}"],
                       mounts=[evalbox.Mount.ro(shared)], timeout=10)
-    # (below a private /tmp the hidden directory may be listed: it then holds only what was granted)
+    # (in the jail, or below a private /tmp, the hidden directory may be listed: it then holds only what was granted)
     assert out.stdout in (b"reachable\n", b"reachable\n" + os.path.basename(shared).encode() + b"\n"), describe(out)
     assert b"root's own" not in out.stdout + out.stderr and b"secret" not in out.stdout, describe(out)
 

@@ -7,7 +7,6 @@ import signal
 import pytest
 
 import evalbox
-from portability import known_nonroot_gap
 from ft_helpers import describe, live_with_marker, ok, py, sh
 
 S = evalbox.Status
@@ -133,7 +132,6 @@ def test_memory_limit_python():
     assert b"allocated" not in out.stdout, describe(out)
 
 
-@known_nonroot_gap("memory is an RLIMIT_AS there: a C program whose malloc fails is not reported as MEMORY_LIMIT (issue 8, item 8)")
 def test_memory_limit_c(cbin):
     out = evalbox.run(["./alloc", "512"], files={"alloc": evalbox.File(cbin["alloc"], executable=True)}, memory="64M", timeout=20)
     assert out.status is S.MEMORY_LIMIT, describe(out)

@@ -56,7 +56,7 @@ def test_guard_killed_then_caller_killed_leaves_nothing(caller):
         os.kill(first, signal.SIGKILL)  # the guard dies first
         end = time.monotonic() + 20
         while time.monotonic() < end and (watchdog._guard is None or watchdog._guard.pid == first or watchdog.restarts == 0):
-            time.sleep(0.01)
+            ex.poll(timeout=0.5)  # the executor's loop watches the guard
         emit({{"first": first, "second": watchdog._guard.pid, "restarts": watchdog.restarts}})
         os.kill(os.getpid(), signal.SIGKILL)  # then the caller dies, without any cleanup
     """
@@ -87,7 +87,7 @@ def test_sweep_kills_before_deleting_a_dead_callers_workspace(caller):
                     seen += ev.data
         guard = watchdog._guard.pid
         emit({{"guard": guard, "caller": os.getpid()}})
-        # stop the watcher from restarting: freeze, then kill both
+        # freeze both (nothing can restart the guard), then kill both
         os.kill(guard, signal.SIGSTOP)
         os.kill(os.getpid(), signal.SIGSTOP)
     """

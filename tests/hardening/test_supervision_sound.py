@@ -227,3 +227,22 @@ def test_virtualized_fifo_and_leases_cannot_freeze_the_loop(caller):
         assert got["b_status"] == "timeout" and got["b_at"] < 5, got  # its timeout fired while A ran
     finally:
         shutil.rmtree(host)
+
+
+def test_another_syscall_of_the_family_is_intercepted_too(caller, secret_dir):
+    """Intercepting openat also catches open/openat2/creat (a program can choose its syscall)."""
+    d, token = secret_dir
+    code = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        f"p = b'{d}/secret.txt'\n"
+        "for nr in (2, 437):\n"  # open, openat2 (x86_64)
+        "    how = (ctypes.c_uint64 * 3)(0, 0, 0)\n"
+        "    fd = libc.syscall(nr, p, 0, 0) if nr == 2 else libc.syscall(nr, -100, p, ctypes.byref(how), 24)\n"
+        "    print(nr, os.read(fd, 100) if fd >= 0 else 'refused')\n"
+    )
+    got = run_snippet(caller, prefix=f"DIR = {d!r}\n" + POLICY, code=f"""
+        o = run(["/usr/bin/python3.11", "-I", "-S", "-c", {code!r}], intercept=["openat"])
+        emit({{"out": o.stdout.decode(errors="replace") + o.stderr.decode(errors="replace")}})
+    """)
+    assert token not in got["out"] and got["out"].count("refused") == 2, got

@@ -21,6 +21,7 @@ from evalbox.executor.deferred import stop_signals_deferred
 from evalbox.errors import SandboxError, ValidationError
 from evalbox.policy.plan import NotifyMode, Plan
 from evalbox.policy.supervision import Decision, SyscallRequest
+from evalbox.process import watchdog
 from evalbox.process.host import probe
 from evalbox.process.result import Output, Status
 from evalbox.process.sandbox import Sandbox
@@ -69,7 +70,7 @@ class Syscall:
 
 Event = Stdout | Stderr | Completed | Timeout | Syscall
 
-_PIDFD, _STDOUT, _STDERR, _STDIN, _LISTENER = "pidfd", 1, 2, "stdin", "listener"
+_PIDFD, _STDOUT, _STDERR, _STDIN, _LISTENER, _GUARD = "pidfd", 1, 2, "stdin", "listener", "guard"
 
 
 class _Running:
@@ -127,6 +128,8 @@ class Executor:
         self._watch(run, box.stderr_r, _STDERR, select.EPOLLIN)
         if box.supervision is not None:
             self._watch(run, box.supervision.listener, _LISTENER, select.EPOLLIN)
+        if self._guard_fd < 0:
+            self._watch_guard()
         if plan.stdin:
             self.write_stdin(sid, plan.stdin)
         if close_stdin:
@@ -224,6 +227,9 @@ class Executor:
                 run.box.reap()
             self._release(run)
         self._running.clear()
+        if self._guard_fd >= 0:
+            os.close(self._guard_fd)
+            self._guard_fd = -1
         self._epoll.close()
 
     def __enter__(self) -> "Executor":
@@ -254,6 +260,20 @@ class Executor:
         if self._by_fd.pop(fd, None) is not None:
             self._epoll.unregister(fd)
 
+    _guard_fd = -1  # our own pidfd of the caller-death guard (watchdog), readable when it dies
+
+    def _watch_guard(self) -> None:
+        """(Re)watch the guard: if it is killed, it is restarted at once (issue 9, class 6)."""
+        if self._guard_fd >= 0:
+            self._unwatch(self._guard_fd)
+            os.close(self._guard_fd)
+            self._guard_fd = -1
+        fd = watchdog.guard_pidfd()
+        if fd >= 0:
+            self._epoll.register(fd, select.EPOLLIN)
+            self._by_fd[fd] = (None, _GUARD)  # type: ignore[assignment]
+            self._guard_fd = fd
+
     def _take_ready(self) -> list[Event]:
         out = list(self._ready)
         self._ready.clear()
@@ -274,6 +294,10 @@ class Executor:
         if entry is None:
             return
         run, kind = entry
+        if kind is _GUARD:
+            watchdog.check()
+            self._watch_guard()
+            return
         box = run.box
         if kind is _PIDFD:
             self._unwatch(fd)

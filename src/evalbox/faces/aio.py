@@ -174,7 +174,7 @@ async def arun_many(plans: Iterable[Plan | Sequence[str]], concurrency: int | No
 
     most_pids = max((p.max_pids or 0 for p in prepared if isinstance(p, Plan)), default=0)
     try:
-        with expect_neighbours(concurrency or default_concurrency(), most_pids):
+        with expect_neighbours(limit, most_pids):
             async with AsyncExecutor() as ex:
                 return list(await asyncio.gather(*(one(ex, p) for p in prepared)))
     finally:

@@ -23,6 +23,7 @@ Results and analysis: BENCHMARKS.md.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import os
@@ -335,9 +336,13 @@ def spawn_section(cfg: Config) -> list[Row]:
         skipped.append(skipped_row("sandlock run /bin/true", "spawn", "ms", sl))
     else:
         peers["sandlock"] = sl
-    with Executor() as ex:
+    with Executor() as ex, Executor() as ex_plain:
         sandboxed = _evalbox_true(ex, plan)
-        times = interleaved({"bare": bare_posix_spawn, "evalbox": sandboxed}, runs)
+        # the same without the notify listener (forbidden calls then die unnamed): what naming
+        # blocked calls and the listener's other duties cost per run
+        ex_plain._host = dataclasses.replace(ex_plain._host, seccomp_notify=False)
+        times = interleaved({"bare": bare_posix_spawn, "evalbox": sandboxed,
+                             "evalbox_plain": _evalbox_true(ex_plain, plan)}, runs)
         gap = SPORADIC_GAP
         paced = interleaved({"bare": bare_posix_spawn, "evalbox": sandboxed}, max(10, runs // 2), warmup=2, idle=gap)
     if peers:
@@ -346,6 +351,9 @@ def spawn_section(cfg: Config) -> list[Row]:
     rows = [base, compare(latency_row("evalbox /bin/true", "spawn", times["evalbox"],
                                       note="Executor.run(Plan(['/bin/true'])), default limits, back to back"),
                           base, TARGET_SPAWN)]
+    rows.append(compare(latency_row("evalbox /bin/true, no notify listener", "spawn", times["evalbox_plain"],
+                                    note="as above with a plain kill filter: the listener's cost is the difference"),
+                        base))
     if "bwrap" in times:
         rows.append(compare(latency_row("bwrap --unshare-all /bin/true", "spawn", times["bwrap"]), base))
     if "sandlock" in times:

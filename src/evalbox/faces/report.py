@@ -23,6 +23,18 @@ def _kernel_version() -> tuple[int, int]:
         return (0, 0)
 
 
+def jail_report(host) -> str:  # type: ignore[no-untyped-def]
+    """Which parts of promise 9 (the sandbox sees only what it is given) hold on this host."""
+    if host.jail:
+        return ("jail: PID namespace with its own init (own process table, orphans reaped inside), IPC, UTS, "
+                "mount namespace with a root built from the granted paths (pivot_root; workspace a tmpfs of "
+                "Plan.disk), network namespace with only its own loopback when network is off")
+    why = "EVALBOX_JAIL=0" if host.private_shm else "needs root with CAP_SYS_ADMIN"
+    return (f"no jail ({why}): the sandbox sees the host's process table, network state and the names and "
+            "metadata of host paths (promise 9 does not hold; promises 1-8 do)"
+            + ("; a mount namespace gives a private /dev/shm" if host.private_shm else ""))
+
+
 def host_report() -> dict[str, Any]:
     host = probe()
     abi = host.landlock_abi
@@ -41,10 +53,7 @@ def host_report() -> dict[str, Any]:
         features["cgroups"] = f"v{host.cgroup.version}: " + ", ".join(sorted(host.cgroup.controllers))
     else:
         features["cgroups"] = "none usable (not root and no delegated cgroup)"
-    features["namespaces"] = (
-        "mount namespace per sandbox (private /dev/shm, paths below unsearchable directories)"
-        if host.private_shm else "none used (needs CAP_SYS_ADMIN; PID/network namespaces are not used yet)"
-    )
+    features["namespaces"] = jail_report(host)
     features["identity"] = (
         "root host: every sandbox runs as its own unprivileged uid (2000000000+), capabilities dropped, "
         "securebits locked" if host.switches_uid else f"your uid {host.euid}; capabilities dropped, no_new_privs"

@@ -17,11 +17,15 @@
 #include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <net/if.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -81,6 +85,8 @@ enum step {
     STEP_LISTENER,
     STEP_EXEC,
     STEP_MOUNTS,
+    STEP_JAIL,
+    STEP_ROOT,
 };
 
 struct child_rlimit {
@@ -110,6 +116,8 @@ struct bind {
                          * Landlock's rights on the overlay would otherwise reach into it */
 };
 
+struct root_entry;
+
 struct config {
     const char *path;
     char *const *argv;
@@ -136,6 +144,17 @@ struct config {
     int listener_sock;     /* a filter with NEW_LISTENER sends its fd here, then the child closes it */
     unsigned long long magic; /* tag of the child's own calls after a notify filter (see tagged) */
     mode_t umask;
+    /* The jail (see init_main): namespaces the init is cloned into, and what it sets up there. */
+    int jail_flags;          /* CLONE_NEW* flags; 0: no jail, the program is the direct child */
+    int netns_fd;            /* -1: none; else a pooled network namespace to enter */
+    unsigned long long proc_rights; /* Landlock rights on the jail's own /proc */
+    const char *hostname;    /* NULL: keep */
+    volatile int *failed;    /* set by report(): the init learns its program child failed to start */
+    struct root_entry *root; /* the jail's constructed root (see build_root); NULL: the host's */
+    int *root_fds;
+    int n_root;
+    unsigned long long root_rights; /* Landlock rights on the new root's own directories */
+    int template_fd;         /* -1, or a template mount namespace (see template_main) to copy */
 };
 
 /* Once a user-notification filter is installed, the child's own remaining calls (handing over
@@ -151,6 +170,8 @@ static long tagged(const struct config *c, long nr, long a0, long a1, long a2)
 static void report(const struct config *c, int step, int err)
 {
     int msg[2] = {step, err};
+    if (c->failed)
+        *c->failed = 1;
     tagged(c, SYS_write, c->errpipe, (long)msg, sizeof msg);
     tagged(c, SYS_exit_group, 127, 0, 0);
     _exit(127);
@@ -206,12 +227,23 @@ static int make_path(const char *top, const char *path, int is_dir)
         if (buf[i] != '/')
             continue;
         buf[i] = '\0';
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-            return errno;
+        if (mkdir(buf, 0755) != 0) {
+            struct stat st;
+            if (errno != EEXIST)
+                return errno;
+            /* never build through a link: it would resolve against the host's root */
+            if (lstat(buf, &st) != 0)
+                return errno;
+            if (!S_ISDIR(st.st_mode))
+                return ELOOP;
+        }
         buf[i] = '/';
     }
     if (is_dir)
         return mkdir(buf, 0755) != 0 && errno != EEXIST ? errno : 0;
+    struct stat st;
+    if (lstat(buf, &st) == 0)
+        return 0; /* already there (a bind target may sit on a read-only bind) */
     int fd = open(buf, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0)
         return errno;
@@ -226,7 +258,9 @@ static void private_mounts(const struct config *c)
 {
     int fds[MAX_BINDS];
     char source[32];
-    if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+    /* In a jail the init made the mount namespace already. */
+    if (!(c->jail_flags & CLONE_NEWNS) &&
+        (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0))
         report(c, STEP_MOUNTS, errno);
     /* Bind sources must belong to this namespace and be held before the overlays hide them. */
     for (int i = 0; i < c->n_binds; i++)
@@ -266,10 +300,10 @@ static void private_mounts(const struct config *c)
     }
 }
 
-static int child_main(void *arg)
+/* Everything between clone and exec, in order; on failure it reports the step and exits. Callable
+ * without an exec following (a forked template interpreter locks itself down the same way). */
+static void lockdown(const struct config *c)
 {
-    const struct config *c = arg;
-
     /* Host signal handlers live in the shared memory; put every disposition back to default so
      * nothing of the caller's (Python's handlers, an ignored SIGPIPE) leaks into the program. */
     for (int sig = 1; sig < _NSIG; sig++) {
@@ -340,8 +374,8 @@ static int child_main(void *arg)
     /* After the credential changes: changing uid clears the parent-death signal. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
         report(c, STEP_PDEATHSIG, errno);
-    /* The caller may have died before the signal was armed. */
-    if (getppid() != c->parent_pid)
+    /* The caller may have died before the signal was armed (in a jail the parent is its init). */
+    if (getppid() != (c->jail_flags & CLONE_NEWPID ? 1 : c->parent_pid))
         report(c, STEP_PARENT_GONE, ESRCH);
 
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
@@ -361,14 +395,492 @@ static int child_main(void *arg)
         }
     }
 
+    /* RLIMIT_NOFILE last (see above). */
     for (int i = 0; i < c->n_rlimits; i++)
         if (c->rlimits[i].resource == RLIMIT_NOFILE &&
             tagged(c, SYS_prlimit64, 0, c->rlimits[i].resource, (long)&c->rlimits[i].value) != 0)
             report(c, STEP_RLIMIT, errno);
+}
 
+static int child_main(void *arg)
+{
+    const struct config *c = arg;
+    lockdown(c);
     tagged(c, SYS_execve, (long)c->path, (long)c->argv, (long)c->envp);
     report(c, STEP_EXEC, errno);
     return 127;
+}
+
+/* ---- the jail's root: a fresh tmpfs holding exactly what was granted ----
+ *
+ * Built by the init, in its own mount namespace, from a list of operations prepared by Python
+ * (policy/jail.py), then entered with pivot_root; the host's root is detached. Paths are
+ * absolute paths of the new root. Sources of binds are opened before anything is mounted. */
+
+#define STEP_STARTED 0 /* report of the init (the program runs), or of a template's child */
+
+enum root_op {
+    ROOT_DIR = 1,     /* mkdir path (mode) */
+    ROOT_BIND,        /* bind source at path (flags: ROOT_RO, ROOT_IS_DIR) */
+    ROOT_SYMLINK,     /* symlink data -> path */
+    ROOT_TMPFS,       /* tmpfs at path (data: options; rights: Landlock rule on it) */
+    ROOT_PROC,        /* procfs of this PID namespace at path (rights: Landlock rule) */
+    ROOT_FILE,        /* a file at path with content data (mode) */
+    ROOT_DEVPTS,      /* a devpts instance of its own at path (rights: Landlock rule) */
+};
+#define ROOT_RO 0x1
+#define ROOT_IS_DIR 0x2
+#define ROOT_OWNED 0x4 /* belongs to the sandbox's uid/gid */
+#define ROOT_LATE 0x8  /* a bind whose source is inside the new root, opened when it is bound */
+#define ROOT_STAGING "/tmp"
+
+struct root_entry {
+    int op;
+    const char *path;
+    const char *data;
+    Py_ssize_t data_len;
+    unsigned int mode, flags;
+    unsigned long long rights;
+};
+
+static int landlock_rule_at(const struct config *c, const char *path, unsigned long long rights)
+{
+    if (c->landlock_fd < 0 || !rights)
+        return 0;
+    int dir = open(path, O_PATH | O_CLOEXEC);
+    if (dir < 0)
+        return errno;
+    struct __attribute__((packed)) {
+        uint64_t allowed_access;
+        int32_t parent_fd;
+    } rule = {rights, dir};
+    int err = syscall(SYS_landlock_add_rule, c->landlock_fd, 1 /* PATH_BENEATH */, &rule, 0U) != 0 ? errno : 0;
+    close(dir);
+    return err;
+}
+
+/* prefix + path, without snprintf. */
+static int staged(char out[4096], const char *prefix, const char *path)
+{
+    size_t a = strlen(prefix), b = strlen(path);
+    if (a + b + 1 > 4096)
+        return ENAMETOOLONG;
+    memcpy(out, prefix, a);
+    memcpy(out + a, path, b + 1);
+    return 0;
+}
+
+static int own(const struct config *c, const char *path, unsigned int flags)
+{
+    if ((flags & ROOT_OWNED) && c->uid >= 0 && lchown(path, (uid_t)c->uid, (gid_t)c->gid) != 0)
+        return errno;
+    return 0;
+}
+
+/* Bind sources are held before anything is mounted over them. */
+static void open_root_sources(const struct config *c)
+{
+    for (int i = 0; i < c->n_root; i++) {
+        c->root_fds[i] = -1;
+        if (c->root[i].op == ROOT_BIND && !(c->root[i].flags & ROOT_LATE) &&
+            (c->root_fds[i] = open(c->root[i].data, O_PATH | O_CLOEXEC)) < 0)
+            report(c, STEP_ROOT, errno);
+    }
+}
+
+/* Apply the root operations below `prefix` ("" once inside the root), sources already open. */
+static void apply_root_ops(const struct config *c, const char *prefix)
+{
+    char where[4096], source[32];
+    const char *top = prefix;
+    int *fds = c->root_fds;
+    for (int i = 0; i < c->n_root; i++) {
+        const struct root_entry *e = &c->root[i];
+        int err = staged(where, prefix, e->path);
+        if (!err) {
+            switch (e->op) {
+            case ROOT_DIR:
+                err = make_path(top, where, 1);
+                if (!err && chmod(where, e->mode) != 0)
+                    err = errno;
+                if (!err)
+                    err = own(c, where, e->flags);
+                break;
+            case ROOT_BIND:
+                err = make_path(top, where, e->flags & ROOT_IS_DIR);
+                if (!err && (e->flags & ROOT_LATE)) {
+                    char from[4096];
+                    err = staged(from, prefix, e->data);
+                    if (!err && (fds[i] = open(from, O_PATH | O_NOFOLLOW | O_CLOEXEC)) < 0)
+                        err = errno;
+                    if (err)
+                        break;
+                }
+                fd_path(source, fds[i]);
+                if (!err && mount(source, where, NULL, MS_BIND | MS_REC, NULL) != 0)
+                    err = errno;
+                if (!err && (e->flags & ROOT_RO) &&
+                    mount(NULL, where, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID, NULL) != 0)
+                    err = errno;
+                close(fds[i]);
+                fds[i] = -1;
+                break;
+            case ROOT_SYMLINK:
+                err = make_path(top, where, 1);
+                if (!err && rmdir(where) != 0)
+                    err = errno;
+                if (!err && symlink(e->data, where) != 0)
+                    err = errno;
+                if (!err)
+                    err = own(c, where, e->flags);
+                break;
+            case ROOT_TMPFS:
+                err = make_path(top, where, 1);
+                if (!err && mount("tmpfs", where, "tmpfs", MS_NOSUID | MS_NODEV, e->data) != 0)
+                    err = errno;
+                if (!err)
+                    err = own(c, where, e->flags);
+                if (!err)
+                    err = landlock_rule_at(c, where, e->rights);
+                break;
+            case ROOT_PROC:
+                err = make_path(top, where, 1);
+                /* hidepid=2: the init (which shares the caller's memory, and so its command line)
+                 * is invisible to the program, which may not ptrace it. */
+                if (!err && mount("proc", where, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2") != 0)
+                    err = errno;
+                if (!err)
+                    err = landlock_rule_at(c, where, e->rights);
+                break;
+            case ROOT_DEVPTS:
+                err = make_path(top, where, 1);
+                if (!err && mount("devpts", where, "devpts", MS_NOSUID | MS_NOEXEC,
+                                  "newinstance,ptmxmode=0666,mode=0620") != 0)
+                    err = errno;
+                if (!err)
+                    err = landlock_rule_at(c, where, e->rights);
+                break;
+            case ROOT_FILE: {
+                int fd = open(where, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, e->mode);
+                if (fd < 0) {
+                    err = errno;
+                    break;
+                }
+                Py_ssize_t done = 0;
+                while (!err && done < e->data_len) {
+                    ssize_t n = write(fd, e->data + done, (size_t)(e->data_len - done));
+                    if (n < 0 && errno != EINTR)
+                        err = errno;
+                    else if (n > 0)
+                        done += n;
+                }
+                if (!err && fchmod(fd, e->mode) != 0) /* the umask does not apply */
+                    err = errno;
+                close(fd);
+                if (!err)
+                    err = own(c, where, e->flags);
+                if (!err) /* e.g. a file bound elsewhere: Landlock sees it by its own inode */
+                    err = landlock_rule_at(c, where, e->rights);
+                break;
+            }
+            default:
+                err = EINVAL;
+            }
+        }
+        if (err)
+            report(c, STEP_ROOT, err);
+    }
+}
+
+/* A root built from scratch: a tmpfs staged over /tmp, filled, entered with pivot_root. */
+static void build_root(const struct config *c)
+{
+    open_root_sources(c);
+    if (mount("tmpfs", ROOT_STAGING, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m,nr_inodes=4096") != 0)
+        report(c, STEP_ROOT, errno);
+    apply_root_ops(c, ROOT_STAGING);
+    /* pivot_root(".", "."): the old root ends up stacked on the new one and is detached at once. */
+    if (chdir(ROOT_STAGING) != 0 || syscall(SYS_pivot_root, ".", ".") != 0 || umount2(".", MNT_DETACH) != 0 ||
+        chdir("/") != 0)
+        report(c, STEP_ROOT, errno);
+}
+
+/* The template's child: a mount namespace whose root holds the static part of jails' roots,
+ * read-only; kept alive by the fd it leaves in the caller's table (CLONE_FILES). */
+static int template_main(void *arg)
+{
+    struct config *c = arg;
+    int fd = open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        report(c, STEP_ROOT, errno);
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+        report(c, STEP_ROOT, errno);
+    build_root(c);
+    if (mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) != 0)
+        report(c, STEP_ROOT, errno);
+    int msg[2] = {STEP_STARTED, fd};
+    if (write(c->errpipe, msg, sizeof msg) != sizeof msg)
+        _exit(127);
+    _exit(0);
+}
+
+/* ---- the jail's init ----
+ *
+ * In a jail the caller's child is the init of fresh PID (and IPC, UTS, mount, network)
+ * namespaces: it sets them up, starts the program as its own child (the same clone-lockdown-exec
+ * as without a jail), then reaps every process of the namespace until the program exits, and
+ * exits itself, which makes the kernel kill whatever is left in the namespace. No orphan of the
+ * program ever reaches the caller (or its subreaper), and killing the init kills the namespace.
+ *
+ * The init shares the caller's memory (CLONE_VM, no exec: no copy of a large caller's page tables
+ * and no second exec) but, unlike the program's child, it does not hold the caller suspended: the
+ * caller waits only until the program has exec'd (spawn polls the report pipe). From then on the
+ * init runs alongside the caller's threads, on a stack of its own that nothing else uses, and
+ * touches nothing but that stack: raw system calls (the C library's wrappers would write errno
+ * into the caller's thread-local storage), no stack protector (its canary lives there too). The
+ * program cannot reach the init's memory (the caller's): ptrace and process_vm_* are killed by
+ * seccomp, and /proc/1/mem needs ptrace access, which Landlock (and, on root hosts, the uid)
+ * refuses. */
+
+#define NO_TLS __attribute__((no_stack_protector, noinline))
+
+static inline __attribute__((always_inline)) long raw4(long n, long a1, long a2, long a3, long a4)
+{
+#if defined(__x86_64__)
+    long ret;
+    register long r10 __asm__("r10") = a4;
+    __asm__ volatile("syscall" : "=a"(ret) : "a"(n), "D"(a1), "S"(a2), "d"(a3), "r"(r10) : "rcx", "r11", "memory");
+    return ret;
+#elif defined(__aarch64__)
+    register long x8 __asm__("x8") = n;
+    register long x0 __asm__("x0") = a1;
+    register long x1 __asm__("x1") = a2;
+    register long x2 __asm__("x2") = a3;
+    register long x3 __asm__("x3") = a4;
+    __asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3) : "memory", "cc");
+    return x0;
+#else
+#error "evalbox's jail init supports x86_64 and aarch64"
+#endif
+}
+
+/* What the init writes on the report pipe when the program has exited: its wait status, and the
+ * CPU time and peak memory of every process of the namespace that the init reaped (the init's
+ * own rusage would count the caller's memory, which it shares). Part of the Python interface. */
+struct init_record {
+    int32_t kind;   /* INIT_RECORD_KIND */
+    int32_t status; /* the program's wait status */
+    int64_t utime_us, stime_us, maxrss_kb;
+};
+#define INIT_RECORD_KIND 0x45424f58 /* "EBOX" */
+
+/* The stacks of running inits: each in its own mapping (guard page, the program child's stack
+ * used until its exec, the init's own), reused once the kernel has cleared `tid`
+ * (CLONE_CHILD_CLEARTID), that is once that init has exited. Touched with the GIL held. */
+#define SLOT_SIZE (256 * 1024)
+#define SLOT_GUARD 4096
+#define SLOT_CHILD_STACK (96 * 1024)
+struct slot_head {
+    volatile pid_t tid; /* non-zero while an init runs on this slot */
+};
+#define SLOT_HEAD(slot) ((struct slot_head *)((slot) + SLOT_SIZE - 64))
+static char **slots;
+static size_t n_slots, cap_slots;
+
+static char *take_slot(void)
+{
+    for (size_t i = 0; i < n_slots; i++) {
+        if (__atomic_load_n(&SLOT_HEAD(slots[i])->tid, __ATOMIC_ACQUIRE) == 0)
+            return slots[i];
+    }
+    if (n_slots == cap_slots) {
+        size_t cap = cap_slots ? cap_slots * 2 : 16;
+        char **grown = PyMem_RawRealloc(slots, cap * sizeof *slots);
+        if (!grown)
+            return NULL;
+        slots = grown;
+        cap_slots = cap;
+    }
+    char *base = mmap(NULL, SLOT_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (base == MAP_FAILED)
+        return NULL;
+    if (mprotect(base, SLOT_GUARD, PROT_NONE) != 0) {
+        munmap(base, SLOT_SIZE);
+        return NULL;
+    }
+    slots[n_slots++] = base;
+    return base;
+}
+
+static inline void *stack_top(char *p)
+{
+    return (void *)((uintptr_t)p & ~(uintptr_t)15);
+}
+
+/* SIGUSR1 from the caller: end the run. kill(-1) from a namespace's init reaches every other
+ * process of that namespace and nothing outside it. */
+static NO_TLS void kill_namespace(int sig)
+{
+    (void)sig;
+    raw4(SYS_kill, -1, SIGKILL, 0, 0);
+}
+
+/* The init's life once the program runs: reap until the program exits, then report and exit. */
+static NO_TLS void init_reap(int errpipe, pid_t program)
+{
+    struct init_record rec = {INIT_RECORD_KIND, 0, 0, 0, 0};
+    for (;;) {
+        int status = 0;
+        struct rusage ru;
+        long pid = raw4(SYS_wait4, -1, (long)&status, __WALL, (long)&ru);
+        if (pid == -EINTR)
+            continue;
+        if (pid < 0) { /* ECHILD: cannot happen while the program lives; report what we have */
+            rec.status = 127 << 8;
+            break;
+        }
+        rec.utime_us += (int64_t)ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec;
+        rec.stime_us += (int64_t)ru.ru_stime.tv_sec * 1000000 + ru.ru_stime.tv_usec;
+        if (ru.ru_maxrss > rec.maxrss_kb)
+            rec.maxrss_kb = ru.ru_maxrss;
+        if (pid == program) {
+            rec.status = status;
+            break;
+        }
+    }
+    /* Detach the jail's mounts lazily: since Linux 6.15 their release then waits for RCU in the
+     * background, where the namespace's teardown at exit would wait for it (~0.1-3 ms). */
+    raw4(SYS_umount2, (long)"/", MNT_DETACH, 0, 0);
+    raw4(SYS_write, errpipe, (long)&rec, sizeof rec, 0);
+    for (;;)
+        raw4(SYS_exit_group, 0, 0, 0, 0); /* the kernel kills the rest of the namespace */
+}
+
+/* Set a network interface up (loopback) with an ioctl on a datagram socket of this namespace. */
+static int interface_up(const char *name)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return errno;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    int err = 0;
+    if (ioctl(fd, SIOCGIFFLAGS, &ifr) != 0)
+        err = errno;
+    else if (!(ifr.ifr_flags & IFF_UP)) {
+        ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+        if (ioctl(fd, SIOCSIFFLAGS, &ifr) != 0)
+            err = errno;
+    }
+    close(fd);
+    return err;
+}
+
+/* The namespaces' set-up, done by the init while the caller waits. */
+static void init_namespaces(const struct config *c)
+{
+    if (c->netns_fd >= 0 && setns(c->netns_fd, CLONE_NEWNET) != 0)
+        report(c, STEP_JAIL, errno);
+    if (c->jail_flags & CLONE_NEWNET) {
+        int err = interface_up("lo");
+        if (err)
+            report(c, STEP_JAIL, err);
+    }
+    if (c->hostname && (c->jail_flags & CLONE_NEWUTS) && sethostname(c->hostname, strlen(c->hostname)) != 0)
+        report(c, STEP_JAIL, errno);
+    if (c->template_fd >= 0) {
+        /* A private copy of the template's namespace: its root is the jail's static root. */
+        open_root_sources(c);
+        if (setns(c->template_fd, CLONE_NEWNS) != 0 || unshare(CLONE_NEWNS) != 0)
+            report(c, STEP_ROOT, errno);
+        apply_root_ops(c, "");
+        if (landlock_rule_at(c, "/", c->root_rights) != 0)
+            report(c, STEP_ROOT, errno);
+    } else if (c->jail_flags & CLONE_NEWNS) {
+        /* Nothing mounted here may propagate to the host. */
+        if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+            report(c, STEP_JAIL, errno);
+        if (c->n_root > 0) {
+            build_root(c); /* its /proc included */
+            if (landlock_rule_at(c, "/", c->root_rights) != 0)
+                report(c, STEP_ROOT, errno);
+        } else if (c->jail_flags & CLONE_NEWPID) {
+            /* A /proc of this PID namespace: only the sandbox's own processes. */
+            /* hidepid=2: the init itself (which shares the caller's memory, and so its command
+             * line) is invisible to the program, which may not ptrace it. */
+            if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2") != 0)
+                report(c, STEP_JAIL, errno);
+            if (c->landlock_fd >= 0 && c->proc_rights) {
+                int dir = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC);
+                if (dir < 0)
+                    report(c, STEP_JAIL, errno);
+                struct __attribute__((packed)) {
+                    uint64_t allowed_access;
+                    int32_t parent_fd;
+                } rule = {c->proc_rights, dir};
+                if (syscall(SYS_landlock_add_rule, c->landlock_fd, 1 /* PATH_BENEATH */, &rule, 0U) != 0)
+                    report(c, STEP_JAIL, errno);
+                close(dir);
+            }
+        }
+    }
+}
+
+struct init_args {
+    struct config *c;
+    char *slot;
+};
+
+static int init_main(void *arg)
+{
+    struct init_args *a = arg;
+    struct config *c = a->c;
+    char *slot = a->slot;
+    /* Signals arrive blocked (see spawn). The caller's handlers must never run here. */
+    for (int sig = 1; sig < _NSIG; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP)
+            continue;
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = sig == SIGUSR1 ? kill_namespace : SIG_DFL;
+        sa.sa_flags = SA_RESTART;
+        sigfillset(&sa.sa_mask);
+        sigaction(sig, &sa, NULL);
+    }
+    /* Dies with the caller's thread, and so does the namespace. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
+        report(c, STEP_PDEATHSIG, errno);
+    init_namespaces(c);
+
+    volatile int failed = 0;
+    c->failed = &failed;
+    pid_t program = clone(child_main, stack_top(slot + SLOT_GUARD + SLOT_CHILD_STACK), CLONE_VM | CLONE_VFORK | SIGCHLD, c);
+    if (program < 0)
+        report(c, STEP_JAIL, errno);
+    if (failed) {
+        /* The child reported its step, so the caller runs again: raw calls only. */
+        int status;
+        while (raw4(SYS_wait4, program, (long)&status, __WALL, 0) == -EINTR)
+            ;
+        for (;;)
+            raw4(SYS_exit_group, 127, 0, 0, 0);
+    }
+    /* The init holds a copy of the caller's fd table (pipes of other sandboxes, the write end of
+     * this one's stdin...): keep only the report pipe. */
+    int errpipe = c->errpipe;
+    if (errpipe > 0)
+        raw4(SYS_close_range, 0, errpipe - 1, 0, 0);
+    raw4(SYS_close_range, errpipe + 1, ~0U, 0, 0);
+    /* From here on the caller runs again: raw calls only. */
+    sigset_t only_usr1;
+    sigfillset(&only_usr1);
+    sigdelset(&only_usr1, SIGUSR1);
+    raw4(SYS_rt_sigprocmask, SIG_SETMASK, (long)&only_usr1, 0, _NSIG / 8);
+    int started[2] = {STEP_STARTED, (int)program};
+    raw4(SYS_write, errpipe, (long)started, sizeof started, 0);
+    init_reap(errpipe, program);
+    return 0;
 }
 
 /* ---- argument conversion (parent side, GIL held) ---- */
@@ -477,10 +989,165 @@ static int parse_overlays(PyObject *obj, struct config *c, PyObject **keep)
     return 0;
 }
 
+/* Clone the jail's init (see init_main) and wait, without the GIL, until it reports: the program
+ * runs (STEP_STARTED), a step failed, or the init died. Returns (pid, pidfd, report bytes). */
+static PyObject *spawn_jailed(struct config *c, int report_fd)
+{
+    char *slot = take_slot();
+    if (!slot)
+        return PyErr_NoMemory();
+    struct slot_head *head = SLOT_HEAD(slot);
+    head->tid = 1;
+    struct init_args a = {c, slot};
+    int pidfd = -1, saved_errno = 0;
+    char buf[8];
+    ssize_t got = 0;
+    pid_t pid;
+    Py_BEGIN_ALLOW_THREADS
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    pid = clone(init_main, stack_top((char *)head), CLONE_VM | CLONE_PIDFD | CLONE_CHILD_CLEARTID | c->jail_flags | SIGCHLD,
+                &a, &pidfd, NULL, &head->tid);
+    saved_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (pid > 0) {
+        /* The init reads `c` until it reports; the report is 8 bytes written at once. */
+        struct pollfd p[2] = {{.fd = report_fd, .events = POLLIN}, {.fd = pidfd, .events = POLLIN}};
+        for (;;) {
+            int n = poll(p, 2, -1);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0) {
+                saved_errno = errno;
+                break;
+            }
+            if (p[0].revents) {
+                got = read(report_fd, buf, sizeof buf);
+                if (got < 0 && errno == EINTR)
+                    continue;
+                break;
+            }
+            if (p[1].revents) { /* the init died without a word; its report may still be in flight */
+                struct pollfd last = {.fd = report_fd, .events = POLLIN};
+                got = poll(&last, 1, 0) == 1 ? read(report_fd, buf, sizeof buf) : 0;
+                break;
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (pid < 0) {
+        head->tid = 0;
+        errno = saved_errno;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return Py_BuildValue("(iiy#)", (int)pid, pidfd, buf, (Py_ssize_t)(got > 0 ? got : 0));
+}
+
+/* root: [(op, path bytes, data bytes, mode, flags, Landlock rights), ...]; strings stay alive in
+ * `keep`. */
+static int parse_root(PyObject *obj, struct config *c, PyObject **keep)
+{
+    PyObject *fast = PySequence_Fast(obj, "root must be a sequence");
+    if (!fast)
+        return -1;
+    *keep = fast;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (n == 0)
+        return 0;
+    c->root = PyMem_Calloc((size_t)n, sizeof *c->root);
+    c->root_fds = PyMem_Calloc((size_t)n, sizeof *c->root_fds);
+    if (!c->root || !c->root_fds) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        struct root_entry *e = &c->root[i];
+        PyObject *path, *data;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "iO!O!IIK", &e->op, &PyBytes_Type, &path,
+                              &PyBytes_Type, &data, &e->mode, &e->flags, &e->rights))
+            return -1;
+        e->path = PyBytes_AS_STRING(path);
+        if (e->path[0] != '/') {
+            PyErr_SetString(PyExc_ValueError, "root paths must be absolute");
+            return -1;
+        }
+        e->data = PyBytes_AS_STRING(data);
+        e->data_len = PyBytes_GET_SIZE(data);
+    }
+    c->n_root = (int)n;
+    return 0;
+}
+
+PyDoc_STRVAR(template_doc,
+"build_template(root) -> fd\n\n"
+"A mount namespace whose root (read-only tmpfs) is built from `root` (spawn's format), for\n"
+"jails to copy (spawn's template_fd). Raises OSError(errno) with the failing step's errno.");
+
+static PyObject *build_template(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *root_obj, *keep_root = NULL, *result = NULL;
+    if (!PyArg_ParseTuple(args, "O", &root_obj))
+        return NULL;
+    struct config c;
+    memset(&c, 0, sizeof c);
+    c.landlock_fd = -1;
+    c.template_fd = -1;
+    c.uid = c.gid = -1;
+    int pipefd[2] = {-1, -1};
+    void *stack = NULL;
+    if (parse_root(root_obj, &c, &keep_root) < 0)
+        goto done;
+    if (pipe2(pipefd, O_CLOEXEC) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    c.errpipe = pipefd[1];
+    stack = PyMem_RawMalloc(CHILD_STACK_SIZE);
+    if (!stack) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int msg[2] = {0, 0}, status = 0;
+    ssize_t got;
+    pid_t pid;
+    Py_BEGIN_ALLOW_THREADS
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    pid = clone(template_main, stack_top((char *)stack + CHILD_STACK_SIZE),
+                CLONE_VM | CLONE_VFORK | CLONE_FILES | CLONE_NEWNS | SIGCHLD, &c);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    got = pid > 0 ? read(pipefd[0], msg, sizeof msg) : -1;
+    if (pid > 0)
+        waitpid(pid, &status, __WALL);
+    Py_END_ALLOW_THREADS
+    if (pid < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+    } else if (got != sizeof msg || msg[0] != STEP_STARTED) {
+        errno = got == sizeof msg ? msg[1] : EIO;
+        PyErr_SetFromErrno(PyExc_OSError);
+    } else {
+        result = PyLong_FromLong(msg[1]);
+    }
+done:
+    if (pipefd[0] >= 0)
+        close(pipefd[0]);
+    if (pipefd[1] >= 0)
+        close(pipefd[1]);
+    PyMem_RawFree(stack);
+    Py_XDECREF(keep_root);
+    PyMem_Free(c.root);
+    PyMem_Free(c.root_fds);
+    return result;
+}
+
 PyDoc_STRVAR(spawn_doc,
 "spawn(path, argv, envp, cwd, stdio, errpipe, parent_pid, cgroup_fds, rlimits,\n"
 "      drop_bounding_set, last_cap, securebits, uid, gid, landlock_fd, filters,\n"
-"      listener_sock, umask, overlays=(), magic=0) -> (pid, pidfd)\n\n"
+"      listener_sock, umask, overlays=(), magic=0, jail_flags=0, netns_fd=-1,\n"
+"      proc_rights=0, hostname=None, report_fd=-1) -> (pid, pidfd) or, in a jail, (pid, pidfd, report)\n\n"
 "Clone a child that applies the prepared lockdown and execs path. Returns as soon as the child\n"
 "has exec'd. On failure the child exits 127 after writing (step, errno) to errpipe, which the\n"
 "caller reads; this function only raises for errors of the clone itself.");
@@ -490,23 +1157,36 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     (void)self;
     static char *keywords[] = {"path", "argv", "envp", "cwd", "stdio", "errpipe", "parent_pid", "cgroup_fds",
                                "rlimits", "drop_bounding_set", "last_cap", "securebits", "uid", "gid",
-                               "landlock_fd", "filters", "listener_sock", "umask", "overlays", "magic", NULL};
+                               "landlock_fd", "filters", "listener_sock", "umask", "overlays", "magic",
+                               "jail_flags", "netns_fd", "proc_rights", "hostname", "report_fd", "root",
+                               "root_rights", "template_fd", NULL};
     PyObject *path, *argv_obj, *envp_obj, *cwd_obj, *stdio_obj, *cgroup_obj, *rlimits_obj, *filters_obj;
     PyObject *overlays_obj = NULL;
     int errpipe, parent_pid, drop_bounding_set, last_cap, landlock_fd, listener_sock;
     long securebits, uid, gid;
     unsigned int umask_value;
-    unsigned long long magic = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOiiOOpillliOiI|OK", keywords, &PyBytes_Type, &path,
+    unsigned long long magic = 0, proc_rights = 0;
+    int jail_flags = 0, netns_fd = -1, report_fd = -1;
+    const char *hostname = NULL;
+    PyObject *root_obj = NULL;
+    unsigned long long root_rights = 0;
+    int template_fd = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOiiOOpillliOiI|OKiiKziOKi", keywords, &PyBytes_Type, &path,
                                      &argv_obj, &envp_obj, &cwd_obj, &stdio_obj, &errpipe, &parent_pid,
                                      &cgroup_obj, &rlimits_obj, &drop_bounding_set, &last_cap, &securebits, &uid,
                                      &gid, &landlock_fd, &filters_obj, &listener_sock, &umask_value,
-                                     &overlays_obj, &magic))
+                                     &overlays_obj, &magic, &jail_flags, &netns_fd, &proc_rights, &hostname,
+                                     &report_fd, &root_obj, &root_rights, &template_fd))
         return NULL;
+    if (jail_flags && report_fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "a jail needs report_fd (the read end of errpipe)");
+        return NULL;
+    }
 
     struct config c;
     memset(&c, 0, sizeof c);
     PyObject *keep_argv = NULL, *keep_envp = NULL, *keep_filters = NULL, *keep_overlays = NULL, *result = NULL;
+    PyObject *keep_root = NULL;
     char **argv = NULL, **envp = NULL;
     void *stack = NULL;
 
@@ -590,10 +1270,31 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     c.listener_sock = listener_sock;
     c.umask = (mode_t)umask_value;
     c.magic = magic;
+    c.jail_flags = jail_flags;
+    c.netns_fd = netns_fd;
+    c.proc_rights = proc_rights;
+    c.hostname = hostname;
+    c.root_rights = root_rights;
+    c.template_fd = template_fd;
+    if (root_obj && root_obj != Py_None && parse_root(root_obj, &c, &keep_root) < 0)
+        goto done;
+    if (c.template_fd >= 0 && (jail_flags & CLONE_NEWNS)) {
+        PyErr_SetString(PyExc_ValueError, "a template's copy is the mount namespace: no CLONE_NEWNS");
+        goto done;
+    }
+    if (c.n_root > 0 && !(jail_flags & CLONE_NEWNS) && c.template_fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "a constructed root needs a mount namespace");
+        goto done;
+    }
     if (overlays_obj && parse_overlays(overlays_obj, &c, &keep_overlays) < 0)
         goto done;
     if (c.n_overlays > 0 && c.landlock_fd < 0) {
         PyErr_SetString(PyExc_ValueError, "overlays need a Landlock ruleset");
+        goto done;
+    }
+
+    if (jail_flags) {
+        result = spawn_jailed(&c, report_fd);
         goto done;
     }
 
@@ -602,8 +1303,7 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
         PyErr_NoMemory();
         goto done;
     }
-    void *stack_top = (char *)stack + CHILD_STACK_SIZE;
-    stack_top = (void *)((uintptr_t)stack_top & ~(uintptr_t)15);
+    void *top = stack_top((char *)stack + CHILD_STACK_SIZE);
 
     int pidfd = -1, saved_errno = 0;
     pid_t pid;
@@ -612,7 +1312,7 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    pid = clone(child_main, stack_top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &c, &pidfd);
+    pid = clone(child_main, top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &c, &pidfd);
     saved_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     Py_END_ALLOW_THREADS
@@ -632,6 +1332,9 @@ done:
     Py_XDECREF(keep_envp);
     Py_XDECREF(keep_filters);
     Py_XDECREF(keep_overlays);
+    Py_XDECREF(keep_root);
+    PyMem_Free(c.root);
+    PyMem_Free(c.root_fds);
     return result;
 }
 
@@ -738,6 +1441,7 @@ static PyObject *landlock_add_path_rules(PyObject *self, PyObject *args)
 static PyMethodDef methods[] = {
     {"landlock_add_path_rules", landlock_add_path_rules, METH_VARARGS, add_rules_doc},
     {"spawn", (PyCFunction)(void (*)(void))spawn, METH_VARARGS | METH_KEYWORDS, spawn_doc},
+    {"build_template", build_template, METH_VARARGS, template_doc},
     {"syscall", raw_syscall, METH_VARARGS, syscall_doc},
     {NULL, NULL, 0, NULL},
 };
@@ -753,6 +1457,16 @@ PyMODINIT_FUNC PyInit__spawn(void)
     if (!m)
         return NULL;
     if (PyModule_AddIntConstant(m, "STACK_SIZE", CHILD_STACK_SIZE) < 0 ||
+        PyModule_AddIntConstant(m, "INIT_RECORD_KIND", INIT_RECORD_KIND) < 0 ||
+        PyModule_AddIntConstant(m, "STEP_STARTED", STEP_STARTED) < 0 ||
+        PyModule_AddIntConstant(m, "ROOT_DIR", ROOT_DIR) < 0 || PyModule_AddIntConstant(m, "ROOT_BIND", ROOT_BIND) < 0 ||
+        PyModule_AddIntConstant(m, "ROOT_SYMLINK", ROOT_SYMLINK) < 0 ||
+        PyModule_AddIntConstant(m, "ROOT_TMPFS", ROOT_TMPFS) < 0 || PyModule_AddIntConstant(m, "ROOT_PROC", ROOT_PROC) < 0 ||
+        PyModule_AddIntConstant(m, "ROOT_FILE", ROOT_FILE) < 0 || PyModule_AddIntConstant(m, "ROOT_RO", ROOT_RO) < 0 ||
+        PyModule_AddIntConstant(m, "ROOT_IS_DIR", ROOT_IS_DIR) < 0 ||
+        PyModule_AddIntConstant(m, "ROOT_OWNED", ROOT_OWNED) < 0 ||
+        PyModule_AddIntConstant(m, "ROOT_LATE", ROOT_LATE) < 0 ||
+        PyModule_AddIntConstant(m, "ROOT_DEVPTS", ROOT_DEVPTS) < 0 ||
         PyModule_AddIntConstant(m, "SECCOMP_FILTER_FLAG_NEW_LISTENER", SECCOMP_FILTER_FLAG_NEW_LISTENER) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -42,6 +42,7 @@ DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 PROC = "/proc"
 SYS_READABLE = ("/sys/devices/system/cpu",)
 
+PROC_RIGHTS = ll.READ  # also on a jail's own /proc, added by the spawn child once mounted
 DEVICE_RIGHTS = ll.READ_FILE | ll.WRITE_FILE | ll.TRUNCATE | ll.IOCTL_DEV
 EVERYTHING = (1 << 16) - 1  # trimmed to the ABI's rights when the rule is added
 
@@ -59,7 +60,7 @@ def _readable_system_paths() -> list[PathRule]:
         etc += sorted(glob.glob(pattern))
     rules += [PathRule(p, ll.READ) for p in etc]
     rules += [PathRule(p, DEVICE_RIGHTS) for p in DEVICES]
-    rules.append(PathRule(PROC, ll.READ))
+    rules.append(PathRule(PROC, PROC_RIGHTS))
     rules += [PathRule(p, ll.READ) for p in SYS_READABLE]
     return rules
 

@@ -249,12 +249,21 @@ class NotifyMode(enum.Enum):
     VIRTUALIZE = "virtualize"
 
 
+# Calls that do the same thing by other means: intercepting one intercepts them all.
+INTERCEPT_FAMILIES = (
+    frozenset({"open", "openat", "openat2", "creat"}),
+    frozenset({"stat", "lstat", "newfstatat", "statx"}),
+    frozenset({"access", "faccessat", "faccessat2"}),
+    frozenset({"execve", "execveat"}),
+)
+
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MEMORY = "256M"
 DEFAULT_MAX_PIDS = 64
 DEFAULT_MAX_OUTPUT = "16M"
 DEFAULT_MAX_OPEN_FILES = 256
 DEFAULT_MAX_FILE_SIZE = "16M"
+DEFAULT_DISK = "512M"
 
 
 @dataclass(frozen=True)
@@ -273,6 +282,7 @@ class Plan:
     max_output: int | None = DEFAULT_MAX_OUTPUT  # type: ignore[assignment]
     max_open_files: int | None = DEFAULT_MAX_OPEN_FILES
     max_file_size: int | None = DEFAULT_MAX_FILE_SIZE  # type: ignore[assignment]
+    disk: int | None = DEFAULT_DISK  # type: ignore[assignment]  (the workspace's size: bytes and files)
     network: bool = False
     mounts: tuple[Mount, ...] = ()
     syscalls: Syscalls = field(default_factory=Syscalls)
@@ -334,7 +344,7 @@ class Plan:
         set_("timeout", parse_seconds(self.timeout, "timeout"))
         set_("cpu_time", parse_seconds(self.cpu_time, "cpu_time"))
         set_("memory", parse_size(self.memory, "memory", minimum=MIN_MEMORY))
-        for name in ("max_output", "max_file_size"):
+        for name in ("max_output", "max_file_size", "disk"):
             set_(name, parse_size(getattr(self, name), name))
         set_("max_pids", parse_count(self.max_pids, "max_pids", MAX_PIDS))
         set_("max_open_files", parse_count(self.max_open_files, "max_open_files", MAX_OPEN_FILES))
@@ -382,6 +392,11 @@ class Plan:
                                   f"{'record' if mode is NotifyMode.MONITOR else 'decide'}, e.g. ['openat', 'execve']")
         if self.supervisor is not None and (mode is not NotifyMode.SUPERVISE or not callable(self.supervisor)):
             raise ValidationError("supervisor= must be a callable and needs notify=NotifyMode.SUPERVISE")
+        if mode in (NotifyMode.MONITOR, NotifyMode.SUPERVISE):
+            # one call of a family stands for the family: a program could pick another spelling
+            for family in INTERCEPT_FAMILIES:
+                if family & set(intercept):
+                    intercept += tuple(sorted(family - set(intercept)))
         if mode is NotifyMode.VIRTUALIZE:
             if not virtual:
                 raise ValidationError("notify=VIRTUALIZE needs virtual_paths={'/data': '/host/dir'}")

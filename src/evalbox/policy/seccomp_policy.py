@@ -178,15 +178,39 @@ def _self_only(name: str, index: int, kinds: tuple[int, ...] = ()) -> list[Rule]
     return allowed + [Rule(name, refuse(errno.EPERM))]
 
 
-def _network_rules(network: bool) -> list[Rule]:
-    if network:
-        return [
+def _network_rules(network: bool, private_net: bool = False, private_root: bool = False) -> list[Rule]:
+    if network or private_net:
+        # The host network, or (private_net) a network namespace of the run's own holding only
+        # its loopback: TCP/UDP servers and clients on 127.0.0.1 reach nothing outside it.
+        inet = [
             Rule("socket", ALLOW, (Arg(0, "eq", AF_UNIX, width=32),)),
             Rule("socket", ALLOW, (Arg(0, "eq", AF_INET, width=32),)),
             Rule("socket", ALLOW, (Arg(0, "eq", AF_INET6, width=32),)),
             # interface listing (getaddrinfo's AI_ADDRCONFIG); no netfilter, no audit
             Rule("socket", ALLOW, (Arg(0, "eq", AF_NETLINK, width=32), Arg(2, "eq", NETLINK_ROUTE, width=32))),
             Rule("socket", refuse(errno.EAFNOSUPPORT)),
+            Rule("connect", ALLOW),
+            Rule("bind", ALLOW),
+            Rule("listen", ALLOW),
+        ]
+        if network or private_root:
+            # (private_root: no host socket exists in the run's root; abstract names are per
+            # network namespace)
+            return inet
+        # Private network but the host's filesystem in view: connect() cannot be checked by
+        # address family, so Unix sockets are limited to pairs (no pathname connect to a host
+        # service such as D-Bus); abstract names are per network namespace, so private.
+        return [
+            Rule("socket", ALLOW, (Arg(0, "eq", AF_INET, width=32),)),
+            Rule("socket", ALLOW, (Arg(0, "eq", AF_INET6, width=32),)),
+            Rule("socket", ALLOW, (Arg(0, "eq", AF_NETLINK, width=32), Arg(2, "eq", NETLINK_ROUTE, width=32))),
+            Rule("socket", refuse(errno.EACCES)),
+            # a datagram pair could still sendto() a host pathname socket (/dev/log)
+            Rule("socketpair", ALLOW, (Arg(0, "eq", AF_UNIX, width=32),
+                                       Arg(1, "masked_eq", SOCK_STREAM, mask=SOCK_TYPE_MASK, width=32))),
+            Rule("socketpair", ALLOW, (Arg(0, "eq", AF_UNIX, width=32),
+                                       Arg(1, "masked_eq", SOCK_SEQPACKET, mask=SOCK_TYPE_MASK, width=32))),
+            Rule("socketpair", refuse(errno.EACCES)),
             Rule("connect", ALLOW),
             Rule("bind", ALLOW),
             Rule("listen", ALLOW),
@@ -230,7 +254,8 @@ def _host_interference_rules() -> list[Rule]:
 
 
 def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), group_only: bool = False,
-          same_uid: bool = False, routed: bool = False, large_map: int = 0) -> list[Rule]:
+          same_uid: bool = False, routed: bool = False, large_map: int = 0, private_net: bool = False,
+          private_root: bool = False) -> list[Rule]:
     """The rule list for a plan's network switch and its Syscalls(allow=..., deny=...).
 
     `group_only`: the process group is the only way to find the whole tree (no cgroup, no uid of
@@ -240,6 +265,8 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
     path metadata changes of a same-uid sandbox (EMULATED).
     `large_map`: memory is an RLIMIT_AS: mappings of at least this many bytes (mmap, mremap
     growth) go to the listener too (LARGE_MAP), which tells a refused allocation from the limit.
+    `private_net`: the run has a network namespace of its own (the jail), `private_root` a root
+    built from what it was granted: sockets are then allowed within them.
     """
     KILL = BLOCKED if routed else KILL_NOW
     metadata = EMULATED if routed else refuse(errno.EPERM)
@@ -289,23 +316,18 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
     # for the program with MFD_NOEXEC_SEAL (Linux 6.3+: not executable, and cannot become so);
     # without one, ENOSYS (callers fall back to a file).
     out.append(Rule("memfd_create", MEMFD if routed else refuse(errno.ENOSYS)))
-    out += _network_rules(network)
+    out += _network_rules(network, private_net, private_root)
     out += _host_interference_rules()
     out += [Rule(name, metadata if same_uid else ALLOW) for name in PATH_METADATA]
     if same_uid:  # utimensat(fd, NULL, ...) is futimens(): the file had to be opened
         out.append(Rule("utimensat", ALLOW, (Arg(1, "eq", 0),)))
     out.append(Rule("utimensat", metadata if same_uid else ALLOW))
-    # Extended attributes: Landlock does not cover them. A uid of its own: the kernel's checks
-    # suffice (user.* needs write permission, trusted.*/security.* capabilities). The caller's
-    # uid: by path inside the workspace only (EMULATED); on an fd, "not supported here", which
-    # `cp -a` and friends accept.
+    # Extended attributes: Landlock does not cover them, and user.* ones may be set on any file
+    # one may write (a world-writable host file, or any of the caller's own). So user attributes
+    # are set by path inside the workspace only (EMULATED); elsewhere, and on an fd, the answer
+    # is "not supported here", which `cp -a` and friends accept.
     for name in XATTR_SET:
-        if not same_uid:
-            out.append(Rule(name, ALLOW))
-        elif routed and name in XATTR_SET_BY_PATH:
-            out.append(Rule(name, EMULATED))
-        else:
-            out.append(Rule(name, refuse(errno.EOPNOTSUPP)))
+        out.append(Rule(name, EMULATED if routed and name in XATTR_SET_BY_PATH else refuse(errno.EOPNOTSUPP)))
     for name, mode_arg in (("mknod", 1), ("mknodat", 2)):
         for kind in (0, S_IFIFO, S_IFREG, S_IFSOCK):
             out.append(Rule(name, ALLOW, (Arg(mode_arg, "masked_eq", kind, mask=S_IFMT, width=32),)))
@@ -323,9 +345,11 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
 
 @functools.lru_cache(maxsize=64)
 def program(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), arch: str | None = None,
-            group_only: bool = False, same_uid: bool = False) -> bytes:
+            group_only: bool = False, same_uid: bool = False, private_net: bool = False,
+            private_root: bool = False) -> bytes:
     """The BPF program for these choices, killing forbidden calls outright (no listener)."""
-    return bpf.build(rules(network, allow, deny, group_only, same_uid), default=KILL, arch=arch)
+    return bpf.build(rules(network, allow, deny, group_only, same_uid, private_net=private_net,
+                           private_root=private_root), default=KILL, arch=arch)
 
 
 def with_intercepts(rule_list: list[Rule], intercept: tuple[str, ...], magic: int) -> list[Rule]:
@@ -370,8 +394,9 @@ class Routing:
 
 @functools.lru_cache(maxsize=64)
 def _routing(network: bool, allow: tuple[str, ...], deny: tuple[str, ...], arch: str | None, group_only: bool,
-             same_uid: bool, large_map: int) -> Routing:
-    return Routing(rules(network, allow, deny, group_only, same_uid, routed=True, large_map=large_map), arch)
+             same_uid: bool, large_map: int, private_net: bool = False, private_root: bool = False) -> Routing:
+    return Routing(rules(network, allow, deny, group_only, same_uid, routed=True, large_map=large_map,
+                         private_net=private_net, private_root=private_root), arch)
 
 
 def large_map_threshold(memory: int) -> int:
@@ -382,9 +407,10 @@ def large_map_threshold(memory: int) -> int:
 
 def routing(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), arch: str | None = None,
             group_only: bool = False, same_uid: bool = False, intercept: tuple[str, ...] = (),
-            magic: int = 0, large_map: int = 0) -> Routing:
+            magic: int = 0, large_map: int = 0, private_net: bool = False, private_root: bool = False) -> Routing:
     """The filter for a run served by a notify listener (cached unless the plan intercepts calls)."""
     if not intercept:
-        return _routing(network, allow, deny, arch, group_only, same_uid, large_map)
-    base = rules(network, allow, deny, group_only, same_uid, routed=True, large_map=large_map)
+        return _routing(network, allow, deny, arch, group_only, same_uid, large_map, private_net, private_root)
+    base = rules(network, allow, deny, group_only, same_uid, routed=True, large_map=large_map,
+                 private_net=private_net, private_root=private_root)
     return Routing(with_intercepts(base, intercept, magic), arch)

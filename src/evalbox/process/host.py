@@ -39,6 +39,7 @@ class Host:
     user_namespaces: bool
     private_shm: bool  # CAP_SYS_ADMIN: a mount namespace for a private /dev/shm tmpfs
     has_setpcap: bool  # the bounding set can be cleared and securebits locked
+    jail: bool = False  # namespaces for promise 9 (PID + init, IPC, UTS, mount, network): see policy/jail.py
 
 
 def _seccomp_available() -> bool:
@@ -73,6 +74,7 @@ def _kernel_at_least(major: int, minor: int) -> bool:
 @functools.cache
 def probe() -> Host:
     effective = caps.effective()
+    sys_admin = bool(effective >> caps.CAP_SYS_ADMIN & 1)
     privileged = os.geteuid() == 0 and all(effective >> c & 1 for c in (CAP_SETUID, CAP_SETGID, caps.CAP_SETPCAP))
     seccomp = _seccomp_available()
     cgroups.sweep_stale()
@@ -88,6 +90,7 @@ def probe() -> Host:
         switches_uid=privileged,
         cgroup=cgroups.layout(),
         user_namespaces=_user_namespaces(),
-        private_shm=privileged and bool(effective >> caps.CAP_SYS_ADMIN & 1) and os.path.isdir("/dev/shm"),
+        private_shm=privileged and sys_admin and os.path.isdir("/dev/shm"),
         has_setpcap=bool(effective >> caps.CAP_SETPCAP & 1),
+        jail=privileged and sys_admin and os.environ.get("EVALBOX_JAIL", "1") != "0",
     )

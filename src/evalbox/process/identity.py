@@ -92,10 +92,44 @@ class UidLease:
             _block[0] += 1
         self.index = index
         self.uid = SANDBOX_UID_BASE + index
-        self.path = ""  # (no lock file: nothing to hand over, a retired uid is never leased again)
+        # where files of this run's uid may be kept (e.g. its /etc/passwd): `path` + suffix, in a
+        # root-only directory; removed on release (no lock: a retired uid is never leased again)
+        self.path = os.path.join(_files_dir(), str(self.uid))
 
     def release(self) -> None:
-        """Nothing to give back: the uid is retired for good."""
+        """Remove the uid's files; the uid itself is retired for good."""
+        directory, prefix = os.path.split(self.path)
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return
+        for name in names:
+            if name == prefix or name.startswith(prefix + "."):
+                try:
+                    os.unlink(os.path.join(directory, name))
+                except OSError:
+                    pass
+
+
+_files_dir_cache: list[str] = []
+
+
+def _files_dir() -> str:
+    """A root-only directory (on tmpfs where possible) for per-uid files of running sandboxes."""
+    if _files_dir_cache:
+        return _files_dir_cache[0]
+    for parent in ("/run/evalbox", os.path.join(tempfile.gettempdir(), f"evalbox-run-{os.geteuid()}")):
+        path = os.path.join(parent, "uid-files")
+        try:
+            os.makedirs(path, 0o700, exist_ok=True)
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077:
+            _files_dir_cache.append(path)
+            return path
+    raise SandboxError("no private directory for evalbox's per-run files (/run/evalbox or the temp dir); "
+                       "make /run writable for root")
 
 
 def is_sandbox_uid(uid: int) -> bool:

@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from evalbox.errors import SandboxError, UnsupportedKernel, ValidationError
 from evalbox.kernel import capabilities as caps
 from evalbox.kernel import cgroups, landlock, seccomp_notify
-from evalbox.policy import filesystem, seccomp_policy
+from evalbox.kernel import namespaces
+from evalbox.policy import filesystem, jail, seccomp_policy
 from evalbox.policy.plan import NotifyMode, Plan
 from evalbox.policy.resolve import find_executable, runtime_files
 from evalbox.process.identity import UidLease
+from evalbox.process import netns, templates
 from evalbox.process.host import MIN_LANDLOCK_ABI, MIN_LANDLOCK_ABI_SAME_UID, Host
 from evalbox.process.result import Protections
 from evalbox.process.workspace import Workspace
@@ -56,6 +58,13 @@ class Lockdown:
     overlays: list[tuple[bytes, bytes, int, list[tuple[bytes, bool]]]] = field(default_factory=list)
     magic: int = 0  # non-zero when the plan intercepts calls (see _spawn.c `tagged`)
     routing: seccomp_policy.Routing | None = None  # set when a notify listener serves the filter
+    jail_flags: int = 0  # CLONE_NEW* flags of the jail's init (0: no jail)
+    proc_rights: int = 0  # Landlock rights on the jail's own /proc
+    netns_fd: int = -1  # a pooled network namespace the init enters
+    hostname: str | None = None
+    root: list[tuple[int, bytes, bytes, int, int, int]] = field(default_factory=list)  # see policy/jail.py
+    root_rights: int = 0
+    template_fd: int = -1  # a template mount namespace the init copies (see process/templates.py)
     cgroup_fds: list[int] = field(default_factory=list)
     uid_lease: UidLease | None = None
     pids_reserved: int = 0  # counted in _pids_reserved until close()
@@ -66,6 +75,9 @@ class Lockdown:
         for fd in self.cgroup_fds:
             os.close(fd)
         self.cgroup_fds = []
+        if self.template_fd >= 0:
+            templates.release(self.template_fd)
+            self.template_fd = -1
 
     def close(self, keep_uid: bool = False) -> None:
         """Release everything: call after every process of the run is dead."""
@@ -77,6 +89,9 @@ class Lockdown:
             cgroups.release(self.cgroup)
             self.cgroup = None
         self.workspace.remove()
+        if self.netns_fd >= 0:
+            netns.release(self.netns_fd)
+            self.netns_fd = -1
         if not keep_uid:
             self.release_uid()
 
@@ -320,6 +335,11 @@ def _identity_files(ws: Workspace, uid: int, gid: int) -> list[tuple[bytes, bool
     return binds
 
 
+def _read(path: bytes) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def prepare(plan: Plan, host: Host) -> Lockdown:
     check_floor(host)
     for mount in plan.mounts:
@@ -338,6 +358,8 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
     uid = gid = -1
     lease = UidLease() if host.switches_uid else None
     ws = ruleset = group = None
+    netns_fd = -1
+    template = -1
     try:
         if lease is not None:
             uid = gid = lease.uid
@@ -364,14 +386,24 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             raise UnsupportedKernel("no pids cgroup to bound processes of a root sandbox; mount the pids controller")
         rlimits, rlimit_names, memory_how, pids_how = _rlimits(plan, host, uid if uid >= 0 else os.getuid(), use_mem, use_pids)
 
-        rules = filesystem.path_rules(plan, ws.root, runtime, own_uid=uid >= 0,
-                                      cgroup_dirs=tuple(group.distinct_dirs) if group is not None else ())
+        jail_flags = jail.clone_flags(plan) if host.jail else 0
+        # (in the jail the pseudo-terminals are a devpts instance of its own; the run's cgroup
+        # directory is not in its root)
+        rules = filesystem.path_rules(plan, ws.root, runtime, own_uid=uid >= 0 and not jail_flags,
+                                      cgroup_dirs=tuple(group.distinct_dirs) if group is not None and not jail_flags
+                                      else ())
         identity = _identity_files(ws, uid, gid) if host.private_shm and lease is not None else []
         # (Landlock sees a bound file by its own inode, not by the path it is mounted at)
-        rules += [filesystem.PathRule(source.decode(), landlock.READ_FILE) for _, _, source in identity]
-        ruleset = filesystem.build_ruleset(rules, host.landlock_abi, plan.network)
-        # The tree is found by the cgroup, else by the sandbox's own uid, else by its process group.
-        group_only = group is None and uid < 0
+        if not jail_flags:
+            rules += [filesystem.PathRule(source.decode(), landlock.READ_FILE) for _, _, source in identity]
+        # In its own network namespace the run may use TCP: only its loopback is there.
+        ruleset = filesystem.build_ruleset(rules, host.landlock_abi, plan.network or bool(jail_flags))
+        # The tree is found by its PID namespace, the cgroup, the sandbox's own uid, else by its
+        # process group.
+        group_only = group is None and uid < 0 and not jail_flags
+        private_net = bool(jail_flags) and not plan.network
+        if private_net:
+            netns_fd = netns.acquire()
         magic = 0
         routing = None
         if plan.notify is not NotifyMode.DISABLED:
@@ -387,15 +419,31 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
                                              group_only=group_only, same_uid=uid < 0,
                                              intercept=plan.intercept if magic else (), magic=magic,
                                              large_map=seccomp_policy.large_map_threshold(plan.memory)
-                                             if plan.memory is not None and not use_mem else 0)
+                                             if plan.memory is not None and not use_mem else 0,
+                                             private_net=private_net, private_root=bool(jail_flags))
             program = routing.program
             filters = [(program, seccomp_notify.FILTER_FLAG_NEW_LISTENER)]
         else:
             program = seccomp_policy.program(plan.network, plan.syscalls.allow, plan.syscalls.deny, host.arch,
-                                             group_only=group_only, same_uid=uid < 0)
+                                             group_only=group_only, same_uid=uid < 0, private_net=private_net,
+                                             private_root=bool(jail_flags))
             filters = [(program, 0)]
         overlays = []
-        if host.private_shm:
+        root = []
+        if jail_flags:
+            # the jail's own root replaces the overlays (/dev/shm, /tmp, passwd, paths below hidden
+            # directories)
+            system, extras, stamp = jail.template_entries(plan, ws.root, rules)
+            root = jail.run_entries(plan, ws.root, filesystem.PROC_RIGHTS & ruleset.handled_fs,
+                                    (uid, gid) if lease else None, ruleset.handled_fs,
+                                    identity=[(t, _read(s)) for t, _, s in identity])
+            if jail.shareable(extras, ws.root):
+                template = templates.template_fd(system + extras, stamp)
+            if template >= 0:
+                jail_flags &= ~namespaces.CLONE_NEWNS  # the template's copy is the mount namespace
+            else:  # built per run: the run's own tmpfs first, the plan's mounts over them
+                root = system + root + extras
+        elif host.private_shm:
             # a private /dev/shm (POSIX semaphores) and /tmp (code that hard-codes /tmp/...); the
             # workspace, mounts and runtime files may live below them: bind those back
             granted = [ws.root] + [r.path for r in rules if r.path != ws.root and not r.path.startswith(ws.root + "/")]
@@ -419,10 +467,16 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             scope_names = ["abstract_unix_socket", "signal"]
         protections = Protections(
             landlock_abi=host.landlock_abi,
-            filesystem=f"landlock ABI {host.landlock_abi}: system trees read-only, narrow /etc, workspace read-write"
+            filesystem=(f"jail: own root (tmpfs) holding only the granted paths, entered with pivot_root; and landlock "
+                        f"ABI {host.landlock_abi}: system trees read-only, narrow /etc, workspace read-write, private "
+                        "/dev/shm and /tmp") if jail_flags else
+            f"landlock ABI {host.landlock_abi}: system trees read-only, narrow /etc, workspace read-write"
             + (", private /dev/shm and /tmp" if private_shm else ""),
-            network="host network" if plan.network else "off: seccomp allows only Unix stream socket pairs (no connect, bind, listen)",
-            tcp_landlock=bool(not plan.network and landlock.net_rights(host.landlock_abi)),
+            network="host network" if plan.network else
+            "off: private network namespace with only its own loopback (TCP/UDP on 127.0.0.1 work inside it); "
+            "Unix sockets within its own root" if private_net else
+            "off: seccomp allows only Unix stream socket pairs (no connect, bind, listen)",
+            tcp_landlock=bool(not plan.network and not private_net and landlock.net_rights(host.landlock_abi)),
             scopes=tuple(scope_names),
             seccomp=f"allow-list, {len(program) // 8} instructions, kill on forbidden calls, i386/x32 killed"
             + (" (named by the notify listener)" if routing else " (SIGSYS)"),
@@ -435,7 +489,14 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             memory=memory_how,
             rlimits=tuple(rlimit_names),
             weakened=tuple(f"syscall {n} allowed unconditionally" for n in plan.syscalls.allow),
-            namespaces=("mount (private /dev/shm and /tmp, own passwd entry, hidden paths bound in)",) if overlays else (),
+            view=jail.VIEW if jail_flags else jail.NO_VIEW,
+            disk=f"workspace tmpfs of {plan.disk} bytes, {jail.inode_limit(plan.disk)} files and directories"
+            if jail_flags and plan.disk else
+            "not bounded (no jail): max_file_size bounds each file" + (", the memory cgroup the workspace's pages"
+                                                                        if ws.root.startswith("/dev/shm/") and use_mem else ""),
+            namespaces=namespaces.describe(jail_flags | namespaces.CLONE_NEWNS | (namespaces.CLONE_NEWNET if private_net else 0))
+            if jail_flags else
+            ("mount (private /dev/shm and /tmp, own passwd entry, hidden paths bound in)",) if overlays else (),
         )
         return Lockdown(
             executable=executable,
@@ -455,11 +516,22 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             cgroup=group,
             protections=protections,
             overlays=overlays,
+            jail_flags=jail_flags,
+            hostname=jail.HOSTNAME if jail_flags else None,
+            root=root,
+            template_fd=template,
+            root_rights=jail.ROOT_RIGHTS & ruleset.handled_fs,
+            netns_fd=netns_fd,
+            proc_rights=filesystem.PROC_RIGHTS & ruleset.handled_fs,
             cgroup_fds=group.open_procs() if group is not None else [],
             uid_lease=lease,
             pids_reserved=_take_pid_reservation(plan, host, use_pids),
         )
     except BaseException:
+        if template >= 0:
+            templates.release(template)
+        if netns_fd >= 0:
+            netns.release(netns_fd)
         if ruleset is not None:
             ruleset.close()
         if group is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import struct
 
@@ -54,17 +55,17 @@ CALLS = {
 }
 XATTR_NAME_MAX, XATTR_SIZE_MAX = 255, 65536
 RESOLVE_IN_ROOT = 0x10
-
-
 def _int32(value: int) -> int:
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value & 0x80000000 else value
 
 
-def emulate(listener: int, n: sn.Notification, name: str, workspace: str | None) -> None:
-    """Answer notification `n` (one of CALLS): done inside the workspace, else refused."""
+def emulate(listener: int, n: sn.Notification, name: str, workspace: str | None, owner: int = -1) -> None:
+    """Answer notification `n` (one of CALLS): done inside the workspace, else refused.
+    `owner`: the sandbox's own uid when it has one (evalbox then runs as root: only files that
+    uid owns are changed, as the kernel would allow it)."""
     try:
-        _emulate(listener, n, name, workspace)
+        _emulate(listener, n, name, workspace, owner)
     except OSError as e:
         code = e.errno if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
                                       errno.EINVAL, errno.EOPNOTSUPP, errno.EFAULT, errno.EROFS, errno.E2BIG,
@@ -75,7 +76,7 @@ def emulate(listener: int, n: sn.Notification, name: str, workspace: str | None)
     sn.succeed(listener, n.id, 0)
 
 
-def _emulate(listener: int, n: sn.Notification, name: str, workspace: str | None) -> None:
+def _emulate(listener: int, n: sn.Notification, name: str, workspace: str | None, owner: int) -> None:
     if name not in CALLS or workspace is None:
         raise OSError(errno.EPERM, "not emulated")
     dirfd_arg, path_arg, follow, flags_arg, what, value_arg = CALLS[name]
@@ -86,10 +87,21 @@ def _emulate(listener: int, n: sn.Notification, name: str, workspace: str | None
     raw = sn.read_string(n.pid, args[path_arg])
     if raw is None:
         raise OSError(errno.EFAULT, "path unreadable")
-    if not raw:
-        # "" with AT_EMPTY_PATH acts on an fd: not a path change this module can confine
-        raise OSError(errno.EPERM if flags & AT_EMPTY_PATH else errno.ENOENT, "empty path")
     dirfd = _int32(args[dirfd_arg]) if dirfd_arg is not None else AT_FDCWD
+    own_fd = _OWN_FD.match(raw)
+    if own_fd or (not raw and flags & AT_EMPTY_PATH):
+        # an fd of the program named by path: glibc's lchmod/fchmodat(AT_SYMLINK_NOFOLLOW) uses
+        # /proc/self/fd/N, and "" with AT_EMPTY_PATH is the dirfd itself
+        target = _open_own_fd(listener, n, int(own_fd.group(1)) if own_fd else dirfd, workspace)
+        try:
+            if owner >= 0 and os.fstat(target).st_uid != owner:
+                raise OSError(errno.EPERM, "not the sandbox's own file")
+            _apply(target, what, args[value_arg:], n.pid)
+        finally:
+            os.close(target)
+        return
+    if not raw:
+        raise OSError(errno.ENOENT, "empty path")
     absolute = raw.startswith(b"/")
     if absolute:
         base_link = f"/proc/{n.pid}/root"
@@ -108,9 +120,50 @@ def _emulate(listener: int, n: sn.Notification, name: str, workspace: str | None
     finally:
         os.close(base)
     try:
+        if owner >= 0 and os.fstat(target).st_uid != owner:
+            raise OSError(errno.EPERM, "not the sandbox's own file")
         _apply(target, what, args[value_arg:], n.pid)
     finally:
         os.close(target)
+
+
+_OWN_FD = re.compile(rb"/proc/(?:self|thread-self)/fd/(\d{1,9})")
+
+
+def _open_own_fd(listener: int, n: sn.Notification, fd: int, workspace: str) -> int:
+    """An O_PATH fd of the file the program holds as `fd`, if that file has a name inside the
+    workspace: its current name (from /proc) must lead, through a directory inside the
+    workspace, to this very inode (a hard link from outside cannot exist: Landlock refuses
+    linking a file where it would gain rights)."""
+    target = os.open(f"/proc/{n.pid}/fd/{fd}", os.O_PATH | os.O_CLOEXEC)  # (the magic link leads to the file itself)
+    try:
+        if not sn.still_valid(listener, n.id):
+            raise OSError(errno.ESRCH, "caller gone")
+        st = os.fstat(target)
+        if stat.S_ISDIR(st.st_mode):
+            if _below(target, workspace):
+                return target
+            raise OSError(errno.EPERM, "outside the workspace")
+        name = os.readlink(f"/proc/{n.pid}/fd/{fd}").encode("utf-8", "surrogateescape")
+        parent, _, last = name.rpartition(b"/")
+        if not name.startswith(b"/") or not last:
+            raise OSError(errno.EPERM, "no name")
+        root = os.open(f"/proc/{n.pid}/root", os.O_PATH | os.O_CLOEXEC)
+        try:
+            dir_fd = sn.openat2(root, parent or b"/", os.O_PATH | os.O_DIRECTORY, 0,
+                                RESOLVE_IN_ROOT | sn.RESOLVE_NO_MAGICLINKS)
+        finally:
+            os.close(root)
+        try:
+            there = os.stat(last, dir_fd=dir_fd, follow_symlinks=False)
+            if not _below(dir_fd, workspace) or (there.st_dev, there.st_ino) != (st.st_dev, st.st_ino):
+                raise OSError(errno.EPERM, "outside the workspace")
+        finally:
+            os.close(dir_fd)
+        return target
+    except BaseException:
+        os.close(target)
+        raise
 
 
 def _open_inside(base: int, raw: bytes, absolute: bool, follow: bool, workspace: str) -> int:
@@ -185,6 +238,10 @@ def _apply(target: int, what: str, values: tuple[int, ...], pid: int) -> None:
         name = sn.read_string(pid, values[0], XATTR_NAME_MAX + 1)
         if name is None:
             raise OSError(errno.EFAULT if values[0] else errno.EINVAL, "attribute name")
+        if not name.startswith(b"user."):
+            # ACLs (system.posix_acl_*), trusted.*, security.*: "not supported here", which
+            # `cp -a`, tar and rsync accept
+            raise OSError(errno.EOPNOTSUPP, "only user attributes")
         if stat.S_ISLNK(os.fstat(target).st_mode):
             raise OSError(errno.EPERM, "no user attributes on symlinks")
         here = f"/proc/self/fd/{target}"

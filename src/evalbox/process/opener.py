@@ -38,7 +38,7 @@ RESOLVE_BENEATH = 0x08
 AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
 PROC_SUPER_MAGIC = 0x9FA0
-ANSWER_TIMEOUT = 2.0
+ANSWER_TIMEOUT = 10.0  # a thread hop takes microseconds; this only bounds a hung filesystem
 _STATFS = struct.Struct("=q")  # f_type, the first field of struct statfs (64-bit)
 
 

@@ -39,6 +39,8 @@ class Protections:
     rlimits: tuple[str, ...]
     namespaces: tuple[str, ...] = ()
     weakened: tuple[str, ...] = ()  # explicit weakenings the plan asked for (Syscalls(allow=...))
+    view: str = ""  # promise 9: what the sandbox sees of the host ("jail: ..." or what does not hold)
+    disk: str = ""  # how Plan.disk is enforced
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

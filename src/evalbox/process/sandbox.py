@@ -16,7 +16,7 @@ from evalbox.process import watchdog
 from evalbox.process.host import Host
 from evalbox.process.lockdown import Lockdown, prepare
 from evalbox.process.result import Output, Status
-from evalbox.process.spawn import kill_session, kill_uid, spawn
+from evalbox.process.spawn import InitRecord, kill_session, kill_uid, read_init_record, spawn
 from evalbox.process.supervisor import Supervision
 
 CPU_TICK_SLACK = 0.1  # seconds
@@ -37,6 +37,7 @@ class Sandbox:
         self.wait_status: int | None = None
         self.rusage = None
         self.ended_at: float | None = None
+        self.init_report = -1  # in a jail: the init's report pipe (see spawn.InitRecord)
         child_fds: list[int] = []
         try:
             in_r, self.stdin_w = os.pipe2(os.O_CLOEXEC)
@@ -46,7 +47,7 @@ class Sandbox:
             for fd in (self.stdin_w, self.stdout_r, self.stderr_r):
                 os.set_blocking(fd, False)
             self.started = time.monotonic()
-            self.pid, self.pidfd, listener = spawn(self.lock, in_r, out_w, err_w)
+            self.pid, self.pidfd, listener, self.init_report = spawn(self.lock, in_r, out_w, err_w)
             # the spawn child shared our memory until it exec'd (spawn returns after that), and the
             # kernel folds that memory's peak into the program's ru_maxrss: remember our peak now
             self.caller_peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -117,6 +118,15 @@ class Sandbox:
         self.kill_tree()
 
     def kill_tree(self) -> None:
+        if self.lock.jail_flags:
+            # The init kills the rest of its namespace, then reports the program's end. (Once
+            # the init is reaped, its namespace is empty: see reap.)
+            if self.wait_status is None:
+                try:
+                    os.kill(self.pid, signal.SIGUSR1)
+                except ProcessLookupError:
+                    pass
+            return
         # Until the leader is reaped its pid cannot be reused, so the group id is safe to signal.
         # Processes that left the group are found by the cgroup, or by the sandbox's own uid
         # (without either, the policy keeps them from leaving the group).
@@ -144,6 +154,15 @@ class Sandbox:
         _, self.wait_status, self.rusage = os.wait4(self.pid, 0)
         os.close(self.pidfd)
         self.pidfd = -1
+        if self.lock.jail_flags:
+            # The init exits only once every other process of its namespace is dead; its own
+            # status and rusage are not the program's (it shares the caller's memory).
+            record = read_init_record(self.init_report)
+            if record is not None:
+                self.wait_status, self.rusage = record.status, record
+            else:  # killed from outside before the program ended (caller's guard, OOM killer)
+                self.rusage = InitRecord(self.wait_status, self.rusage.ru_utime, self.rusage.ru_stime, 0)
+            return
         # (every process left in the group got SIGKILL in kill_tree: a group kill reaches children
         # forked meanwhile too, so nothing is waited for here, in the event loop)
 
@@ -157,6 +176,8 @@ class Sandbox:
         if peak is not None:
             return peak
         rss = self.rusage.ru_maxrss * 1024
+        if self.lock.jail_flags:
+            return rss  # the init's record: the program's processes only
         return rss if rss > self.caller_peak_rss else 0
 
     def output(self) -> Output:
@@ -215,7 +236,7 @@ class Sandbox:
         """Release every fd and the workspace/cgroup. The tree must already be dead and reaped."""
         if self.supervision is not None:
             self.supervision.close()
-        for name in ("stdin_w", "stdout_r", "stderr_r", "pidfd"):
+        for name in ("stdin_w", "stdout_r", "stderr_r", "pidfd", "init_report"):
             fd = getattr(self, name)
             if fd >= 0:
                 try:

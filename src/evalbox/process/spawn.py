@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import struct
+from dataclasses import dataclass
 
 from evalbox.errors import CommandNotFound, SpawnError, UnsupportedKernel
 from evalbox.kernel import _spawn
@@ -21,7 +22,7 @@ STEPS = {
     9: "set rlimits", 10: "drop the capability bounding set", 11: "lock securebits", 12: "clear groups",
     13: "switch gid", 14: "switch uid", 15: "drop capabilities", 16: "set no_new_privs",
     17: "apply Landlock", 18: "install the seccomp filter", 19: "hand over the notify listener", 20: "exec",
-    21: "set up the private mounts (/dev/shm, hidden paths)",
+    21: "set up the private mounts (/dev/shm, hidden paths)", 22: "set up the jail's namespaces", 23: "build the jail's root",
 }
 STEP_LANDLOCK, STEP_SECCOMP, STEP_EXEC = 17, 18, 20
 
@@ -31,9 +32,12 @@ def _high_fd(fd: int) -> int:
     return fd if fd > 2 else fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
 
 
-def spawn(lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple[int, int, int]:
-    """Clone, lock down and exec. Returns (pid, pidfd, notify listener or -1) once the program
-    runs; raises otherwise."""
+def spawn(lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple[int, int, int, int]:
+    """Clone, lock down and exec. Returns (pid, pidfd, notify listener or -1, init report fd or
+    -1) once the program runs; raises otherwise. In a jail, pid is the jail's init (its exit ends
+    the run, see InitRecord) and the report fd carries the program's verdict when it ends."""
+    if lock.jail_flags:
+        return _spawn_jailed(lock, stdin, stdout, stderr)
     stdio = [_high_fd(fd) for fd in (stdin, stdout, stderr)]
     # the child hands a notify listener over this pair before exec (SCM_RIGHTS)
     wants_listener = any(flags & _spawn.SECCOMP_FILTER_FLAG_NEW_LISTENER for _, flags in lock.filters)
@@ -67,11 +71,83 @@ def spawn(lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple[int, in
             if end is not None:
                 end.close()
     if len(report) < 8:
-        return pid, pidfd, listener
+        return pid, pidfd, listener, -1
     step, err = struct.unpack("=ii", report)
     os.waitpid(pid, 0)
     os.close(pidfd)
     raise _spawn_error(lock, step, err)
+
+
+def _spawn_jailed(lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple[int, int, int, int]:
+    stdio = [_high_fd(fd) for fd in (stdin, stdout, stderr)]
+    wants_listener = any(flags & _spawn.SECCOMP_FILTER_FLAG_NEW_LISTENER for _, flags in lock.filters)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if wants_listener else (None, None)
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    read_end, write_end = _high_fd(read_end), _high_fd(write_end)
+    listener = -1
+    try:
+        pid, pidfd, report = _spawn.spawn(
+            path=os.fsencode(lock.executable), argv=lock.argv, envp=lock.env, cwd=os.fsencode(lock.cwd), stdio=stdio,
+            errpipe=write_end, parent_pid=os.getpid(), cgroup_fds=lock.cgroup_fds, rlimits=lock.rlimits,
+            drop_bounding_set=lock.drop_bounding_set, last_cap=caps.last_cap(), securebits=lock.securebits,
+            uid=lock.uid, gid=lock.gid, landlock_fd=lock.ruleset.fd, filters=lock.filters,
+            listener_sock=theirs.fileno() if theirs else -1, umask=UMASK, overlays=lock.overlays, magic=lock.magic,
+            jail_flags=lock.jail_flags, netns_fd=lock.netns_fd, proc_rights=lock.proc_rights,
+            hostname=lock.hostname, report_fd=read_end, root=lock.root, root_rights=lock.root_rights,
+            template_fd=lock.template_fd,
+        )
+        if len(report) == 8 and struct.unpack("=ii", report)[0] == _spawn.STEP_STARTED and ours is not None:
+            _, fds, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
+            listener = fds[0]
+            os.set_inheritable(listener, False)
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+        for given, used in zip((stdin, stdout, stderr), stdio):
+            if used != given:
+                os.close(used)
+        for end in (ours, theirs):
+            if end is not None:
+                end.close()
+    step, err = struct.unpack("=ii", report) if len(report) == 8 else (-1, errno.ECHILD)
+    if step == _spawn.STEP_STARTED:
+        os.set_blocking(read_end, False)
+        return pid, pidfd, listener, read_end
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    os.close(pidfd)
+    if step < 0:
+        raise SpawnError(errno.ECHILD, "the sandbox's init died before the program started; nothing was run")
+    raise _spawn_error(lock, step, err)
+
+
+@dataclass(frozen=True)
+class InitRecord:
+    """What a jail's init reports when the program exits (struct init_record in _spawn.c)."""
+
+    status: int  # the program's wait status
+    ru_utime: float  # CPU seconds of every process of the namespace the init reaped
+    ru_stime: float
+    ru_maxrss: int  # KiB, the largest of them
+
+
+def read_init_record(fd: int) -> InitRecord | None:
+    """The init's record, or None when it was killed before it could write one."""
+    try:
+        data = os.read(fd, _INIT_RECORD.size)
+    except BlockingIOError:
+        return None
+    if len(data) != _INIT_RECORD.size:
+        return None
+    kind, status, utime_us, stime_us, maxrss = _INIT_RECORD.unpack(data)
+    if kind != _spawn.INIT_RECORD_KIND:
+        return None
+    return InitRecord(status, utime_us / 1e6, stime_us / 1e6, maxrss)
+
+
+_INIT_RECORD = struct.Struct("=iiqqq")
 
 
 def _spawn_error(lock: Lockdown, step: int, err: int) -> Exception:

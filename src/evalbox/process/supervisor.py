@@ -21,7 +21,7 @@ import stat
 import struct
 from collections.abc import Callable
 
-from evalbox.errors import SandboxError, ValidationError
+from evalbox.errors import ValidationError
 from evalbox.kernel import seccomp_notify as sn
 from evalbox.process.opener import AT_FDCWD as OPENER_ROOT
 from evalbox.process.opener import PROC_SUPER_MAGIC, Opener, OpenerBroken, fs_type
@@ -123,6 +123,7 @@ class Supervision:
         self.pid = pid
         self.routing = routing
         self.workspace = workspace
+        self.owner = uid  # the sandbox's own uid (root host), else -1
         self.names = routing.names if routing else {nr: name for name, nr in ARCHES[arch].items()}
         self.arch = arch
         self.native_arch = AUDIT_ARCH[arch]
@@ -139,14 +140,11 @@ class Supervision:
         self.roots: list[tuple[str, str, int]] = []  # (virtual prefix, host dir, O_PATH fd)
         self._prepared: dict[int, _Prepared] = {}
         self.opener: Opener | None = None
+        # the Opener is made at the first sound call (its caller is then alive and waiting, so its
+        # mount namespace can be joined): keep what it needs until then
+        self._opener_needs: tuple[int, int, int] | None = None
         if plan.notify in (NotifyMode.SUPERVISE, NotifyMode.MONITOR) and SOUND_CALLS & set(plan.intercept):
-            try:
-                self.opener = Opener(pid, ruleset_fd, uid, gid)
-            except OpenerBroken as e:
-                os.close(listener)
-                self.listener = -1
-                raise SandboxError(f"supervision needs to open files with the program's rights, and {e}; "
-                                   "nothing was run (use notify=NotifyMode.DISABLED)") from None
+            self._opener_needs = (os.dup(ruleset_fd) if ruleset_fd >= 0 else -1, uid, gid)
         for virtual, host in sorted(plan.virtual_paths.items(), key=lambda kv: -len(kv[0])):
             try:
                 fd = os.open(host, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -165,6 +163,10 @@ class Supervision:
         if self.opener is not None:
             self.opener.close()
             self.opener = None
+        if self._opener_needs is not None:
+            if self._opener_needs[0] >= 0:
+                os.close(self._opener_needs[0])
+            self._opener_needs = None
         if self.listener >= 0:
             os.close(self.listener)
             self.listener = -1
@@ -203,7 +205,7 @@ class Supervision:
                     self._block(n, self.names.get(n.nr, f"syscall {n.nr}"))
                     continue
                 if reason == EMULATED:
-                    metadata.emulate(self.listener, n, self.names.get(n.nr, ""), self.workspace)
+                    metadata.emulate(self.listener, n, self.names.get(n.nr, ""), self.workspace, self.owner)
                     continue
                 if reason == LARGE_MAP:  # only integers: the kernel decides, we note a refusal to come
                     self._check_mapping(n)
@@ -223,7 +225,7 @@ class Supervision:
                     continue  # the caller died (its pid may be reused) while we read its memory
                 self._virtualize(SyscallRequest(self.sandbox_id, name, n.args, n.pid, path, n.id))
                 continue
-            prepared = self._prepare(name, n) if self.opener is not None and name in SOUND_CALLS else None
+            prepared = self._prepare(name, n) if self._opener_for(n.pid) and name in SOUND_CALLS else None
             path = prepared.path if prepared is not None else self._advisory_path(name, n)
             if not sn.still_valid(self.listener, n.id):
                 if prepared is not None:
@@ -246,6 +248,24 @@ class Supervision:
                     self._prepared[n.id] = prepared
                 out.append(req)
         return out
+
+    def _opener_for(self, pid: int) -> bool:
+        """Is there an Opener (made now, from the waiting caller `pid`, if needed)?"""
+        if self.opener is not None:
+            return True
+        if self._opener_needs is None:
+            return False
+        ruleset_fd, uid, gid = self._opener_needs
+        try:
+            self.opener = Opener(pid, ruleset_fd, uid, gid)
+        except OpenerBroken as e:
+            raise SupervisorFailed(f"supervision needs to open files with the program's rights, and {e} "
+                                   "(use notify=NotifyMode.DISABLED)") from None
+        finally:
+            if ruleset_fd >= 0:
+                os.close(ruleset_fd)
+            self._opener_needs = None
+        return True
 
     # -- paths ---------------------------------------------------------------------------------------
 
@@ -402,6 +422,8 @@ class Supervision:
                 return f"failed {errno.errorcode.get(code, code)}" if sn.fail(listener, nid, code) else "abandoned"
             try:
                 return "allowed" if sn.inject_fd_and_return(listener, nid, fd, bool(flags & os.O_CLOEXEC)) else "abandoned"
+            except OSError:
+                return "failed EIO" if sn.fail(listener, nid, errno.EIO) else "abandoned"
             finally:
                 os.close(fd)
         return _Prepared(path, run, fds)
@@ -410,16 +432,28 @@ class Supervision:
         assert self.opener is not None
         try:
             kind = os.fstat(target).st_mode
-            if not flags & O_PATH and not (stat.S_ISREG(kind) or stat.S_ISDIR(kind) or stat.S_ISCHR(kind)):
+            if flags & O_PATH:
+                # an O_PATH fd cannot be injected (SECCOMP_IOCTL_NOTIF_ADDFD refuses it): the
+                # program gets the file opened read-only, which serves every O_PATH use (README)
+                if stat.S_ISLNK(kind):
+                    raise OSError(errno.ELOOP, "O_PATH|O_NOFOLLOW on a symbolic link")
+                flags = os.O_RDONLY | (os.O_DIRECTORY if stat.S_ISDIR(kind) else 0) | (flags & os.O_CLOEXEC)
+            if stat.S_ISLNK(kind):
+                raise OSError(errno.ELOOP, "O_NOFOLLOW on a symbolic link")
+            elif not (stat.S_ISREG(kind) or stat.S_ISDIR(kind) or stat.S_ISCHR(kind)):
                 # a FIFO or socket open may block: refused under supervision (README)
-                raise OSError(errno.EACCES if not stat.S_ISLNK(kind) else errno.ELOOP, "not a file")
-            fd = self.opener.reopen(target, flags & ~os.O_CLOEXEC)
+                raise OSError(errno.EACCES, "not a file, directory or character device")
+            else:  # (O_NOFOLLOW was applied when resolving; the reopen goes through a magic link)
+                fd = self.opener.reopen(target, flags & ~(os.O_CLOEXEC | os.O_NOFOLLOW))
         except OSError as e:
             code = e.errno or errno.EACCES
             return f"failed {errno.errorcode.get(code, code)}" if sn.fail(self.listener, nid, code) else "abandoned"
         try:
             done = sn.inject_fd_and_return(self.listener, nid, fd, bool(flags & os.O_CLOEXEC))
             return "allowed" if done else "abandoned"
+        except OSError as e:  # (e.g. the program's fd table is full)
+            code = errno.EMFILE if e.errno == errno.EMFILE else errno.EIO
+            return f"failed {errno.errorcode[code]}" if sn.fail(self.listener, nid, code) else "abandoned"
         finally:
             os.close(fd)
 

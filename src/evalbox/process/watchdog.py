@@ -7,15 +7,15 @@ directories, its own uid, workspace. The guard only reads. When the pipe reaches
 the caller is gone: the guard kills whatever is still registered, removes the workspaces and
 cgroups, and exits. One guard per caller process, not per sandbox.
 
-If the guard itself dies first (killed by someone), the caller notices at once: a watcher thread
-(one per caller process, blocked on the guard's pidfd) starts a new guard and tells it every
-live sandbox again, so the caller's death never goes unnoticed for longer than a restart takes.
+If the guard itself dies first (killed by someone), the caller notices at once: each Executor
+watches the guard's pidfd in its event loop (`guard_pidfd`, `check`), and every registration
+checks too; a new guard is started and told every live sandbox again, so the caller's death
+never goes unnoticed for longer than a restart takes. (No thread: the caller stays as it was.)
 """
 
 from __future__ import annotations
 
 import os
-import select
 import subprocess
 import sys
 import threading
@@ -70,17 +70,24 @@ def uid_pids(uid):
     return out
 
 def rmtree_inside(top):
+    # (its processes are dead: nothing changes the tree meanwhile.) Directories the program
+    # chmod'ed to 0 are opened up first, from the top down, never through a symlink and never
+    # above `top` (the base dir, /tmp...).
     top = os.path.abspath(top)
-    def fix_and_retry(func, path, exc):
-        parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(top) or os.path.islink(top):
+        return
+    stack, seen = [top], 0
+    while stack and seen < 1000000:
+        d = stack.pop()
+        seen += 1
         try:
-            if parent == top or parent.startswith(top + "/"):  # never the base dir (/tmp...)
-                os.chmod(parent, 0o700)
-            func(path)
+            os.chmod(d, 0o700)
+            for e in os.scandir(d):
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
         except OSError:
             pass
-    if os.path.isdir(top) and not os.path.islink(top):
-        shutil.rmtree(top, onerror=fix_and_retry)
+    shutil.rmtree(top, ignore_errors=True)
 
 for box in live.values():
     try:
@@ -129,7 +136,6 @@ for fd in held:
 _lock = threading.Lock()
 _guard: subprocess.Popen[bytes] | None = None
 _live: dict[str, bytes] = {}  # registrations, replayed to a new guard if the old one died
-_watcher: threading.Thread | None = None
 restarts = 0  # guards started again after dying (for tests and diagnostics)
 
 
@@ -160,43 +166,29 @@ def _restart_locked() -> None:
     _write_all(_guard.stdin.fileno(), b"".join(_live.values()))
 
 
-def _watch() -> None:
-    """Wait for the current guard to die; restart it while sandboxes are live."""
-    global _guard, _watcher
-    me = threading.current_thread()
-    while True:
-        with _lock:
-            if _watcher is not me or _guard is None:
-                return  # forked, replaced or stopped
-            guard = _guard
+def guard_pidfd() -> int:
+    """A new pidfd (the caller closes it) of the current guard, readable once it dies; -1 when
+    there is none."""
+    with _lock:
+        if _guard is None:
+            return -1
         try:
-            pidfd = os.pidfd_open(guard.pid)
+            return os.pidfd_open(_guard.pid)
         except OSError:
-            pidfd = -1  # already gone: handled below
-        if pidfd >= 0:
-            try:
-                p = select.poll()
-                p.register(pidfd, select.POLLIN)
-                p.poll()
-            finally:
-                os.close(pidfd)
-        with _lock:
-            if _watcher is not me:
-                return
-            if _guard is guard:
-                if _live:
-                    _restart_locked()
-                else:  # nothing to guard: the next registration starts a guard again
-                    _reap_locked()
-                    _guard = _watcher = None
-                    return
+            return -1
 
 
-def _ensure_watcher_locked() -> None:
-    global _watcher
-    if _watcher is None or not _watcher.is_alive():
-        _watcher = threading.Thread(target=_watch, name="evalbox-guard-watch", daemon=True)
-        _watcher.start()
+def check() -> None:
+    """Restart the guard if it died while sandboxes are live (call when its pidfd is readable)."""
+    global _guard
+    with _lock:
+        if _guard is None or _guard.poll() is None:
+            return
+        if _live:
+            _restart_locked()
+        else:
+            _reap_locked()
+            _guard = None
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -220,7 +212,6 @@ def _send(key: str, line: bytes | None) -> None:
             _guard = _start()
         elif _guard.poll() is not None:
             _restart_locked()  # died since we last looked: the replay already reflects `message`
-            _ensure_watcher_locked()
             return
         assert _guard.stdin is not None
         try:
@@ -228,15 +219,13 @@ def _send(key: str, line: bytes | None) -> None:
         except BrokenPipeError:
             # the guard died (killed by someone): a new one must learn every live sandbox again
             _restart_locked()
-        _ensure_watcher_locked()
 
 
 def _forget_after_fork() -> None:
     # the child must not write to its parent's guard, nor keep its pipe open (the guard would
     # not see the parent die); the child starts a guard of its own when it needs one
-    global _guard, _lock, _watcher
-    _lock = threading.Lock()
-    _watcher = None  # another thread may have held it at the fork: it will never release it here
+    global _guard, _lock
+    _lock = threading.Lock()  # another thread may have held it at the fork: it will never release it here
     if _guard is not None and _guard.stdin is not None:
         try:
             _guard.stdin.close()

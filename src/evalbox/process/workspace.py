@@ -21,6 +21,7 @@ from evalbox.policy.plan import WORK_DIR, Plan
 from evalbox.process.identity import is_sandbox_uid
 
 SUBDIRS = (WORK_DIR, "tmp", "home")
+IDENTITY_FILES = (".passwd", ".group")  # a root host's per-run passwd/group entries (see lockdown)
 SHM = "/dev/shm"
 
 
@@ -194,6 +195,11 @@ class Workspace:
     def remove(self) -> None:
         # fast path: the program left its three directories empty (rmdir refuses anything else)
         try:
+            for name in IDENTITY_FILES:
+                try:
+                    os.unlink(os.path.join(self.root, name))
+                except FileNotFoundError:
+                    pass
             for sub in SUBDIRS:
                 os.rmdir(os.path.join(self.root, sub))
             os.rmdir(self.root)

@@ -1,0 +1,70 @@
+"""Linux namespaces: clone flags, and network namespaces made ahead of time (no policy)."""
+
+from __future__ import annotations
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+NAMES = {CLONE_NEWPID: "pid", CLONE_NEWNS: "mount", CLONE_NEWIPC: "ipc", CLONE_NEWUTS: "uts",
+         CLONE_NEWNET: "network", CLONE_NEWUSER: "user"}
+
+
+def describe(flags: int) -> tuple[str, ...]:
+    return tuple(name for flag, name in NAMES.items() if flags & flag)
+
+
+SYS_UNSHARE = {"x86_64": 272, "aarch64": 97}
+SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
+IFF_UP, IFF_RUNNING = 0x1, 0x40
+
+
+def _loopback_up() -> None:
+    """Set `lo` up in the calling thread's network namespace (ioctl, no netlink)."""
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH22x", b"lo", 0)
+        flags = struct.unpack("16sH22x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP | IFF_RUNNING))
+
+
+def new_network_namespace() -> int:
+    """A fresh network namespace with only its loopback, up; returns an fd that keeps it alive.
+
+    Made in a short-lived thread (unshare changes the calling thread's namespace only), so the
+    caller's own threads never leave the host network. Needs CAP_SYS_ADMIN.
+    """
+    import os
+    import platform
+    import threading
+
+    from evalbox.kernel import _spawn
+
+    result: list[object] = []
+
+    def make() -> None:
+        try:
+            _spawn.syscall(SYS_UNSHARE[platform.machine() if platform.machine() != "arm64" else "aarch64"],
+                           CLONE_NEWNET)
+            fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _loopback_up()
+            except BaseException:
+                os.close(fd)
+                raise
+            result.append(fd)
+        except BaseException as e:  # reported in the caller's thread
+            result.append(e)
+
+    t = threading.Thread(target=make, name="evalbox-netns")
+    t.start()
+    t.join()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]  # type: ignore[return-value]

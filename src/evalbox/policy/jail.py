@@ -1,0 +1,234 @@
+"""The jail: which namespaces a run gets and the root it sees, so that it sees only what it is
+given (SPEC §4.9).
+
+PID (with the spawn's own init as PID 1 and a /proc of its own), IPC, UTS (hostname "sandbox")
+and mount namespaces come together; a private network namespace with only its own loopback when
+the plan has no network. The mount namespace gets a fresh root (a small tmpfs) holding exactly:
+the system trees (read-only binds; merged-/usr links as links), the narrow /etc list, the /dev
+nodes, a private /dev/shm, its own /proc, /sys/devices/system/cpu, the runtime files of a
+program installed elsewhere, the plan's mounts, and the workspace: a tmpfs of `Plan.disk` bytes
+(and a bounded number of files) with the plan's files written into it. /tmp is the workspace's
+tmp/. Anything else does not exist there (ENOENT). Landlock and seccomp still apply inside.
+
+The mechanism (mounting, pivot_root) is in kernel/_spawn.c; this module only lists what to build.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+from evalbox.kernel import _spawn
+from evalbox.kernel import landlock as ll
+from evalbox.kernel import namespaces as ns
+from evalbox.policy import filesystem as fs
+from evalbox.policy.plan import WORK_DIR, Plan
+
+HOSTNAME = "sandbox"
+BASE_FLAGS = ns.CLONE_NEWPID | ns.CLONE_NEWNS | ns.CLONE_NEWIPC | ns.CLONE_NEWUTS
+WORKSPACE_SUBDIRS = (WORK_DIR, "tmp", "home")
+DEV_LINKS = {"/dev/fd": "/proc/self/fd", "/dev/stdin": "/proc/self/fd/0", "/dev/stdout": "/proc/self/fd/1",
+             "/dev/stderr": "/proc/self/fd/2"}
+BYTES_PER_INODE = 16 << 10  # the workspace holds at most disk/16 KiB files and directories (at least 1024)
+ROOT_RIGHTS = ll.READ_DIR  # on the new root's own directories: `ls /` and `ls /etc` list what was granted
+
+Entry = tuple[int, bytes, bytes, int, int, int]
+
+VIEW = ("jail: own root with only the granted paths, own process table (PID 1 is evalbox's init), own "
+        "network namespace when network is off, own IPC objects and hostname")
+NO_VIEW = ("no jail: the host's process table (command lines), network state, and the names and metadata of "
+           "host paths are visible (promise 9 does not hold; promises 1-8 do)")
+
+
+def inode_limit(disk: int) -> int:
+    return max(1024, disk // BYTES_PER_INODE)
+
+
+def clone_flags(plan: Plan) -> int:
+    """The namespaces the init is cloned into (the network namespace comes from a pool)."""
+    return BASE_FLAGS
+
+
+def _inside(path: str, trees: tuple[str, ...] | list[str]) -> bool:
+    return any(path == t or path.startswith(t.rstrip("/") + "/") for t in trees)
+
+
+def _bind(path: str, source: str | None = None, ro: bool = True) -> Entry:
+    source = source or path
+    flags = (_spawn.ROOT_RO if ro else 0) | (_spawn.ROOT_IS_DIR if os.path.isdir(source) else 0)
+    return (_spawn.ROOT_BIND, path.encode(), source.encode(), 0, flags, 0)
+
+
+def _link(path: str, target: str, owned: bool = False) -> Entry:
+    return (_spawn.ROOT_SYMLINK, path.encode(), target.encode(), 0, _spawn.ROOT_OWNED if owned else 0, 0)
+
+
+def _dir(path: str, mode: int, owned: bool = False) -> Entry:
+    return (_spawn.ROOT_DIR, path.encode(), b"", mode, _spawn.ROOT_OWNED if owned else 0, 0)
+
+
+def _system_entries() -> list[Entry]:
+    out: list[Entry] = []
+    for tree in fs.SYSTEM_TREES:
+        if os.path.islink(tree):
+            out.append(_link(tree, os.readlink(tree)))
+        elif os.path.isdir(tree):
+            out.append(_bind(tree))
+    system_real = [os.path.realpath(t) for t in fs.SYSTEM_TREES if os.path.exists(t)]
+    out.append(_dir("/etc", 0o755))
+    etc = list(fs.ETC_FILES)
+    for pattern in fs.ETC_GLOBS:
+        etc += sorted(glob.glob(pattern))
+    for path in etc:
+        if not os.path.lexists(path):
+            continue
+        if os.path.islink(path):
+            real = os.path.realpath(path)
+            if _inside(real, system_real):
+                out.append(_link(path, os.readlink(path)))  # e.g. localtime -> /usr/share/zoneinfo/...
+            elif os.path.exists(real):
+                out.append(_bind(path, real))  # e.g. resolv.conf -> /run/...: its content, not the link
+        else:
+            out.append(_bind(path))
+    out.append(_dir("/dev", 0o755))
+    out += [(_spawn.ROOT_BIND, p.encode(), p.encode(), 0, 0, 0) for p in fs.DEVICES if os.path.exists(p)]
+    out += [_link(p, t) for p, t in DEV_LINKS.items()]
+    out += [_bind(p) for p in fs.SYS_READABLE if os.path.isdir(p)]
+    return out
+
+
+def _etc_stamp() -> tuple[int, int]:
+    st = os.stat("/etc")
+    return st.st_ino, st.st_mtime_ns
+
+
+_system_cache: tuple[tuple[int, int], list[Entry]] | None = None
+
+
+def _system_entries_cached() -> list[Entry]:
+    """The system part, recomputed when /etc changed (a file replaced by rename changes its mtime)."""
+    global _system_cache
+    stamp = _etc_stamp()
+    if _system_cache is None or _system_cache[0] != stamp:
+        _system_cache = (stamp, _system_entries())
+    return _system_cache[1]
+
+
+_places_cache: tuple[int, list[str], set[str]] | None = None
+
+
+def _system_places() -> tuple[list[str], set[str]]:
+    """Directories bound by the system part, and every path it places (cached with it)."""
+    global _places_cache
+    entries = _system_entries_cached()
+    if _places_cache is None or _places_cache[0] != id(entries):
+        bound = [e[1].decode() for e in entries if e[0] == _spawn.ROOT_BIND and e[4] & _spawn.ROOT_IS_DIR]
+        _places_cache = (id(entries), bound, {e[1].decode() for e in entries})
+    return _places_cache[1], _places_cache[2]
+
+
+def _parents(path: str, stop: str, made: set[str]) -> list[str]:
+    missing = []
+    while path not in made and path != stop and path != "/":
+        missing.append(path)
+        path = os.path.dirname(path)
+    return list(reversed(missing))
+
+
+def template_entries(plan: Plan, workspace: str, rules: list[fs.PathRule]
+                     ) -> tuple[list[Entry], list[Entry], tuple]:
+    """The part of a run's root shared by runs of the same shape (built once into a template mount
+    namespace, see kernel/_spawn.c build_template): system trees, /etc, /dev nodes, the plan's
+    mounts and runtime files, and empty directories where each run mounts its own tmpfs. Also
+    a stamp that changes when a bound source was replaced on the host.
+
+    Returns (system part with the mount points, the plan's mounts and runtime files, stamp).
+    """
+    out = list(_system_entries_cached())
+    base = os.path.dirname(workspace)
+    for d in ("/dev/shm", "/dev/pts", "/proc", "/tmp") + (() if base in ("/dev/shm", "/tmp") else (base,)):
+        out.append(_dir(d, 0o755))
+    out.append(_link("/dev/ptmx", "pts/ptmx"))
+    system = out
+    out = []
+    system_real = fs._system_trees_real()
+    system_bound, placed = _system_places()
+    bound = list(system_bound)
+    sources = []
+    for mount in plan.mounts:
+        out.append(_bind(mount.source, ro=not mount.writable))
+        bound.append(mount.source)
+        sources.append(mount.source)
+    for rule in rules:
+        path = rule.path
+        if path == workspace or path in placed or _inside(path, bound) or _inside(os.path.realpath(path), system_real):
+            continue
+        if _inside(path, ["/sys/fs/cgroup", "/dev/pts", "/dev/ptmx"]):
+            continue  # per run (its cgroup), or the jail's own (pseudo-terminals)
+        if os.path.islink(path):
+            out.append(_link(path, os.readlink(path)))
+        else:
+            out.append(_bind(path))
+            sources.append(path)
+        bound.append(path)
+    stamp = [_etc_stamp()]
+    for src in sources:
+        st = os.stat(src)
+        stamp.append((st.st_dev, st.st_ino))
+    return system, out, tuple(stamp)
+
+
+def shareable(extras: list[Entry], workspace: str) -> bool:
+    """Whether the plan's mounts and runtime files can live in a template: not below a directory
+    that each run covers with a tmpfs of its own."""
+    covered = ["/tmp", "/dev/shm", os.path.dirname(workspace)]
+    return not any(_inside(e[1].decode(), covered) for e in extras)
+
+
+def run_entries(plan: Plan, workspace: str, proc_rights: int, owner: tuple[int, int] | None,
+                handled_fs: int, identity: list[tuple[bytes, bytes]] = ()) -> list[Entry]:
+    """What each run mounts into its copy of the template: its own /dev/shm, /proc, /tmp, and the
+    workspace (a tmpfs bounded in bytes and files) with the plan's files written into it."""
+    disk = plan.disk if plan.disk is not None else 0
+    size = f"size={disk},nr_inodes={inode_limit(disk)}" if disk else "size=50%"
+    tmp_rights = fs.PRIVATE_SHM_RIGHTS & handled_fs
+    out: list[Entry] = [
+        (_spawn.ROOT_TMPFS, b"/dev/shm", f"mode=1777,size={plan.memory or 64 << 20}".encode(), 0, 0, tmp_rights),
+        (_spawn.ROOT_PROC, b"/proc", b"", 0, 0, proc_rights),
+        (_spawn.ROOT_DEVPTS, b"/dev/pts", b"", 0, 0, fs.PTY_RIGHTS & handled_fs),
+        (_spawn.ROOT_TMPFS, b"/tmp", f"mode=1777,{size}".encode(), 0, 0, tmp_rights),
+    ]
+    base = os.path.dirname(workspace)
+    if base not in ("/dev/shm", "/tmp"):
+        out.append((_spawn.ROOT_TMPFS, base.encode(), b"mode=0755,size=64k", 0, 0, 0))
+    uid, gid = owner if owner is not None else (os.getuid(), os.getgid())
+    out.append((_spawn.ROOT_TMPFS, workspace.encode(), f"mode=0700,uid={uid},gid={gid},{size}".encode(), 0, 0,
+                fs.EVERYTHING & handled_fs))
+    # /etc/passwd and /etc/group with the sandbox's own uid: written into the workspace's root
+    # (root-owned, read-only) and bound over the system ones
+    for target, content in identity:
+        name = f"{workspace}/.{os.path.basename(target.decode())}"
+        out.append((_spawn.ROOT_FILE, name.encode(), content, 0o644, 0, ll.READ_FILE & handled_fs))
+        out.append((_spawn.ROOT_BIND, target, name.encode(), 0, _spawn.ROOT_RO | _spawn.ROOT_LATE, 0))
+    made = {workspace}
+    for sub in WORKSPACE_SUBDIRS:
+        out.append(_dir(f"{workspace}/{sub}", 0o700, owned=True))
+        made.add(f"{workspace}/{sub}")
+    work = f"{workspace}/{WORK_DIR}"
+    for d in _parents(os.path.normpath(f"{workspace}/{plan.workdir}"), workspace, made):
+        out.append(_dir(d, 0o700, owned=True))
+        made.add(d)
+    for rel, f in plan.files.items():
+        for d in _parents(os.path.dirname(f"{work}/{rel}"), workspace, made):
+            out.append(_dir(d, 0o700, owned=True))
+            made.add(d)
+        out.append((_spawn.ROOT_FILE, f"{work}/{rel}".encode(), bytes(f.content), 0o755 if f.executable else 0o644,
+                    _spawn.ROOT_OWNED, 0))
+    for mount in plan.mounts:
+        if mount.dest is not None:
+            link = f"{work}/{mount.dest}"
+            for d in _parents(os.path.dirname(link), workspace, made):
+                out.append(_dir(d, 0o700, owned=True))
+                made.add(d)
+            out.append(_link(link, mount.source, owned=True))
+    return out
