@@ -480,8 +480,10 @@ python_command = runtime_command(
       evalbox python --json -c 'print(1 / 0)'
     """,
     [click.option("--interpreter", metavar="PATH", help="Python to run (default: the one running evalbox)."),
-     click.option("--packages-from", metavar="VENV", help="Run this venv's Python, with its packages.")],
-    lambda kw, path: {k: kw[k] for k in ("interpreter", "packages_from") if kw.get(k)},
+     click.option("--packages-from", metavar="VENV", help="Run this venv's Python, with its packages."),
+     click.option("--cold", is_flag=True, help="Start a new interpreter, not a warm copy (README: Warm Python).")],
+    lambda kw, path: {**{k: kw[k] for k in ("interpreter", "packages_from") if kw.get(k)},
+                      **({"warm": False} if kw.get("cold") else {})},
     env={"PYTHONUNBUFFERED": "1"},  # print() reaches the terminal as it happens, not when the program ends
 )
 

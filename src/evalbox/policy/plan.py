@@ -22,6 +22,7 @@ from evalbox.policy.supervision import VIRTUALIZE_DEFAULT, validate_virtual_path
 WORK_DIR = "work"  # the cwd inside the workspace, and where plan files are written
 
 _SIZE = re.compile(r"^\s*(\d{1,30}(?:\.\d{1,30})?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 # Upper bounds: a limit the kernel cannot hold is refused, never wrapped or truncated
@@ -290,6 +291,9 @@ class Plan:
     intercept: tuple[str, ...] = ()
     supervisor: Callable[..., Any] | None = None
     virtual_paths: Mapping[str, str] = field(default_factory=dict)
+    # Python modules a warm template imports once (set by evalbox.python; README "Warm Python");
+    # None: a cold start. argv must then be [python, "-s", script, *args].
+    warm: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -371,6 +375,21 @@ class Plan:
         except ValueError:
             raise ValidationError(f"notify must be a NotifyMode, not {self.notify!r}") from None
         self._validate_supervision()
+        self._validate_warm()
+
+    def _validate_warm(self) -> None:
+        if self.warm is None:
+            return
+        if isinstance(self.warm, str) or not isinstance(self.warm, Iterable):
+            raise ValidationError(f"warm must be a list of module names to preload (or None), not {self.warm!r}")
+        names = tuple(self.warm)
+        for name in names:
+            if not isinstance(name, str) or not _MODULE_NAME.match(name):
+                raise ValidationError(f"warm: {name!r} is not a module name (e.g. 'json' or 'collections.abc')")
+        if len(self.argv) < 3 or self.argv[1] != "-s":
+            raise ValidationError("warm= runs need argv [python, '-s', script, *args]; build them with "
+                                  "evalbox.python.plan(code)")
+        object.__setattr__(self, "warm", names)
 
     def _validate_supervision(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
