@@ -52,7 +52,7 @@ HOST_SLACK = 1.0  # the host kills a worker whose backstop did not answer by the
 LINGER = 0.25  # seconds a finished candidate has to exit at the end of its stdin before it is killed
 WORKER_CHECKS = 256  # checks per trusted worker before it is replaced
 WORKER_OUTPUT = 4 << 20  # bytes a worker may send before it is replaced (the executor keeps its output)
-TRUSTED_KEYWORDS = ("interpreter", "packages_from")  # limits that apply to the tests' sandbox too
+TRUSTED_KEYWORDS = ("interpreter", "packages_from", "warm")  # keywords that apply to the tests' sandbox too
 WIRE_MODULE = "evalbox_wire.py"
 PROGRAM_FILE = "candidate.py"
 
