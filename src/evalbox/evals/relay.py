@@ -52,7 +52,7 @@ HOST_SLACK = 1.0  # the host kills a worker whose backstop did not answer by the
 LINGER = 0.25  # seconds a finished candidate has to exit at the end of its stdin before it is killed
 WORKER_CHECKS = 256  # checks per trusted worker before it is replaced
 WORKER_OUTPUT = 4 << 20  # bytes a worker may send before it is replaced (the executor keeps its output)
-TRUSTED_KEYWORDS = ("interpreter", "packages_from", "warm")  # keywords that apply to the tests' sandbox too
+TRUSTED_KEYWORDS = ("interpreter", "packages_from")  # keywords that apply to the tests' sandbox too
 WIRE_MODULE = "evalbox_wire.py"
 PROGRAM_FILE = "candidate.py"
 
@@ -83,18 +83,41 @@ def _source(name: str) -> str:
         return f.read()
 
 
+@functools.cache
+def _wire_bytecode() -> tuple[str, bytes] | None:
+    """evalbox_wire compiled for this interpreter, as a .pyc that is used without checking its
+    source (PEP 552 unchecked hash): each candidate sandbox would otherwise compile it again
+    (a few ms of every check). None where that cannot be made (then it is compiled in the sandbox)."""
+    import importlib.util
+
+    try:
+        source = _source("wire.py").encode()
+        code = compile(source, WIRE_MODULE, "exec")
+        data = importlib._bootstrap_external._code_to_hash_pyc(  # type: ignore[attr-defined]
+            code, importlib.util.source_hash(source), False)
+        return importlib.util.cache_from_source(WIRE_MODULE), bytes(data)
+    except Exception:
+        return None
+
+
 def candidate_plan(test: FunctionTest, limits: dict[str, Any]) -> Plan:
     limits = dict(limits)
     limits.setdefault("timeout", float(test.timeout) + GRACE)
     files = {**dict(limits.pop("files", None) or {}), WIRE_MODULE: _source("wire.py"), PROGRAM_FILE: test.program}
+    interpreter = python.find_interpreter(limits.get("interpreter"), limits.get("packages_from"))
+    bytecode = _wire_bytecode() if interpreter.version == tuple(sys.version_info[:2]) else None
+    if bytecode is not None and sys.implementation.cache_tag:
+        files[bytecode[0]] = bytecode[1]  # a Python of another version ignores it (its own cache tag)
     return python.plan(_source("harness_candidate.py"), files=files, **limits)
 
 
 def worker_plan(limits: dict[str, Any]) -> Plan:
     trusted = {k: limits[k] for k in TRUSTED_KEYWORDS if k in limits}
     # No wall clock of its own: the worker lives for many checks; each check is timed inside it
-    # (alarm, backstop) and by the host (deadline).
-    return python.plan(_source("harness_trusted.py"), files={WIRE_MODULE: _source("wire.py")}, timeout=None, **trusted)
+    # (alarm, backstop) and by the host (deadline). Started cold: it starts once, and a small
+    # interpreter (its own few imports, not a warm template's) forks faster for every check.
+    return python.plan(_source("harness_trusted.py"), files={WIRE_MODULE: _source("wire.py")}, timeout=None,
+                       warm=False, **trusted)
 
 
 def _problem_frame(test: FunctionTest) -> bytes:
