@@ -40,6 +40,9 @@ NO_VIEW = ("no jail: the host's process table (command lines), network state, an
            "host paths are visible (promise 9 does not hold; promises 1-8 do)")
 
 
+SHM_INODES = 4096  # a private /dev/shm holds POSIX semaphores and shm segments: a few each
+
+
 def inode_limit(disk: int) -> int:
     return max(1024, disk // BYTES_PER_INODE)
 
@@ -193,7 +196,8 @@ def run_entries(plan: Plan, workspace: str, proc_rights: int, owner: tuple[int, 
     size = f"size={disk},nr_inodes={inode_limit(disk)}" if disk else "size=50%"
     tmp_rights = fs.PRIVATE_SHM_RIGHTS & handled_fs
     out: list[Entry] = [
-        (_spawn.ROOT_TMPFS, b"/dev/shm", f"mode=1777,size={plan.memory or 64 << 20}".encode(), 0, 0, tmp_rights),
+        (_spawn.ROOT_TMPFS, b"/dev/shm", f"mode=1777,size={plan.memory or 64 << 20},nr_inodes={SHM_INODES}".encode(),
+         0, 0, tmp_rights),  # (inodes bounded too: issue 9, class 7)
         (_spawn.ROOT_PROC, b"/proc", b"", 0, 0, proc_rights),
         (_spawn.ROOT_DEVPTS, b"/dev/pts", b"", 0, 0, fs.PTY_RIGHTS & handled_fs),
         (_spawn.ROOT_TMPFS, b"/tmp", f"mode=1777,{size}".encode(), 0, 0, tmp_rights),

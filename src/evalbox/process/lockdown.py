@@ -133,7 +133,8 @@ def expect_neighbours(concurrency: int, max_pids: int | None):
 
 
 def _processes_of_uid(uid: int) -> int:
-    """How many processes this uid runs now (RLIMIT_NPROC counts them all), cached briefly."""
+    """How many threads this uid runs now (RLIMIT_NPROC counts them all: a threaded host program,
+    a Ray worker say, holds dozens), cached briefly."""
     global _user_procs_cache
     now = time.monotonic()
     if now - _user_procs_cache[0] < 0.5:
@@ -142,7 +143,8 @@ def _processes_of_uid(uid: int) -> int:
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                count += os.stat(f"/proc/{name}").st_uid == uid
+                if os.stat(f"/proc/{name}").st_uid == uid:
+                    count += len(os.listdir(f"/proc/{name}/task"))
             except OSError:
                 pass
     _user_procs_cache = (now, count)
