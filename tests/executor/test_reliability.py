@@ -9,7 +9,6 @@ import time
 import uuid
 
 import evalbox
-from portability import known_nonroot_gap
 from evalbox.kernel import cgroups
 from evalbox.process import netns
 from proc_helpers import alive_with, zombie_children
@@ -79,9 +78,6 @@ def test_ten_thousand_sequential_runs_leak_nothing():
     assert_clean(fds)
 
 
-@known_nonroot_gap("when the caller holds more fds than the sandbox's max_open_files, the child creates its seccomp "
-                   "listener after RLIMIT_NOFILE applies and before inherited fds are closed: EMFILE at ~46 "
-                   "sandboxes (the same cause makes `evalbox run --max-open-files 32` fail, as root too)")
 def test_two_hundred_concurrent_sandboxes():
     fds = open_fds()
     done = {}

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
-from evalbox.errors import SandboxError, ValidationError
+from evalbox.errors import ClusterError, SandboxError, ValidationError
 from evalbox.executor.executor import Completed, Executor, Stderr, Stdout, Timeout
 from evalbox.faces.report import host_report
 from evalbox.policy import plan as plan_defaults
@@ -542,6 +542,10 @@ go_command = runtime_command(
 )
 
 
+CLUSTER_HELP = ("Run on a Ray cluster: 'ray' (RAY_ADDRESS, or the cluster started on this machine) or "
+                "ray://HOST:PORT; --concurrency then counts per node (default: its CPUs). Needs evalbox-sandbox[ray].")
+
+
 # -- batches --------------------------------------------------------------------------------------
 
 BATCH_RESERVED = ("id", "cmd", "runtime", "code")
@@ -635,8 +639,9 @@ def _outcome(row: dict[str, Any]) -> str:
               help='Keywords for every line, e.g. \'{"timeout": 5, "memory": "128M"}\'; a line\'s own keys win.')
 @click.option("--resume", is_flag=True, help="Keep the results already in OUT.jsonl and run only the other lines.")
 @click.option("--protections", "with_protections", is_flag=True, help="Include Output.protections in every result.")
+@click.option("--cluster", default=None, metavar="ray|ray://HOST:PORT", help=CLUSTER_HELP)
 def batch(infile: Any, output: str, concurrency: int | None, defaults_json: str | None, resume: bool,
-          with_protections: bool) -> None:
+          with_protections: bool, cluster: str | None) -> None:
     """Run one plan per line of IN.jsonl ('-' for stdin); one JSON result per line.
 
     \b
@@ -714,13 +719,15 @@ def batch(infile: Any, output: str, concurrency: int | None, defaults_json: str 
                 remaining.discard(index)
         runnable = [(index, ident, item) for index, ident, item in todo if isinstance(item, Plan)]
         plans = [item for _, _, item in runnable]
-        for position, result in iter_results(plans, concurrency=concurrency, progress=True):
+        for position, result in iter_results(plans, concurrency=concurrency, progress=True, cluster=cluster):
             index, ident, _ = runnable[position]
             row = _result_row(index, ident, result, with_protections)
             sink.write(row)
             summary.add(_outcome(row))
             failed += isinstance(result, SandboxError)
             remaining.discard(index)
+    except ClusterError as e:  # the cluster cannot be used at all (one line's errors are in its row)
+        fail(e)
     finally:
         sink.close()
         click.echo(summary.line(unfinished=len(remaining)), err=True)
@@ -753,8 +760,10 @@ def _ks(text: str) -> list[int]:
 @click.option("--interpreter", metavar="PATH", default=None, help="Python to run (default: the one running evalbox).")
 @click.option("--ignore-incomplete", is_flag=True, help="Score even if some problems have no sample.")
 @click.option("--resume", is_flag=True, help="Keep the results an interrupted run saved, check only the other samples.")
+@click.option("--cluster", default=None, metavar="ray|ray://HOST:PORT", help=CLUSTER_HELP)
 def humaneval(samples: str, problems: str | None, ks: str, timeout: float, concurrency: int | None,
-              memory: str | None, interpreter: str | None, ignore_incomplete: bool, resume: bool) -> None:
+              memory: str | None, interpreter: str | None, ignore_incomplete: bool, resume: bool,
+              cluster: str | None) -> None:
     """HumanEval pass@k of SAMPLES.jsonl ({"task_id", "completion"} per line), each in its own sandbox.
 
     Prints pass@k as JSON and writes SAMPLES.jsonl_results.jsonl (each sample with "result" and
@@ -810,7 +819,8 @@ def humaneval(samples: str, problems: str | None, ks: str, timeout: float, concu
     tasks = [(problem_map[sample_rows[i]["task_id"]], sample_rows[i]["completion"]) for i in todo]
     try:
         try:
-            for position, result in he.check_many(tasks, timeout=timeout, n_workers=concurrency, **limits):
+            for position, result in he.check_many(tasks, timeout=timeout, n_workers=concurrency, cluster=cluster,
+                                                  **limits):
                 index = todo[position]
                 results[index] = result
                 sink.write({"index": index, "task_id": sample_rows[index]["task_id"], "result": result})
@@ -843,7 +853,7 @@ def humaneval(samples: str, problems: str | None, ks: str, timeout: float, concu
               help="Interpreter for the Python rows; must be reachable by other users on a root host "
                    "(default /usr/bin/python3.11).")
 @click.option("--only", default=None, metavar="SECTIONS",
-              help="Comma-separated subset of: spawn, python, humaneval, caller.")
+              help="Comma-separated subset of: spawn, python, humaneval, caller, notify, server.")
 @click.option("--json", "as_json", is_flag=True, help="Print {machine, rows} as JSON instead of a table.")
 @click.option("--profile", is_flag=True, help="Instead: where evalbox's per-run time goes (parent-side stages).")
 @click.option("--compat", is_flag=True,
@@ -915,6 +925,39 @@ def bench(quick: bool, runs: int | None, batches: int | None, batch_size: int | 
     info["loadavg_end"] = os.getloadavg()
     click.echo(json.dumps(rows_json(rows, info), indent=2) if as_json else format_table(rows, info))
 
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (other than loopback needs --token).")
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--token", default=None, envvar="EVALBOX_SERVE_TOKEN", metavar="SECRET",
+              help="Require 'Authorization: Bearer SECRET' (also from $EVALBOX_SERVE_TOKEN).")
+@click.option("--concurrency", type=int, default=None, help="Requests run at once; the rest queue (default: one per CPU).")
+@click.option("--queue-timeout", type=float, default=20.0, show_default=True,
+              help="Seconds a request may wait for a slot before a 504 (which verl retries).")
+@click.option("--memory", default="1G", show_default=True, help="Memory per run when a request says memory_limit_MB=-1.")
+@click.option("--max-output", default=None, metavar="SIZE", help="Cap on a run's stdout+stderr (default 16M).")
+@click.option("--python", "python", default=None, metavar="PATH",
+              help="Interpreter for python/pytest requests (default: the one running evalbox).")
+@click.option("--access-log", is_flag=True, help="Log every request.")
+def serve(host: str, port: int, token: str | None, concurrency: int | None, queue_timeout: float, memory: str,
+          max_output: str | None, python: str | None, access_log: bool) -> None:
+    """A SandboxFusion-compatible HTTP server: POST /run_code, GET /v1/ping.
+
+    \b
+    Examples:
+      evalbox serve                                   # http://127.0.0.1:8080/run_code
+      evalbox serve --port 9000 --concurrency 8
+      EVALBOX_SERVE_TOKEN=s3cret evalbox serve --host 0.0.0.0
+    Needs the server extra: pip install 'evalbox-sandbox[server]'.
+    """
+    try:
+        from evalbox.faces.server import serve as run_server
+
+        run_server(host, port, token=token, concurrency=concurrency, memory=memory, max_output=max_output,
+                   queue_timeout=queue_timeout, python=python, access_log=access_log)
+    except SandboxError as e:
+        click.echo(f"evalbox serve: {e}", err=True)
+        sys.exit(2)
 
 if __name__ == "__main__":
     main()

@@ -529,7 +529,8 @@ static void apply_root_ops(const struct config *c, const char *prefix)
         if (!err) {
             switch (e->op) {
             case ROOT_DIR:
-                err = make_path(top, where, 1);
+                /* parents first in the list: one mkdir, unless they are missing */
+                err = mkdir(where, 0755) == 0 || errno == EEXIST ? 0 : make_path(top, where, 1);
                 if (!err && chmod(where, e->mode) != 0)
                     err = errno;
                 if (!err)

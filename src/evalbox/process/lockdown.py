@@ -133,7 +133,8 @@ def expect_neighbours(concurrency: int, max_pids: int | None):
 
 
 def _processes_of_uid(uid: int) -> int:
-    """How many processes this uid runs now (RLIMIT_NPROC counts them all), cached briefly."""
+    """How many threads this uid runs now (RLIMIT_NPROC counts them all: a threaded host program,
+    a Ray worker say, holds dozens), cached briefly."""
     global _user_procs_cache
     now = time.monotonic()
     if now - _user_procs_cache[0] < 0.5:
@@ -142,7 +143,8 @@ def _processes_of_uid(uid: int) -> int:
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                count += os.stat(f"/proc/{name}").st_uid == uid
+                if os.stat(f"/proc/{name}").st_uid == uid:
+                    count += len(os.listdir(f"/proc/{name}/task"))
             except OSError:
                 pass
     _user_procs_cache = (now, count)
@@ -447,8 +449,10 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
             system, extras, stamp = jail.template_entries(plan, ws.root, rules)
             root = jail.run_entries(plan, ws.root, filesystem.PROC_RIGHTS & ruleset.handled_fs,
                                     (uid, gid) if lease else None, ruleset.handled_fs,
-                                    identity=[(t, _read(s)) for t, _, s in identity])
-            if jail.shareable(extras, ws.root):
+                                    identity=[(t, _read(s)) for t, _, s in identity], shm_inodes=PRIVATE_SHM_INODES)
+            # (a plan that collects binds the host's work/ directory: only a root built per run, in
+            # a namespace where that host path is still visible, can do so)
+            if jail.shareable(extras, ws.root) and not plan.collect:
                 template = templates.template_fd(system + extras, stamp)
             if template >= 0:
                 jail_flags &= ~namespaces.CLONE_NEWNS  # the template's copy is the mount namespace

@@ -11,8 +11,9 @@ import resource
 import signal
 import time
 
-from evalbox.policy.plan import Plan
+from evalbox.policy.plan import WORK_DIR, Plan
 from evalbox.process import warm, watchdog
+from evalbox.process.collect import COLLECT_BUDGET, collect
 from evalbox.process.host import Host
 from evalbox.process.lockdown import Lockdown, prepare
 from evalbox.process.result import Output, Status
@@ -84,7 +85,8 @@ class Sandbox:
             try:  # (before the ruleset is closed: supervised opens are made with the program's rights)
                 self.supervision = Supervision(sandbox_id, plan, listener, self.pid, host.arch,
                                                others_only=host.switches_uid, routing=self.lock.routing,
-                                               workspace=self.lock.workspace.root, ruleset_fd=self.lock.ruleset.fd,
+                                               workspace=self._workspace_seen_by_host(),
+                                               ruleset_fd=self.lock.ruleset.fd,
                                                uid=self.lock.uid, gid=self.lock.gid)
             except BaseException:  # (Supervision closed the listener)
                 self.lock.release_spawn_resources()
@@ -99,6 +101,13 @@ class Sandbox:
         watchdog.register(str(self.pid), self.pid, self.lock.uid, lease.path if lease else "",
                           group.distinct_dirs if group else [], self.lock.workspace.root)
         self.deadline = self.started + plan.timeout if plan.timeout is not None else None
+
+    def _workspace_seen_by_host(self) -> str:
+        """The workspace as the program has it: in the jail, its tmpfs in the jail's root (reached
+        through the init's /proc root link; its components are mount points the program cannot
+        move), not the host directory of the same name."""
+        root = self.lock.workspace.root
+        return f"/proc/{self.pid}/root{root}" if self.lock.jail_flags else root
 
     def _start(self, plan: Plan, host: Host, stdin: int, stdout: int, stderr: int) -> int:
         """Start the program warm if it may, else cold; returns the notify listener or -1."""
@@ -277,7 +286,14 @@ class Sandbox:
             error=self.error,
             warm=self.warm,
             blocked_syscall=blocked[0][0] if blocked else None,
+            files=self._collected(),
         )
+
+    def _collected(self) -> dict[str, bytes]:
+        # Only once the whole tree is dead: nothing may change the files while they are read.
+        if not self.plan.collect or self.error is not None:
+            return {}
+        return collect(os.path.join(self.lock.workspace.root, WORK_DIR), self.plan.collect, COLLECT_BUDGET)
 
     def close(self) -> None:
         """Release every fd and the workspace/cgroup. The tree must already be dead and reaped."""
