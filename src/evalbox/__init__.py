@@ -4,7 +4,7 @@ Landlock, seccomp-BPF, rlimits and privilege hardening around every program; man
 from one event loop. See README.md and the contract in SPEC.md.
 """
 
-from evalbox.errors import CommandNotFound, SandboxError, SpawnError, UnsupportedKernel, ValidationError
+from evalbox.errors import ClusterError, CommandNotFound, SandboxError, SpawnError, UnsupportedKernel, ValidationError
 from evalbox.executor.executor import Completed, Event, Executor, SandboxId, Stderr, Stdout, Syscall, Timeout
 from evalbox.faces.api import run
 from evalbox.faces.batch import run_many
@@ -27,6 +27,7 @@ __all__ = [
     "Decision", "SyscallRequest", "SyscallRecord",
     # errors
     "SandboxError", "ValidationError", "CommandNotFound", "UnsupportedKernel", "SpawnError", "CalledProcessError",
+    "ClusterError",
     # runtimes and evaluations
     "python", "shell", "node", "go", "bash", "nodejs", "typescript", "pytest", "cpp", "c", "java", "rust", "go_test", "perl",
     "evals",

@@ -19,3 +19,7 @@ class UnsupportedKernel(SandboxError):
 
 class SpawnError(SandboxError, OSError):
     """A lockdown step failed in the child between fork and exec; nothing untrusted ran."""
+
+
+class ClusterError(SandboxError):
+    """A cluster run could not be done: Ray is missing or unreachable, or no node could run the plan."""

@@ -207,17 +207,21 @@ def own_fds() -> set[int]:
 
 def leftover_cgroups() -> list[str]:
     """Sandbox cgroups of this process that still hold processes (evalbox recycles emptied
-    groups, so an empty one left in place is fine)."""
+    groups, so an empty one left in place is fine; so is a resident slot's launcher, which
+    belongs to no run)."""
     try:
         from evalbox.kernel import cgroups
 
         roots = cgroups.layout().roots.values()
     except Exception:  # the layout API is internal: fall back to a broad look
         roots = glob.glob("/sys/fs/cgroup/*")
+    from evalbox.process import warm
+
+    launchers = warm.resident_pids()
     found = []
     for root in set(roots):
         for group in glob.glob(os.path.join(root, f"evalbox-{os.getpid()}", "*", "")):
-            procs = _read(os.path.join(group, "cgroup.procs")).split()
+            procs = [p for p in _read(os.path.join(group, "cgroup.procs")).split() if int(p) not in launchers]
             if procs:
                 found.append(f"{group} holds pids {[int(p) for p in procs]}")
     return found
@@ -313,11 +317,20 @@ class Run:
         pytest.fail(f"{attack}: no verdict (neither BLOCKED nor killed by SIGSYS while trying it)\n{self.describe()}")
 
 
+# A warm Python run that becomes the payload: everything the payload can reach was set up by the
+# warm path (the template's copy locked itself down in place), and exec keeps all of it.
+WARM_EXEC = "import os, sys\nos.execv(sys.argv[1], sys.argv[1:])\n"
+
+
 @dataclass
 class Box:
-    """Runs payloads in fresh sandboxes and checks each run leaves nothing behind."""
+    """Runs payloads in fresh sandboxes and checks each run leaves nothing behind.
+
+    `start` "cold": the payload is the sandbox's program; "warm": a warm evalbox.python run
+    (a template's locked-down copy) execs the payload, so every attack also tests that path."""
 
     payloads: dict[str, bytes]
+    start: str = "cold"
     runs: list[Run] = field(default_factory=list)
 
     def plan(self, payload: str, *args: str, files: dict | None = None, **kw) -> tuple[evalbox.Plan, str]:
@@ -327,12 +340,17 @@ class Box:
         all_files = {exe: evalbox.File(self.payloads[payload], executable=True)}
         all_files.update(files or {})
         kw.setdefault("timeout", 10)
+        if self.start == "warm":
+            plan = evalbox.python.plan(WARM_EXEC, args=[f"./{exe}", *args], files=all_files, warm=True, **kw)
+            return plan, token
         return evalbox.Plan([f"./{exe}", *args], files=all_files, **kw), token
 
     def run(self, payload: str, *args: str, check_clean: bool = True, **kw) -> Run:
         plan, token = self.plan(payload, *args, **kw)
         fds_before = own_fds()
         out = evalbox.run(plan)
+        if self.start == "warm":
+            assert out.warm, f"the warm variant of {payload} ran cold: {out.stderr[-500:]!r}"
         r = Run(out, list(plan.argv), token, label=f"{payload} {' '.join(args)}")
         self.runs.append(r)
         if check_clean:
@@ -400,8 +418,12 @@ def assert_clean(r: Run, fds_before: set[int] | None = None) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _warm_caches():
     """evalbox keeps per-process caches (O_PATH fds of system paths, a pool of emptied cgroups and
-    workspaces): fill them once so the per-run fd check sees only real leaks."""
+    workspaces, and the warm Python template's socket and pidfd): fill them once so the per-run
+    fd check sees only real leaks."""
     evalbox.run(["true"], timeout=10)
+    from evalbox.process import warm
+
+    assert evalbox.python.run("pass", warm=True, timeout=30).warm is not bool(warm.why_cold_here())
 
 
 @pytest.fixture(scope="session")
@@ -415,9 +437,14 @@ def workspace_base() -> str:
     return os.path.dirname(os.path.dirname(cwd))
 
 
-@pytest.fixture
-def box(payloads) -> Box:
-    return Box(payloads)
+@pytest.fixture(params=["cold", "warm"])
+def box(payloads, request) -> Box:
+    if request.param == "warm":
+        from evalbox.process import warm
+
+        if warm.why_cold_here():
+            pytest.skip(warm.why_cold_here())
+    return Box(payloads, start=request.param)
 
 
 # -- sacrificial targets ------------------------------------------------------------------------

@@ -273,16 +273,20 @@ def test_dev_shm_host_files_not_writable(box, targets):
 
 def test_dev_shm_entries_removed_after_run(box, targets):
     """Whatever the program may create in /dev/shm, nothing of it outlives the run."""
-    path = targets.track(f"/dev/shm/evalbox-test-create-{secrets.token_hex(8)}")
-    r = box.run("fs_attacks", "create", path)
-    assert not os.path.lexists(path), f"{path}, created by the sandbox, outlived the run\n{r.describe()}"
     def owner(path: str) -> int | None:
         try:
             return os.lstat(path).st_uid
         except FileNotFoundError:  # other users of /dev/shm come and go while we look
             return None
 
-    leftovers = [e.path for e in os.scandir("/dev/shm") if r.uid is not None and owner(e.path) == r.uid]
+    # A caller that is not root shares its uid with the sandbox (and with its other programs, which
+    # may use /dev/shm meanwhile): then only entries that appeared during the run can be the run's.
+    before = set(os.listdir("/dev/shm")) if os.geteuid() != 0 else set()
+    path = targets.track(f"/dev/shm/evalbox-test-create-{secrets.token_hex(8)}")
+    r = box.run("fs_attacks", "create", path)
+    assert not os.path.lexists(path), f"{path}, created by the sandbox, outlived the run\n{r.describe()}"
+    leftovers = [e.path for e in os.scandir("/dev/shm")
+                 if r.uid is not None and e.name not in before and owner(e.path) == r.uid]
     assert not leftovers, f"entries of the finished sandbox remain in /dev/shm: {leftovers}"
 
 

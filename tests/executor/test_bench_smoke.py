@@ -41,8 +41,10 @@ def test_every_row_is_present_and_measured(quick):
                 "sandlock run /bin/true", f"posix_spawn /bin/true, {gap} ms idle before",
                 f"evalbox /bin/true, {gap} ms idle before"]
     for c in bench.CONCURRENCY_LEVELS:
-        expected += [f"bare pool python print(1), c={c}", f"evalbox python print(1), c={c}"]
-    expected += ["bare pool python print(1): CPU per run", "evalbox python print(1): CPU per run"]
+        expected += [f"bare pool python print(1), c={c}", f"evalbox python print(1), c={c}",
+                     f"evalbox warm python print(1), c={c}"]
+    expected += ["bare pool python print(1): CPU per run", "evalbox python print(1): CPU per run",
+                 "evalbox warm python print(1): CPU per run", "evalbox warm python print(1): CPU per run vs cold"]
     expected += ["getppid() not intercepted, per call", "getppid() monitored (MONITOR), per call",
                  "getppid() supervised, Python ALLOW, per call"]
     expected += ["run_many python, 128 plans", "evalbox serve /run_code, 128 at once", "serve latency in a 128-burst",
@@ -84,6 +86,16 @@ def test_python_throughput_within_generous_bounds(quick):
         assert row["target"] == f">= {bench.TARGET_PYTHON:g}"
     cpu = rows["evalbox python print(1): CPU per run"]
     assert 0 < cpu["median"] < 1000 and cpu["ratio"] < 30, cpu  # ms of CPU per fresh interpreter
+    from evalbox.process import warm as warm_mod
+
+    if warm_mod.why_cold_here():  # said so in the rows, not measured
+        assert rows["evalbox warm python print(1), c=1"]["skipped"] == warm_mod.why_cold_here()
+        return
+    for c in bench.CONCURRENCY_LEVELS:
+        row = rows[f"evalbox warm python print(1), c={c}"]
+        assert row["median"] > 5 and row["target"] == f">= {bench.TARGET_PYTHON_WARM:g}", row
+    warm = rows["evalbox warm python print(1): CPU per run"]
+    assert 0 < warm["median"] < 1000 and warm["ratio"] < 30, warm
 
 
 def test_quick_skips_humaneval_with_a_note(quick):

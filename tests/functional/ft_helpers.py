@@ -150,7 +150,7 @@ def sandbox_cgroups(pid: int | None = None) -> list[str]:
             continue
         for dirpath, dirnames, _ in os.walk(root):
             if os.path.basename(dirpath) == f"evalbox-{pid}":
-                found += [os.path.join(dirpath, d) for d in dirnames if d.startswith("sb-")]
+                found += [os.path.join(dirpath, d) for d in dirnames if d.startswith(("sb-", "slot-"))]
                 dirnames[:] = []
             elif dirpath.count("/") > 10:
                 dirnames[:] = []
@@ -166,8 +166,12 @@ def cgroup_procs(group_dir: str) -> list[int]:
 
 
 def busy_sandbox_cgroups(pid: int | None = None) -> dict[str, list[int]]:
-    """Per-sandbox cgroups of `pid` that still hold processes (a finished run must leave none)."""
-    return {d: p for d in sandbox_cgroups(pid) if (p := cgroup_procs(d))}
+    """Per-sandbox cgroups of `pid` that still hold processes (a finished run must leave none;
+    a resident slot's launcher, in this process, belongs to no run)."""
+    from evalbox.process import warm
+
+    launchers = warm.resident_pids() if pid in (None, os.getpid()) else set()
+    return {d: p for d in sandbox_cgroups(pid) if (p := [x for x in cgroup_procs(d) if x not in launchers])}
 
 
 def evalbox_cgroup_parents(pid: int) -> list[str]:

@@ -153,6 +153,13 @@ def test_memory_limit_can_grow_between_runs():
 def test_max_rss_plausible():
     code = "b = b'x' * (100 << 20)\nprint(len(b))\n"
     out = ok(py(code, memory="512M", timeout=20))
+    if out.max_rss == 0 and not out.protections.cgroup.startswith("v"):
+        # No memory cgroup: the figure comes from rusage, which folds in the caller's own peak (the
+        # spawn child shares its memory until exec), so below that peak it is unknown (0).
+        import resource
+
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 >= 100 * MiB, describe(out)
+        return
     assert 100 * MiB <= out.max_rss < 512 * MiB, describe(out) + f"\nmax_rss={out.max_rss}"
 
 

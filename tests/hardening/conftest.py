@@ -1,8 +1,10 @@
 """Helpers for the host-side hardening tests (issue 9): run a snippet as root or as an
 unprivileged user, each in a fresh process (the caller's own memory and identity matter here).
 
-As root the snippet runs under this interpreter; as uid 65534 it runs under the system Python
-(/usr/bin/python3.11) importing evalbox from this checkout, with no groups (setpriv).
+As root the snippet runs under this interpreter; as an unprivileged uid it runs under the system
+Python (/usr/bin/python3.11) importing evalbox from this checkout, with no groups (setpriv). The
+uid is one no account or other process uses (not 65534: other jobs on a shared machine run as
+nobody, and RLIMIT_NPROC counts every process of a uid, so they would change our results).
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ import evalbox
 
 SRC = str(Path(evalbox.__file__).resolve().parent.parent)
 SYSTEM_PYTHON = "/usr/bin/python3.11"
-NOBODY = 65534
+NOBODY = 64124  # an otherwise unused uid ("nobody"-like: no account, no groups)
 
 sys.modules["hardening_kit"] = sys.modules[__name__]
 
 
 def _nobody_available() -> str | None:
     if os.geteuid() != 0:
-        return "needs root to switch to uid 65534 (run the suite as root, as CI does)"
+        return f"needs root to switch to uid {NOBODY} (run the suite as root, as CI does)"
     if not shutil.which("setpriv") or not os.path.exists(SYSTEM_PYTHON):
         return f"needs setpriv (util-linux) and {SYSTEM_PYTHON} (apt-get install python3.11)"
     return None

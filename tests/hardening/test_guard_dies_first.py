@@ -10,7 +10,6 @@ import signal
 import subprocess
 import time
 
-import pytest
 
 from hardening_kit import NOBODY, run_snippet
 

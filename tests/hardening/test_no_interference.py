@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from hardening_kit import NOBODY, run_snippet
+from hardening_kit import run_snippet
 
 HOLD = r'''
 import fcntl, mmap, os, struct, sys, time

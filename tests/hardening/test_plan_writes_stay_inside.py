@@ -9,7 +9,6 @@ import tempfile
 
 import pytest
 
-import evalbox
 from evalbox.process.workspace import _open_dirs
 from hardening_kit import NOBODY, run_snippet
 
@@ -78,7 +77,7 @@ def test_workspace_directories_are_made_without_following_links(tmp_path):
 
 def test_deep_files_and_cwd_are_created_inside(caller):
     got = run_snippet(caller, """
-        deep = "/".join(["d"] * 900) + "/f.txt"
+        deep = "/".join(["d"] * 62) + "/f.txt"
         o = evalbox.run(["/bin/sh", "-c", "pwd; cat " + "/".join([".."] * 4) + "/work/" + deep],
                         files={deep: "hello"}, cwd="work/x/y/z")
         emit({"out": o.stdout.decode(), "err": o.stderr.decode(), "status": o.status.value})

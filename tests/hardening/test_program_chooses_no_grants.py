@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import stat
 import struct
 import subprocess
 import tempfile

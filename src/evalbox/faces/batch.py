@@ -71,27 +71,33 @@ def prepare_items(items: Iterable[Plan | Sequence[str]], overrides: dict[str, An
 
 
 def run_many(plans: Iterable[Plan | Sequence[str]], concurrency: int | None = None, progress: bool = True,
-             **overrides: Any) -> list[Result]:
+             cluster: str | None = None, **overrides: Any) -> list[Result]:
     """Run every plan (or argv, with Plan keywords as `overrides`); results in input order.
 
     `concurrency`: sandboxes at once (default one per CPU; must be >= 1). `progress`: a bar on
-    stderr when it is a terminal.
+    stderr when it is a terminal. `cluster`: "ray" or "ray://HOST:PORT" runs them across a Ray
+    cluster instead, `concurrency` then per node (see evalbox/faces/cluster.py).
     """
     prepared = list(plans) if not isinstance(plans, list) else plans
     results: list[Result | None] = [None] * len(prepared)
-    for index, result in iter_results(prepared, concurrency, progress, **overrides):
+    for index, result in iter_results(prepared, concurrency, progress, cluster, **overrides):
         results[index] = result
     return results  # type: ignore[return-value]
 
 
 def iter_results(plans: Iterable[Plan | Sequence[str]], concurrency: int | None = None, progress: bool = True,
-                 **overrides: Any) -> Iterator[tuple[int, Result]]:
+                 cluster: str | None = None, **overrides: Any) -> Iterator[tuple[int, Result]]:
     """(input index, result) of every plan, as each one finishes (so not in input order).
 
     Leaving the iteration early (break, an exception, Ctrl-C) kills and cleans up the sandboxes
     still running; what was yielded before is complete.
     """
     limit = check_concurrency(concurrency)
+    if cluster is not None:
+        from evalbox.faces import cluster as ray_face
+
+        yield from ray_face.iter_results(plans, cluster, progress, concurrency, **overrides)
+        return
     prepared = prepare_items(plans, overrides)
     todo = [i for i, p in enumerate(prepared) if isinstance(p, Plan)]
     bar = Progress(len(prepared), progress)

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
-from evalbox.errors import SandboxError, ValidationError
+from evalbox.errors import ClusterError, SandboxError, ValidationError
 from evalbox.executor.executor import Completed, Executor, Stderr, Stdout, Timeout
 from evalbox.faces.report import host_report
 from evalbox.policy import plan as plan_defaults
@@ -480,8 +480,10 @@ python_command = runtime_command(
       evalbox python --json -c 'print(1 / 0)'
     """,
     [click.option("--interpreter", metavar="PATH", help="Python to run (default: the one running evalbox)."),
-     click.option("--packages-from", metavar="VENV", help="Run this venv's Python, with its packages.")],
-    lambda kw, path: {k: kw[k] for k in ("interpreter", "packages_from") if kw.get(k)},
+     click.option("--packages-from", metavar="VENV", help="Run this venv's Python, with its packages."),
+     click.option("--cold", is_flag=True, help="Start a new interpreter, not a warm copy (README: Warm Python).")],
+    lambda kw, path: {**{k: kw[k] for k in ("interpreter", "packages_from") if kw.get(k)},
+                      **({"warm": False} if kw.get("cold") else {})},
     env={"PYTHONUNBUFFERED": "1"},  # print() reaches the terminal as it happens, not when the program ends
 )
 
@@ -538,6 +540,10 @@ go_command = runtime_command(
       evalbox go --json -c 'panic("no")'
     """,
 )
+
+
+CLUSTER_HELP = ("Run on a Ray cluster: 'ray' (RAY_ADDRESS, or the cluster started on this machine) or "
+                "ray://HOST:PORT; --concurrency then counts per node (default: its CPUs). Needs evalbox-sandbox[ray].")
 
 
 # -- batches --------------------------------------------------------------------------------------
@@ -633,8 +639,9 @@ def _outcome(row: dict[str, Any]) -> str:
               help='Keywords for every line, e.g. \'{"timeout": 5, "memory": "128M"}\'; a line\'s own keys win.')
 @click.option("--resume", is_flag=True, help="Keep the results already in OUT.jsonl and run only the other lines.")
 @click.option("--protections", "with_protections", is_flag=True, help="Include Output.protections in every result.")
+@click.option("--cluster", default=None, metavar="ray|ray://HOST:PORT", help=CLUSTER_HELP)
 def batch(infile: Any, output: str, concurrency: int | None, defaults_json: str | None, resume: bool,
-          with_protections: bool) -> None:
+          with_protections: bool, cluster: str | None) -> None:
     """Run one plan per line of IN.jsonl ('-' for stdin); one JSON result per line.
 
     \b
@@ -712,13 +719,15 @@ def batch(infile: Any, output: str, concurrency: int | None, defaults_json: str 
                 remaining.discard(index)
         runnable = [(index, ident, item) for index, ident, item in todo if isinstance(item, Plan)]
         plans = [item for _, _, item in runnable]
-        for position, result in iter_results(plans, concurrency=concurrency, progress=True):
+        for position, result in iter_results(plans, concurrency=concurrency, progress=True, cluster=cluster):
             index, ident, _ = runnable[position]
             row = _result_row(index, ident, result, with_protections)
             sink.write(row)
             summary.add(_outcome(row))
             failed += isinstance(result, SandboxError)
             remaining.discard(index)
+    except ClusterError as e:  # the cluster cannot be used at all (one line's errors are in its row)
+        fail(e)
     finally:
         sink.close()
         click.echo(summary.line(unfinished=len(remaining)), err=True)
@@ -751,8 +760,10 @@ def _ks(text: str) -> list[int]:
 @click.option("--interpreter", metavar="PATH", default=None, help="Python to run (default: the one running evalbox).")
 @click.option("--ignore-incomplete", is_flag=True, help="Score even if some problems have no sample.")
 @click.option("--resume", is_flag=True, help="Keep the results an interrupted run saved, check only the other samples.")
+@click.option("--cluster", default=None, metavar="ray|ray://HOST:PORT", help=CLUSTER_HELP)
 def humaneval(samples: str, problems: str | None, ks: str, timeout: float, concurrency: int | None,
-              memory: str | None, interpreter: str | None, ignore_incomplete: bool, resume: bool) -> None:
+              memory: str | None, interpreter: str | None, ignore_incomplete: bool, resume: bool,
+              cluster: str | None) -> None:
     """HumanEval pass@k of SAMPLES.jsonl ({"task_id", "completion"} per line), each in its own sandbox.
 
     Prints pass@k as JSON and writes SAMPLES.jsonl_results.jsonl (each sample with "result" and
@@ -808,7 +819,8 @@ def humaneval(samples: str, problems: str | None, ks: str, timeout: float, concu
     tasks = [(problem_map[sample_rows[i]["task_id"]], sample_rows[i]["completion"]) for i in todo]
     try:
         try:
-            for position, result in he.check_many(tasks, timeout=timeout, n_workers=concurrency, **limits):
+            for position, result in he.check_many(tasks, timeout=timeout, n_workers=concurrency, cluster=cluster,
+                                                  **limits):
                 index = todo[position]
                 results[index] = result
                 sink.write({"index": index, "task_id": sample_rows[index]["task_id"], "result": result})

@@ -65,7 +65,7 @@ def host_report() -> dict[str, Any]:
         "network": "off (seccomp: Unix stream socket pairs only, no connect/bind/listen; Landlock TCP deny)",
         "memory": f"{plan_defaults.DEFAULT_MEMORY} via " + ("memory cgroup (whole tree)" if mem else
                    "RLIMIT_AS per process: address space, not resident memory; node and go need 1G and get it "
-                   "by default (an explicit smaller memory= is refused), the JVM needs about 2G"),
+                   "by default (an explicit smaller memory= is refused), the JVM (17) needs about 4G"),
         "processes": f"{plan_defaults.DEFAULT_MAX_PIDS} via "
         + ("pids cgroup (whole tree)" if pids else
            "RLIMIT_NPROC of the sandbox's own uid" if host.switches_uid else

@@ -87,6 +87,7 @@ enum step {
     STEP_MOUNTS,
     STEP_JAIL,
     STEP_ROOT,
+    STEP_DUMPABLE,
 };
 
 struct child_rlimit {
@@ -155,6 +156,7 @@ struct config {
     int n_root;
     unsigned long long root_rights; /* Landlock rights on the new root's own directories */
     int template_fd;         /* -1, or a template mount namespace (see template_main) to copy */
+    int in_place;            /* lockdown_self: no exec follows, so fds are closed, not marked */
 };
 
 /* Once a user-notification filter is installed, the child's own remaining calls (handing over
@@ -300,6 +302,27 @@ static void private_mounts(const struct config *c)
     }
 }
 
+/* In place (no exec to come): close every fd above stdio now, except the ones the remaining
+ * steps use (the error pipe, the Landlock ruleset, the listener socket). */
+static void close_all_but(const struct config *c)
+{
+    int keep[3] = {c->errpipe, c->landlock_fd, c->listener_sock};
+    unsigned int next = 3;
+    for (;;) {
+        int lowest = -1;
+        for (int i = 0; i < 3; i++)
+            if (keep[i] >= (int)next && (lowest < 0 || keep[i] < lowest))
+                lowest = keep[i];
+        if (lowest < 0)
+            break;
+        if ((unsigned int)lowest > next && syscall(SYS_close_range, next, (unsigned int)lowest - 1, 0U) != 0)
+            report(c, STEP_CLOSE_FDS, errno);
+        next = (unsigned int)lowest + 1;
+    }
+    if (syscall(SYS_close_range, next, ~0U, 0U) != 0)
+        report(c, STEP_CLOSE_FDS, errno);
+}
+
 /* Everything between clone and exec, in order; on failure it reports the step and exits. Callable
  * without an exec following (a forked template interpreter locks itself down the same way). */
 static void lockdown(const struct config *c)
@@ -332,6 +355,8 @@ static void lockdown(const struct config *c)
     /* Everything above stdio closes at exec; the ruleset fd and error pipe stay usable until then. */
     if (syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) != 0)
         report(c, STEP_CLOSE_FDS, errno);
+    if (c->in_place)
+        close_all_but(c);
 
     if (c->cwd && chdir(c->cwd) != 0)
         report(c, STEP_CHDIR, errno);
@@ -374,6 +399,10 @@ static void lockdown(const struct config *c)
     /* After the credential changes: changing uid clears the parent-death signal. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
         report(c, STEP_PDEATHSIG, errno);
+    /* Changing uid also made the process non-dumpable (its /proc files root's: no
+     * /proc/self/environ or /proc/self/mem); an exec undoes that, so in place do it here. */
+    if (c->in_place && prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) != 0)
+        report(c, STEP_DUMPABLE, errno);
     /* The caller may have died before the signal was armed (in a jail the parent is its init). */
     if (getppid() != (c->jail_flags & CLONE_NEWPID ? 1 : c->parent_pid))
         report(c, STEP_PARENT_GONE, ESRCH);
@@ -500,7 +529,8 @@ static void apply_root_ops(const struct config *c, const char *prefix)
         if (!err) {
             switch (e->op) {
             case ROOT_DIR:
-                err = make_path(top, where, 1);
+                /* parents first in the list: one mkdir, unless they are missing */
+                err = mkdir(where, 0755) == 0 || errno == EEXIST ? 0 : make_path(top, where, 1);
                 if (!err && chmod(where, e->mode) != 0)
                     err = errno;
                 if (!err)
@@ -1149,7 +1179,8 @@ PyDoc_STRVAR(spawn_doc,
 "      listener_sock, umask, overlays=(), magic=0, jail_flags=0, netns_fd=-1,\n"
 "      proc_rights=0, hostname=None, report_fd=-1) -> (pid, pidfd) or, in a jail, (pid, pidfd, report)\n\n"
 "Clone a child that applies the prepared lockdown and execs path. Returns as soon as the child\n"
-"has exec'd. On failure the child exits 127 after writing (step, errno) to errpipe, which the\n"
+"has exec'd. sibling=True (no jail): the child is the caller's parent's child (CLONE_PARENT: a\n"
+"slot's launcher starts runs for the process that waits for them). On failure the child exits 127 after writing (step, errno) to errpipe, which the\n"
 "caller reads; this function only raises for errors of the clone itself.");
 
 static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
@@ -1159,7 +1190,7 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
                                "rlimits", "drop_bounding_set", "last_cap", "securebits", "uid", "gid",
                                "landlock_fd", "filters", "listener_sock", "umask", "overlays", "magic",
                                "jail_flags", "netns_fd", "proc_rights", "hostname", "report_fd", "root",
-                               "root_rights", "template_fd", NULL};
+                               "root_rights", "template_fd", "sibling", NULL};
     PyObject *path, *argv_obj, *envp_obj, *cwd_obj, *stdio_obj, *cgroup_obj, *rlimits_obj, *filters_obj;
     PyObject *overlays_obj = NULL;
     int errpipe, parent_pid, drop_bounding_set, last_cap, landlock_fd, listener_sock;
@@ -1170,14 +1201,18 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     const char *hostname = NULL;
     PyObject *root_obj = NULL;
     unsigned long long root_rights = 0;
-    int template_fd = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOiiOOpillliOiI|OKiiKziOKi", keywords, &PyBytes_Type, &path,
+    int template_fd = -1, sibling = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOiiOOpillliOiI|OKiiKziOKip", keywords, &PyBytes_Type, &path,
                                      &argv_obj, &envp_obj, &cwd_obj, &stdio_obj, &errpipe, &parent_pid,
                                      &cgroup_obj, &rlimits_obj, &drop_bounding_set, &last_cap, &securebits, &uid,
                                      &gid, &landlock_fd, &filters_obj, &listener_sock, &umask_value,
                                      &overlays_obj, &magic, &jail_flags, &netns_fd, &proc_rights, &hostname,
-                                     &report_fd, &root_obj, &root_rights, &template_fd))
+                                     &report_fd, &root_obj, &root_rights, &template_fd, &sibling))
         return NULL;
+    if (jail_flags && sibling) {
+        PyErr_SetString(PyExc_ValueError, "sibling spawns have no jail");
+        return NULL;
+    }
     if (jail_flags && report_fd < 0) {
         PyErr_SetString(PyExc_ValueError, "a jail needs report_fd (the read end of errpipe)");
         return NULL;
@@ -1312,7 +1347,8 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    pid = clone(child_main, top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &c, &pidfd);
+    pid = clone(child_main, top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD | (sibling ? CLONE_PARENT : 0), &c,
+                &pidfd);
     saved_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     Py_END_ALLOW_THREADS
@@ -1336,6 +1372,161 @@ done:
     PyMem_Free(c.root);
     PyMem_Free(c.root_fds);
     return result;
+}
+
+PyDoc_STRVAR(lockdown_self_doc,
+"lockdown_self(cwd, stdio, errpipe, parent_pid, cgroup_fds, rlimits, drop_bounding_set, last_cap,\n"
+"              securebits, uid, gid, landlock_fd, filters, listener_sock, umask, overlays=()) -> None\n\n"
+"Apply spawn()'s lockdown (no jail) to the calling process itself, which must be single-threaded\n"
+"(a warm template's fresh copy). The same steps as spawn's child, in the same order, except that\n"
+"every fd above stdio is closed (no exec follows to close them) but errpipe, which the caller\n"
+"closes once the program runs. On failure it writes (step, errno) to errpipe and exits 127: it\n"
+"never returns half locked down.");
+
+static PyObject *lockdown_self(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    (void)self;
+    static char *keywords[] = {"cwd", "stdio", "errpipe", "parent_pid", "cgroup_fds", "rlimits",
+                               "drop_bounding_set", "last_cap", "securebits", "uid", "gid", "landlock_fd",
+                               "filters", "listener_sock", "umask", "overlays", NULL};
+    PyObject *cwd_obj, *stdio_obj, *cgroup_obj, *rlimits_obj, *filters_obj, *overlays_obj = NULL;
+    int errpipe, parent_pid, drop_bounding_set, last_cap, landlock_fd, listener_sock;
+    long securebits, uid, gid;
+    unsigned int umask_value;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OiiOOpillliOiI|O", keywords, &PyBytes_Type, &cwd_obj,
+                                     &stdio_obj, &errpipe, &parent_pid, &cgroup_obj, &rlimits_obj,
+                                     &drop_bounding_set, &last_cap, &securebits, &uid, &gid, &landlock_fd,
+                                     &filters_obj, &listener_sock, &umask_value, &overlays_obj))
+        return NULL;
+    struct config c;
+    memset(&c, 0, sizeof c);
+    PyObject *keep_filters = NULL, *keep_overlays = NULL;
+    c.cwd = PyBytes_AS_STRING(cwd_obj);
+    int n_stdio = 0;
+    if (int_list(stdio_obj, c.stdio, 3, &n_stdio, "stdio fds") < 0)
+        return NULL;
+    if (n_stdio != 3) {
+        PyErr_SetString(PyExc_ValueError, "stdio must hold exactly 3 fds");
+        return NULL;
+    }
+    if (int_list(cgroup_obj, c.cgroup_fds, MAX_CGROUP_FDS, &c.n_cgroup_fds, "cgroup fds") < 0)
+        return NULL;
+    PyObject *fast = PySequence_Fast(rlimits_obj, "rlimits must be a sequence of (resource, soft, hard)");
+    if (!fast)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (n > MAX_RLIMITS) {
+        Py_DECREF(fast);
+        PyErr_SetString(PyExc_ValueError, "too many rlimits");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int resource;
+        unsigned long long soft, hard;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "iKK", &resource, &soft, &hard)) {
+            Py_DECREF(fast);
+            return NULL;
+        }
+        c.rlimits[i].resource = resource;
+        c.rlimits[i].value.rlim_cur = soft;
+        c.rlimits[i].value.rlim_max = hard;
+    }
+    Py_DECREF(fast);
+    c.n_rlimits = (int)n;
+    keep_filters = PySequence_Fast(filters_obj, "filters must be a sequence of (program bytes, flags)");
+    if (!keep_filters)
+        return NULL;
+    n = PySequence_Fast_GET_SIZE(keep_filters);
+    if (n > MAX_FILTERS) {
+        PyErr_SetString(PyExc_ValueError, "too many seccomp filters");
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *program;
+        unsigned int flags;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(keep_filters, i), "O!I", &PyBytes_Type, &program, &flags))
+            goto fail;
+        Py_ssize_t size = PyBytes_GET_SIZE(program);
+        if (size == 0 || size % sizeof(struct sock_filter) != 0 || size / sizeof(struct sock_filter) > 0xFFFF) {
+            PyErr_SetString(PyExc_ValueError, "a seccomp program must be a non-empty array of sock_filter");
+            goto fail;
+        }
+        c.filters[i].prog.len = (unsigned short)(size / sizeof(struct sock_filter));
+        c.filters[i].prog.filter = (struct sock_filter *)PyBytes_AS_STRING(program);
+        c.filters[i].flags = flags;
+    }
+    c.n_filters = (int)n;
+    c.errpipe = errpipe;
+    c.parent_pid = parent_pid;
+    c.drop_bounding_set = drop_bounding_set;
+    c.last_cap = last_cap;
+    c.securebits = securebits;
+    c.uid = uid;
+    c.gid = gid;
+    c.landlock_fd = landlock_fd;
+    c.listener_sock = listener_sock;
+    c.umask = (mode_t)umask_value;
+    c.template_fd = -1;
+    c.netns_fd = -1;
+    c.in_place = 1;
+    if (overlays_obj && parse_overlays(overlays_obj, &c, &keep_overlays) < 0)
+        goto fail;
+    if (c.n_overlays > 0 && c.landlock_fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "overlays need a Landlock ruleset");
+        goto fail;
+    }
+    /* Signals stay blocked while dispositions change (Python's handlers must not run midway). */
+    sigset_t all;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, NULL);
+    lockdown(&c); /* unblocks every signal in its first step */
+    if (c.landlock_fd >= 0)
+        close(c.landlock_fd);
+    if (c.listener_sock >= 0)
+        close(c.listener_sock); /* the listener went to the supervisor: nothing of it stays here */
+    Py_XDECREF(keep_filters);
+    Py_XDECREF(keep_overlays);
+    Py_RETURN_NONE;
+fail:
+    Py_XDECREF(keep_filters);
+    Py_XDECREF(keep_overlays);
+    return NULL;
+}
+
+PyDoc_STRVAR(fork_sibling_doc,
+"fork_sibling() -> int\n\n"
+"fork() whose child is a child of the caller's parent (CLONE_PARENT), so that the process that\n"
+"asked a warm template for a run can wait for it, read its rusage and kill it like any spawn.\n"
+"Returns the child's pid in the caller and 0 in the child, like os.fork (Python's fork hooks run).");
+
+static PyObject *fork_sibling(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+#ifndef PR_GET_TID_ADDRESS
+#define PR_GET_TID_ADDRESS 40
+#endif
+    /* The C library caches the thread id where set_tid_address pointed the kernel: have the
+     * kernel write the child's own id there, as the library's fork does. */
+    int *tid_address = NULL;
+    unsigned long flags = CLONE_PARENT;
+    if (prctl(PR_GET_TID_ADDRESS, &tid_address, 0, 0, 0) == 0 && tid_address != NULL)
+        flags |= CLONE_CHILD_SETTID;
+    else
+        tid_address = NULL;
+    PyOS_BeforeFork();
+    long pid = syscall(SYS_clone, flags, 0L, NULL, tid_address, 0L);
+    int saved_errno = errno;
+    if (pid == 0) {
+        PyOS_AfterFork_Child();
+        return PyLong_FromLong(0);
+    }
+    PyOS_AfterFork_Parent();
+    if (pid < 0) {
+        errno = saved_errno;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong(pid);
 }
 
 PyDoc_STRVAR(syscall_doc,
@@ -1439,7 +1630,9 @@ static PyObject *landlock_add_path_rules(PyObject *self, PyObject *args)
 }
 
 static PyMethodDef methods[] = {
+    {"fork_sibling", fork_sibling, METH_NOARGS, fork_sibling_doc},
     {"landlock_add_path_rules", landlock_add_path_rules, METH_VARARGS, add_rules_doc},
+    {"lockdown_self", (PyCFunction)(void (*)(void))lockdown_self, METH_VARARGS | METH_KEYWORDS, lockdown_self_doc},
     {"spawn", (PyCFunction)(void (*)(void))spawn, METH_VARARGS | METH_KEYWORDS, spawn_doc},
     {"build_template", build_template, METH_VARARGS, template_doc},
     {"syscall", raw_syscall, METH_VARARGS, syscall_doc},

@@ -112,6 +112,7 @@ class Group:
 
     def __init__(self, lay: Layout, name: str) -> None:
         self.version = lay.version
+        self.resident = 0  # a launcher that lives in the group between runs: not part of any run
         self.dirs: dict[str, str] = {}
         self._oom_baseline = 0
         self._limits: dict[str, int] = {}
@@ -264,13 +265,13 @@ class Group:
         leave: cgroupfs is not granted to it), so one directory tells."""
         d = self.dirs.get("pids") or self.distinct_dirs[0]
         try:
-            return {int(p) for p in _read(os.path.join(d, "cgroup.procs")).split()}
+            return {int(p) for p in _read(os.path.join(d, "cgroup.procs")).split()} - {self.resident}
         except OSError:
             return set()
 
     def kill(self, deadline: float = 2.0) -> bool:
         """SIGKILL everything in the group until it is empty. False if something survived."""
-        if self.version == 2:
+        if self.version == 2 and not self.resident:
             try:
                 _write(os.path.join(self.distinct_dirs[0], "cgroup.kill"), "1")
             except (OSError, IndexError):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 
 from evalbox.kernel import _spawn
 from evalbox.kernel import landlock as ll
@@ -38,6 +39,9 @@ VIEW = ("jail: own root with only the granted paths, own process table (PID 1 is
         "network namespace when network is off, own IPC objects and hostname")
 NO_VIEW = ("no jail: the host's process table (command lines), network state, and the names and metadata of "
            "host paths are visible (promise 9 does not hold; promises 1-8 do)")
+
+
+SHM_INODES = 4096  # a private /dev/shm holds POSIX semaphores and shm segments: a few each
 
 
 def inode_limit(disk: int) -> int:
@@ -102,16 +106,39 @@ def _etc_stamp() -> tuple[int, int]:
     return st.st_ino, st.st_mtime_ns
 
 
-_system_cache: tuple[tuple[int, int], list[Entry]] | None = None
+def _sources_stamp(entries: list[Entry]) -> tuple:
+    """The identity of every bound source: a file replaced on the host (by rename, as package
+    managers and editors do) must not stay bound in a template."""
+    out = []
+    for e in entries:
+        if e[0] == _spawn.ROOT_BIND and not e[4] & _spawn.ROOT_LATE:
+            try:
+                st = os.stat(e[2])
+                out.append((st.st_dev, st.st_ino))
+            except OSError:
+                out.append(None)
+    return tuple(out)
+
+
+STAMP_TTL = 1.0  # seconds between checks of the host's system paths
+_system_cache: tuple[tuple[int, int], list[Entry], tuple, float] | None = None
 
 
 def _system_entries_cached() -> list[Entry]:
-    """The system part, recomputed when /etc changed (a file replaced by rename changes its mtime)."""
+    return _system_state()[0]
+
+
+def _system_state() -> tuple[list[Entry], tuple]:
+    """The system part and its sources' stamp, checked at most every STAMP_TTL seconds; the list
+    is recomputed when /etc changed (an entry may have appeared or gone)."""
     global _system_cache
-    stamp = _etc_stamp()
-    if _system_cache is None or _system_cache[0] != stamp:
-        _system_cache = (stamp, _system_entries())
-    return _system_cache[1]
+    now = time.monotonic()
+    if _system_cache is not None and now - _system_cache[3] < STAMP_TTL:
+        return _system_cache[1], _system_cache[2]
+    etc = _etc_stamp()
+    entries = _system_cache[1] if _system_cache is not None and _system_cache[0] == etc else _system_entries()
+    _system_cache = (etc, entries, _sources_stamp(entries), now)
+    return entries, _system_cache[2]
 
 
 _places_cache: tuple[int, list[str], set[str]] | None = None
@@ -171,7 +198,7 @@ def template_entries(plan: Plan, workspace: str, rules: list[fs.PathRule]
             out.append(_bind(path))
             sources.append(path)
         bound.append(path)
-    stamp = [_etc_stamp()]
+    stamp = [_system_state()[1]]
     for src in sources:
         st = os.stat(src)
         stamp.append((st.st_dev, st.st_ino))
@@ -186,14 +213,15 @@ def shareable(extras: list[Entry], workspace: str) -> bool:
 
 
 def run_entries(plan: Plan, workspace: str, proc_rights: int, owner: tuple[int, int] | None,
-                handled_fs: int, identity: list[tuple[bytes, bytes]] = ()) -> list[Entry]:
+                handled_fs: int, identity: list[tuple[bytes, bytes]] = (), shm_inodes: int = SHM_INODES) -> list[Entry]:
     """What each run mounts into its copy of the template: its own /dev/shm, /proc, /tmp, and the
     workspace (a tmpfs bounded in bytes and files) with the plan's files written into it."""
     disk = plan.disk if plan.disk is not None else 0
     size = f"size={disk},nr_inodes={inode_limit(disk)}" if disk else "size=50%"
     tmp_rights = fs.PRIVATE_SHM_RIGHTS & handled_fs
     out: list[Entry] = [
-        (_spawn.ROOT_TMPFS, b"/dev/shm", f"mode=1777,size={plan.memory or 64 << 20}".encode(), 0, 0, tmp_rights),
+        (_spawn.ROOT_TMPFS, b"/dev/shm", f"mode=1777,size={plan.memory or 64 << 20},nr_inodes={shm_inodes}".encode(),
+         0, 0, tmp_rights),
         (_spawn.ROOT_PROC, b"/proc", b"", 0, 0, proc_rights),
         (_spawn.ROOT_DEVPTS, b"/dev/pts", b"", 0, 0, fs.PTY_RIGHTS & handled_fs),
         (_spawn.ROOT_TMPFS, b"/tmp", f"mode=1777,{size}".encode(), 0, 0, tmp_rights),

@@ -22,6 +22,7 @@ from evalbox.policy.supervision import VIRTUALIZE_DEFAULT, validate_virtual_path
 WORK_DIR = "work"  # the cwd inside the workspace, and where plan files are written
 
 _SIZE = re.compile(r"^\s*(\d{1,30}(?:\.\d{1,30})?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 # Upper bounds: a limit the kernel cannot hold is refused, never wrapped or truncated
@@ -34,6 +35,7 @@ MIN_MEMORY = 4096  # one page: less cannot be accounted at all
 # Workspace paths: NAME_MAX per component, and room for the workspace's own prefix in PATH_MAX.
 NAME_MAX = 255
 MAX_WORKSPACE_PATH = 2048
+MAX_WORKSPACE_DEPTH = 64  # directories: building the workspace stays cheap whatever the plan
 
 
 def parse_size(value: int | str | None, name: str, minimum: int = 1, maximum: int = MAX_BYTES) -> int | None:
@@ -122,6 +124,9 @@ def workspace_path(path: str, what: str) -> str:
     if longest > NAME_MAX:
         raise ValidationError(f"{what} {path[:80]!r}...: a name in it is {longest} bytes long; file names are at most "
                               f"{NAME_MAX} bytes")
+    if len(parts) > MAX_WORKSPACE_DEPTH:
+        raise ValidationError(f"{what} {path[:80]!r}... is {len(parts)} levels deep; use at most "
+                              f"{MAX_WORKSPACE_DEPTH} (a flatter layout)")
     if len(encoded) > MAX_WORKSPACE_PATH:
         raise ValidationError(f"{what} {path[:80]!r}... is {len(encoded)} bytes long; use a path of at most "
                               f"{MAX_WORKSPACE_PATH} bytes")
@@ -290,6 +295,9 @@ class Plan:
     intercept: tuple[str, ...] = ()
     supervisor: Callable[..., Any] | None = None
     virtual_paths: Mapping[str, str] = field(default_factory=dict)
+    # Python modules a warm template imports once (set by evalbox.python; README "Warm Python");
+    # None: a cold start. argv must then be [python, "-s", script, *args].
+    warm: tuple[str, ...] | None = None
     collect: tuple[str, ...] = ()  # files (or directories) of work/ returned in Output.files
 
     def __post_init__(self) -> None:
@@ -374,6 +382,21 @@ class Plan:
         except ValueError:
             raise ValidationError(f"notify must be a NotifyMode, not {self.notify!r}") from None
         self._validate_supervision()
+        self._validate_warm()
+
+    def _validate_warm(self) -> None:
+        if self.warm is None:
+            return
+        if isinstance(self.warm, str) or not isinstance(self.warm, Iterable):
+            raise ValidationError(f"warm must be a list of module names to preload (or None), not {self.warm!r}")
+        names = tuple(self.warm)
+        for name in names:
+            if not isinstance(name, str) or not _MODULE_NAME.match(name):
+                raise ValidationError(f"warm: {name!r} is not a module name (e.g. 'json' or 'collections.abc')")
+        if len(self.argv) < 3 or self.argv[1] != "-s":
+            raise ValidationError("warm= runs need argv [python, '-s', script, *args]; build them with "
+                                  "evalbox.python.plan(code)")
+        object.__setattr__(self, "warm", names)
 
     def _validate_supervision(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -417,6 +440,41 @@ class Plan:
     def replace(self, **changes: Any) -> "Plan":
         return dataclasses.replace(self, **changes)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as plain data (str, bytes, numbers, bools, None, lists, dicts) for another
+        process or machine; `Plan.from_dict` validates it again there. A `supervisor` is code, not
+        data, and cannot travel: ValidationError."""
+        if self.supervisor is not None:
+            raise ValidationError("a plan with supervisor= cannot be sent to another process or machine (a Python "
+                                  "callable is code, not data): run it locally, or use notify=MONITOR")
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "supervisor"}
+        data.update(
+            argv=list(self.argv), env=dict(self.env), virtual_paths=dict(self.virtual_paths),
+            files={path: {"content": f.content, "executable": f.executable} for path, f in self.files.items()},
+            mounts=[{"source": m.source, "dest": m.dest, "writable": m.writable} for m in self.mounts],
+            syscalls={"allow": list(self.syscalls.allow), "deny": list(self.syscalls.deny)},
+            notify=self.notify.value,
+        )
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Plan":
+        """The Plan that `to_dict` described, validated as if built by hand."""
+        if not isinstance(data, Mapping):
+            raise ValidationError(f"a plan's data must be a dict from Plan.to_dict(), not {type(data).__name__}")
+        kw = dict(data)
+        unknown = (set(kw) - {f.name for f in dataclasses.fields(cls)}) | ({"supervisor"} & set(kw))
+        if unknown:
+            raise ValidationError(f"unknown plan field(s) in the data: {', '.join(sorted(unknown))}")
+        try:
+            if "files" in kw:
+                kw["files"] = {path: File(**f) if isinstance(f, Mapping) else f for path, f in dict(kw["files"]).items()}
+            if "mounts" in kw:
+                kw["mounts"] = [Mount(**m) if isinstance(m, Mapping) else m for m in kw["mounts"]]
+        except TypeError as e:
+            raise ValidationError(f"malformed plan data: {e}") from None
+        return cls(**kw)
+
 
 class _FrozenDict(dict):
     """A dict that refuses mutation, so a Plan stays a value."""
@@ -425,6 +483,9 @@ class _FrozenDict(dict):
         raise TypeError("Plan fields are immutable; use plan.replace(...)")
 
     __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _readonly  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickle and copy rebuild it whole (item by item would be refused)
+        return (_FrozenDict, (dict(self),))
 
     def __hash__(self) -> int:  # type: ignore[override]
         return hash(tuple(sorted(self.items(), key=lambda kv: kv[0])))

@@ -61,12 +61,12 @@ Decision.KILL = Decision("kill")
 class SyscallRequest(NamedTuple):
     """One intercepted call, as the supervisor sees it.
 
-    `path` is read from the program's memory when the call takes one (None otherwise, or when
-    unreadable). It is advisory: another thread of the program may change that memory after it
-    was read, and the kernel reads it again when the call is allowed. Deny decisions are
-    therefore sound (nothing runs), while an ALLOW based on the path grants no more than the
-    rest of the sandbox (Landlock, the kill filter) already allows. Virtualized opens act on
-    evalbox's own copy of the path and are not affected.
+    `path` is absolute and normalised (the call's dirfd or the program's cwd joined), or None
+    when the call takes none. For the open, stat, access and exec families it names the file
+    the path resolved to for the program (links resolved), and an allowed open, stat or access
+    is carried out on exactly that file, so a deny is sound against every spelling, link and
+    racing thread. For exec and every other call it is advisory: after an ALLOW the kernel reads
+    the arguments again (README, "Supervision").
     (A NamedTuple: built on every intercepted call, while the program waits.)
     """
 

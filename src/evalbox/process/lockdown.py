@@ -30,6 +30,9 @@ from evalbox.process.workspace import Workspace
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 UMASK = 0o022
+# What a slot's resident launcher may have charged to the group (its own pages it wrote after
+# joining; what it had before stays charged where it was), added to the run's memory limit.
+SLOT_MEMORY_RESERVE = 2 << 20
 PRIVATE_SHM_INODES = 4096  # POSIX semaphores and shm segments: a few each; bounded like the size
 
 _counter = itertools.count()
@@ -67,6 +70,7 @@ class Lockdown:
     template_fd: int = -1  # a template mount namespace the init copies (see process/templates.py)
     cgroup_fds: list[int] = field(default_factory=list)
     uid_lease: UidLease | None = None
+    owns_cgroup: bool = True  # False: a resident slot's group, which the slot recycles itself
     pids_reserved: int = 0  # counted in _pids_reserved until close()
 
     def release_spawn_resources(self) -> None:
@@ -86,7 +90,8 @@ class Lockdown:
             self.pids_reserved = 0
         self.release_spawn_resources()
         if self.cgroup is not None:
-            cgroups.release(self.cgroup)
+            if self.owns_cgroup:
+                cgroups.release(self.cgroup)
             self.cgroup = None
         self.workspace.remove()
         if self.netns_fd >= 0:
@@ -128,7 +133,8 @@ def expect_neighbours(concurrency: int, max_pids: int | None):
 
 
 def _processes_of_uid(uid: int) -> int:
-    """How many processes this uid runs now (RLIMIT_NPROC counts them all), cached briefly."""
+    """How many threads this uid runs now (RLIMIT_NPROC counts them all: a threaded host program,
+    a Ray worker say, holds dozens), cached briefly."""
     global _user_procs_cache
     now = time.monotonic()
     if now - _user_procs_cache[0] < 0.5:
@@ -137,7 +143,8 @@ def _processes_of_uid(uid: int) -> int:
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                count += os.stat(f"/proc/{name}").st_uid == uid
+                if os.stat(f"/proc/{name}").st_uid == uid:
+                    count += len(os.listdir(f"/proc/{name}/task"))
             except OSError:
                 pass
     _user_procs_cache = (now, count)
@@ -340,7 +347,9 @@ def _read(path: bytes) -> bytes:
         return f.read()
 
 
-def prepare(plan: Plan, host: Host) -> Lockdown:
+def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> Lockdown:
+    """`slot_group`: the group of a resident slot whose launcher (`slot_group.resident`, one
+    process, counted in pids.max) forks the run inside it; nothing then joins a group."""
     check_floor(host)
     for mount in plan.mounts:
         if not os.path.exists(mount.source):
@@ -374,12 +383,16 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
                                 untrusted=untrusted)
 
         want = {c for c, needed in (("memory", plan.memory), ("pids", plan.max_pids)) if needed is not None}
-        if host.cgroup.version and want & host.cgroup.controllers:
+        extra_pids, extra_memory = 0, 0
+        if slot_group is not None:
+            group, extra_pids, extra_memory = slot_group, 1, SLOT_MEMORY_RESERVE
+        elif host.cgroup.version and want & host.cgroup.controllers:
             group = cgroups.acquire(host.cgroup, f"sb-{next(_counter)}")
+        if group is not None:
             if plan.memory is not None and "memory" in group.dirs:
-                group.set_memory(plan.memory)
+                group.set_memory(plan.memory + extra_memory)
             if plan.max_pids is not None and "pids" in group.dirs:
-                group.set_pids(plan.max_pids)
+                group.set_pids(plan.max_pids + extra_pids)
         use_mem = group is not None and "memory" in group.dirs
         use_pids = group is not None and "pids" in group.dirs
         if host.switches_uid and plan.max_pids is not None and not use_pids and not host.switches_uid:
@@ -436,7 +449,7 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             system, extras, stamp = jail.template_entries(plan, ws.root, rules)
             root = jail.run_entries(plan, ws.root, filesystem.PROC_RIGHTS & ruleset.handled_fs,
                                     (uid, gid) if lease else None, ruleset.handled_fs,
-                                    identity=[(t, _read(s)) for t, _, s in identity])
+                                    identity=[(t, _read(s)) for t, _, s in identity], shm_inodes=PRIVATE_SHM_INODES)
             # (a plan that collects binds the host's work/ directory: only a root built per run, in
             # a namespace where that host path is still visible, can do so)
             if jail.shareable(extras, ws.root) and not plan.collect:
@@ -525,8 +538,9 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             root_rights=jail.ROOT_RIGHTS & ruleset.handled_fs,
             netns_fd=netns_fd,
             proc_rights=filesystem.PROC_RIGHTS & ruleset.handled_fs,
-            cgroup_fds=group.open_procs() if group is not None else [],
+            cgroup_fds=group.open_procs() if group is not None and slot_group is None else [],
             uid_lease=lease,
+            owns_cgroup=slot_group is None,
             pids_reserved=_take_pid_reservation(plan, host, use_pids),
         )
     except BaseException:
@@ -536,7 +550,7 @@ def prepare(plan: Plan, host: Host) -> Lockdown:
             netns.release(netns_fd)
         if ruleset is not None:
             ruleset.close()
-        if group is not None:
+        if group is not None and slot_group is None:
             cgroups.release(group)
         if ws is not None:
             ws.remove()

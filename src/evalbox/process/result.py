@@ -62,6 +62,7 @@ class Output:
     protections: Protections | None = field(default=None, repr=False)
     syscalls: tuple = ()  # SyscallRecord audit trail of intercepted calls (notify modes)
     error: str | None = None  # why evalbox ended the run when no limit did (a failing supervisor)
+    warm: bool = False  # started from a warm interpreter's fresh copy (evalbox.python), not a cold exec
     blocked_syscall: str | None = None  # the forbidden call a process of the run was killed for ("ptrace")
     files: Mapping[str, bytes] = field(default_factory=dict)  # what Plan.collect asked for and was found
 
@@ -145,6 +146,7 @@ class Output:
             "cpu_time": round(self.cpu_time, 6),
             "max_rss": self.max_rss,
             "error": self.error,
+            "warm": self.warm,
             "blocked_syscall": self.blocked_syscall,
         })
         if self.syscalls:
@@ -174,6 +176,7 @@ class Output:
             if prot else None,
             syscalls=tuple(SyscallRecord(**{**r, "args": tuple(r["args"])}) for r in d.get("syscalls") or ()),
             error=d.get("error"),
+            warm=bool(d.get("warm")),
             blocked_syscall=d.get("blocked_syscall"),
         )
 

@@ -12,8 +12,8 @@ import signal
 import time
 
 from evalbox.policy.plan import WORK_DIR, Plan
+from evalbox.process import warm, watchdog
 from evalbox.process.collect import COLLECT_BUDGET, collect
-from evalbox.process import watchdog
 from evalbox.process.host import Host
 from evalbox.process.lockdown import Lockdown, prepare
 from evalbox.process.result import Output, Status
@@ -30,7 +30,25 @@ class Sandbox:
         self.id = sandbox_id
         self.supervision: Supervision | None = None
         self.error: str | None = None  # why evalbox ended the run, when it was not a limit
-        self.lock: Lockdown = prepare(plan, host)
+        # Warm Python (README "Warm Python"): a template's copy, born in a resident slot's cgroup
+        # where the host has v1 cgroups; anything a copy cannot do the same way runs cold.
+        self.warm = False
+        self.slot: warm.Slot | None = None
+        self.launcher: warm.Template | None = None
+        template = warm.template_for(plan) if warm.eligible(plan, host) else None
+        if warm.slots_usable(plan, host):
+            # no migration into a v1 cgroup: the run is born in a resident slot's group, from a
+            # warm copy or by a cold spawn done by the slot's launcher
+            self.launcher = template or warm.launcher_template()
+            if self.launcher is not None:
+                self.slot = self.launcher.acquire_slot(host.cgroup)
+        try:
+            self.lock: Lockdown = prepare(plan, host, slot_group=self.slot.group if self.slot else None)
+        except BaseException:
+            if self.slot is not None:
+                self.launcher.release_slot(self.slot)
+            raise
+        self.template = template
         self.stdout = bytearray()
         self.stderr = bytearray()
         self.stdout_truncated = self.stderr_truncated = False
@@ -48,15 +66,14 @@ class Sandbox:
             for fd in (self.stdin_w, self.stdout_r, self.stderr_r):
                 os.set_blocking(fd, False)
             self.started = time.monotonic()
-            self.pid, self.pidfd, listener, self.init_report = spawn(self.lock, in_r, out_w, err_w)
-            # the spawn child shared our memory until it exec'd (spawn returns after that), and the
-            # kernel folds that memory's peak into the program's ru_maxrss: remember our peak now
-            self.caller_peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            listener = self._start(plan, host, in_r, out_w, err_w)
         except BaseException:
             for fd in child_fds + [getattr(self, n, -1) for n in ("stdin_w", "stdout_r", "stderr_r")]:
                 if fd >= 0:
                     os.close(fd)
             self.lock.close()
+            if self.slot is not None:
+                self.launcher.release_slot(self.slot)
             raise
         finally:
             for fd in child_fds:
@@ -68,7 +85,8 @@ class Sandbox:
             try:  # (before the ruleset is closed: supervised opens are made with the program's rights)
                 self.supervision = Supervision(sandbox_id, plan, listener, self.pid, host.arch,
                                                others_only=host.switches_uid, routing=self.lock.routing,
-                                               workspace=self.lock.workspace.root, ruleset_fd=self.lock.ruleset.fd,
+                                               workspace=self._workspace_seen_by_host(),
+                                               ruleset_fd=self.lock.ruleset.fd,
                                                uid=self.lock.uid, gid=self.lock.gid)
             except BaseException:  # (Supervision closed the listener)
                 self.lock.release_spawn_resources()
@@ -83,6 +101,42 @@ class Sandbox:
         watchdog.register(str(self.pid), self.pid, self.lock.uid, lease.path if lease else "",
                           group.distinct_dirs if group else [], self.lock.workspace.root)
         self.deadline = self.started + plan.timeout if plan.timeout is not None else None
+
+    def _workspace_seen_by_host(self) -> str:
+        """The workspace as the program has it: in the jail, its tmpfs in the jail's root (reached
+        through the init's /proc root link; its components are mount points the program cannot
+        move), not the host directory of the same name."""
+        root = self.lock.workspace.root
+        return f"/proc/{self.pid}/root{root}" if self.lock.jail_flags else root
+
+    def _start(self, plan: Plan, host: Host, stdin: int, stdout: int, stderr: int) -> int:
+        """Start the program warm if it may, else cold; returns the notify listener or -1."""
+        template = self.template
+        self.caller_peak_rss = 0  # a warm copy or a launcher's child never shared our memory
+        try:
+            if template is not None:
+                self.pid, self.pidfd, listener = (self.slot or template).start(self.lock, plan, stdin, stdout, stderr)
+                self.warm = True
+                return listener
+            if self.slot is not None:
+                self.pid, self.pidfd, listener = self.slot.spawn(self.lock, stdin, stdout, stderr)
+                return listener
+        except warm.TemplateUnavailable:
+            # nothing of the run started; it goes cold (in a group of its own: prepare again)
+            if self.slot is not None:
+                broken = self.slot
+                self.slot = None
+                broken.close()
+                self.lock.close()
+                self.lock = prepare(plan, host)
+            elif template is not None:
+                warm.forget(template)
+            self.template = None
+        self.pid, self.pidfd, listener, self.init_report = spawn(self.lock, stdin, stdout, stderr)
+        # the spawn child shared our memory until it exec'd (spawn returns after that), and the
+        # kernel folds that memory's peak into the program's ru_maxrss: remember our peak now
+        self.caller_peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return listener
 
     # -- limits ------------------------------------------------------------------------------
 
@@ -230,6 +284,7 @@ class Sandbox:
             protections=self.lock.protections,
             syscalls=tuple(self.supervision.records) if self.supervision else (),
             error=self.error,
+            warm=self.warm,
             blocked_syscall=blocked[0][0] if blocked else None,
             files=self._collected(),
         )
@@ -257,3 +312,6 @@ class Sandbox:
         self.lock.close(keep_uid=True)
         watchdog.unregister(str(self.pid))
         self.lock.release_uid()
+        if self.slot is not None:
+            self.launcher.release_slot(self.slot)  # recycled only if provably clean
+            self.slot = None

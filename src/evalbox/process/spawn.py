@@ -23,6 +23,7 @@ STEPS = {
     13: "switch gid", 14: "switch uid", 15: "drop capabilities", 16: "set no_new_privs",
     17: "apply Landlock", 18: "install the seccomp filter", 19: "hand over the notify listener", 20: "exec",
     21: "set up the private mounts (/dev/shm, hidden paths)", 22: "set up the jail's namespaces", 23: "build the jail's root",
+    24: "make the process dumpable again (warm run)",
 }
 STEP_LANDLOCK, STEP_SECCOMP, STEP_EXEC = 17, 18, 20
 
@@ -164,6 +165,9 @@ def _spawn_error(lock: Lockdown, step: int, err: int) -> Exception:
     if step in (STEP_LANDLOCK, STEP_SECCOMP) and err in (errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
         return UnsupportedKernel(f"the kernel refused to {what} ({reason}); nothing was run. Run `evalbox check`")
     return SpawnError(err, f"sandbox set-up failed while trying to {what}: {reason}; nothing was run")
+
+
+spawn_error = _spawn_error  # also raised for a warm run whose in-place lockdown failed
 
 
 def kill_uid(uid: int, gid: int) -> None:

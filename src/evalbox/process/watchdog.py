@@ -178,17 +178,23 @@ def guard_pidfd() -> int:
             return -1
 
 
-def check() -> None:
-    """Restart the guard if it died while sandboxes are live (call when its pidfd is readable)."""
+def check() -> bool:
+    """Restart the guard if it died while sandboxes are live (call when its pidfd is readable).
+    False: it died and no new one could be started (the caller must end its sandboxes)."""
     global _guard
     with _lock:
         if _guard is None or _guard.poll() is None:
-            return
-        if _live:
-            _restart_locked()
-        else:
+            return True
+        if not _live:
             _reap_locked()
             _guard = None
+            return True
+        try:
+            _restart_locked()
+        except OSError:
+            _guard = None  # (reaped by _restart_locked); the next registration tries again
+            return False
+        return True
 
 
 def _write_all(fd: int, data: bytes) -> None:

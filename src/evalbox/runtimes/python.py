@@ -32,6 +32,15 @@ from evalbox.process.result import Output
 from evalbox.runtimes.common import Stages, in_system_trees, make_plan, outermost, phase_limits, program_args, source_text
 
 MAIN = "main.py"
+# What a warm template imports once (README "Warm Python"): the standard modules HumanEval-style
+# tests and RL reward code use. Pure standard library on purpose: no module that starts threads
+# at import (a fork copies only one thread) or reads the environment at import time.
+DEFAULT_PRELOAD = (
+    "abc", "array", "base64", "bisect", "collections", "collections.abc", "contextlib", "copy", "dataclasses",
+    "datetime", "decimal", "enum", "fractions", "functools", "hashlib", "heapq", "io", "itertools", "json",
+    "math", "numbers", "operator", "random", "re", "statistics", "string", "struct", "textwrap", "time",
+    "types", "typing", "unicodedata",
+)
 INSTALL = "install Python 3 (apt-get install python3) or pass interpreter='/path/to/python3'"
 
 # Asked of an interpreter that is not the one running evalbox (-I: the host's PYTHON* variables
@@ -123,12 +132,34 @@ def find_interpreter(path: str | None = None, packages_from: str | None = None) 
     return _probe(path, (st.st_dev, st.st_ino, st.st_mtime_ns))
 
 
+# What `warm=None` (the default) means: True unless changed here (tests run both ways).
+WARM_DEFAULT: bool = True
+
+
+def _preload(warm: bool | Iterable[str] | None) -> tuple[str, ...] | None:
+    if warm is None:
+        warm = WARM_DEFAULT
+    if warm is True:
+        return DEFAULT_PRELOAD
+    if warm is False or warm is None:
+        return None
+    if isinstance(warm, (str, bytes)) or not isinstance(warm, Iterable):
+        raise ValidationError(f"warm= takes True, False or a list of modules to preload, not {warm!r}")
+    return tuple(warm)
+
+
 def plan(code: str | bytes, *, args: Iterable[str] | None = None, interpreter: str | None = None,
-         packages_from: str | None = None, **limits: Any) -> Plan:
-    """A Plan running `code` as main.py with `args` (sys.argv[1:]); `limits` are Plan keywords."""
+         packages_from: str | None = None, warm: bool | Iterable[str] | None = None, **limits: Any) -> Plan:
+    """A Plan running `code` as main.py with `args` (sys.argv[1:]); `limits` are Plan keywords.
+
+    `warm`: True (the default) starts the run from a fresh copy of a pre-initialised interpreter
+    that imported DEFAULT_PRELOAD; a list of module names preloads those instead; False starts a
+    new interpreter (cold). Either way the run gets the same lockdown and limits; README "Warm
+    Python" lists what a program can tell apart."""
     interp = find_interpreter(interpreter, packages_from)
     argv = [interp.executable, "-s", MAIN, *program_args(args)]
-    return make_plan(argv, limits, files={MAIN: source_text(code, "python")}, mounts=interp.mounts, runtime="python")
+    return make_plan(argv, limits, files={MAIN: source_text(code, "python")}, mounts=interp.mounts,
+                     defaults={"warm": _preload(warm)}, runtime="python")
 
 
 def stages(code: str | bytes, *, args: Iterable[str] | None = None, interpreter: str | None = None,
@@ -140,6 +171,6 @@ def stages(code: str | bytes, *, args: Iterable[str] | None = None, interpreter:
 
 
 def run(code: str | bytes, *, args: Iterable[str] | None = None, interpreter: str | None = None,
-        packages_from: str | None = None, **limits: Any) -> Output:
+        packages_from: str | None = None, warm: bool | Iterable[str] | None = None, **limits: Any) -> Output:
     """Run `code` in a fresh sandbox and return its Output (see `plan`)."""
-    return _run(plan(code, args=args, interpreter=interpreter, packages_from=packages_from, **limits))
+    return _run(plan(code, args=args, interpreter=interpreter, packages_from=packages_from, warm=warm, **limits))

@@ -1,0 +1,520 @@
+"""Warm Python: start a run from a fresh copy of a pre-initialised interpreter (SPEC §10).
+
+A template is a Python interpreter started by evalbox itself (clean environment, its own session,
+killed with its caller) that imports a set of modules once and never runs user code. For each run
+evalbox sends it the run's prepared Lockdown and stdio; the template forks a copy whose parent is
+this process (CLONE_PARENT: waited for, killed and accounted like a cold spawn), the copy applies
+the same lockdown in place (`_spawn.lockdown_self`), makes itself look like `python -s main.py`
+just started, and runs the script. No process serves two runs.
+
+A run goes cold instead (same Output, `Output.warm` False) when the plan needs what a copy
+cannot give: the namespace jail (not built for copies yet), notify modes (the audit trail would
+miss the interpreter's start-up), PYTHON* (but PYTHONUNBUFFERED), LANG or LC_* variables in `env`
+(they act at interpreter start-up), or an interpreter that cannot load evalbox's extension
+(another Python version). See README "Warm Python".
+
+Resident slots (class Slot) live here too: on v1 cgroup hosts a copy of a template joins a slot's
+cgroup once and starts that slot's runs inside it (warm copies, or cold programs by clone + exec),
+so no run migrates into a v1 cgroup. EVALBOX_SLOTS=0 turns them off; EVALBOX_WARM_DEBUG=1 lets
+templates write to the caller's stderr (their own failures).
+"""
+
+from __future__ import annotations
+
+import itertools
+import marshal
+import os
+import queue
+import select
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from evalbox.errors import SandboxError
+from evalbox.kernel import _spawn
+from evalbox.kernel import capabilities as caps
+from evalbox.kernel import cgroups
+from evalbox.policy.plan import NotifyMode, Plan
+from evalbox.process.host import Host
+from evalbox.process.lockdown import UMASK, Lockdown
+
+IDLE_SLOTS = max(4, 2 * (os.cpu_count() or 1))  # idle slots kept per template
+START_TIMEOUT = 60.0
+# Start-up variables a warm copy applies itself (warm_template.py); any other PYTHON* runs cold.
+WARM_ENV = frozenset({"PYTHONUNBUFFERED"})  # seconds for a template to import its modules and report
+TEMPLATE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+_PRCTL = {"x86_64": 157, "aarch64": 167}  # the prctl system call (the template arms PDEATHSIG)
+_SOURCE_PATH = os.path.join(os.path.dirname(__file__), "warm_template.py")
+
+
+class TemplateUnavailable(SandboxError):
+    """This interpreter cannot serve warm runs (the run goes cold)."""
+
+
+def jailed(plan: Plan, host: Host) -> bool:
+    """Will this run get the namespace jail (SPEC §4.9)? Warm copies and slot launchers do not
+    build one yet, so such a run starts cold, exactly as isolated as before."""
+    from evalbox.policy import jail
+
+    return bool(host.jail and jail.clone_flags(plan))
+
+
+def why_cold_here() -> str | None:
+    """Why default warm runs start cold on this host (None: they start warm)."""
+    from evalbox.process.host import probe
+
+    if jailed(Plan(["/bin/true"]), probe()):
+        return ("this host puts every run in the namespace jail and warm copies have none yet, so warm runs "
+                "start cold here; EVALBOX_JAIL=0 turns the jail off (and warm runs on)")
+    return None
+
+
+def eligible(plan: Plan, host: Host) -> bool:
+    """Can this run start from a warm copy with the same isolation and observable behaviour?"""
+    if plan.warm is None or plan.notify is not NotifyMode.DISABLED or not os.path.isabs(plan.argv[0]):
+        return False
+    if jailed(plan, host):
+        return False
+    return not any(k.startswith(("PYTHON", "LC_")) and k not in WARM_ENV or k == "LANG" for k in plan.env)
+
+
+def slots_usable(plan: Plan, host: Host) -> bool:
+    """Resident slots serve runs that need a v1 memory or pids group (v2 hosts join per run) and
+    no jail. EVALBOX_SLOTS=0 turns them off (every run then joins its group itself)."""
+    layout = host.cgroup
+    if os.environ.get("EVALBOX_SLOTS", "1") == "0" or jailed(plan, host):
+        return False
+    want = {c for c, needed in (("memory", plan.memory), ("pids", plan.max_pids)) if needed is not None}
+    return layout.version == 1 and bool(want & layout.controllers)
+
+
+class _Spawner:
+    """One long-lived thread starts every template: a process's parent-death signal belongs to
+    the thread that created it, and a warm run's parent is its template's parent. A run must not
+    die because the thread that happened to start the template ended."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], threading.Event]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="evalbox-warm-spawner", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        import signal
+
+        # Never the thread a process-directed signal lands on: the caller's handlers and masks
+        # stay as they were (Python runs handlers in the main thread anyway).
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        while True:
+            fn, box, done = self._jobs.get()
+            try:
+                box.append(fn())
+            except BaseException as e:  # noqa: BLE001 - handed back to the waiting caller
+                box.append(e)
+            done.set()
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        box: list[Any] = []
+        done = threading.Event()
+        self._jobs.put((fn, box, done))
+        done.wait()
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+
+
+def _lockdown_fields(lock: Lockdown) -> dict[str, Any]:
+    """The lockdown of a prepared run as marshal-able values (the fds travel separately)."""
+    return {
+        "cwd": os.fsencode(lock.cwd), "parent_pid": os.getpid(), "rlimits": [tuple(r) for r in lock.rlimits],
+        "drop_bounding_set": lock.drop_bounding_set, "last_cap": caps.last_cap(), "securebits": lock.securebits,
+        "uid": lock.uid, "gid": lock.gid, "filters": [(bytes(p), int(f)) for p, f in lock.filters], "umask": UMASK,
+        "overlays": [(t, o, r, [tuple(b) for b in binds]) for t, o, r, binds in lock.overlays],
+        "landlock": lock.ruleset.fd >= 0,
+        "listener": any(f & _spawn.SECCOMP_FILTER_FLAG_NEW_LISTENER for _, f in lock.filters),
+    }
+
+
+class _Server:
+    """A process that forks runs on request over a SOCK_SEQPACKET socket: a template, or a slot's
+    resident launcher (a copy of a template living in the slot's cgroup)."""
+
+    pid = pidfd = -1
+    control: socket.socket | None = None
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # one request/answer exchange at a time
+
+    def _receive(self, timeout: float) -> dict[str, Any]:
+        assert self.control is not None
+        poller = select.poll()  # not select(): fds may be above 1024 in a busy caller
+        poller.register(self.control, select.POLLIN)
+        poller.register(self.pidfd, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll(timeout * 1000)}
+        if self.control.fileno() not in ready:
+            return {"ok": False, "error": "it exited" if ready else "it did not answer in time"}
+        data = self.control.recv(4096)
+        if not data:
+            return {"ok": False, "error": "it exited"}
+        answer = marshal.loads(data)
+        return answer if isinstance(answer, dict) else {"ok": False, "error": "garbled answer"}
+
+    def _ask(self, request: dict[str, Any], fds: list[int], before_answer: Callable[[], None] = lambda: None) -> dict[str, Any]:
+        with self.lock:
+            if self.control is None:
+                raise TemplateUnavailable("the warm template is closed")
+            try:
+                socket.send_fds(self.control, [marshal.dumps(request)], fds)
+            except OSError as e:
+                raise TemplateUnavailable(f"the warm template is gone ({e})") from None
+            before_answer()
+            return self._receive(START_TIMEOUT)
+
+    @property
+    def alive(self) -> bool:
+        if self.control is None:
+            return False
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        return not poller.poll(0)
+
+    def start(self, lock: Lockdown, plan: Plan, stdin: int, stdout: int, stderr: int) -> tuple[int, int, int]:
+        """Start one run from a fresh copy; returns (pid, pidfd, notify listener or -1) once it is
+        locked down and the program about to run. Raises TemplateUnavailable when the server
+        itself failed (nothing of the run was started) and the spawn errors of a cold run when
+        the lockdown failed."""
+        argv = list(plan.argv)
+        request = {"run": _lockdown_fields(lock), "env": list(lock.env), "script": os.path.join(lock.cwd, argv[2]),
+                   "argv": argv[2:], "orig_argv": argv}
+        return self._launch(lock, request, stdin, stdout, stderr, private=True)
+
+    def _launch(self, lock: Lockdown, request: dict[str, Any], stdin: int, stdout: int,
+                stderr: int, private: bool = False) -> tuple[int, int, int]:
+        """Send a run request with the run's fds; wait until the run's process has locked down
+        (the error pipe closes) or failed (it reports the step); hand over its notify listener.
+
+        `private`: the server only forks on a bare trigger, and the request goes over a channel
+        of the run's own, straight into the new copy: a server whose memory later copies inherit
+        must never hold one run's environment or arguments."""
+        from evalbox.process.spawn import spawn_error
+
+        wants_listener = any(flags & _spawn.SECCOMP_FILTER_FLAG_NEW_LISTENER for _, flags in lock.filters)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if wants_listener else (None, None)
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        fds = [stdin, stdout, stderr, write_end] + ([lock.ruleset.fd] if lock.ruleset.fd >= 0 else [])
+        fds += ([theirs.fileno()] if theirs is not None else []) + list(lock.cgroup_fds)
+        ends = [read_end, write_end]
+
+        def close_ours() -> None:
+            os.close(write_end)
+            ends.remove(write_end)
+            if theirs is not None:
+                theirs.close()
+        channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC) if private else None
+        try:
+            if channel is not None:
+                socket.send_fds(channel[0], [marshal.dumps(request)], fds)  # read by the copy
+                answer = self._ask({"run": True}, [channel[1].fileno()], close_ours)
+            else:
+                answer = self._ask(request, fds, close_ours)
+            if "pid" not in answer:
+                raise TemplateUnavailable(f"the warm template could not start a run: {answer.get('error')}")
+            pid = answer["pid"]
+            pidfd = os.pidfd_open(pid)  # our child (CLONE_PARENT): its pid stays its own until we reap it
+            report = os.read(read_end, 8)
+            listener = -1
+            if len(report) < 8 and ours is not None:
+                _, got, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
+                listener = got[0]
+                os.set_inheritable(listener, False)
+        finally:
+            for fd in ends:
+                os.close(fd)
+            for end in (ours, theirs, *(channel or ())):
+                if end is not None:
+                    end.close()
+        if len(report) == 8:
+            os.waitpid(pid, 0)
+            os.close(pidfd)
+            step, err = struct.unpack("=ii", report)
+            raise spawn_error(lock, step, err)
+        return pid, pidfd, listener
+
+    def _end(self) -> None:
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.pidfd >= 0:
+            try:
+                os.kill(self.pid, 9)
+            except ProcessLookupError:
+                pass
+            self._reap()
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+    def _reap(self) -> None:
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+
+
+class Template(_Server):
+    """One warm interpreter: `executable` run as `argv0 -s -c <template>` with `preload` imported."""
+
+    def __init__(self, executable: str, argv0: str, preload: tuple[str, ...]) -> None:
+        super().__init__()
+        self.executable, self.argv0, self.preload = executable, argv0, preload
+        self.failed: list[str] = []
+        self.idle_slots: list[Slot] = []
+        self.slots_lock = threading.Lock()
+        _spawner().call(self._start)
+
+    def _start(self) -> None:
+        # Not _spawn.spawn: that drops every capability, and the template must keep the ones the
+        # lockdown of its copies needs (setuid, the bounding set, the mount namespace). It arms
+        # its own parent-death signal (see warm_template.py).
+        import subprocess
+
+        with open(_SOURCE_PATH, encoding="utf-8") as f:
+            source = f.read()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            self.process = subprocess.Popen(
+                [self.argv0, "-s", "-c", source, _spawn.__file__, ",".join(self.preload), str(os.getpid()),
+                 str(_PRCTL[os.uname().machine])],
+                executable=self.executable, stdin=theirs, stdout=subprocess.DEVNULL,
+                stderr=None if os.environ.get("EVALBOX_WARM_DEBUG") else subprocess.DEVNULL,
+                cwd="/", env=TEMPLATE_ENV, start_new_session=True, umask=UMASK,
+            )
+        except OSError as e:
+            ours.close()
+            raise TemplateUnavailable(f"cannot start {self.executable} as a warm template: {e}") from None
+        finally:
+            theirs.close()
+        self.pid, self.pidfd, self.control = self.process.pid, os.pidfd_open(self.process.pid), ours
+        hello = self._receive(START_TIMEOUT)
+        if not hello.get("ok"):
+            self.close()
+            raise TemplateUnavailable(f"{self.executable} cannot serve warm runs: {hello.get('error', 'no answer')}")
+        self.failed = list(hello.get("failed", ()))
+
+    def _reap(self) -> None:
+        self.process.wait()
+
+    def close(self) -> None:
+        with self.slots_lock:
+            slots, self.idle_slots = self.idle_slots, []
+        for slot in slots:
+            slot.close()
+        self._end()
+
+    # -- resident slots --------------------------------------------------------------------------
+
+    def acquire_slot(self, layout: cgroups.Layout) -> "Slot | None":
+        """An idle slot of this template, or a new one (None if one cannot be made here)."""
+        with self.slots_lock:
+            while self.idle_slots:
+                slot = self.idle_slots.pop()
+                if slot.alive:
+                    Slot.busy.add(slot)
+                    return slot
+                slot.close()
+        try:
+            slot = Slot(self, layout)
+        except (OSError, TemplateUnavailable):
+            return None
+        Slot.busy.add(slot)
+        return slot
+
+    def release_slot(self, slot: "Slot") -> None:
+        """Take a slot back after its run, only if provably clean; otherwise it is destroyed."""
+        Slot.busy.discard(slot)
+        if slot.alive and slot.clean():
+            with self.slots_lock:
+                if len(self.idle_slots) < IDLE_SLOTS:
+                    self.idle_slots.append(slot)
+                    return
+        slot.close()
+
+
+class Slot(_Server):
+    """A resident slot (v1 cgroup hosts): its own cgroup with a launcher living in it, a copy of
+    the template that forks the slot's runs. A run is born inside the group, so it never
+    migrates into a v1 cgroup (each migration can wait a whole RCU grace period, 5-18 ms). One run
+    at a time; recycled only when nothing of the last run is left (see `clean`)."""
+
+    _names = itertools.count()
+    busy: "set[Slot]" = set()  # slots serving a run now (for server_cpu_seconds)
+
+    def __init__(self, template: Template, layout: cgroups.Layout) -> None:
+        super().__init__()
+        self.group = cgroups.Group(layout, f"slot-{next(self._names)}")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        procs: list[int] = []
+        try:
+            procs = self.group.open_procs()
+            answer = template._ask({"slot": True}, [theirs.fileno(), *procs])
+        except BaseException:
+            ours.close()
+            self.group.remove()
+            raise
+        finally:
+            theirs.close()
+            for fd in procs:
+                os.close(fd)
+        if "pid" not in answer:
+            ours.close()
+            self.group.remove()
+            raise TemplateUnavailable(f"the warm template could not make a slot: {answer.get('error')}")
+        self.pid, self.pidfd, self.control = answer["pid"], os.pidfd_open(answer["pid"]), ours
+        ready = self._receive(START_TIMEOUT)
+        self.group.resident = self.pid
+        if not ready.get("ready"):
+            self.close()
+            raise TemplateUnavailable(f"a warm slot did not start: {ready.get('error')}")
+        self.group.reset()
+
+    def spawn(self, lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple[int, int, int]:
+        """A cold spawn (clone, lockdown, exec) done by the launcher, inside the slot's group:
+        the same child as process.spawn.spawn makes, and the same (pid, pidfd, listener)."""
+        request = {"exec": {**_lockdown_fields(lock), "path": os.fsencode(lock.executable), "argv": list(lock.argv),
+                            "envp": list(lock.env), "magic": lock.magic}}
+        return self._launch(lock, request, stdin, stdout, stderr)
+
+    def clean(self) -> bool:
+        """No process of the last run is left in the group; its counters start again from zero."""
+        if self.group.pids():
+            return False
+        self.group.reset()
+        return True
+
+    def close(self) -> None:
+        self._end()
+        if self.group.dirs:
+            self.group.kill()
+            self.group.resident = 0
+            self.group.remove()
+
+_lock = threading.Lock()
+_templates: dict[tuple[str, str, tuple[str, ...]], Template | TemplateUnavailable] = {}
+_the_spawner: _Spawner | None = None
+
+
+def _spawner() -> _Spawner:
+    global _the_spawner
+    if _the_spawner is None:
+        _the_spawner = _Spawner()
+    return _the_spawner
+
+
+def template_for(plan: Plan) -> Template | None:
+    """The live template for this plan's interpreter and preload set, started on first use; None
+    when this interpreter cannot serve warm runs (remembered: it is not asked again)."""
+    assert plan.warm is not None
+    key = (plan.argv[0], plan.argv[0], plan.warm)
+    with _lock:
+        found = _templates.get(key)
+        if isinstance(found, TemplateUnavailable):
+            return None
+        if found is not None and found.alive:
+            return found
+        if found is not None:
+            found.close()
+        try:
+            found = _templates[key] = Template(*key)
+        except TemplateUnavailable as e:
+            _templates[key] = e
+            return None
+        return found
+
+
+def launcher_template() -> Template | None:
+    """The template whose slots start cold (exec) runs: this interpreter, nothing preloaded."""
+    import sys
+
+    with _lock:
+        key = ("exec", sys.executable, ())
+        found = _templates.get(key)
+        if isinstance(found, TemplateUnavailable):
+            return None
+        if found is not None and found.alive:
+            return found
+        if found is not None:
+            found.close()
+        try:
+            found = _templates[key] = Template(sys.executable, sys.executable, ())
+        except TemplateUnavailable as e:
+            _templates[key] = e
+            return None
+        return found
+
+
+def forget(template: Template) -> None:
+    """A template that failed a request is closed; the next run starts a new one."""
+    with _lock:
+        for key, value in list(_templates.items()):
+            if value is template:
+                del _templates[key]
+    template.close()
+
+
+def held_fds() -> set[int]:
+    """The fds evalbox keeps for its templates and idle slots (a socket and a pidfd each)."""
+    with _lock:
+        servers: list[_Server] = []
+        for t in _templates.values():
+            if isinstance(t, Template):
+                servers += [t, *t.idle_slots]
+    return {fd for s in servers + list(Slot.busy) for fd in (s.pidfd, s.control.fileno() if s.control else -1) if fd >= 0}
+
+
+def resident_pids() -> set[int]:
+    """Pids of the slot launchers living in slot cgroups now (none of them is part of a run)."""
+    with _lock:
+        slots = {slot for t in _templates.values() if isinstance(t, Template) for slot in t.idle_slots}
+    return {slot.pid for slot in slots | set(Slot.busy) if slot.pid > 0}
+
+
+def server_cpu_seconds() -> float:
+    """CPU time used so far by the live templates and slot launchers (for `evalbox bench`: their
+    forks are part of what a warm run costs, but they are not reaped children of the caller)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    with _lock:
+        servers: list[_Server] = []
+        for value in _templates.values():
+            if isinstance(value, Template):
+                servers += [value, *value.idle_slots]
+    servers += list(Slot.busy)
+    for server in servers:
+        try:
+            with open(f"/proc/{server.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def close_all() -> None:
+    with _lock:
+        for value in _templates.values():
+            if isinstance(value, Template):
+                value.close()
+        _templates.clear()
+
+
+def _forget_after_fork() -> None:
+    # A forked caller owns none of its parent's templates, and has no spawner thread.
+    global _the_spawner
+    _templates.clear()
+    _the_spawner = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+import atexit  # noqa: E402
+
+atexit.register(close_all)

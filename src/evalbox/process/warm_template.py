@@ -1,0 +1,281 @@
+# The warm Python template: source text that evalbox runs with `python -s -c` (see warm.py);
+# evalbox itself never imports this file.
+#
+# The template is started fresh by evalbox with a clean environment and never runs user code. It
+# imports the preload modules once, then serves requests on its stdin (a SOCK_SEQPACKET socket
+# from evalbox): each request carries a run's lockdown and fds; the template forks a copy whose
+# parent is evalbox's process (CLONE_PARENT), answers with the copy's pid and waits for the next
+# request. The copy applies the whole lockdown to itself (the same C code as a cold spawn), then
+# makes the interpreter look as if it had just started `python -s SCRIPT ARGS...` and runs the
+# script as __main__. A copy is never reused: one run, then it exits.
+#
+# argv: -c, path of evalbox's _spawn extension, comma-separated preload modules, evalbox's pid,
+# the number of the prctl system call.
+import os
+import sys
+
+_template_globals = globals()
+
+
+def _load_spawn(path):
+    import importlib.machinery
+    import importlib.util
+
+    if not any(path.endswith(suffix) for suffix in importlib.machinery.EXTENSION_SUFFIXES):
+        raise ImportError(f"evalbox's extension {os.path.basename(path)} was not built for this interpreter")
+    loader = importlib.machinery.ExtensionFileLoader("_spawn", path)
+    spec = importlib.util.spec_from_file_location("_spawn", path, loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    sys.modules.pop("_spawn", None)
+    return module
+
+
+def _serve():
+    """Answer requests until evalbox closes the socket. Returns (request, fds) in a fresh copy."""
+    control = socket.socket(fileno=os.dup(0))  # fd 0 becomes /dev/null: no run can read it
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    failed = _preload_failures
+    try:
+        spawn = _load_spawn(sys.argv[1])
+        # Die with evalbox's process (its thread that started us), and make sure it still lives.
+        spawn.syscall(int(sys.argv[4]), 1, 9)  # prctl(PR_SET_PDEATHSIG, SIGKILL)
+        if os.getppid() != int(sys.argv[3]):
+            sys.exit(1)
+        threads = len(os.listdir("/proc/self/task"))
+        if threads != 1:  # a fork copies only the calling thread: refuse rather than break
+            raise RuntimeError(f"the preloaded modules started {threads - 1} thread(s); a template must stay "
+                               "single-threaded (drop the module that starts threads from preload)")
+    except Exception as e:  # noqa: BLE001
+        control.send(marshal.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}))
+        sys.exit(1)
+    control.send(marshal.dumps({"ok": True, "failed": failed, "version": list(sys.version_info[:2])}))
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(control, 1 << 20, 16)
+        except InterruptedError:
+            continue
+        if not msg:
+            os._exit(0)  # evalbox is done with us (a full interpreter teardown would copy every page)
+        request = marshal.loads(msg)
+        if "exec" in request:  # a slot's launcher starting a program by exec: the cold spawn, from here
+            control.send(marshal.dumps(_spawn_exec(spawn, request["exec"], fds)))
+            continue
+        try:
+            pid = spawn.fork_sibling()
+        except OSError as e:
+            for fd in fds:
+                os.close(fd)
+            control.send(marshal.dumps({"error": f"fork: {e}"}))
+            continue
+        if pid == 0 and request.get("slot"):
+            # A resident launcher for one slot: joins the slot's cgroup once (its runs are born
+            # inside it: no per-run migration) and serves that slot's runs on its own socket.
+            control.close()
+            control = socket.socket(fileno=fds[0])
+            spawn.syscall(int(sys.argv[4]), 1, 9)  # prctl(PR_SET_PDEATHSIG, SIGKILL): not inherited
+            if os.getppid() != int(sys.argv[3]):
+                os._exit(1)
+            for fd in fds[1:]:
+                os.write(fd, b"0")
+                os.close(fd)
+            try:
+                with open("/proc/self/oom_score_adj", "w") as f:
+                    f.write("-1000")  # the OOM killer takes the run, never the launcher
+                _resident.append("exempt")
+            except OSError:  # no CAP_SYS_RESOURCE: a run's copy maps all the launcher has, and more
+                _resident.append("plain")
+            control.send(marshal.dumps({"ready": True}))
+            continue
+        if pid == 0:
+            control.close()
+            if "exempt" in _resident:  # a run must not inherit the launcher's exemption
+                with open("/proc/self/oom_score_adj", "w") as f:
+                    f.write("0")
+            # The run's own request (environment, arguments, lockdown, fds) comes over a channel
+            # of its own, read here in the copy: it never enters the template's (or a launcher's)
+            # memory, which later copies inherit.
+            channel = socket.socket(fileno=fds[0])
+            msg, fds, _, _ = socket.recv_fds(channel, 1 << 20, 16)
+            channel.close()
+            return spawn, marshal.loads(msg), fds
+        for fd in fds:
+            os.close(fd)
+        control.send(marshal.dumps({"pid": pid}))
+
+
+_resident = []
+
+
+def _spawn_exec(spawn, x, fds):
+    """Clone (vfork-style, as the run's sibling), lock down and exec, exactly as a cold spawn."""
+    stdio, errpipe, rest = fds[:3], fds[3], fds[4:]
+    landlock_fd = rest.pop(0) if x["landlock"] else -1
+    listener = rest.pop(0) if x["listener"] else -1
+    exempt = "exempt" in _resident
+    try:
+        if exempt:  # the OOM exemption would survive the exec: not while the run is cloned
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("0")
+        pid, pidfd = spawn.spawn(
+            path=x["path"], argv=x["argv"], envp=x["envp"], cwd=x["cwd"], stdio=stdio, errpipe=errpipe,
+            parent_pid=x["parent_pid"], cgroup_fds=[], rlimits=x["rlimits"],
+            drop_bounding_set=x["drop_bounding_set"], last_cap=x["last_cap"], securebits=x["securebits"],
+            uid=x["uid"], gid=x["gid"], landlock_fd=landlock_fd, filters=x["filters"], listener_sock=listener,
+            umask=x["umask"], overlays=x["overlays"], magic=x["magic"], sibling=True,
+        )
+        os.close(pidfd)
+        return {"pid": pid}
+    except OSError as e:
+        return {"error": f"spawn: {e}"}
+    finally:
+        if exempt:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("-1000")
+        for fd in fds:
+            os.close(fd)
+
+
+def _start_program(spawn, req, fds):
+    """In the fresh copy: lock down, then look like `python -s SCRIPT ARGS` just started. (Uses the
+    template's module-level imports: they are gone from sys.modules by now.)"""
+
+    x = req["run"]
+    stdio, errpipe, rest = fds[:3], fds[3], fds[4:]
+    landlock_fd = rest.pop(0) if x["landlock"] else -1
+    listener = rest.pop(0) if x["listener"] else -1
+    spawn.lockdown_self(
+        cwd=x["cwd"], stdio=stdio, errpipe=errpipe, parent_pid=x["parent_pid"], cgroup_fds=rest,
+        rlimits=x["rlimits"], drop_bounding_set=x["drop_bounding_set"], last_cap=x["last_cap"],
+        securebits=x["securebits"], uid=x["uid"], gid=x["gid"], landlock_fd=landlock_fd,
+        filters=x["filters"], listener_sock=listener, umask=x["umask"], overlays=x["overlays"],
+    )
+    # What CPython sets up at start (the lockdown put every disposition back to the default).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for name in ("SIGPIPE", "SIGXFSZ"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    os.environ.clear()
+    for item in req["env"]:
+        key, _, value = item.partition(b"=")
+        os.environb[key] = value
+    time.tzset()  # TZ may have come with the run's environment
+    if os.environ.get("PYTHONUNBUFFERED"):  # as `python -u`: unbuffered binary layer, write-through text
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            old = getattr(sys, name)
+            raw = io.FileIO(fd, "w", closefd=False)
+            raw.name = f"<{name}>"
+            text = io.TextIOWrapper(raw, encoding=old.encoding, errors=old.errors, write_through=True)
+            text.mode = "w"
+            setattr(sys, name, text)
+            setattr(sys, f"__{name}__", text)
+    for name in ("random", "numpy.random"):  # fresh state, whatever the fork hooks did
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "seed"):
+            module.seed()
+    tempfile = sys.modules.get("tempfile")
+    if tempfile is not None:
+        tempfile.tempdir = None  # found again from this run's TMPDIR
+    script = req["script"]
+    sys.argv = req["argv"]
+    sys.orig_argv = req["orig_argv"]
+    sys.path.insert(0, os.path.dirname(script))
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__file__=script, __cached__=None, __builtins__=__builtins__, __annotations__={},
+                         __loader__=importlib.machinery.SourceFileLoader("__main__", script), __spec__=None)
+    sys.modules["__main__"] = main
+    os.close(errpipe)  # the caller now knows the program runs
+    return main
+
+
+def _exit_status(e):
+    """The exit status CPython gives an uncaught SystemExit (printing a non-integer code)."""
+    code = e.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code if -(1 << 31) <= code < (1 << 31) else -1
+    try:
+        sys.stderr.write(f"{code}\n")
+    except Exception:  # noqa: BLE001
+        pass
+    return 1
+
+
+def _finish(status, by_sigint=False):
+    """What CPython's finalization does that a program can see, then exit. The template's own
+    objects are left alone: tearing the interpreter down would touch (and so copy) every page
+    the copy shares with the template, ~20 times the cost of the run itself."""
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        try:
+            threading._shutdown()  # wait for the program's non-daemon threads
+        except BaseException:  # noqa: BLE001
+            pass
+    atexit._run_exitfuncs()
+    main = sys.modules.get("__main__")
+    if main is not None:
+        main.__dict__.clear()  # the program's objects are finalized (__del__, unclosed files)
+    gc.collect()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001
+            if stream is sys.stdout and not status:
+                status = 120  # as CPython when stdout cannot be flushed at exit
+    if by_sigint:  # CPython ends by SIGINT after an uncaught KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(status & 0xFF if status >= 0 else 255)
+
+
+def _read_script(main):
+    try:
+        with open(main.__file__, "rb") as f:
+            return compile(f.read(), main.__file__, "exec")
+    except OSError as e:
+        sys.stderr.write(f"{sys.orig_argv[0]}: can't open file {main.__file__!r}: [Errno {e.errno}] {e.strerror}\n")
+        sys.stderr.flush()
+        os._exit(2)
+
+
+if "" in sys.path:
+    sys.path.remove("")  # -c put the cwd first: nothing may be imported from there
+_startup_modules = set(sys.modules)
+_preload = [name for name in sys.argv[2].split(",") if name]
+_preload_failures = []
+for _name in _preload:
+    try:
+        __import__(_name)
+    except Exception as _e:  # noqa: BLE001 - reported to evalbox
+        _preload_failures.append(f"{_name}: {type(_e).__name__}: {_e}")
+_preloaded_modules = set(sys.modules)
+import atexit, gc, importlib.machinery, importlib.util, io, marshal, signal, socket, time, types  # noqa: E401,E402
+
+# Copies must not walk the template's objects: a collection touches every object it scans, and
+# each touched page is copied. Frozen objects are ignored by the collector.
+gc.collect()
+gc.freeze()
+_spawn_module, _request, _fds = _serve()
+# Modules only the template itself needed go; the program imports them afresh if it wants them.
+for _name in set(sys.modules) - _preloaded_modules - set(sys.builtin_module_names):
+    del sys.modules[_name]
+_main = _start_program(_spawn_module, _request, _fds)
+del _spawn_module, _request, _fds, _serve, _start_program, _load_spawn, _name
+try:
+    exec(_read_script(_main), _main.__dict__)
+    _status, _by_sigint = 0, False
+except SystemExit as _e:
+    _status, _by_sigint = _exit_status(_e), False
+except BaseException as _e:  # noqa: BLE001 - what CPython does with an uncaught exception
+    _tb = _e.__traceback__
+    while _tb is not None and _tb.tb_frame.f_globals is _template_globals:
+        _tb = _tb.tb_next  # the template's own frame is not the program's
+    _e.__traceback__ = _tb
+    sys.last_type, sys.last_value, sys.last_traceback = type(_e), _e, _tb
+    sys.excepthook(type(_e), _e, _tb)
+    _status, _by_sigint = 1, isinstance(_e, KeyboardInterrupt)
+    del _e, _tb
+_finish(_status, _by_sigint)
