@@ -964,6 +964,64 @@ static int int_list(PyObject *seq, int *out, int max, int *count, const char *wh
     return 0;
 }
 
+/* rlimits: [(resource, soft, hard), ...] */
+static int parse_rlimits(PyObject *obj, struct config *c)
+{
+    PyObject *fast = PySequence_Fast(obj, "rlimits must be a sequence of (resource, soft, hard)");
+    if (!fast)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (n > MAX_RLIMITS) {
+        Py_DECREF(fast);
+        PyErr_SetString(PyExc_ValueError, "too many rlimits");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int resource;
+        unsigned long long soft, hard;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "iKK", &resource, &soft, &hard)) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        c->rlimits[i].resource = resource;
+        c->rlimits[i].value.rlim_cur = soft;
+        c->rlimits[i].value.rlim_max = hard;
+    }
+    Py_DECREF(fast);
+    c->n_rlimits = (int)n;
+    return 0;
+}
+
+/* filters: [(program bytes, flags), ...]; the programs stay alive through `keep` (set even on
+ * failure: the caller releases it). */
+static int parse_filters(PyObject *obj, struct config *c, PyObject **keep)
+{
+    *keep = PySequence_Fast(obj, "filters must be a sequence of (program bytes, flags)");
+    if (!*keep)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(*keep);
+    if (n > MAX_FILTERS) {
+        PyErr_SetString(PyExc_ValueError, "too many seccomp filters");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *program;
+        unsigned int flags;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(*keep, i), "O!I", &PyBytes_Type, &program, &flags))
+            return -1;
+        Py_ssize_t size = PyBytes_GET_SIZE(program);
+        if (size == 0 || size % sizeof(struct sock_filter) != 0 || size / sizeof(struct sock_filter) > 0xFFFF) {
+            PyErr_SetString(PyExc_ValueError, "a seccomp program must be a non-empty array of sock_filter");
+            return -1;
+        }
+        c->filters[i].prog.len = (unsigned short)(size / sizeof(struct sock_filter));
+        c->filters[i].prog.filter = (struct sock_filter *)PyBytes_AS_STRING(program);
+        c->filters[i].flags = flags;
+    }
+    c->n_filters = (int)n;
+    return 0;
+}
+
 /* overlays: [(target bytes, tmpfs options bytes (b"": no tmpfs), landlock rights int,
  *             [(path bytes, is_dir bool[, source bytes or None[, readonly bool]]), ...]), ...]
  * The strings stay alive through `keep`, a list holding every tuple. */
@@ -1247,52 +1305,8 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     if (int_list(cgroup_obj, c.cgroup_fds, MAX_CGROUP_FDS, &c.n_cgroup_fds, "cgroup fds") < 0)
         goto done;
 
-    PyObject *fast = PySequence_Fast(rlimits_obj, "rlimits must be a sequence of (resource, soft, hard)");
-    if (!fast)
+    if (parse_rlimits(rlimits_obj, &c) < 0 || parse_filters(filters_obj, &c, &keep_filters) < 0)
         goto done;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
-    if (n > MAX_RLIMITS) {
-        PyErr_SetString(PyExc_ValueError, "too many rlimits");
-        Py_DECREF(fast);
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        int resource;
-        unsigned long long soft, hard;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "iKK", &resource, &soft, &hard)) {
-            Py_DECREF(fast);
-            goto done;
-        }
-        c.rlimits[i].resource = resource;
-        c.rlimits[i].value.rlim_cur = soft;
-        c.rlimits[i].value.rlim_max = hard;
-    }
-    c.n_rlimits = (int)n;
-    Py_DECREF(fast);
-
-    keep_filters = PySequence_Fast(filters_obj, "filters must be a sequence of (program bytes, flags)");
-    if (!keep_filters)
-        goto done;
-    n = PySequence_Fast_GET_SIZE(keep_filters);
-    if (n > MAX_FILTERS) {
-        PyErr_SetString(PyExc_ValueError, "too many seccomp filters");
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *program;
-        unsigned int flags;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(keep_filters, i), "O!I", &PyBytes_Type, &program, &flags))
-            goto done;
-        Py_ssize_t size = PyBytes_GET_SIZE(program);
-        if (size == 0 || size % sizeof(struct sock_filter) != 0 || size / sizeof(struct sock_filter) > 0xFFFF) {
-            PyErr_SetString(PyExc_ValueError, "a seccomp program must be a non-empty array of sock_filter");
-            goto done;
-        }
-        c.filters[i].prog.len = (unsigned short)(size / sizeof(struct sock_filter));
-        c.filters[i].prog.filter = (struct sock_filter *)PyBytes_AS_STRING(program);
-        c.filters[i].flags = flags;
-    }
-    c.n_filters = (int)n;
 
     c.errpipe = errpipe;
     c.parent_pid = parent_pid;
@@ -1411,51 +1425,10 @@ static PyObject *lockdown_self(PyObject *self, PyObject *args, PyObject *kwargs)
     }
     if (int_list(cgroup_obj, c.cgroup_fds, MAX_CGROUP_FDS, &c.n_cgroup_fds, "cgroup fds") < 0)
         return NULL;
-    PyObject *fast = PySequence_Fast(rlimits_obj, "rlimits must be a sequence of (resource, soft, hard)");
-    if (!fast)
+    if (parse_rlimits(rlimits_obj, &c) < 0)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
-    if (n > MAX_RLIMITS) {
-        Py_DECREF(fast);
-        PyErr_SetString(PyExc_ValueError, "too many rlimits");
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        int resource;
-        unsigned long long soft, hard;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "iKK", &resource, &soft, &hard)) {
-            Py_DECREF(fast);
-            return NULL;
-        }
-        c.rlimits[i].resource = resource;
-        c.rlimits[i].value.rlim_cur = soft;
-        c.rlimits[i].value.rlim_max = hard;
-    }
-    Py_DECREF(fast);
-    c.n_rlimits = (int)n;
-    keep_filters = PySequence_Fast(filters_obj, "filters must be a sequence of (program bytes, flags)");
-    if (!keep_filters)
-        return NULL;
-    n = PySequence_Fast_GET_SIZE(keep_filters);
-    if (n > MAX_FILTERS) {
-        PyErr_SetString(PyExc_ValueError, "too many seccomp filters");
+    if (parse_filters(filters_obj, &c, &keep_filters) < 0)
         goto fail;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *program;
-        unsigned int flags;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(keep_filters, i), "O!I", &PyBytes_Type, &program, &flags))
-            goto fail;
-        Py_ssize_t size = PyBytes_GET_SIZE(program);
-        if (size == 0 || size % sizeof(struct sock_filter) != 0 || size / sizeof(struct sock_filter) > 0xFFFF) {
-            PyErr_SetString(PyExc_ValueError, "a seccomp program must be a non-empty array of sock_filter");
-            goto fail;
-        }
-        c.filters[i].prog.len = (unsigned short)(size / sizeof(struct sock_filter));
-        c.filters[i].prog.filter = (struct sock_filter *)PyBytes_AS_STRING(program);
-        c.filters[i].flags = flags;
-    }
-    c.n_filters = (int)n;
     c.errpipe = errpipe;
     c.parent_pid = parent_pid;
     c.drop_bounding_set = drop_bounding_set;
