@@ -243,7 +243,10 @@ def test_java_sees_its_memory_limit():
         pytest.skip("known gap (README): the jail's root does not hold the run's cgroup directory yet, so the JVM "
                     "sizes its heap to the host; run with EVALBOX_JAIL=0 to test the cgroup path")
     if not MEMORY_CGROUP:
-        pytest.skip("the JVM sizes its heap from the memory cgroup; under RLIMIT_AS it needs memory >= 2G")
+        pytest.skip("the JVM sizes its heap from the memory cgroup; under RLIMIT_AS it needs memory >= 4G")
+    if HOST.jail:
+        pytest.xfail("KNOWN GAP: the jail's root does not hold the run's cgroup directory yet, so the JVM sizes "
+                     "its heap from the host's RAM (bind it read-only into the template)")
     out = ok(evalbox.run(["java", "-XX:+PrintFlagsFinal", "-version"], memory="768M", timeout=60))
     heap = next(int(line.split()[3]) for line in out.stdout.decode().splitlines() if " MaxHeapSize " in line)
     assert heap <= 768 << 20, describe(out)
@@ -275,3 +278,19 @@ def test_metadata_through_the_programs_own_fds(host_dir):
     out = ok(py(code, mounts=[evalbox.Mount.ro(str(host_dir))]))
     assert out.stdout.split() == [b"0o640", b"refused", b"0"], describe(out)
     assert outside.stat().st_mode & 0o777 == 0o644
+
+
+def test_user_attributes_in_the_workspace_only(host_dir):
+    outside = host_dir / "outside"
+    outside.write_text("x")
+    os.chmod(host_dir, 0o777)
+    outside.chmod(0o666)  # writable by anyone: only the sandbox's own rules can keep it unchanged
+    code = ("import os\nopen('f', 'w').close()\nos.setxattr('f', 'user.a', b'1')\n"
+            "fd = os.open('f', os.O_RDONLY)\nos.setxattr(fd, 'user.b', b'2')\n"
+            "print(sorted(os.listxattr('f')))\n"
+            f"for target in ({str(outside)!r}, os.open({str(outside)!r}, os.O_RDONLY)):\n"
+            "    try:\n        os.setxattr(target, 'user.c', b'3')\n        print('changed')\n"
+            "    except OSError as e:\n        print('refused')\n")
+    out = ok(py(code, mounts=[evalbox.Mount.ro(str(host_dir))]))
+    assert out.stdout.decode().split("\n")[:3] == ["['user.a', 'user.b']", "refused", "refused"], describe(out)
+    assert os.listxattr(outside) == []

@@ -167,7 +167,7 @@ def run_sandboxed(python: str, module: str, scratch: str, network: bool) -> tupl
     xml_path = os.path.join(out_dir, "result.xml")
     plan = evalbox.Plan(
         _argv(python, xml_path, module), timeout=MODULE_TIMEOUT, memory="4G", max_pids=512,
-        max_output="256M", max_open_files=None, max_file_size=None, network=network,
+        max_output="256M", max_open_files=None, max_file_size=None, disk=None, network=network,
         mounts=[evalbox.Mount.rw(out_dir)],
     )
     out = evalbox.run(plan)

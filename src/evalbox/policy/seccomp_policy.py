@@ -132,7 +132,7 @@ PATH_METADATA = ("chmod", "fchmodat", "fchmodat2", "chown", "lchown", "fchownat"
 
 XATTR_SET = ("setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr", "fremovexattr", "setxattrat",
              "removexattrat")
-XATTR_SET_BY_PATH = ("setxattr", "lsetxattr", "removexattr", "lremovexattr")
+XATTR_SET_BY_PATH = ("setxattr", "lsetxattr", "removexattr", "lremovexattr", "fsetxattr", "fremovexattr")
 
 # mknod: FIFOs, sockets and regular files (mkfifo); device nodes need CAP_MKNOD anyway.
 S_IFMT, S_IFIFO, S_IFREG, S_IFSOCK = 0o170000, 0o010000, 0o100000, 0o140000
@@ -323,13 +323,17 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
     out += _network_rules(network, private_net, private_root)
     out += _host_interference_rules()
     out += [Rule(name, metadata if same_uid else ALLOW) for name in PATH_METADATA]
-    if same_uid:  # utimensat(fd, NULL, ...) is futimens(): the file had to be opened
-        out.append(Rule("utimensat", ALLOW, (Arg(1, "eq", 0),)))
+    if same_uid:
+        # by fd too: the caller's own files may be open read-only to the sandbox (a Mount.ro of
+        # them), and the kernel lets their owner change mode, owner and times through any fd.
+        # So fchmod, fchown and futimens (utimensat(fd, NULL, ...)) are done by evalbox, on a
+        # file named inside the workspace only.
+        out += [Rule("fchmod", metadata), Rule("fchown", metadata)]
     out.append(Rule("utimensat", metadata if same_uid else ALLOW))
     # Extended attributes: Landlock does not cover them, and user.* ones may be set on any file
     # one may write (a world-writable host file, or any of the caller's own). So user attributes
-    # are set by path inside the workspace only (EMULATED); elsewhere, and on an fd, the answer
-    # is "not supported here", which `cp -a` and friends accept.
+    # are set inside the workspace only (EMULATED: by path, or on an fd whose file is named
+    # there); elsewhere the answer is "not supported here", which `cp -a` and friends accept.
     for name in XATTR_SET:
         out.append(Rule(name, EMULATED if routed and name in XATTR_SET_BY_PATH else refuse(errno.EOPNOTSUPP)))
     for name, mode_arg in (("mknod", 1), ("mknodat", 2)):

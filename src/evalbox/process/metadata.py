@@ -53,8 +53,10 @@ CALLS = {
     "removexattr": (None, 0, True, None, "xattr_remove", 1),
     "lremovexattr": (None, 0, False, None, "xattr_remove", 1),
 }
+FD_CALLS = {"fsetxattr": "xattr_set", "fremovexattr": "xattr_remove", "fchmod": "mode", "fchown": "owner"}
 XATTR_NAME_MAX, XATTR_SIZE_MAX = 255, 65536
 RESOLVE_IN_ROOT = 0x10
+RESOLVE_NO_SYMLINKS = 0x04
 def _int32(value: int) -> int:
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value & 0x80000000 else value
@@ -77,6 +79,11 @@ def emulate(listener: int, n: sn.Notification, name: str, workspace: str | None,
 
 
 def _emulate(listener: int, n: sn.Notification, name: str, workspace: str | None, owner: int) -> None:
+    if name in FD_CALLS and workspace is not None:
+        # fchmod/fchown/fsetxattr/fremovexattr: on the file the program holds, if it is named
+        # in the workspace
+        _apply_to_own_fd(listener, n, _int32(n.args[0]), workspace, owner, FD_CALLS[name], n.args[1:])
+        return
     if name not in CALLS or workspace is None:
         raise OSError(errno.EPERM, "not emulated")
     dirfd_arg, path_arg, follow, flags_arg, what, value_arg = CALLS[name]
@@ -84,21 +91,20 @@ def _emulate(listener: int, n: sn.Notification, name: str, workspace: str | None
     flags = _int32(args[flags_arg]) if flags_arg is not None else 0
     if flags & AT_SYMLINK_NOFOLLOW:
         follow = False
+    if name == "utimensat" and args[path_arg] == 0:
+        # futimens(fd, times) is utimensat(fd, NULL, times, 0): the file the program holds
+        _apply_to_own_fd(listener, n, _int32(args[dirfd_arg]), workspace, owner, what, args[value_arg:])
+        return
     raw = sn.read_string(n.pid, args[path_arg])
     if raw is None:
         raise OSError(errno.EFAULT, "path unreadable")
     dirfd = _int32(args[dirfd_arg]) if dirfd_arg is not None else AT_FDCWD
-    own_fd = _OWN_FD.match(raw)
+    own_fd = _OWN_FD.fullmatch(raw)
     if own_fd or (not raw and flags & AT_EMPTY_PATH):
         # an fd of the program named by path: glibc's lchmod/fchmodat(AT_SYMLINK_NOFOLLOW) uses
         # /proc/self/fd/N, and "" with AT_EMPTY_PATH is the dirfd itself
-        target = _open_own_fd(listener, n, int(own_fd.group(1)) if own_fd else dirfd, workspace)
-        try:
-            if owner >= 0 and os.fstat(target).st_uid != owner:
-                raise OSError(errno.EPERM, "not the sandbox's own file")
-            _apply(target, what, args[value_arg:], n.pid)
-        finally:
-            os.close(target)
+        _apply_to_own_fd(listener, n, int(own_fd.group(1)) if own_fd else dirfd, workspace, owner, what,
+                         args[value_arg:])
         return
     if not raw:
         raise OSError(errno.ENOENT, "empty path")
@@ -116,13 +122,24 @@ def _emulate(listener: int, n: sn.Notification, name: str, workspace: str | None
             raise OSError(errno.ESRCH, "caller gone")
         if not stat.S_ISDIR(os.fstat(base).st_mode):
             raise OSError(errno.ENOTDIR, "dirfd is not a directory")
-        target = _open_inside(base, raw, absolute, follow, workspace)
+        target = _open_inside(base, raw, absolute, follow, workspace, n.pid)
     finally:
         os.close(base)
     try:
         if owner >= 0 and os.fstat(target).st_uid != owner:
             raise OSError(errno.EPERM, "not the sandbox's own file")
         _apply(target, what, args[value_arg:], n.pid)
+    finally:
+        os.close(target)
+
+
+def _apply_to_own_fd(listener: int, n: sn.Notification, fd: int, workspace: str, owner: int, what: str,
+                     values: tuple[int, ...]) -> None:
+    target = _open_own_fd(listener, n, fd, workspace)
+    try:
+        if owner >= 0 and os.fstat(target).st_uid != owner:
+            raise OSError(errno.EPERM, "not the sandbox's own file")
+        _apply(target, what, values, n.pid)
     finally:
         os.close(target)
 
@@ -141,7 +158,7 @@ def _open_own_fd(listener: int, n: sn.Notification, fd: int, workspace: str) -> 
             raise OSError(errno.ESRCH, "caller gone")
         st = os.fstat(target)
         if stat.S_ISDIR(st.st_mode):
-            if _below(target, workspace):
+            if _below(target, workspace, n.pid):
                 return target
             raise OSError(errno.EPERM, "outside the workspace")
         name = os.readlink(f"/proc/{n.pid}/fd/{fd}").encode("utf-8", "surrogateescape")
@@ -156,7 +173,7 @@ def _open_own_fd(listener: int, n: sn.Notification, fd: int, workspace: str) -> 
             os.close(root)
         try:
             there = os.stat(last, dir_fd=dir_fd, follow_symlinks=False)
-            if not _below(dir_fd, workspace) or (there.st_dev, there.st_ino) != (st.st_dev, st.st_ino):
+            if not _below(dir_fd, workspace, n.pid) or (there.st_dev, there.st_ino) != (st.st_dev, st.st_ino):
                 raise OSError(errno.EPERM, "outside the workspace")
         finally:
             os.close(dir_fd)
@@ -166,7 +183,7 @@ def _open_own_fd(listener: int, n: sn.Notification, fd: int, workspace: str) -> 
         raise
 
 
-def _open_inside(base: int, raw: bytes, absolute: bool, follow: bool, workspace: str) -> int:
+def _open_inside(base: int, raw: bytes, absolute: bool, follow: bool, workspace: str, pid: int) -> int:
     """An O_PATH fd of the file `raw` names (resolved from `base`), if it lies in the workspace."""
     resolve = sn.RESOLVE_NO_MAGICLINKS | (RESOLVE_IN_ROOT if absolute else 0)
     stripped = raw.rstrip(b"/")
@@ -180,13 +197,13 @@ def _open_inside(base: int, raw: bytes, absolute: bool, follow: bool, workspace:
     if last in (b".", b"..") or raw.endswith(b"/"):
         # the target is itself a directory: check it directly
         fd = sn.openat2(base, stripped or b"/", os.O_PATH | os.O_DIRECTORY, 0, resolve)
-        if not _below(fd, workspace):
+        if not _below(fd, workspace, pid):
             os.close(fd)
             raise OSError(errno.EPERM, "outside the workspace")
         return fd
     dir_fd = sn.openat2(base, parent, os.O_PATH | os.O_DIRECTORY, 0, resolve)
     try:
-        if not _below(dir_fd, workspace):
+        if not _below(dir_fd, workspace, pid):
             raise OSError(errno.EPERM, "outside the workspace")
         try:
             return sn.openat2(dir_fd, last, os.O_PATH | (0 if follow else os.O_NOFOLLOW), 0,
@@ -199,18 +216,39 @@ def _open_inside(base: int, raw: bytes, absolute: bool, follow: bool, workspace:
         os.close(dir_fd)
 
 
-def _below(dir_fd: int, workspace: str) -> bool:
+def _below(dir_fd: int, workspace: str, pid: int = 0) -> bool:
     """Is this directory the workspace or inside it? Walked up by `..` (mounts included)."""
-    try:
-        ws = os.stat(workspace)
-    except OSError:
+    # the workspace root and its three directories: a mount namespace (the jail) may bind these
+    # one by one, so that `..` from inside one of them never reaches the root's own inode
+    keys = set()
+    for sub in ("", "work", "tmp", "home"):
+        try:
+            st = os.stat(os.path.join(workspace, sub))
+            keys.add((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+    if pid:
+        # and as the program sees it: the jail gives it a workspace of its own (a tmpfs at the
+        # same path, in its mount namespace)
+        try:
+            root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_CLOEXEC)
+            try:
+                ws_fd = sn.openat2(root, workspace.encode(), os.O_PATH | os.O_DIRECTORY, 0,
+                                   RESOLVE_IN_ROOT | sn.RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS)
+            finally:
+                os.close(root)
+            st = os.fstat(ws_fd)
+            os.close(ws_fd)
+            keys.add((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+    if not keys:
         return False
-    key = (ws.st_dev, ws.st_ino)
     fd = os.dup(dir_fd)
     try:
         for _ in range(MAX_DEPTH):
             st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) == key:
+            if (st.st_dev, st.st_ino) in keys:
                 return True
             up = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
             top = os.fstat(up)
