@@ -81,3 +81,33 @@ def test_stale_deep_workspace_never_stops_the_next_executor(tmp_path):
         assert (outside / "keep").read_text() == "sacrificial"
     finally:
         subprocess.run(["rm", "-rf", stale])
+
+
+UNPRIVILEGED_REMOVE = textwrap.dedent("""
+    import os, sys, tempfile
+    from evalbox.process.workspace import _force_rmtree
+    top = tempfile.mkdtemp(prefix="evalbox-rmtest-")
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    d = os.dup(fd)
+    for i in range(3000):
+        os.mkdir("d", dir_fd=d)
+        child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=d)
+        os.close(d)
+        d = child
+        open(f"/proc/self/fd/{d}/f", "w").close()   # (the top holds only d)
+    os.fchmod(d, 0)        # the deepest directory locked,
+    os.fchmod(fd, 0o500)   # the top made read-only: nothing can be unlinked or moved without chmod
+    print(_force_rmtree(top), os.path.lexists(top))
+""")
+
+
+def test_unprivileged_owner_removes_a_deep_locked_tree():
+    """Without root's override of permissions: the remover gives locked directories back to
+    their owner and moves deep ones up (a rename into a read-only top needs its write bit)."""
+    if os.geteuid() != 0:
+        pytest.skip("runs the remover as nobody via setpriv: needs root")
+    src = os.path.join(os.path.dirname(__file__), "..", "..", "src")
+    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           "env", f"PYTHONPATH={os.path.abspath(src)}", "HOME=/tmp", "/usr/bin/python3", "-c",
+                           UNPRIVILEGED_REMOVE], capture_output=True, text=True, timeout=300, cwd="/tmp")
+    assert done.stdout.split() == ["True", "False"], (done.stdout, done.stderr[-2000:])

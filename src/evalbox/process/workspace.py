@@ -83,6 +83,23 @@ def _remove_entry(parent_fd: int, name: str, is_dir: bool) -> None:
         go()
 
 
+def _move_up(parent_fd: int, name: str, top_fd: int, new_name: str) -> None:
+    """renameat a directory of the tree to the tree's top; if the program locked the directories
+    involved (moving a directory needs write on both parents and on itself, for its '..'), give
+    them back rwx for their owner once and retry."""
+    try:
+        os.rename(name, new_name, src_dir_fd=parent_fd, dst_dir_fd=top_fd)
+    except PermissionError:
+        os.fchmod(parent_fd, stat.S_IRWXU)
+        os.fchmod(top_fd, stat.S_IRWXU)
+        handle = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+        try:
+            os.chmod(f"/proc/self/fd/{handle}", stat.S_IRWXU)
+        finally:
+            os.close(handle)
+        os.rename(name, new_name, src_dir_fd=parent_fd, dst_dir_fd=top_fd)
+
+
 def _force_rmtree(path: str, max_entries: int = REMOVE_MAX_ENTRIES, max_seconds: float = REMOVE_MAX_SECONDS) -> bool:
     """Delete a tree whatever the program built or did to the permissions inside it; True once it
     is gone. Never raises: what cannot be removed within the bounds is left for `sweep_stale`.
@@ -143,8 +160,7 @@ def _remove_tree(path: str, max_entries: int, max_seconds: float) -> bool:
                         if len(stack) >= REMOVE_MAX_OPEN_DIRS:
                             # too deep to hold another fd: move it up to the top, empty it later
                             try:
-                                os.rename(entry.name, f"{_FLAT_PREFIX}{flattened}-{time.monotonic_ns()}", src_dir_fd=fd,
-                                          dst_dir_fd=top_fd)
+                                _move_up(fd, entry.name, top_fd, f"{_FLAT_PREFIX}{flattened}-{time.monotonic_ns()}")
                             except OSError:
                                 failed.add(entry.name)
                             flattened += 1
