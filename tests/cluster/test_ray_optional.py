@@ -46,3 +46,13 @@ def test_cli_cluster_without_ray(tmp_path):
     assert done.returncode == 125
     assert "pip install 'evalbox-sandbox[ray]'" in done.stderr and "--cluster" in done.stderr
     assert done.stdout == ""
+
+
+def test_serve_cluster_without_ray():
+    done = python_without_ray("""
+        import evalbox.faces.server  # the server itself never needs Ray
+        from evalbox.faces.cli import main
+        main(["serve", "--port", "1", "--cluster", "ray"])
+    """)
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'evalbox-sandbox[ray]'" in done.stderr and "--cluster" in done.stderr

@@ -261,9 +261,12 @@ def test_candidate_cannot_find_the_tests():
                     for what in ("cmdline", "environ", "maps", "mem", "fd/0", "fd/1", "fd/3", "fd/4"):
                         places.append(f"/proc/{{pid}}/{{what}}")
             for path in places:
-                try:
-                    with open(path, "rb") as f:
-                        data = f.read(1 << 22)
+                try:  # (non-blocking: fds of pipes, its own channel included, must not stall it)
+                    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+                    try:
+                        data = os.read(fd, 1 << 22)
+                    finally:
+                        os.close(fd)
                 except (OSError, ValueError):
                     continue
                 for key, needle in wanted.items():

@@ -115,10 +115,13 @@ def test_expected_output_never_reaches_the_program():
             places += [f"/proc/{{pid}}/{{w}}" for w in ("cmdline", "environ", "fd/0", "fd/1", "fd/3")]
         found = []
         for path in places:
-            try:
-                with open(path, "rb") as f:
-                    if needle in f.read(1 << 22):
+            try:  # (non-blocking: an fd of a pipe, its own stdout included, must not stall it)
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+                try:
+                    if needle in os.read(fd, 1 << 22):
                         found.append(path)
+                finally:
+                    os.close(fd)
             except (OSError, ValueError):
                 pass
         print(needle.decode() if found else "nothing", found)

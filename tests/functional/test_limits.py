@@ -23,7 +23,7 @@ def test_timeout_status_and_wall_time():
 
 # RLIMIT_CPU is charged per scheduler tick while rusage is exact: a program stopped by the limit
 # can report up to ~0.1 s less than it (seen: 0.953 s for a 1 s limit under load).
-CPU_SLACK = 0.1
+CPU_SLACK = 0.25  # rusage vs the kernel's RLIMIT_CPU charge: seen 0.18 s apart on a loaded VM
 
 
 def test_timeout_keeps_partial_output():

@@ -137,8 +137,11 @@ os.environ['LEAK'] = {secret!r}
 os.putenv('LEAK2', {secret!r})
 blob = bytearray({secret!r}.encode() * 100000)
 for d in (os.environ['TMPDIR'], os.environ['HOME'], '.', '/dev/shm'):
-    with open(os.path.join(d, 'leak-{secret}'), 'w') as f:
-        f.write({secret!r})
+    try:
+        with open(os.path.join(d, 'leak-{secret}'), 'w') as f:
+            f.write({secret!r})
+    except PermissionError:
+        assert d == '/dev/shm'  # a non-root caller's sandbox has no /dev/shm: nothing to leave there
 print('planted')
 """
     ok(run(first, True))

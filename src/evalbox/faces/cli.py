@@ -939,8 +939,9 @@ def bench(quick: bool, runs: int | None, batches: int | None, batch_size: int | 
 @click.option("--python", "python", default=None, metavar="PATH",
               help="Interpreter for python/pytest requests (default: the one running evalbox).")
 @click.option("--access-log", is_flag=True, help="Log every request.")
+@click.option("--cluster", default=None, metavar="ray|ray://HOST:PORT", help=CLUSTER_HELP)
 def serve(host: str, port: int, token: str | None, concurrency: int | None, queue_timeout: float, memory: str,
-          max_output: str | None, python: str | None, access_log: bool) -> None:
+          max_output: str | None, python: str | None, access_log: bool, cluster: str | None) -> None:
     """A SandboxFusion-compatible HTTP server: POST /run_code, GET /v1/ping.
 
     \b
@@ -948,13 +949,14 @@ def serve(host: str, port: int, token: str | None, concurrency: int | None, queu
       evalbox serve                                   # http://127.0.0.1:8080/run_code
       evalbox serve --port 9000 --concurrency 8
       EVALBOX_SERVE_TOKEN=s3cret evalbox serve --host 0.0.0.0
+      RAY_ADDRESS=head:6379 evalbox serve --cluster ray   # runs spread over a Ray cluster
     Needs the server extra: pip install 'evalbox-sandbox[server]'.
     """
     try:
         from evalbox.faces.server import serve as run_server
 
         run_server(host, port, token=token, concurrency=concurrency, memory=memory, max_output=max_output,
-                   queue_timeout=queue_timeout, python=python, access_log=access_log)
+                   queue_timeout=queue_timeout, python=python, access_log=access_log, cluster=cluster)
     except SandboxError as e:
         click.echo(f"evalbox serve: {e}", err=True)
         sys.exit(2)

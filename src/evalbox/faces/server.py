@@ -5,8 +5,10 @@ client) work unchanged when pointed here. Every request runs through evalbox's l
 (`evalbox.run_code`) on one AsyncExecutor driven by uvicorn's own event loop: no thread or
 process per request. At most `concurrency` requests run at once; the rest wait in line (FIFO)
 and are answered 504 (the status verl retries) only when a slot does not free up within
-`queue_timeout` seconds. A program's failure is an HTTP 200 with status "Failed"; a request
-that does not fit the schema is a 422, as in SandboxFusion.
+`queue_timeout` seconds. With `cluster` ("ray" or "ray://HOST:PORT") the same requests run on
+the nodes of a Ray cluster through the Ray face's ClusterClient, which offers AsyncExecutor's
+`run`; `concurrency` then counts per node. A program's failure is an HTTP 200 with status
+"Failed"; a request that does not fit the schema is a 422, as in SandboxFusion.
 
 Needs the optional extra: pip install 'evalbox-sandbox[server]' (FastAPI and uvicorn).
 """
@@ -75,12 +77,13 @@ class RunCodeRequest(BaseModel):
 
 @dataclass(frozen=True)
 class Settings:
-    concurrency: int
+    concurrency: int | None  # None only with a cluster: each node runs one per CPU
     memory: str = "1G"  # when the request says memory_limit_MB=-1
     max_output: str | None = None  # None: Plan's default (16M, stdout and stderr together)
     queue_timeout: float = 20.0
     token: str | None = None
     python: str | None = None  # interpreter for python/pytest (default: the one running evalbox)
+    cluster: str | None = None  # "ray" or "ray://HOST:PORT": run on a Ray cluster; concurrency is then per node
 
 
 class NoSlot(Exception):
@@ -91,6 +94,7 @@ class Slots:
     """At most `size` requests run at once; the others wait in arrival order, up to `patience` seconds."""
 
     def __init__(self, size: int, patience: float) -> None:
+        self.size = size
         self._gate = asyncio.Semaphore(size)
         self.patience = patience
         self.waiting = 0
@@ -181,12 +185,12 @@ def _fetchable(names: list[str]) -> dict[str, str]:
 
 
 class Service:
-    """The request handling, on one AsyncExecutor."""
+    """The request handling, on one AsyncExecutor (or a ClusterClient, which has the same `run`)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.slots = Slots(settings.concurrency, settings.queue_timeout)
-        self.executor: AsyncExecutor | None = None
+        self.slots = Slots(settings.concurrency or 1, settings.queue_timeout)  # a cluster's: set on startup
+        self.executor: Any = None  # AsyncExecutor | ClusterClient: only `await executor.run(plan)` is used
 
     def stages(self, req: RunCodeRequest, fetch: dict[str, str]):  # type: ignore[no-untyped-def]
         limits: dict[str, Any] = {
@@ -278,6 +282,14 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        if settings.cluster is not None:
+            async with cluster_executor(settings) as client:
+                service.executor = client
+                service.slots = Slots(client.capacity, settings.queue_timeout)  # every node's slots
+                log.info("evalbox serve: running on the Ray cluster, %d sandboxes at once", client.capacity)
+                yield
+                service.executor = None
+            return
         async with AsyncExecutor() as ex:  # on the server's own loop
             service.executor = ex
             yield
@@ -309,7 +321,7 @@ def create_app(settings: Settings) -> FastAPI:
             body = await service.run_code(req, request)
         except NoSlot:
             return JSONResponse({"detail": f"no free sandbox slot within {settings.queue_timeout:g} s "
-                                           f"({settings.concurrency} running, {service.slots.waiting} waiting); retry"},
+                                           f"({service.slots.size} running, {service.slots.waiting} waiting); retry"},
                                 status_code=504)
         except Exception as e:  # as SandboxFusion: anything unexpected is a SandboxError answer, and logged
             log.exception("run_code failed")
@@ -327,6 +339,32 @@ def create_app(settings: Settings) -> FastAPI:
     for path in ("/run_jupyter", *DATASET_ENDPOINTS):
         app.add_api_route(path, unsupported, methods=["POST", "GET"], include_in_schema=False)
     return app
+
+
+@asynccontextmanager
+async def cluster_executor(settings: Settings):  # type: ignore[no-untyped-def]
+    """A started ClusterClient (Ray imported only here); waits for a node with CPUs if none is up yet."""
+    from evalbox.faces.cluster import ClusterClient, pool_for
+
+    assert settings.cluster is not None
+    async with ClusterClient(settings.cluster, slots_per_node=settings.concurrency) as client:
+        if client.capacity == 0:  # ClusterError after a while without one
+            await asyncio.get_running_loop().run_in_executor(None, pool_for(settings.cluster).wait_for_nodes)
+        yield client
+
+
+def check_cluster(cluster: str) -> None:
+    """Connect now, so a missing Ray or an unreachable cluster stops `serve` with a clear message."""
+    from evalbox.errors import ClusterError
+    from evalbox.faces.cluster import connect
+
+    if not (cluster == "ray" or cluster.startswith("ray://")):
+        raise ValidationError(f"--cluster {cluster}: use --cluster ray (with RAY_ADDRESS set, or the cluster started "
+                              "on this machine) or --cluster ray://HOST:PORT")
+    try:
+        connect(cluster)
+    except ClusterError as e:
+        raise ClusterError(f"--cluster {cluster}: {e}") from None
 
 
 def is_loopback(host: str) -> bool:
@@ -351,7 +389,7 @@ def check_binding(host: str, token: str | None) -> None:
 
 def serve(host: str = "127.0.0.1", port: int = 8080, *, token: str | None = None, concurrency: int | None = None,
           memory: str = "1G", max_output: str | None = None, queue_timeout: float = 20.0, python: str | None = None,
-          access_log: bool = False, log_level: str = "info") -> None:
+          access_log: bool = False, log_level: str = "info", cluster: str | None = None) -> None:
     """Run the server until interrupted (uvicorn's loop drives evalbox's executor)."""
     try:
         import uvicorn
@@ -364,7 +402,11 @@ def serve(host: str = "127.0.0.1", port: int = 8080, *, token: str | None = None
     parse_size(memory, "--memory")
     parse_size(max_output, "--max-output")
     find_interpreter(python)  # a wrong --python fails now, not on every request
-    settings = Settings(concurrency=concurrency or default_concurrency(), memory=memory, max_output=max_output,
-                        queue_timeout=queue_timeout, token=token, python=python)
+    if cluster is not None:
+        check_cluster(cluster)
+    if cluster is None:
+        concurrency = concurrency or default_concurrency()
+    settings = Settings(concurrency=concurrency, memory=memory, max_output=max_output,
+                        queue_timeout=queue_timeout, token=token, python=python, cluster=cluster)
     uvicorn.run(create_app(settings), host=host, port=port, access_log=access_log, log_level=log_level,
                 timeout_keep_alive=75, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN)
