@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from evalbox.errors import SandboxError
+from evalbox.kernel import cgroups
 from evalbox.policy import plan as plan_defaults
 from evalbox.process.host import MIN_LANDLOCK_ABI, MIN_LANDLOCK_ABI_SAME_UID, probe
 from evalbox.process.lockdown import check_floor
@@ -65,7 +66,10 @@ def host_report() -> dict[str, Any]:
         "network": "off (seccomp: Unix stream socket pairs only, no connect/bind/listen; Landlock TCP deny)",
         "memory": f"{plan_defaults.DEFAULT_MEMORY} via " + ("memory cgroup (whole tree)" if mem else
                    "RLIMIT_AS per process: address space, not resident memory; node and go need 1G and get it "
-                   "by default (an explicit smaller memory= is refused), the JVM (17) needs about 4G"),
+                   "by default (an explicit smaller memory= is refused), the JVM (17) needs about 4G")
+        + ("" if not mem or cgroups.socket_memory_bounded(host.cgroup) else
+           "; TCP socket buffers NOT bounded by it (cgroup v1 without memory.kmem.tcp.limit_in_bytes): "
+           "keep network off or use a cgroup v2 host"),
         "processes": f"{plan_defaults.DEFAULT_MAX_PIDS} via "
         + ("pids cgroup (whole tree)" if pids else
            "RLIMIT_NPROC of the sandbox's own uid" if host.switches_uid else

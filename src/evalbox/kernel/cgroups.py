@@ -107,6 +107,34 @@ def _read(path: str) -> str:
         os.close(fd)
 
 
+TCP_LIMIT_V1 = "memory.kmem.tcp.limit_in_bytes"
+tcp_limit_refused: str | None = None  # why the v1 TCP buffer limit could not be set (report: check)
+
+
+def _limit_tcp_v1(group_dir: str, limit: int) -> None:
+    """cgroup v1 does not charge socket buffers to memory.limit_in_bytes: a program could pin
+    hundreds of MiB of kernel memory in unread TCP queues (its own loopback). The v1 TCP counter
+    gets the same limit (a second budget of that size): sends then wait or fail. Set before any
+    process joins (sockets are accounted only when created after it). v2 charges socket memory
+    to memory.max already."""
+    global tcp_limit_refused
+    path = os.path.join(group_dir, TCP_LIMIT_V1)
+    try:
+        _write(path, str(limit))
+        tcp_limit_refused = None
+    except OSError as e:
+        tcp_limit_refused = (f"{TCP_LIMIT_V1} not available" if e.errno == errno.ENOENT
+                             else f"{TCP_LIMIT_V1} refused: {e.strerror}")
+
+
+def socket_memory_bounded(lay: Layout) -> bool:
+    """Are a sandbox's socket buffers bounded by its memory limit on this host?"""
+    if lay.version == 2:
+        return True
+    root = lay.roots.get("memory")
+    return bool(root) and os.path.exists(os.path.join(root, TCP_LIMIT_V1)) and tcp_limit_refused is None
+
+
 class Group:
     """One sandbox's cgroup(s): limits, the fds the child writes itself into, accounting, kill."""
 
@@ -171,6 +199,7 @@ class Group:
             raising = has_memsw and int(_read(mem)) < limit
             for path in ((memsw, mem) if raising else (mem, memsw) if has_memsw else (mem,)):
                 _write(path, str(limit))
+            _limit_tcp_v1(d, limit)
         self._limits["memory"] = limit
 
     def set_pids(self, limit: int) -> None:

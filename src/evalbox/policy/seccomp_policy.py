@@ -43,7 +43,7 @@ mmap munmap mprotect mremap msync mincore madvise brk mlock mlock2 munlock mlock
 remap_file_pages pkey_alloc pkey_free pkey_mprotect get_mempolicy mseal map_shadow_stack membarrier
 poll ppoll select pselect6 epoll_create epoll_create1 epoll_ctl epoll_wait epoll_pwait epoll_pwait2
 eventfd eventfd2 signalfd signalfd4 timerfd_create timerfd_settime timerfd_gettime
-inotify_init inotify_init1 inotify_add_watch inotify_rm_watch
+inotify_add_watch inotify_rm_watch
 rt_sigaction rt_sigprocmask rt_sigreturn rt_sigpending rt_sigtimedwait rt_sigsuspend rt_sigqueueinfo
 rt_tgsigqueueinfo sigaltstack pause kill tkill tgkill pidfd_open pidfd_send_signal
 nanosleep clock_nanosleep clock_gettime clock_getres gettimeofday time times alarm getitimer setitimer
@@ -118,6 +118,10 @@ REFUSED = {
     "statmount": errno.ENOSYS, "listmount": errno.ENOSYS, "lookup_dcookie": errno.ENOSYS,
     "lsm_get_self_attr": errno.ENOSYS, "lsm_list_modules": errno.ENOSYS,
     "file_getattr": errno.ENOSYS, "file_setattr": errno.EPERM,
+    # the system trees are the host's own inodes (bind mounts): an inotify watch on them would
+    # report which host programs and files are used, and when. Without an inotify fd,
+    # inotify_add_watch has nothing to act on; `tail -f`, Python's watchers and libuv poll instead.
+    "inotify_init": errno.ENOSYS, "inotify_init1": errno.ENOSYS,
 }
 
 # Changing mode or owner by path: Landlock does not cover file metadata, so only file permissions

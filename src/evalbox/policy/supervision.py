@@ -78,6 +78,12 @@ class SyscallRequest(NamedTuple):
     id: int = 0
 
 
+MAX_RECORDS = 10_000  # records kept per run (Output.syscalls); the host's memory per run stays bounded
+MAX_RECORD_PATH = 1024  # characters of a recorded path; longer ones end in TRUNCATED_MARK
+TRUNCATED_MARK = "...(truncated)"
+DROPPED_CALL = "(dropped)"  # syscall name of the final record saying how many were not kept
+
+
 class SyscallRecord(NamedTuple):
     """An entry of Output.syscalls: what was called, on what, and what happened."""
 

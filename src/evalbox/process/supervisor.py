@@ -29,7 +29,10 @@ from evalbox.kernel.syscall_table import ARCHES, AUDIT_ARCH
 from evalbox.policy.seccomp_policy import BLOCKED, EMULATED, LARGE_MAP, MEMFD, NOTED, Routing
 from evalbox.process import metadata
 from evalbox.policy.plan import NotifyMode, Plan
-from evalbox.policy.supervision import DIRFD_CALLS, PATH_ARG, SOCKADDR_CALLS, Decision, SyscallRecord, SyscallRequest
+from evalbox.policy.supervision import (
+    DIRFD_CALLS, DROPPED_CALL, MAX_RECORD_PATH, MAX_RECORDS, PATH_ARG, SOCKADDR_CALLS, TRUNCATED_MARK, Decision,
+    SyscallRecord, SyscallRequest,
+)
 
 AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
@@ -127,7 +130,8 @@ class Supervision:
         self.names = routing.names if routing else {nr: name for name, nr in ARCHES[arch].items()}
         self.arch = arch
         self.native_arch = AUDIT_ARCH[arch]
-        self.records: list[SyscallRecord] = []
+        self.records: list[SyscallRecord] = []  # at most MAX_RECORDS, then one DROPPED_CALL record
+        self.dropped_records = 0
         self.pending: dict[int, SyscallRequest] = {}
         self.blocked: list[tuple[str, int]] = []  # (call, pid) of each process killed for a forbidden call
         self.made_groups = False  # a process of the run made a process group of its own (setpgid)
@@ -240,7 +244,7 @@ class Supervision:
                 finally:
                     if prepared is not None:
                         prepared.close()
-                self.records.append(SyscallRecord(name, path, n.args, n.pid, outcome))
+                self._record(SyscallRecord(name, path, n.args, n.pid, outcome))
                 out.append(req)
             else:
                 self.pending[n.id] = req
@@ -536,6 +540,22 @@ class Supervision:
             if prepared is not None:
                 prepared.close()
 
+    def _record(self, record: SyscallRecord) -> None:
+        """Keep a record for Output.syscalls, bounded: paths cut at MAX_RECORD_PATH characters, the
+        first MAX_RECORDS records kept, then a single DROPPED_CALL record counting the rest."""
+        if len(self.records) >= MAX_RECORDS:
+            self.dropped_records += 1
+            marker = SyscallRecord(DROPPED_CALL, None, (self.dropped_records,), 0,
+                                   f"dropped {self.dropped_records} records past the cap of {MAX_RECORDS}")
+            if len(self.records) > MAX_RECORDS:
+                self.records[-1] = marker
+            else:
+                self.records.append(marker)
+            return
+        if record.path is not None and len(record.path) > MAX_RECORD_PATH:
+            record = record._replace(path=record.path[:MAX_RECORD_PATH] + TRUNCATED_MARK)
+        self.records.append(record)
+
     def _respond(self, req: SyscallRequest, decision: Decision, prepared: _Prepared | None) -> bool:
         if decision.action == "allow":
             if prepared is not None:
@@ -543,15 +563,15 @@ class Supervision:
                 outcome = "allowed" if outcome == "allowed" else f"allowed, {outcome}"
             else:
                 outcome = "allowed" if sn.allow(self.listener, req.id) else "abandoned (caller gone)"
-            self.records.append(SyscallRecord(req.syscall, req.path, req.args, req.pid, outcome))
+            self._record(SyscallRecord(req.syscall, req.path, req.args, req.pid, outcome))
 
         elif decision.action == "deny":
             done = sn.fail(self.listener, req.id, decision.errno)
             name = errno.errorcode.get(decision.errno, decision.errno)
-            self.records.append(SyscallRecord(req.syscall, req.path, req.args, req.pid,
+            self._record(SyscallRecord(req.syscall, req.path, req.args, req.pid,
                                               f"denied {name}" if done else "abandoned (caller gone)"))
         else:
-            self.records.append(SyscallRecord(req.syscall, req.path, req.args, req.pid, "killed"))
+            self._record(SyscallRecord(req.syscall, req.path, req.args, req.pid, "killed"))
             return False
         return True
 
@@ -584,7 +604,7 @@ class Supervision:
         if target is None:
             # not a virtual path: the call runs as made, Landlock and the kill filter still apply
             sn.allow(self.listener, req.id)
-            self.records.append(SyscallRecord(req.syscall, req.path, req.args, req.pid, "continued"))
+            self._record(SyscallRecord(req.syscall, req.path, req.args, req.pid, "continued"))
             return
         root, rel = target
         outcome = "virtualized"
@@ -595,7 +615,7 @@ class Supervision:
             code = errno.EACCES if e.errno in (errno.EXDEV, errno.ELOOP) else (e.errno or errno.EIO)
             sn.fail(self.listener, req.id, code)
             outcome = f"denied {errno.errorcode.get(code, code)}"
-        self.records.append(SyscallRecord(req.syscall, req.path, req.args, req.pid, outcome))
+        self._record(SyscallRecord(req.syscall, req.path, req.args, req.pid, outcome))
 
     def _virtual_call(self, req: SyscallRequest, root: int, rel: str) -> None:
         name, args = req.syscall, req.args

@@ -11,7 +11,6 @@ leftovers of a process that died are swept away later.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import stat
 import tempfile
@@ -48,49 +47,150 @@ def base_dir(memory_bounded: bool = False) -> str:
     return SHM if memory_bounded and _shm_usable() else tempfile.gettempdir()
 
 
-def _unlock_dirs(top: str) -> None:
-    """Give the owner rwx on every directory of the tree (the program may have chmod'ed some to 0,
-    which stops both listing and unlinking inside them). Never follows a symlink and never leaves
-    the tree: each directory is opened O_PATH|O_NOFOLLOW below the one before (its fd, not a path,
-    is what gets chmod'ed), and the tree's own parent is never touched."""
+REMOVE_MAX_ENTRIES = 1_000_000  # host work per removal is bounded: the rest waits for a later sweep
+REMOVE_MAX_SECONDS = 10.0
+REMOVE_MAX_OPEN_DIRS = 64  # deeper directories are moved up to the tree's top, not descended into
+_FLAT_PREFIX = ".evalbox-flat-"
+
+
+def _open_dir_below(parent_fd: int, name: str) -> int:
+    """An fd of the directory `name` inside `parent_fd`, never following a link; a directory the
+    program locked (mode 0) is given back rwx for its owner first (chmod through an O_PATH fd,
+    so the chmod never lands outside the tree either)."""
     try:
-        root = os.open(top, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return
-    stack = [root]
-    seen = 0
-    while stack and seen < 1_000_000:  # bounded whatever the program built
-        fd = stack.pop()
-        seen += 1
+        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except PermissionError:
+        handle = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
         try:
-            os.chmod(f"/proc/self/fd/{fd}", stat.S_IRWXU)
-            for entry in os.scandir(f"/proc/self/fd/{fd}"):
-                if entry.is_dir(follow_symlinks=False):
+            os.chmod(f"/proc/self/fd/{handle}", stat.S_IRWXU)
+        finally:
+            os.close(handle)
+        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+
+
+def _remove_entry(parent_fd: int, name: str, is_dir: bool) -> None:
+    """unlinkat/rmdir `name` in `parent_fd`; if the directory was made read-only by the program,
+    give it back w+x for its owner once and retry."""
+    def go() -> None:
+        if is_dir:
+            os.rmdir(name, dir_fd=parent_fd)
+        else:
+            os.unlink(name, dir_fd=parent_fd)
+    try:
+        go()
+    except PermissionError:
+        os.fchmod(parent_fd, stat.S_IRWXU)
+        go()
+
+
+def _move_up(parent_fd: int, name: str, top_fd: int, new_name: str) -> None:
+    """renameat a directory of the tree to the tree's top; if the program locked the directories
+    involved (moving a directory needs write on both parents and on itself, for its '..'), give
+    them back rwx for their owner once and retry."""
+    try:
+        os.rename(name, new_name, src_dir_fd=parent_fd, dst_dir_fd=top_fd)
+    except PermissionError:
+        os.fchmod(parent_fd, stat.S_IRWXU)
+        os.fchmod(top_fd, stat.S_IRWXU)
+        handle = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+        try:
+            os.chmod(f"/proc/self/fd/{handle}", stat.S_IRWXU)
+        finally:
+            os.close(handle)
+        os.rename(name, new_name, src_dir_fd=parent_fd, dst_dir_fd=top_fd)
+
+
+def _force_rmtree(path: str, max_entries: int = REMOVE_MAX_ENTRIES, max_seconds: float = REMOVE_MAX_SECONDS) -> bool:
+    """Delete a tree whatever the program built or did to the permissions inside it; True once it
+    is gone. Never raises: what cannot be removed within the bounds is left for `sweep_stale`.
+
+    Iterative and fd-based: every step is openat/unlinkat relative to a directory fd opened
+    O_NOFOLLOW below the one before, so a link is never followed and nothing outside the tree is
+    touched, whatever the depth (recursion would hit Python's limit on a deep chain). At most
+    REMOVE_MAX_OPEN_DIRS fds are held: a directory deeper than that is renamed up to the top of
+    the tree (renameat within the tree) and emptied from there."""
+    try:
+        return _remove_tree(path, max_entries, max_seconds)
+    except Exception:
+        return False
+
+
+def _remove_tree(path: str, max_entries: int, max_seconds: float) -> bool:
+    """(see _force_rmtree)"""
+    try:
+        parent_fd = os.open(os.path.dirname(path) or ".", _DIR_FLAGS)
+    except OSError:
+        return not os.path.lexists(path)
+    name = os.path.basename(path)
+    try:
+        try:
+            top_fd = _open_dir_below(parent_fd, name)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False  # a link or a file where the workspace was: not ours to follow
+        # stack of [fd, name in its parent, names that could not be removed]
+        stack: list[tuple[int, str, set[str]]] = [(top_fd, name, set())]
+        visited = 0
+        flattened = 0
+        end = time.monotonic() + max_seconds
+        try:
+            while stack:
+                fd, dir_name, failed = stack[-1]
+                descend = None
+                with os.scandir(fd) as entries:
+                    for entry in entries:
+                        if entry.name in failed:
+                            continue
+                        visited += 1
+                        if visited > max_entries or (visited % 1024 == 0 and time.monotonic() > end):
+                            return False
+                        try:
+                            is_dir = entry.is_dir(follow_symlinks=False)
+                        except OSError:
+                            is_dir = False
+                        if not is_dir:
+                            try:
+                                _remove_entry(fd, entry.name, False)
+                            except FileNotFoundError:
+                                pass
+                            except OSError:
+                                failed.add(entry.name)
+                            continue
+                        if len(stack) >= REMOVE_MAX_OPEN_DIRS:
+                            # too deep to hold another fd: move it up to the top, empty it later
+                            try:
+                                _move_up(fd, entry.name, top_fd, f"{_FLAT_PREFIX}{flattened}-{time.monotonic_ns()}")
+                            except OSError:
+                                failed.add(entry.name)
+                            flattened += 1
+                            continue
+                        descend = entry.name
+                        break
+                if descend is not None:
                     try:
-                        stack.append(os.open(entry.name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                             dir_fd=fd))
+                        stack.append((_open_dir_below(fd, descend), descend, set()))
                     except OSError:
-                        pass
+                        failed.add(descend)
+                    continue
+                stack.pop()
+                os.close(fd)
+                if stack:
+                    parent_dir_fd, _, parent_failed = stack[-1]
+                    try:
+                        _remove_entry(parent_dir_fd, dir_name, True)
+                    except OSError:
+                        parent_failed.add(dir_name)
+        finally:
+            for fd, _, _ in stack:
+                os.close(fd)
+        try:
+            os.rmdir(name, dir_fd=parent_fd)  # (the base dir itself is never chmod'ed)
         except OSError:
             pass
-        finally:
-            os.close(fd)
-    for fd in stack:
-        os.close(fd)
-
-
-def _force_rmtree(path: str) -> None:
-    """Delete a tree whatever the program did to the permissions inside it; never raises (what
-    cannot be removed now is swept later by `sweep_stale`)."""
-    if not os.path.isdir(path) or os.path.islink(path):
-        return
-    try:
-        shutil.rmtree(path)
-        return
-    except OSError:
-        pass
-    _unlock_dirs(path)
-    shutil.rmtree(path, ignore_errors=True)
+        return not os.path.lexists(path)
+    finally:
+        os.close(parent_fd)
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -208,7 +308,8 @@ class Workspace:
 
 
 def sweep_stale() -> None:
-    """Remove workspaces left by evalbox processes that died (their pid is in the name)."""
+    """Remove workspaces left by evalbox processes that died (their pid is in the name). Never
+    raises: a leftover that cannot be removed now is tried again by the next sweep."""
     entries = []
     for base in {base_dir(True), base_dir(False)}:
         try:
@@ -231,7 +332,7 @@ def sweep_stale() -> None:
                 else:
                     _kill_processes_inside(entry.path)
                 _force_rmtree(entry.path)
-        except OSError:
+        except Exception:  # one bad leftover never stops the host from starting runs
             pass
 
 
