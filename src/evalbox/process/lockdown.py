@@ -347,18 +347,26 @@ def _read(path: bytes) -> bytes:
         return f.read()
 
 
+def _check_named_path(path: str, what: str) -> None:
+    """A path the plan names must exist and be reached without a symlink (filesystem.open_named_path)."""
+    try:
+        os.close(filesystem.open_named_path(path, what))
+    except (FileNotFoundError, NotADirectoryError):
+        raise ValidationError(f"{what} {path} does not exist on this host; create it or fix the path") from None
+
+
 def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> Lockdown:
     """`slot_group`: the group of a resident slot whose launcher (`slot_group.resident`, one
     process, counted in pids.max) forks the run inside it; nothing then joins a group."""
     check_floor(host)
     for mount in plan.mounts:
-        if not os.path.exists(mount.source):
-            raise ValidationError(f"mount source {mount.source} does not exist on this host; create it or fix the path")
+        _check_named_path(mount.source, "mount source")
 
     if host.switches_uid:
         for mount in plan.mounts:
             _check_other_access(mount.source, mount.writable, host.private_shm)
     for virtual, directory in plan.virtual_paths.items():
+        _check_named_path(directory, f"virtual_paths[{virtual!r}]")
         if not os.path.isdir(directory):
             raise ValidationError(f"virtual_paths[{virtual!r}]: {directory} is not a directory on this host")
         if host.switches_uid:
