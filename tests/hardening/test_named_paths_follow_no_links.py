@@ -66,3 +66,33 @@ def test_a_link_planted_by_an_earlier_run_is_refused_as_mount_source_or_virtual_
         assert got[name].startswith("refused"), (name, got[name])
         assert f"passes through a symlink ({out}/data); name the real path" in got[name], (name, got[name])
     assert got["real"] == "EXITED", got
+
+
+def test_the_jail_binds_the_checked_inode_even_if_a_link_is_swapped_in_after_the_check(tmp_path):
+    """Check and bind are apart in time: the jail's own open of a plan-named bind source refuses
+    a symlink too (openat2 RESOLVE_NO_SYMLINKS), so a link swapped in after the host's checks
+    (simulated here by turning those checks off) cannot bind another tree."""
+    if os.geteuid() != 0:
+        pytest.skip("the jail needs root")
+    secret_dir = tmp_path / "secret"
+    secret_dir.mkdir()
+    (secret_dir / "s.txt").write_text("SWAPPED-IN-TREE")
+    secret_dir.chmod(0o755)
+    (secret_dir / "s.txt").chmod(0o644)
+    tmp_path.chmod(0o755)
+    link = tmp_path / "link"
+    link.symlink_to(secret_dir)
+    got = run_snippet("root", f"""
+        from evalbox.kernel import paths
+        from evalbox.process import lockdown
+        from evalbox.policy import filesystem
+        lockdown._check_named_path = lambda path, what: None           # the checks saw the real dir...
+        filesystem.open_named_path = lambda path, what, flags=os.O_PATH: os.open(path, flags | os.O_CLOEXEC)
+        try:                                                            # ...then a link was swapped in
+            r = evalbox.run(["/bin/cat", {str(link)!r} + "/s.txt"], mounts=[evalbox.Mount.ro({str(link)!r})], timeout=10)
+            emit({{"ran": (r.stdout + r.stderr).decode(errors="replace")}})
+        except evalbox.SandboxError as e:
+            emit({{"refused": str(e)}})
+    """, prefix="os.environ['EVALBOX_JAIL'] = '1'\n")
+    assert "SWAPPED-IN-TREE" not in str(got), got
+    assert "refused" in got, got

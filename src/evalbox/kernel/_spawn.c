@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
+#include <linux/openat2.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
 #include <poll.h>
@@ -461,6 +462,10 @@ enum root_op {
 #define ROOT_IS_DIR 0x2
 #define ROOT_OWNED 0x4 /* belongs to the sandbox's uid/gid */
 #define ROOT_LATE 0x8  /* a bind whose source is inside the new root, opened when it is bound */
+#define ROOT_NOFOLLOW 0x10 /* a source the plan names: opened with no symlink in any component */
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
 #define ROOT_STAGING "/tmp"
 
 struct root_entry {
@@ -511,8 +516,23 @@ static void open_root_sources(const struct config *c)
 {
     for (int i = 0; i < c->n_root; i++) {
         c->root_fds[i] = -1;
-        if (c->root[i].op == ROOT_BIND && !(c->root[i].flags & ROOT_LATE) &&
-            (c->root_fds[i] = open(c->root[i].data, O_PATH | O_CLOEXEC)) < 0)
+        if (c->root[i].op != ROOT_BIND || (c->root[i].flags & ROOT_LATE))
+            continue;
+        if (c->root[i].flags & ROOT_NOFOLLOW) {
+            /* the inode the host checked (and gave its Landlock rule): a link swapped in since
+             * cannot make the bind show anything else */
+            struct open_how how = {.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC, .resolve = RESOLVE_NO_SYMLINKS};
+            struct stat st;
+            c->root_fds[i] = (int)syscall(SYS_openat2, AT_FDCWD, c->root[i].data, &how, sizeof how);
+            if (c->root_fds[i] >= 0 && (fstat(c->root_fds[i], &st) != 0 || S_ISLNK(st.st_mode))) {
+                close(c->root_fds[i]);
+                c->root_fds[i] = -1;
+                errno = ELOOP;
+            }
+        } else {
+            c->root_fds[i] = open(c->root[i].data, O_PATH | O_CLOEXEC);
+        }
+        if (c->root_fds[i] < 0)
             report(c, STEP_ROOT, errno);
     }
 }
@@ -1659,6 +1679,7 @@ PyMODINIT_FUNC PyInit__spawn(void)
         PyModule_AddIntConstant(m, "ROOT_IS_DIR", ROOT_IS_DIR) < 0 ||
         PyModule_AddIntConstant(m, "ROOT_OWNED", ROOT_OWNED) < 0 ||
         PyModule_AddIntConstant(m, "ROOT_LATE", ROOT_LATE) < 0 ||
+        PyModule_AddIntConstant(m, "ROOT_NOFOLLOW", ROOT_NOFOLLOW) < 0 ||
         PyModule_AddIntConstant(m, "ROOT_DEVPTS", ROOT_DEVPTS) < 0 ||
         PyModule_AddIntConstant(m, "SECCOMP_FILTER_FLAG_NEW_LISTENER", SECCOMP_FILTER_FLAG_NEW_LISTENER) < 0) {
         Py_DECREF(m);
