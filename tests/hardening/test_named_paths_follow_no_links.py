@@ -68,12 +68,14 @@ def test_a_link_planted_by_an_earlier_run_is_refused_as_mount_source_or_virtual_
     assert got["real"] == "EXITED", got
 
 
-def test_the_jail_binds_the_checked_inode_even_if_a_link_is_swapped_in_after_the_check(tmp_path):
-    """Check and bind are apart in time: the jail's own open of a plan-named bind source refuses
-    a symlink too (openat2 RESOLVE_NO_SYMLINKS), so a link swapped in after the host's checks
-    (simulated here by turning those checks off) cannot bind another tree."""
+@pytest.mark.parametrize("jail", ["1", "0"])
+def test_binds_take_the_checked_inode_even_if_a_link_is_swapped_in_after_the_check(tmp_path, jail):
+    """Check and bind are apart in time: the spawn's own open of a plan-named bind source (the
+    jail's root, or without it the private /tmp's bound-back paths) refuses a symlink too (openat2
+    RESOLVE_NO_SYMLINKS), so a link swapped in after the host's checks (simulated here by turning
+    those checks off) cannot bind another tree."""
     if os.geteuid() != 0:
-        pytest.skip("the jail needs root")
+        pytest.skip("binds need a root caller")
     secret_dir = tmp_path / "secret"
     secret_dir.mkdir()
     (secret_dir / "s.txt").write_text("SWAPPED-IN-TREE")
@@ -93,6 +95,6 @@ def test_the_jail_binds_the_checked_inode_even_if_a_link_is_swapped_in_after_the
             emit({{"ran": (r.stdout + r.stderr).decode(errors="replace")}})
         except evalbox.SandboxError as e:
             emit({{"refused": str(e)}})
-    """, prefix="os.environ['EVALBOX_JAIL'] = '1'\n")
+    """, prefix=f"os.environ['EVALBOX_JAIL'] = {jail!r}\n")
     assert "SWAPPED-IN-TREE" not in str(got), got
     assert "refused" in got, got
