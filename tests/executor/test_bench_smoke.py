@@ -47,6 +47,9 @@ def test_every_row_is_present_and_measured(quick):
                  "evalbox warm python print(1): CPU per run", "evalbox warm python print(1): CPU per run vs cold"]
     expected += ["getppid() not intercepted, per call", "getppid() monitored (MONITOR), per call",
                  "getppid() supervised, Python ALLOW, per call"]
+    expected += ["run_many python, 128 plans", "evalbox serve /run_code, 128 at once", "serve latency in a 128-burst",
+                 "serve latency, 1 request at a time", "run_many: caller CPU per run",
+                 "evalbox serve: server CPU per request"]
     for name in expected:
         assert name in rows, f"missing row {name!r}: {sorted(rows)}"
     for r in quick["rows"]:

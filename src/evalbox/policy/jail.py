@@ -247,6 +247,12 @@ def run_entries(plan: Plan, workspace: str, proc_rights: int, owner: tuple[int, 
     for d in _parents(os.path.normpath(f"{workspace}/{plan.workdir}"), workspace, made):
         out.append(_dir(d, 0o700, owned=True))
         made.add(d)
+    if plan.collect:
+        # Plan.collect reads work/ after the run, when this namespace is gone: work/ is then the
+        # host's workspace directory (the plan's files already in it), bound read-write, so it
+        # is not bounded by `disk` (as without the jail).
+        out.append(_bind(work, work, ro=False))
+        return out
     for rel, f in plan.files.items():
         for d in _parents(os.path.dirname(f"{work}/{rel}"), workspace, made):
             out.append(_dir(d, 0o700, owned=True))

@@ -298,6 +298,7 @@ class Plan:
     # Python modules a warm template imports once (set by evalbox.python; README "Warm Python");
     # None: a cold start. argv must then be [python, "-s", script, *args].
     warm: tuple[str, ...] | None = None
+    collect: tuple[str, ...] = ()  # files (or directories) of work/ returned in Output.files
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -359,6 +360,8 @@ class Plan:
         if self.max_open_files is not None and self.max_open_files < 4:
             raise ValidationError(f"max_open_files={self.max_open_files} leaves no room beyond stdin/stdout/stderr; use at least 4")
         set_("network", bool(self.network))
+        collect = (self.collect,) if isinstance(self.collect, str) else tuple(self.collect)
+        set_("collect", tuple(dict.fromkeys(workspace_path(p, "collect path") for p in collect)))
 
         mounts = _as_tuple(self.mounts, "mounts", "[evalbox.Mount.ro('/opt/data')]")
         for m in mounts:

@@ -319,8 +319,12 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
     out += _network_rules(network, private_net, private_root)
     out += _host_interference_rules()
     out += [Rule(name, metadata if same_uid else ALLOW) for name in PATH_METADATA]
-    if same_uid:  # utimensat(fd, NULL, ...) is futimens(): the file had to be opened
-        out.append(Rule("utimensat", ALLOW, (Arg(1, "eq", 0),)))
+    if same_uid:
+        # by fd too: the caller's own files may be open read-only to the sandbox (a Mount.ro of
+        # them), and the kernel lets their owner change mode, owner and times through any fd.
+        # So fchmod, fchown and futimens (utimensat(fd, NULL, ...)) are done by evalbox, on a
+        # file named inside the workspace only.
+        out += [Rule("fchmod", metadata), Rule("fchown", metadata)]
     out.append(Rule("utimensat", metadata if same_uid else ALLOW))
     # Extended attributes: Landlock does not cover them, and user.* ones may be set on any file
     # one may write (a world-writable host file, or any of the caller's own). So user attributes

@@ -458,7 +458,9 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
             root = jail.run_entries(plan, ws.root, filesystem.PROC_RIGHTS & ruleset.handled_fs,
                                     (uid, gid) if lease else None, ruleset.handled_fs,
                                     identity=[(t, _read(s)) for t, _, s in identity], shm_inodes=PRIVATE_SHM_INODES)
-            if jail.shareable(extras, ws.root):
+            # (a plan that collects binds the host's work/ directory: only a root built per run, in
+            # a namespace where that host path is still visible, can do so)
+            if jail.shareable(extras, ws.root) and not plan.collect:
                 template = templates.template_fd(system + extras, stamp)
             if template >= 0:
                 jail_flags &= ~namespaces.CLONE_NEWNS  # the template's copy is the mount namespace

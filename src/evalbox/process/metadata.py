@@ -53,7 +53,7 @@ CALLS = {
     "removexattr": (None, 0, True, None, "xattr_remove", 1),
     "lremovexattr": (None, 0, False, None, "xattr_remove", 1),
 }
-FD_CALLS = {"fsetxattr": "xattr_set", "fremovexattr": "xattr_remove"}
+FD_CALLS = {"fsetxattr": "xattr_set", "fremovexattr": "xattr_remove", "fchmod": "mode", "fchown": "owner"}
 XATTR_NAME_MAX, XATTR_SIZE_MAX = 255, 65536
 RESOLVE_IN_ROOT = 0x10
 RESOLVE_NO_SYMLINKS = 0x04
@@ -80,14 +80,9 @@ def emulate(listener: int, n: sn.Notification, name: str, workspace: str | None,
 
 def _emulate(listener: int, n: sn.Notification, name: str, workspace: str | None, owner: int) -> None:
     if name in FD_CALLS and workspace is not None:
-        # fsetxattr/fremovexattr: on the file the program holds, if it is named in the workspace
-        target = _open_own_fd(listener, n, _int32(n.args[0]), workspace)
-        try:
-            if owner >= 0 and os.fstat(target).st_uid != owner:
-                raise OSError(errno.EPERM, "not the sandbox's own file")
-            _apply(target, FD_CALLS[name], n.args[1:], n.pid)
-        finally:
-            os.close(target)
+        # fchmod/fchown/fsetxattr/fremovexattr: on the file the program holds, if it is named
+        # in the workspace
+        _apply_to_own_fd(listener, n, _int32(n.args[0]), workspace, owner, FD_CALLS[name], n.args[1:])
         return
     if name not in CALLS or workspace is None:
         raise OSError(errno.EPERM, "not emulated")
@@ -96,6 +91,10 @@ def _emulate(listener: int, n: sn.Notification, name: str, workspace: str | None
     flags = _int32(args[flags_arg]) if flags_arg is not None else 0
     if flags & AT_SYMLINK_NOFOLLOW:
         follow = False
+    if name == "utimensat" and args[path_arg] == 0:
+        # futimens(fd, times) is utimensat(fd, NULL, times, 0): the file the program holds
+        _apply_to_own_fd(listener, n, _int32(args[dirfd_arg]), workspace, owner, what, args[value_arg:])
+        return
     raw = sn.read_string(n.pid, args[path_arg])
     if raw is None:
         raise OSError(errno.EFAULT, "path unreadable")
@@ -104,13 +103,8 @@ def _emulate(listener: int, n: sn.Notification, name: str, workspace: str | None
     if own_fd or (not raw and flags & AT_EMPTY_PATH):
         # an fd of the program named by path: glibc's lchmod/fchmodat(AT_SYMLINK_NOFOLLOW) uses
         # /proc/self/fd/N, and "" with AT_EMPTY_PATH is the dirfd itself
-        target = _open_own_fd(listener, n, int(own_fd.group(1)) if own_fd else dirfd, workspace)
-        try:
-            if owner >= 0 and os.fstat(target).st_uid != owner:
-                raise OSError(errno.EPERM, "not the sandbox's own file")
-            _apply(target, what, args[value_arg:], n.pid)
-        finally:
-            os.close(target)
+        _apply_to_own_fd(listener, n, int(own_fd.group(1)) if own_fd else dirfd, workspace, owner, what,
+                         args[value_arg:])
         return
     if not raw:
         raise OSError(errno.ENOENT, "empty path")
@@ -135,6 +129,17 @@ def _emulate(listener: int, n: sn.Notification, name: str, workspace: str | None
         if owner >= 0 and os.fstat(target).st_uid != owner:
             raise OSError(errno.EPERM, "not the sandbox's own file")
         _apply(target, what, args[value_arg:], n.pid)
+    finally:
+        os.close(target)
+
+
+def _apply_to_own_fd(listener: int, n: sn.Notification, fd: int, workspace: str, owner: int, what: str,
+                     values: tuple[int, ...]) -> None:
+    target = _open_own_fd(listener, n, fd, workspace)
+    try:
+        if owner >= 0 and os.fstat(target).st_uid != owner:
+            raise OSError(errno.EPERM, "not the sandbox's own file")
+        _apply(target, what, values, n.pid)
     finally:
         os.close(target)
 

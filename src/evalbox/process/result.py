@@ -6,6 +6,7 @@ import base64
 import enum
 import signal as _signal
 import subprocess
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -63,6 +64,7 @@ class Output:
     error: str | None = None  # why evalbox ended the run when no limit did (a failing supervisor)
     warm: bool = False  # started from a warm interpreter's fresh copy (evalbox.python), not a cold exec
     blocked_syscall: str | None = None  # the forbidden call a process of the run was killed for ("ptrace")
+    files: Mapping[str, bytes] = field(default_factory=dict)  # what Plan.collect asked for and was found
 
     @property
     def success(self) -> bool:

@@ -11,8 +11,9 @@ import resource
 import signal
 import time
 
-from evalbox.policy.plan import Plan
+from evalbox.policy.plan import WORK_DIR, Plan
 from evalbox.process import warm, watchdog
+from evalbox.process.collect import COLLECT_BUDGET, collect
 from evalbox.process.host import Host
 from evalbox.process.lockdown import Lockdown, prepare
 from evalbox.process.result import Output, Status
@@ -285,7 +286,14 @@ class Sandbox:
             error=self.error,
             warm=self.warm,
             blocked_syscall=blocked[0][0] if blocked else None,
+            files=self._collected(),
         )
+
+    def _collected(self) -> dict[str, bytes]:
+        # Only once the whole tree is dead: nothing may change the files while they are read.
+        if not self.plan.collect or self.error is not None:
+            return {}
+        return collect(os.path.join(self.lock.workspace.root, WORK_DIR), self.plan.collect, COLLECT_BUDGET)
 
     def close(self) -> None:
         """Release every fd and the workspace/cgroup. The tree must already be dead and reaped."""

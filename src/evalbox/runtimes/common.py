@@ -9,20 +9,22 @@ never touched here; whatever a runtime grants is an ordinary Mount that shows up
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from evalbox.errors import CommandNotFound, ValidationError
 from evalbox.policy.filesystem import SYSTEM_TREES
-from evalbox.policy.plan import File, Mount, Plan
+from evalbox.policy.plan import File, Mount, Plan, parse_size
 from evalbox.policy.resolve import DEFAULT_ENV_PATH, find_executable
+from evalbox.process.result import Output
 
 # Plan keywords a runtime passes through unchanged (everything but argv).
 PLAN_KEYWORDS = frozenset({
     "files", "stdin", "env", "cwd", "timeout", "cpu_time", "memory", "max_pids", "max_output",
     "max_open_files", "max_file_size", "network", "mounts", "syscalls", "notify", "intercept",
-    "supervisor", "virtual_paths",
+    "supervisor", "virtual_paths", "collect",
 })
 
 
@@ -135,8 +137,8 @@ def make_plan(argv: list[str], limits: Mapping[str, Any], *, files: Mapping[str,
 
 
 # Address space some runtimes reserve at start (measured: node 20 fails under 512 MiB, go 1.19's
-# build under 512 MiB; both start under 1 GiB). Only matters where memory is RLIMIT_AS.
-ADDRESS_SPACE_NEEDED = {"node": 1 << 30, "go": 1 << 30}
+# build under 512 MiB; both start under 1 GiB; the JVM of evalbox.java starts in 1 GiB, not 512 MiB). Only matters where memory is RLIMIT_AS.
+ADDRESS_SPACE_NEEDED = {"node": 1 << 30, "go": 1 << 30, "typescript": 1 << 30, "go_test": 1 << 30, "java": 1 << 30}
 
 
 def _memory_cgroup() -> bool:
@@ -144,3 +146,65 @@ def _memory_cgroup() -> bool:
 
     host = probe()
     return bool(host.cgroup.version) and "memory" in host.cgroup.controllers
+
+
+@dataclass(frozen=True)
+class Stages:
+    """A program as separate sandboxed phases: `compile` (None for interpreted languages) builds
+    and collects the artifacts; `run` runs them once they are carried over (`run_after`).
+
+    Each phase has its own limits, status and times (what SandboxFusion-style callers report as
+    compile_result and run_result). The run phase never sees the compile phase's workspace: only
+    the collected artifacts (regular files, see `Plan.collect`) are copied into its own.
+    """
+
+    compile: Plan | None
+    run: Plan
+
+    def run_after(self, compiled: Output) -> Plan:
+        """The run Plan with the compile phase's collected files added (executable)."""
+        artifacts = {path: File(content, executable=True) for path, content in compiled.files.items()}
+        return self.run.replace(files={**self.run.files, **artifacts})
+
+
+def phase_limits(limits: Mapping[str, Any], timeout: float | None, defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The caller's Plan keywords for one phase: its own timeout, the runtime's defaults below the caller's."""
+    kw = {**(defaults or {}), **limits}
+    if timeout is not None:
+        kw["timeout"] = timeout
+    return kw
+
+
+def compiled_plan(compile_argv: list[str], run_argv: list[str], *, source: str, code: bytes, limits: Mapping[str, Any],
+                  args: Iterable[str] | None = None, mounts: Iterable[Mount] = (), env: Mapping[str, str] | None = None,
+                  defaults: Mapping[str, Any] | None = None, runtime: str) -> Plan:
+    """One sandbox that compiles then execs the program with `args`; a failed build exits with the
+    compiler's code and its messages on stderr. For `Executor.spawn` and `run_many`."""
+    script = f"{shlex.join(compile_argv)} || exit\nexec {shlex.join(run_argv)} \"$@\"\n"
+    return make_plan(["/bin/sh", "-c", script, runtime, *program_args(args)], limits, files={source: code}, env=env,
+                     mounts=mounts, defaults=defaults, runtime=runtime)
+
+
+def _at_least(limits: Mapping[str, Any], floor: Mapping[str, Any]) -> dict[str, Any]:
+    """`limits` with memory and max_pids raised to `floor`'s where the caller asked for less."""
+    kw = dict(limits)
+    for name, parse in (("memory", lambda v: parse_size(v, "memory")), ("max_pids", lambda v: v)):
+        if name in floor and kw.get(name) is not None and parse(kw[name]) < parse(floor[name]):
+            kw[name] = floor[name]
+    return kw
+
+
+def compiled_stages(compile_argv: list[str], run_argv: list[str], *, source: str, code: bytes,
+                    artifacts: tuple[str, ...], limits: Mapping[str, Any], compile_timeout: float | None,
+                    run_timeout: float | None, mounts: Iterable[Mount] = (), env: Mapping[str, str] | None = None,
+                    run_mounts: Iterable[Mount] = (), compile_defaults: Mapping[str, Any] | None = None,
+                    run_defaults: Mapping[str, Any] | None = None, runtime: str) -> Stages:
+    """Stages for a compiled language: the compiler in one sandbox (collecting `artifacts`), the
+    program in another. `stdin` and `collect` belong to the run phase; `files` go to both."""
+    compile_limits = {k: v for k, v in limits.items() if k not in ("stdin", "collect")}
+    compile_limits = _at_least(compile_limits, compile_defaults or {})
+    compile_plan = make_plan(compile_argv, phase_limits(compile_limits, compile_timeout), defaults=compile_defaults,
+                             files={source: code}, env=env, mounts=mounts, runtime=runtime).replace(collect=artifacts)
+    run_plan = make_plan(run_argv, phase_limits(limits, run_timeout), defaults=run_defaults, env=env,
+                         mounts=run_mounts, runtime=runtime)
+    return Stages(compile_plan, run_plan)

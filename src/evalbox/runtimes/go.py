@@ -34,7 +34,7 @@ from evalbox.errors import ValidationError
 from evalbox.faces.api import run as _run
 from evalbox.policy.plan import Plan
 from evalbox.process.result import Output
-from evalbox.runtimes.common import find_tool, make_plan, program_args, source_text
+from evalbox.runtimes.common import Stages, compiled_stages, find_tool, make_plan, program_args, source_text
 
 MAIN = "main.go"
 INSTALL = "install Go (apt-get install golang-go, or https://go.dev/dl)"
@@ -52,11 +52,10 @@ PACKAGES = {
 }
 
 # The build and run, in the sandbox's /bin/sh; "$@" are the program's arguments.
-SCRIPT = (
-    'export GOCACHE="$HOME/.cache/go-build" GOPATH="$HOME/go" GOTMPDIR="$TMPDIR"\n'
-    '{go} build -o "$TMPDIR/main" . || exit\n'
-    'exec "$TMPDIR/main" "$@"\n'
-)
+_GO_ENV = 'export GOCACHE="$HOME/.cache/go-build" GOPATH="$HOME/go" GOTMPDIR="$TMPDIR"\n'
+SCRIPT = _GO_ENV + '{go} build -o "$TMPDIR/main" . || exit\nexec "$TMPDIR/main" "$@"\n'
+BUILD_SCRIPT = _GO_ENV + "exec {go} build -o {binary} .\n"  # stages(): the compile phase alone
+BINARY = "main"
 
 _PACKAGE = re.compile(r"^\s*package\s+\w+", re.M)
 _FUNC_MAIN = re.compile(r"^\s*func\s+main\s*\(", re.M)
@@ -139,20 +138,44 @@ def wrap(code: str) -> str:
     return f"package main\n\n{imports}{lifted}\nfunc main() {{\n//line {MAIN}:1\n{body}\n}}\n"
 
 
-def plan(code: str | bytes, *, args: Iterable[str] | None = None, **limits: Any) -> Plan:
-    """A Plan building and running `code` (wrapped when needed); `limits` are Plan keywords."""
+def _source(code: str | bytes) -> str:
     try:
-        source = source_text(code, "go").decode()
+        return source_text(code, "go").decode()
     except UnicodeDecodeError:
         raise ValidationError("Go source must be UTF-8") from None
-    tool = find_tool("go", INSTALL, prefix_marker="src/runtime")
-    files = dict(limits.get("files") or {})
+
+
+def go_env(files: Any) -> dict[str, str]:
+    """No network, no downloads, no telemetry; GOPATH mode unless the caller brings a go.mod."""
     env = {"GOPROXY": "off", "GOTOOLCHAIN": "local", "GOTELEMETRY": "off"}
-    if "go.mod" not in files:
+    if "go.mod" not in dict(files or {}):
         env["GO111MODULE"] = "off"  # a single file needs no module: GOPATH mode builds the directory as is
+    return env
+
+
+def find_go():  # type: ignore[no-untyped-def]
+    return find_tool("go", INSTALL, prefix_marker="src/runtime")
+
+
+def plan(code: str | bytes, *, args: Iterable[str] | None = None, **limits: Any) -> Plan:
+    """A Plan building and running `code` (wrapped when needed); `limits` are Plan keywords."""
+    source = _source(code)
+    tool = find_go()
     argv = ["/bin/sh", "-c", SCRIPT.format(go=shlex.quote(tool.path)), "go", *program_args(args)]
-    return make_plan(argv, limits, files={MAIN: wrap(source)}, env=env, mounts=tool.mounts, defaults=DEFAULTS,
-                     runtime="go")
+    return make_plan(argv, limits, files={MAIN: wrap(source)}, env=go_env(limits.get("files")), mounts=tool.mounts,
+                     defaults=DEFAULTS, runtime="go")
+
+
+def stages(code: str | bytes, *, args: Iterable[str] | None = None, compile_timeout: float | None = None,
+           run_timeout: float | None = None, **limits: Any) -> Stages:
+    """`go build` in one sandbox, the binary run in another (see `Stages`); `limits` are the run's."""
+    source = _source(code)
+    tool = find_go()
+    build = ["/bin/sh", "-c", BUILD_SCRIPT.format(go=shlex.quote(tool.path), binary=BINARY)]
+    return compiled_stages(build, [f"./{BINARY}", *program_args(args)], source=MAIN, code=wrap(source).encode(),
+                           artifacts=(BINARY,), limits=limits, mounts=tool.mounts, env=go_env(limits.get("files")),
+                           compile_timeout=compile_timeout, run_timeout=run_timeout, compile_defaults=DEFAULTS,
+                           run_defaults={"max_pids": 256}, runtime="go")
 
 
 def run(code: str | bytes, *, args: Iterable[str] | None = None, **limits: Any) -> Output:

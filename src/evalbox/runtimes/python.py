@@ -29,7 +29,7 @@ from evalbox.faces.api import run as _run
 from evalbox.policy.plan import Mount, Plan
 from evalbox.policy.resolve import DEFAULT_ENV_PATH, find_executable
 from evalbox.process.result import Output
-from evalbox.runtimes.common import in_system_trees, make_plan, outermost, program_args, source_text
+from evalbox.runtimes.common import Stages, in_system_trees, make_plan, outermost, phase_limits, program_args, source_text
 
 MAIN = "main.py"
 # What a warm template imports once (README "Warm Python"): the standard modules HumanEval-style
@@ -160,6 +160,14 @@ def plan(code: str | bytes, *, args: Iterable[str] | None = None, interpreter: s
     argv = [interp.executable, "-s", MAIN, *program_args(args)]
     return make_plan(argv, limits, files={MAIN: source_text(code, "python")}, mounts=interp.mounts,
                      defaults={"warm": _preload(warm)}, runtime="python")
+
+
+def stages(code: str | bytes, *, args: Iterable[str] | None = None, interpreter: str | None = None,
+           packages_from: str | None = None, compile_timeout: float | None = None, run_timeout: float | None = None,
+           **limits: Any) -> Stages:
+    """No compile phase: Stages(None, plan) with `run_timeout` as the run's timeout."""
+    return Stages(None, plan(code, args=args, interpreter=interpreter, packages_from=packages_from,
+                             **phase_limits(limits, run_timeout)))
 
 
 def run(code: str | bytes, *, args: Iterable[str] | None = None, interpreter: str | None = None,
