@@ -8,9 +8,10 @@ from __future__ import annotations
 import os
 import random
 import signal
+import time
 
 from hardening_kit import run_snippet
-from test_guard_dies_first import _pids_with, _wait_gone
+from test_guard_dies_first import _pids_with
 
 # the sandboxed program: a grandchild in a group of its own, then the program waits
 PROGRAM = r'''
@@ -30,6 +31,23 @@ time.sleep(600)
 
 def _argv(marker: str) -> list[str]:
     return ["/usr/bin/python3.11", "-I", "-S", "-c", PROGRAM, marker]
+
+
+def _live(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:  # gone between the listing and the read
+        return False
+
+
+def _wait_gone(marker: str, seconds: float) -> list[int]:
+    end = time.monotonic() + seconds
+    while True:
+        left = [p for p in _pids_with(marker) if _live(p)]
+        if not left or time.monotonic() > end:
+            return left
+        time.sleep(0.05)
 
 
 def _check_gone(marker: str) -> None:
