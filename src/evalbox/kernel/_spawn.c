@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
+#include <linux/openat2.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
 #include <poll.h>
@@ -34,6 +35,10 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
 
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
@@ -115,6 +120,7 @@ struct bind {
     int is_dir;
     int readonly;       /* remount the bind read-only (nosuid, nodev): inside a writable overlay,
                          * Landlock's rights on the overlay would otherwise reach into it */
+    int no_symlinks;    /* a plan-named path: opened with no symlink in any component */
 };
 
 struct root_entry;
@@ -253,6 +259,21 @@ static int make_path(const char *top, const char *path, int is_dir)
     return 0;
 }
 
+/* An O_PATH fd for a path the plan names (a mount source), with no symlink in any component
+ * (a final link is refused too): the inode the host checked and gave its Landlock rule. */
+static int open_no_symlinks(const char *path)
+{
+    struct open_how how = {.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC, .resolve = RESOLVE_NO_SYMLINKS};
+    struct stat st;
+    int fd = (int)syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
+    if (fd >= 0 && (fstat(fd, &st) != 0 || S_ISLNK(st.st_mode))) {
+        close(fd);
+        errno = ELOOP;
+        return -1;
+    }
+    return fd;
+}
+
 /* The program's own mount namespace: tmpfs overlays with selected paths bound back. Used on
  * privileged hosts for a private /dev/shm, and to reach paths (an interpreter under /root)
  * whose ancestors the sandbox's own uid may not search. */
@@ -265,9 +286,11 @@ static void private_mounts(const struct config *c)
         (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0))
         report(c, STEP_MOUNTS, errno);
     /* Bind sources must belong to this namespace and be held before the overlays hide them. */
-    for (int i = 0; i < c->n_binds; i++)
-        if ((fds[i] = open(c->binds[i].source ? c->binds[i].source : c->binds[i].path, O_PATH | O_CLOEXEC)) < 0)
+    for (int i = 0; i < c->n_binds; i++) {
+        const char *from = c->binds[i].source ? c->binds[i].source : c->binds[i].path;
+        if ((fds[i] = c->binds[i].no_symlinks ? open_no_symlinks(from) : open(from, O_PATH | O_CLOEXEC)) < 0)
             report(c, STEP_MOUNTS, errno);
+    }
     for (int o = 0; o < c->n_overlays; o++) {
         const struct overlay *ov = &c->overlays[o];
         /* No tmpfs options: no tmpfs either, the binds go straight over existing paths. */
@@ -461,6 +484,7 @@ enum root_op {
 #define ROOT_IS_DIR 0x2
 #define ROOT_OWNED 0x4 /* belongs to the sandbox's uid/gid */
 #define ROOT_LATE 0x8  /* a bind whose source is inside the new root, opened when it is bound */
+#define ROOT_NOFOLLOW 0x10 /* a source the plan names: opened with no symlink in any component */
 #define ROOT_STAGING "/tmp"
 
 struct root_entry {
@@ -511,8 +535,12 @@ static void open_root_sources(const struct config *c)
 {
     for (int i = 0; i < c->n_root; i++) {
         c->root_fds[i] = -1;
-        if (c->root[i].op == ROOT_BIND && !(c->root[i].flags & ROOT_LATE) &&
-            (c->root_fds[i] = open(c->root[i].data, O_PATH | O_CLOEXEC)) < 0)
+        if (c->root[i].op != ROOT_BIND || (c->root[i].flags & ROOT_LATE))
+            continue;
+        /* a plan-named source: a link swapped in since the host's check cannot change what is bound */
+        c->root_fds[i] = (c->root[i].flags & ROOT_NOFOLLOW) ? open_no_symlinks(c->root[i].data)
+                                                            : open(c->root[i].data, O_PATH | O_CLOEXEC);
+        if (c->root_fds[i] < 0)
             report(c, STEP_ROOT, errno);
     }
 }
@@ -1023,7 +1051,7 @@ static int parse_filters(PyObject *obj, struct config *c, PyObject **keep)
 }
 
 /* overlays: [(target bytes, tmpfs options bytes (b"": no tmpfs), landlock rights int,
- *             [(path bytes, is_dir bool[, source bytes or None[, readonly bool]]), ...]), ...]
+ *             [(path bytes, is_dir bool[, source bytes or None[, readonly bool[, no_symlinks bool]]]), ...]), ...]
  * The strings stay alive through `keep`, a list holding every tuple. */
 static int parse_overlays(PyObject *obj, struct config *c, PyObject **keep)
 {
@@ -1058,9 +1086,9 @@ static int parse_overlays(PyObject *obj, struct config *c, PyObject **keep)
         }
         for (int i = 0; i < ov->count; i++) {
             PyObject *path, *source = Py_None;
-            int is_dir, readonly = 0;
-            if (!PyArg_ParseTuple(PyList_GET_ITEM(binds, i), "O!p|Op", &PyBytes_Type, &path, &is_dir, &source,
-                                  &readonly))
+            int is_dir, readonly = 0, no_symlinks = 0;
+            if (!PyArg_ParseTuple(PyList_GET_ITEM(binds, i), "O!p|Opp", &PyBytes_Type, &path, &is_dir, &source,
+                                  &readonly, &no_symlinks))
                 return -1;
             if (source != Py_None && !PyBytes_Check(source)) {
                 PyErr_SetString(PyExc_TypeError, "a bind source must be bytes or None");
@@ -1070,6 +1098,7 @@ static int parse_overlays(PyObject *obj, struct config *c, PyObject **keep)
             c->binds[c->n_binds].source = source != Py_None ? PyBytes_AS_STRING(source) : NULL;
             c->binds[c->n_binds].is_dir = is_dir;
             c->binds[c->n_binds].readonly = readonly;
+            c->binds[c->n_binds].no_symlinks = no_symlinks;
             c->n_binds++;
         }
         c->n_overlays++;
@@ -1632,6 +1661,7 @@ PyMODINIT_FUNC PyInit__spawn(void)
         PyModule_AddIntConstant(m, "ROOT_IS_DIR", ROOT_IS_DIR) < 0 ||
         PyModule_AddIntConstant(m, "ROOT_OWNED", ROOT_OWNED) < 0 ||
         PyModule_AddIntConstant(m, "ROOT_LATE", ROOT_LATE) < 0 ||
+        PyModule_AddIntConstant(m, "ROOT_NOFOLLOW", ROOT_NOFOLLOW) < 0 ||
         PyModule_AddIntConstant(m, "ROOT_DEVPTS", ROOT_DEVPTS) < 0 ||
         PyModule_AddIntConstant(m, "SECCOMP_FILTER_FLAG_NEW_LISTENER", SECCOMP_FILTER_FLAG_NEW_LISTENER) < 0) {
         Py_DECREF(m);

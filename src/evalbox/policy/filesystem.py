@@ -17,6 +17,8 @@ import stat
 from dataclasses import dataclass
 
 from evalbox.kernel import landlock as ll
+from evalbox.kernel import paths
+from evalbox.errors import ValidationError
 from evalbox.policy.plan import Plan
 from evalbox.policy.resolve import Runtime
 
@@ -51,6 +53,20 @@ EVERYTHING = (1 << 16) - 1  # trimmed to the ABI's rights when the rule is added
 class PathRule:
     path: str
     rights: int
+    no_symlinks: bool = False  # a path the plan names below what a sandbox may have written
+
+
+def open_named_path(path: str, what: str, flags: int = os.O_PATH) -> int:
+    """An O_PATH fd for a host path the plan names (mount source, VIRTUALIZE directory), resolved
+    without following a symlink in any component: an earlier run may have planted links in a
+    directory it could write, and the fd is the inode checked (a later swap cannot widen access)."""
+    try:
+        return paths.open_no_symlinks(path, flags)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+    link = paths.first_symlink(path) or path
+    raise ValidationError(f"{what} {path} passes through a symlink ({link}); name the real path")
 
 
 def _readable_system_paths() -> list[PathRule]:
@@ -123,7 +139,7 @@ def path_rules(plan: Plan, workspace: str, runtime: Runtime, own_uid: bool = Fal
         if not _inside(path, system_real) and not _inside(path, (workspace,)):
             rules.append(PathRule(path, ll.READ_FILE | ll.EXECUTE))
     for mount in plan.mounts:
-        rules.append(PathRule(mount.source, EVERYTHING if mount.writable else ll.READ_EXEC))
+        rules.append(PathRule(mount.source, EVERYTHING if mount.writable else ll.READ_EXEC, no_symlinks=True))
     rules.append(PathRule(workspace, EVERYTHING))
     return rules
 
@@ -143,7 +159,14 @@ def build_ruleset(rules: list[PathRule], abi: int, network: bool) -> ll.Ruleset:
             _system_rules_packed.cache_clear()
             ruleset.allow_packed(_system_rules_packed(ruleset.handled_fs))
         for rule in rules:
-            ruleset.allow_path(rule.path, rule.rights)
+            if rule.no_symlinks:
+                fd = open_named_path(rule.path, "mount source")
+                try:
+                    ruleset.allow_fd(fd, stat.S_ISDIR(os.fstat(fd).st_mode), rule.rights)
+                finally:
+                    os.close(fd)
+            else:
+                ruleset.allow_path(rule.path, rule.rights)
     except BaseException:
         ruleset.close()
         raise

@@ -57,9 +57,10 @@ def _inside(path: str, trees: tuple[str, ...] | list[str]) -> bool:
     return any(path == t or path.startswith(t.rstrip("/") + "/") for t in trees)
 
 
-def _bind(path: str, source: str | None = None, ro: bool = True) -> Entry:
+def _bind(path: str, source: str | None = None, ro: bool = True, no_symlinks: bool = False) -> Entry:
     source = source or path
     flags = (_spawn.ROOT_RO if ro else 0) | (_spawn.ROOT_IS_DIR if os.path.isdir(source) else 0)
+    flags |= _spawn.ROOT_NOFOLLOW if no_symlinks else 0
     return (_spawn.ROOT_BIND, path.encode(), source.encode(), 0, flags, 0)
 
 
@@ -183,7 +184,7 @@ def template_entries(plan: Plan, workspace: str, rules: list[fs.PathRule]
     bound = list(system_bound)
     sources = []
     for mount in plan.mounts:
-        out.append(_bind(mount.source, ro=not mount.writable))
+        out.append(_bind(mount.source, ro=not mount.writable, no_symlinks=True))
         bound.append(mount.source)
         sources.append(mount.source)
     for rule in rules:
@@ -200,7 +201,7 @@ def template_entries(plan: Plan, workspace: str, rules: list[fs.PathRule]
         bound.append(path)
     stamp = [_system_state()[1]]
     for src in sources:
-        st = os.stat(src)
+        st = os.stat(src, follow_symlinks=False)
         stamp.append((st.st_dev, st.st_ino))
     return system, out, tuple(stamp)
 

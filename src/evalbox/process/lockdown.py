@@ -174,7 +174,7 @@ def hidden_ancestor(path: str) -> str | None:
     return None
 
 
-def _exposure_overlays(paths: list[str]) -> list[tuple[bytes, bytes, int, list[tuple[bytes, bool]]]]:
+def _exposure_overlays(paths: list[str], named: set[str] = frozenset()) -> list[tuple[bytes, bytes, int, list[tuple]]]:
     """Overlays that let a sandbox of its own uid reach `paths` below unsearchable directories: a
     tmpfs over each such directory with just those paths bound back (root's home stays hidden)."""
     groups: dict[str, list[str]] = {}
@@ -183,7 +183,7 @@ def _exposure_overlays(paths: list[str]) -> list[tuple[bytes, bytes, int, list[t
         if top is not None and not any(path.startswith(p + "/") for p in groups.get(top, ())):
             groups.setdefault(top, []).append(path)
     return [
-        (top.encode(), b"mode=0755,size=1m", 0, [(os.fsencode(p), os.path.isdir(p)) for p in binds])
+        (top.encode(), b"mode=0755,size=1m", 0, [(os.fsencode(p), os.path.isdir(p), None, False, p in named) for p in binds])
         for top, binds in groups.items()
     ]
 
@@ -347,18 +347,26 @@ def _read(path: bytes) -> bytes:
         return f.read()
 
 
+def _check_named_path(path: str, what: str) -> None:
+    """A path the plan names must exist and be reached without a symlink (filesystem.open_named_path)."""
+    try:
+        os.close(filesystem.open_named_path(path, what))
+    except (FileNotFoundError, NotADirectoryError):
+        raise ValidationError(f"{what} {path} does not exist on this host; create it or fix the path") from None
+
+
 def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> Lockdown:
     """`slot_group`: the group of a resident slot whose launcher (`slot_group.resident`, one
     process, counted in pids.max) forks the run inside it; nothing then joins a group."""
     check_floor(host)
     for mount in plan.mounts:
-        if not os.path.exists(mount.source):
-            raise ValidationError(f"mount source {mount.source} does not exist on this host; create it or fix the path")
+        _check_named_path(mount.source, "mount source")
 
     if host.switches_uid:
         for mount in plan.mounts:
             _check_other_access(mount.source, mount.writable, host.private_shm)
     for virtual, directory in plan.virtual_paths.items():
+        _check_named_path(directory, f"virtual_paths[{virtual!r}]")
         if not os.path.isdir(directory):
             raise ValidationError(f"virtual_paths[{virtual!r}]: {directory} is not a directory on this host")
         if host.switches_uid:
@@ -463,17 +471,18 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
             # workspace, mounts and runtime files may live below them: bind those back
             granted = [ws.root] + [r.path for r in rules if r.path != ws.root and not r.path.startswith(ws.root + "/")]
             writable = {ws.root} | {m.source for m in plan.mounts if m.writable}
+            named = {m.source for m in plan.mounts}  # bound by the inode checked (no symlinks)
             for top in ("/dev/shm", "/tmp"):
                 keep = _below(granted, top)
                 # (what is not writable is bound read-only: the tmpfs's own Landlock rights would
                 # otherwise reach into it)
                 options = f"mode=1777,size={plan.memory or 64 << 20},nr_inodes={PRIVATE_SHM_INODES}"
                 overlays.append((top.encode(), options.encode(), filesystem.PRIVATE_SHM_RIGHTS,
-                                 [(p.encode(), os.path.isdir(p), None, p not in writable) for p in keep]))
+                                 [(p.encode(), os.path.isdir(p), None, p not in writable, p in named) for p in keep]))
             if identity:
                 overlays.append((b"/etc", b"", 0, identity))
             outside = [r.path for r in rules if r.path != ws.root and not r.path.startswith(ws.root + "/")]
-            overlays += _exposure_overlays(outside)
+            overlays += _exposure_overlays(outside, named)
         private_shm = host.private_shm
 
         has_setpcap = host.has_setpcap

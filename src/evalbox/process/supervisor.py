@@ -22,6 +22,7 @@ import struct
 from collections.abc import Callable
 
 from evalbox.errors import ValidationError
+from evalbox.policy.filesystem import open_named_path
 from evalbox.kernel import seccomp_notify as sn
 from evalbox.process.opener import AT_FDCWD as OPENER_ROOT
 from evalbox.process.opener import PROC_SUPER_MAGIC, Opener, OpenerBroken, fs_type
@@ -151,7 +152,10 @@ class Supervision:
             self._opener_needs = (os.dup(ruleset_fd) if ruleset_fd >= 0 else -1, uid, gid)
         for virtual, host in sorted(plan.virtual_paths.items(), key=lambda kv: -len(kv[0])):
             try:
-                fd = os.open(host, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                fd = open_named_path(host, f"virtual_paths[{virtual!r}]", os.O_PATH | os.O_DIRECTORY)
+            except ValidationError:
+                self.close()
+                raise
             except OSError as e:
                 self.close()
                 raise ValidationError(f"virtual_paths[{virtual!r}]: {host} is not a directory on this host ({e.strerror})") from None

@@ -69,6 +69,26 @@ def uid_pids(uid):
                 pass
     return out
 
+def session_pids(sid):
+    # A run cannot leave its session (setsid is refused), but it can make process groups of its
+    # own: its processes are those of the caller's uid whose session id is the leader's pid.
+    out, me = [], os.getpid()
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != me:
+            try:
+                # (status, not the /proc entry's owner: that is root for a non-dumpable process)
+                with open("/proc/" + name + "/status", "rb") as f:
+                    uids = [l for l in f.read().splitlines() if l.startswith(b"Uid:")][0].split()[1:3]
+                if any(int(u) != os.getuid() for u in uids):
+                    continue
+                with open("/proc/" + name + "/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                if int(fields[3]) == sid and fields[0] not in (b"Z", b"X"):
+                    out.append(int(name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
 def rmtree_inside(top):
     # (its processes are dead: nothing changes the tree meanwhile.) Directories the program
     # chmod'ed to 0 are opened up first, from the top down, never through a symlink and never
@@ -95,6 +115,13 @@ for box in live.values():
     except OSError:
         pass
     end = time.monotonic() + 5
+    if box["uid"] < 0 and not box["cgroups"]:
+        while time.monotonic() < end:  # the session's processes, until none is left
+            pids = session_pids(box["pgid"])
+            if not pids:
+                break
+            kill_pids(pids)
+            time.sleep(0.01)
     if box["uid"] >= 0 and not box["cgroups"]:
         while time.monotonic() < end:  # again and again: a process may fork while we list
             pids = uid_pids(box["uid"])
