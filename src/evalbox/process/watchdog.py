@@ -142,7 +142,13 @@ for box in live.values():
                 break
             except OSError:
                 time.sleep(0.01)
-    rmtree_inside(box["workspace"])
+# Workspaces only once every run's processes are dead: a tree one program made too deep to remove
+# here must not stop the kills of the others (a later sweep removes what is left).
+for box in live.values():
+    try:
+        rmtree_inside(box["workspace"])
+    except BaseException:  # (RecursionError on a very deep tree)
+        pass
 for parent in parents:  # recycled groups of finished sandboxes are kept there too
     for name in os.listdir(parent) if os.path.isdir(parent) else ():
         d = os.path.join(parent, name)
