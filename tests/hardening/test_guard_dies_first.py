@@ -27,10 +27,18 @@ def _pids_with(marker: str) -> list[int]:
     return out
 
 
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:  # gone between the listing and this read
+        return False
+
+
 def _wait_gone(marker: str, seconds: float) -> list[int]:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        left = [p for p in _pids_with(marker) if open(f"/proc/{p}/stat").read().split(")")[-1].split()[0] != "Z"]
+        left = [p for p in _pids_with(marker) if _alive(p)]
         if not left:
             return []
         time.sleep(0.05)
