@@ -27,13 +27,14 @@ def _kernel_version() -> tuple[int, int]:
 def jail_report(host) -> str:  # type: ignore[no-untyped-def]
     """Which parts of promise 9 (the sandbox sees only what it is given) hold on this host."""
     if host.jail:
-        return ("jail: PID namespace with its own init (own process table, orphans reaped inside), IPC, UTS, "
+        return ("jail" + (" in a user namespace of its own (your uid mapped to itself)" if host.jail_userns else "")
+                + ": PID namespace with its own init (own process table, orphans reaped inside), IPC, UTS, "
                 "mount namespace with a root built from the granted paths (pivot_root; workspace a tmpfs of "
-                "Plan.disk), network namespace with only its own loopback when network is off")
-    why = "EVALBOX_JAIL=0" if host.private_shm else "needs root with CAP_SYS_ADMIN"
-    return (f"no jail ({why}): the sandbox sees the host's process table, network state and the names and "
-            "metadata of host paths (promise 9 does not hold; promises 1-8 do)"
-            + ("; a mount namespace gives a private /dev/shm" if host.private_shm else ""))
+                "Plan.disk), network namespace with only its own loopback when network is off"
+                "; promise 9 holds")
+    from evalbox.policy.jail import no_view
+
+    return no_view(host.no_jail_reason) + ("; a mount namespace gives a private /dev/shm" if host.private_shm else "")
 
 
 def host_report() -> dict[str, Any]:

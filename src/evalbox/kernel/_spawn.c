@@ -32,6 +32,8 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h> /* ST_* flag names (statfs f_flags carries the same bits) */
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -93,6 +95,7 @@ enum step {
     STEP_JAIL,
     STEP_ROOT,
     STEP_DUMPABLE,
+    STEP_USERNS,
 };
 
 struct child_rlimit {
@@ -163,6 +166,7 @@ struct config {
     unsigned long long root_rights; /* Landlock rights on the new root's own directories */
     int template_fd;         /* -1, or a template mount namespace (see template_main) to copy */
     int in_place;            /* lockdown_self: no exec follows, so fds are closed, not marked */
+    long outer_uid, outer_gid; /* CLONE_NEWUSER: the caller's ids, mapped to themselves inside */
 };
 
 /* Once a user-notification filter is installed, the child's own remaining calls (handing over
@@ -530,6 +534,25 @@ static int own(const struct config *c, const char *path, unsigned int flags)
     return 0;
 }
 
+/* The flags of the mount holding `fd` that a read-only remount of its bind must keep: in a user
+ * namespace the kernel locks them (nodev, noexec, nosuid, the atime mode) and refuses a remount
+ * that would drop one (EPERM). Elsewhere keeping them is harmless. */
+static unsigned long kept_flags(int fd)
+{
+    struct statfs sfs;
+    if (fstatfs(fd, &sfs) != 0)
+        return 0;
+    unsigned long f = (unsigned long)sfs.f_flags, out = 0;
+    out |= f & ST_NODEV ? MS_NODEV : 0;
+    out |= f & ST_NOEXEC ? MS_NOEXEC : 0;
+    out |= f & ST_NOATIME ? MS_NOATIME : 0;
+    out |= f & ST_NODIRATIME ? MS_NODIRATIME : 0;
+    out |= f & ST_RELATIME ? MS_RELATIME : 0;
+    if (!(f & (ST_NOATIME | ST_RELATIME)))
+        out |= MS_STRICTATIME;
+    return out;
+}
+
 /* Bind sources are held before anything is mounted over them. */
 static void open_root_sources(const struct config *c)
 {
@@ -578,7 +601,7 @@ static void apply_root_ops(const struct config *c, const char *prefix)
                 if (!err && mount(source, where, NULL, MS_BIND | MS_REC, NULL) != 0)
                     err = errno;
                 if (!err && (e->flags & ROOT_RO) &&
-                    mount(NULL, where, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID, NULL) != 0)
+                    mount(NULL, where, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | kept_flags(fds[i]), NULL) != 0)
                     err = errno;
                 close(fds[i]);
                 fds[i] = -1;
@@ -835,9 +858,60 @@ static int interface_up(const char *name)
     return err;
 }
 
+/* "<id> <id> 1\n" into out (no snprintf); returns the length. */
+static size_t id_map_line(char out[64], long id)
+{
+    char digits[24];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + id % 10);
+        id /= 10;
+    } while (id > 0);
+    size_t len = 0;
+    for (int twice = 0; twice < 2; twice++) {
+        for (int i = n - 1; i >= 0; i--)
+            out[len++] = digits[i];
+        out[len++] = ' ';
+    }
+    out[len++] = '1';
+    out[len++] = '\n';
+    return len;
+}
+
+static int write_proc_self(const char *name, const char *data, size_t len)
+{
+    int fd = open(name, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    int err = write(fd, data, len) == (ssize_t)len ? 0 : errno;
+    close(fd);
+    return err;
+}
+
+/* An unprivileged caller's jail lives in a user namespace of its own (cloned with the others,
+ * which it then owns): map the caller's uid and gid to themselves, the only mapping the kernel
+ * allows an unprivileged writer (and setgroups must be denied first). The init then holds every
+ * capability over its namespaces (and none over the host's), which building the root needs; the
+ * program drops them all in its lockdown as everywhere. Files keep the caller's ids. */
+static int user_namespace_maps(const struct config *c)
+{
+    char line[64];
+    int err = write_proc_self("/proc/self/setgroups", "deny", 4);
+    if (!err)
+        err = write_proc_self("/proc/self/uid_map", line, id_map_line(line, c->outer_uid));
+    if (!err)
+        err = write_proc_self("/proc/self/gid_map", line, id_map_line(line, c->outer_gid));
+    return err;
+}
+
 /* The namespaces' set-up, done by the init while the caller waits. */
 static void init_namespaces(const struct config *c)
 {
+    if (c->jail_flags & CLONE_NEWUSER) {
+        int err = user_namespace_maps(c);
+        if (err)
+            report(c, STEP_USERNS, err);
+    }
     if (c->netns_fd >= 0 && setns(c->netns_fd, CLONE_NEWNET) != 0)
         report(c, STEP_JAIL, errno);
     if (c->jail_flags & CLONE_NEWNET) {
@@ -1349,6 +1423,8 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     c.umask = (mode_t)umask_value;
     c.magic = magic;
     c.jail_flags = jail_flags;
+    c.outer_uid = geteuid();
+    c.outer_gid = getegid();
     c.netns_fd = netns_fd;
     c.proc_rights = proc_rights;
     c.hostname = hostname;
@@ -1631,7 +1707,78 @@ static PyObject *landlock_add_path_rules(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(probe_userns_doc,
+"probe_user_namespace() -> (step, errno)\n\n"
+"Try what an unprivileged jail needs, in a throw-away child: clone into new user, PID, mount,\n"
+"network, IPC and UTS namespaces, map the caller's ids, mount a tmpfs and a /proc of its own,\n"
+"set the loopback up. (0, 0) when all of it works; else the first step that failed: 1 clone,\n"
+"2 the id maps, 3 a tmpfs, 4 /proc, 5 the loopback; and its errno.");
+
+#define PROBE_FLAGS (CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
+
+static int probe_main(void *arg)
+{
+    struct config *c = arg;
+    int err = user_namespace_maps(c);
+    if (err)
+        report(c, 2, err);
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+        mount("tmpfs", ROOT_STAGING, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k") != 0)
+        report(c, 3, errno);
+    if (mount("proc", ROOT_STAGING, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2") != 0)
+        report(c, 4, errno);
+    if ((err = interface_up("lo")) != 0)
+        report(c, 5, err);
+    _exit(0);
+}
+
+static PyObject *probe_user_namespace(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    struct config c;
+    memset(&c, 0, sizeof c);
+    c.outer_uid = geteuid();
+    c.outer_gid = getegid();
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    c.errpipe = pipefd[1];
+    void *stack = PyMem_RawMalloc(CHILD_STACK_SIZE);
+    if (!stack) {
+        close(pipefd[0]);
+        close(pipefd[1]);
+        return PyErr_NoMemory();
+    }
+    int msg[2] = {0, 0}, status = 0, clone_errno = 0;
+    pid_t pid;
+    Py_BEGIN_ALLOW_THREADS
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    pid = clone(probe_main, stack_top((char *)stack + CHILD_STACK_SIZE), CLONE_VM | CLONE_VFORK | PROBE_FLAGS | SIGCHLD,
+                &c);
+    clone_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    close(pipefd[1]);
+    if (pid > 0) {
+        if (read(pipefd[0], msg, sizeof msg) != sizeof msg)
+            msg[0] = msg[1] = 0;
+        while (waitpid(pid, &status, __WALL) < 0 && errno == EINTR)
+            ;
+    }
+    close(pipefd[0]);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(stack);
+    if (pid < 0)
+        return Py_BuildValue("(ii)", 1, clone_errno);
+    if (msg[0] == 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+        return Py_BuildValue("(ii)", 5, EIO);
+    return Py_BuildValue("(ii)", msg[0], msg[1]);
+}
+
 static PyMethodDef methods[] = {
+    {"probe_user_namespace", probe_user_namespace, METH_NOARGS, probe_userns_doc},
     {"fork_sibling", fork_sibling, METH_NOARGS, fork_sibling_doc},
     {"landlock_add_path_rules", landlock_add_path_rules, METH_VARARGS, add_rules_doc},
     {"lockdown_self", (PyCFunction)(void (*)(void))lockdown_self, METH_VARARGS | METH_KEYWORDS, lockdown_self_doc},

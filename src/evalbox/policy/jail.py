@@ -48,9 +48,28 @@ def inode_limit(disk: int) -> int:
     return max(1024, disk // BYTES_PER_INODE)
 
 
-def clone_flags(plan: Plan) -> int:
-    """The namespaces the init is cloned into (the network namespace comes from a pool)."""
+def clone_flags(plan: Plan, userns: bool = False) -> int:
+    """The namespaces the init is cloned into. On a root host the network namespace comes from
+    a pool; in a user namespace (an unprivileged caller) the run gets a fresh one, since a pooled
+    namespace belongs to another user namespace, over which the init holds no capability."""
+    if userns:
+        return BASE_FLAGS | ns.CLONE_NEWUSER | (0 if plan.network else ns.CLONE_NEWNET)
     return BASE_FLAGS
+
+
+# Without the jail, what of promise 9 does not hold (promises 1-8 do, by Landlock and seccomp).
+NOT_HELD = ("the host's process table is visible (every process and its command line, /proc/<pid>)",
+            "the host's network state is visible (/proc/net: listening sockets, connections)",
+            "the names and metadata (stat, link targets) of host paths, and inotify events in readable host "
+            "directories, are visible; `ls /` fails",
+            "orphaned processes are reparented to the host's init, or to the caller when it is a subreaper (a "
+            "container's PID 1), which must reap them",
+            "the workspace is a host directory: `disk` is not enforced, only max_file_size per file")
+
+
+def no_view(reason: str) -> str:
+    """Output.protections.view without the jail: what does not hold, and why."""
+    return f"no jail ({reason}); promise 9 does not hold: " + "; ".join(NOT_HELD) + " (promises 1-8 do)"
 
 
 def _inside(path: str, trees: tuple[str, ...] | list[str]) -> bool:

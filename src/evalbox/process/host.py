@@ -40,6 +40,8 @@ class Host:
     private_shm: bool  # CAP_SYS_ADMIN: a mount namespace for a private /dev/shm tmpfs
     has_setpcap: bool  # the bounding set can be cleared and securebits locked
     jail: bool = False  # namespaces for promise 9 (PID + init, IPC, UTS, mount, network): see policy/jail.py
+    jail_userns: bool = False  # the jail is built inside a user namespace of its own (unprivileged caller)
+    no_jail_reason: str = ""  # without a jail: why, and what the user can do about it
 
 
 def _seccomp_available() -> bool:
@@ -71,6 +73,65 @@ def _kernel_at_least(major: int, minor: int) -> bool:
         return False
 
 
+def _read_sysctl(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+USERNS_STEPS = {1: "create user namespaces", 2: "map your uid and gid", 3: "mount a tmpfs",
+                4: "mount a /proc of its own", 5: "set up a loopback interface"}
+
+
+def why_no_user_namespace(step: int, err: int) -> str:
+    """What keeps an unprivileged caller's jail from being built here, in the user's terms."""
+    what = f"the host refused to {USERNS_STEPS.get(step, f'step {step}')} ({os.strerror(err)})"
+    if _read_sysctl("/proc/sys/user/max_user_namespaces") == "0":
+        return (f"{what}: user namespaces are off (sysctl user.max_user_namespaces=0); as root, "
+                "`sysctl -w user.max_user_namespaces=15000` turns them on")
+    if _read_sysctl("/proc/sys/kernel/unprivileged_userns_clone") == "0":
+        return (f"{what}: unprivileged user namespaces are off (sysctl kernel.unprivileged_userns_clone=0); as "
+                "root, `sysctl -w kernel.unprivileged_userns_clone=1` turns them on")
+    if step in (2, 3) and _read_sysctl("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
+        return (f"{what}: AppArmor restricts unprivileged user namespaces (Ubuntu 23.10+, "
+                "kernel.apparmor_restrict_unprivileged_userns=1); give this Python an AppArmor profile with "
+                "`userns,` or, as root, `sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`")
+    if step == 1 and err == errno.ENOSPC:
+        return (f"{what}: the limit of user namespaces is reached (user.max_user_namespaces, or 32 nested "
+                "levels); raise the sysctl or run fewer nested containers")
+    if step == 1 and err in (errno.EINVAL, errno.ENOSYS):
+        return f"{what}: this kernel has no user namespaces (CONFIG_USER_NS)"
+    if step == 1:
+        return (f"{what}: a container's seccomp profile (Docker's default) or a security module refuses "
+                "them; run evalbox as root with CAP_SYS_ADMIN (docker run --cap-add SYS_ADMIN --security-opt "
+                "apparmor=unconfined), or allow user namespaces (docker run --security-opt seccomp=unconfined)")
+    if step == 4:
+        return (f"{what}: the host's /proc has masked parts (as in a container), so the kernel refuses a "
+                "fresh /proc to an unprivileged user; run evalbox as root with CAP_SYS_ADMIN")
+    return f"{what}; run evalbox as root with CAP_SYS_ADMIN for the jail"
+
+
+def _jail_mode(privileged: bool, sys_admin: bool) -> tuple[bool, bool, str]:
+    """(jail, in a user namespace, why not): root with CAP_SYS_ADMIN builds the jail directly; an
+    unprivileged caller in a user namespace of its own where the host allows it (tried for real)."""
+    if os.environ.get("EVALBOX_JAIL", "1") == "0":
+        return False, False, "EVALBOX_JAIL=0 turns it off; unset it for the jail"
+    if privileged and sys_admin:
+        return True, False, ""
+    if os.geteuid() == 0:
+        return False, False, ("root without CAP_SYS_ADMIN (a container): no namespaces can be made; run the "
+                              "container with --cap-add SYS_ADMIN --security-opt apparmor=unconfined (Docker) "
+                              "for the jail")
+    from evalbox.kernel import _spawn
+
+    step, err = _spawn.probe_user_namespace()
+    if step == 0:
+        return True, True, ""
+    return False, False, why_no_user_namespace(step, err)
+
+
 @functools.cache
 def probe() -> Host:
     effective = caps.effective()
@@ -79,6 +140,7 @@ def probe() -> Host:
     seccomp = _seccomp_available()
     cgroups.sweep_stale()
     workspace.sweep_stale()
+    jail, jail_userns, no_jail_reason = _jail_mode(privileged, sys_admin)
     return Host(
         kernel=platform.release(),
         arch=native_arch(),
@@ -92,5 +154,7 @@ def probe() -> Host:
         user_namespaces=_user_namespaces(),
         private_shm=privileged and sys_admin and os.path.isdir("/dev/shm"),
         has_setpcap=bool(effective >> caps.CAP_SETPCAP & 1),
-        jail=privileged and sys_admin and os.environ.get("EVALBOX_JAIL", "1") != "0",
+        jail=jail,
+        jail_userns=jail_userns,
+        no_jail_reason=no_jail_reason,
     )

@@ -407,7 +407,8 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
             raise UnsupportedKernel("no pids cgroup to bound processes of a root sandbox; mount the pids controller")
         rlimits, rlimit_names, memory_how, pids_how = _rlimits(plan, host, uid if uid >= 0 else os.getuid(), use_mem, use_pids)
 
-        jail_flags = jail.clone_flags(plan) if host.jail else 0
+        jail_flags = jail.clone_flags(plan, host.jail_userns) if host.jail else 0
+        in_userns = bool(jail_flags & namespaces.CLONE_NEWUSER)
         # (in the jail the pseudo-terminals are a devpts instance of its own; the run's cgroup
         # directory is not in its root)
         rules = filesystem.path_rules(plan, ws.root, runtime, own_uid=uid >= 0 and not jail_flags,
@@ -423,7 +424,7 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
         # process group.
         group_only = group is None and uid < 0 and not jail_flags
         private_net = bool(jail_flags) and not plan.network
-        if private_net:
+        if private_net and not in_userns:  # (in a user namespace the init gets a fresh one)
             netns_fd = netns.acquire()
         magic = 0
         routing = None
@@ -460,7 +461,8 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
                                     identity=[(t, _read(s)) for t, _, s in identity], shm_inodes=PRIVATE_SHM_INODES)
             # (a plan that collects binds the host's work/ directory: only a root built per run, in
             # a namespace where that host path is still visible, can do so)
-            if jail.shareable(extras, ws.root) and not plan.collect:
+            # (nor can a user namespace's init copy a template: it holds no capability over it)
+            if jail.shareable(extras, ws.root) and not plan.collect and not in_userns:
                 template = templates.template_fd(system + extras, stamp)
             if template >= 0:
                 jail_flags &= ~namespaces.CLONE_NEWNS  # the template's copy is the mount namespace
@@ -485,7 +487,8 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
             overlays += _exposure_overlays(outside, named)
         private_shm = host.private_shm
 
-        has_setpcap = host.has_setpcap
+        # (in its user namespace the program holds every capability until its lockdown drops them)
+        has_setpcap = host.has_setpcap or in_userns
         scope_names = []
         if landlock.scopes(host.landlock_abi):
             scope_names = ["abstract_unix_socket", "signal"]
@@ -507,13 +510,15 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
             no_new_privs=True,
             capabilities="all dropped, bounding set cleared" if has_setpcap else "all dropped (none were held)",
             securebits="locked (noroot, no_setuid_fixup, keep_caps, no_cap_ambient_raise)" if has_setpcap else "not needed (no capabilities)",
-            identity=f"uid/gid {uid} (own uid per sandbox; host is root)" if uid >= 0 else f"caller's uid {os.getuid()}",
+            identity=f"uid/gid {uid} (own uid per sandbox; host is root)" if uid >= 0 else
+            f"caller's uid {os.getuid()}" + (", mapped to itself in the jail's user namespace" if in_userns else ""),
             cgroup=f"v{host.cgroup.version}: {', '.join(sorted(set(group.dirs)))}" if group else "none",
             processes=pids_how,
             memory=memory_how,
             rlimits=tuple(rlimit_names),
             weakened=tuple(f"syscall {n} allowed unconditionally" for n in plan.syscalls.allow),
-            view=jail.VIEW if jail_flags else jail.NO_VIEW,
+            view=(jail.VIEW + (" (in a user namespace of its own)" if in_userns else "")) if jail_flags else
+            jail.no_view(host.no_jail_reason),
             disk=f"workspace tmpfs of {plan.disk} bytes, {jail.inode_limit(plan.disk)} files and directories"
             if jail_flags and plan.disk else
             "not bounded (no jail): max_file_size bounds each file" + (", the memory cgroup the workspace's pages"

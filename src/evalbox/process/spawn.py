@@ -23,7 +23,7 @@ STEPS = {
     13: "switch gid", 14: "switch uid", 15: "drop capabilities", 16: "set no_new_privs",
     17: "apply Landlock", 18: "install the seccomp filter", 19: "hand over the notify listener", 20: "exec",
     21: "set up the private mounts (/dev/shm, hidden paths)", 22: "set up the jail's namespaces", 23: "build the jail's root",
-    24: "make the process dumpable again (warm run)",
+    24: "make the process dumpable again (warm run)", 25: "map your uid and gid into the jail's user namespace",
 }
 STEP_LANDLOCK, STEP_SECCOMP, STEP_EXEC = 17, 18, 20
 
