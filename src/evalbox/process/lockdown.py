@@ -426,6 +426,10 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
         private_net = bool(jail_flags) and not plan.network
         if private_net and not in_userns:  # (in a user namespace the init gets a fresh one)
             netns_fd = netns.acquire()
+        # (in a user namespace's jail the caller's own files are reachable only through read-only
+        # binds, where metadata changes fail anyway, or writable mounts the plan grants; and only
+        # the sandbox's own processes have pids: the same-uid rules have nothing left to guard)
+        same_uid = uid < 0 and not in_userns
         magic = 0
         routing = None
         if plan.notify is not NotifyMode.DISABLED:
@@ -438,7 +442,7 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
             # (Output.blocked_syscall), a same-uid sandbox's path metadata changes are done inside
             # its workspace, and the plan's intercepts reach its supervisor.
             routing = seccomp_policy.routing(plan.network, plan.syscalls.allow, plan.syscalls.deny, host.arch,
-                                             group_only=group_only, same_uid=uid < 0,
+                                             group_only=group_only, same_uid=same_uid,
                                              intercept=plan.intercept if magic else (), magic=magic,
                                              large_map=seccomp_policy.large_map_threshold(plan.memory)
                                              if plan.memory is not None and not use_mem else 0,
@@ -447,7 +451,7 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
             filters = [(program, seccomp_notify.FILTER_FLAG_NEW_LISTENER)]
         else:
             program = seccomp_policy.program(plan.network, plan.syscalls.allow, plan.syscalls.deny, host.arch,
-                                             group_only=group_only, same_uid=uid < 0, private_net=private_net,
+                                             group_only=group_only, same_uid=same_uid, private_net=private_net,
                                              private_root=bool(jail_flags))
             filters = [(program, 0)]
         overlays = []
