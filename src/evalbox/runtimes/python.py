@@ -113,7 +113,7 @@ def find_interpreter(path: str | None = None, packages_from: str | None = None) 
             )
         path = env_python
     if path is None:
-        return _this_interpreter()
+        return _reachable_default(_this_interpreter())
     path = os.fspath(path)
     if "/" not in path:  # a bare name is found as the sandbox would find it
         try:
@@ -130,6 +130,68 @@ def find_interpreter(path: str | None = None, packages_from: str | None = None) 
     if not os.access(path, os.X_OK):
         raise CommandNotFound(f"interpreter {path} is not executable; {INSTALL}")
     return _probe(path, (st.st_dev, st.st_ino, st.st_mtime_ns))
+
+
+def _hidden(interp: Interpreter) -> str | None:
+    """A directory the sandbox's uid cannot search above the interpreter or its prefixes, where
+    this host can neither bind them in (no mount namespace) nor run the sandbox as the caller."""
+    from evalbox.process.host import probe
+    from evalbox.process.lockdown import hidden_ancestor
+
+    host = probe()
+    if not host.switches_uid or host.private_shm or host.jail:
+        return None  # the sandbox runs as the caller, or the paths are bound into its own namespace
+    for path in (os.path.realpath(interp.executable), *interp.roots):
+        top = hidden_ancestor(path)
+        if top is not None:
+            return top
+    return None
+
+
+FALLBACK_DIRS = ("/usr/local/bin", "/usr/bin")
+
+
+def _mode(path: str) -> str:
+    import stat
+
+    return f"mode {stat.filemode(os.stat(path).st_mode)}"
+
+
+@functools.cache
+def _reachable_default(interp: Interpreter) -> Interpreter:
+    """The default interpreter, or, where sandboxes cannot reach it (root without CAP_SYS_ADMIN, as
+    in a default Docker container, with a Python under /root), a system Python they can: the same
+    version first. Its packages are the system's, not the caller's: said once as a warning."""
+    top = _hidden(interp)
+    if top is None:
+        return interp
+    major, minor = interp.version
+    names = [f"python{major}.{minor}", "python3"]
+    for name in names:
+        for d in FALLBACK_DIRS:
+            candidate = os.path.join(d, name)
+            if not os.access(candidate, os.X_OK):
+                continue
+            try:
+                st = os.stat(candidate)
+                other = _probe(candidate, (st.st_dev, st.st_ino, st.st_mtime_ns))
+            except (OSError, ValidationError):
+                continue
+            if _hidden(other) is None:
+                import warnings
+
+                warnings.warn(
+                    f"evalbox.python runs {candidate} (Python {other.version[0]}.{other.version[1]}, the system's "
+                    f"packages): sandboxes here run as their own uid and cannot reach {interp.executable} below {top} "
+                    f"({_mode(top)}), and this host cannot bind it into them (root without CAP_SYS_ADMIN, as in a "
+                    f"container). For your own environment, install it where other users can read it (e.g. /opt), "
+                    f"or chmod o+x {top}; or pass interpreter=", RuntimeWarning, stacklevel=3)
+                return other
+    raise CommandNotFound(
+        f"sandboxes here run as their own uid and cannot reach {interp.executable} below {top} ({_mode(top)}); this "
+        "host cannot bind it into them (root without CAP_SYS_ADMIN, as in a container) and has no system Python "
+        f"they can run; {INSTALL}, install your environment where other users can read it (e.g. /opt), or "
+        f"chmod o+x {top}")
 
 
 # What `warm=None` (the default) means: True unless changed here (tests run both ways).
