@@ -65,6 +65,15 @@ def _simulate(prefix: list[str], sim_args: list[str]) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
+def _subreaper_script() -> str:
+    """The jail tests' subreaper caller (forking, killed descendants, then a run that forks)."""
+    import re
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "escape",
+                           "test_escape_jail.py")) as f:
+        return re.search(r'SUBREAPER_CALLER = r"""(.*?)"""', f.read(), re.S).group(1)
+
+
 def _system_python() -> bool:
     return any(os.access(p, os.X_OK) for p in ("/usr/local/bin/python3", "/usr/bin/python3"))
 
@@ -99,6 +108,18 @@ def test_root_in_a_default_docker_container():
         assert seen["python"][0] == "ERROR" and "install Python 3" in seen["python"][1], seen["python"]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="simulating root in a default Docker container needs root: run the "
+                    "suite as root, as .ci/run's last step does")
+@pytest.mark.skipif(not shutil.which("unshare") or not shutil.which("setpriv"),
+                    reason="needs unshare and setpriv (apt-get install util-linux)")
+def test_subreaper_caller_in_a_default_docker_container_gets_no_zombies():
+    # no jail there: the run's orphans are reparented to the caller (a container's PID 1 is a
+    # subreaper of sorts), which evalbox reaps after each run
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, SIM, "--", sys.executable,
+                           "-c", _subreaper_script()], capture_output=True, timeout=300)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="an unprivileged caller's fallback: runs in the unprivileged leg "
                     "of .ci/run (uid 65534); as root the jail needs no user namespace")
 def test_unprivileged_caller_where_user_namespaces_are_refused():
@@ -113,6 +134,14 @@ def test_unprivileged_caller_where_user_namespaces_are_refused():
     status, stdout, _ = seen["run"]
     assert status == "EXITED" and stdout == f"{os.getuid()}\nhi\n"
     assert seen["python"][:2] == ["EXITED", "42 3\n"], seen["python"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="an unprivileged caller's fallback: runs in the unprivileged leg "
+                    "of .ci/run (uid 65534)")
+def test_subreaper_caller_where_user_namespaces_are_refused_gets_no_zombies():
+    done = subprocess.run([sys.executable, SIM, "--userns-only", "--", sys.executable, "-c", _subreaper_script()],
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="runs in the unprivileged leg of .ci/run (uid 65534)")

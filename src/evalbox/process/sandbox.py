@@ -12,7 +12,7 @@ import signal
 import time
 
 from evalbox.policy.plan import WORK_DIR, Plan
-from evalbox.process import warm, watchdog
+from evalbox.process import orphans, warm, watchdog
 from evalbox.process.collect import COLLECT_BUDGET, collect
 from evalbox.process.host import Host
 from evalbox.process.lockdown import Lockdown, prepare
@@ -307,6 +307,11 @@ class Sandbox:
                 except OSError:
                     pass
                 setattr(self, name, -1)
+        # Without the jail, a caller that is a subreaper or PID 1 inherited the run's orphans:
+        # reap their zombies (before the uid is given up: nothing of it may persist).
+        leader = getattr(self, "pid", 0)
+        if not self.lock.jail_flags and leader > 0 and orphans.caller_adopts():
+            orphans.reap(self.lock.uid, leader)
         # Order matters if the caller dies midway: the guard may only forget the run once its
         # processes, cgroup and workspace are gone, and the uid lease is given up last of all.
         self.lock.close(keep_uid=True)
