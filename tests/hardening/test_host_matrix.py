@@ -166,3 +166,19 @@ def test_unprivileged_caller_gets_the_jail_where_user_namespaces_are_allowed():
     # the program cannot make namespaces of its own (seccomp), though its init could
     nested = evalbox.run(["unshare", "-U", "-r", "true"])
     assert not nested.success
+    # RLIMIT_NPROC counts per user namespace: max_pids is exact, whatever else runs as this uid
+    forks = textwrap.dedent("""
+        import os, time
+        n = 0
+        try:
+            while n < 100:
+                if os.fork() == 0:
+                    time.sleep(3)
+                    os._exit(0)
+                n += 1
+        except OSError:
+            pass
+        print(n)
+    """)
+    bounded = evalbox.run(["/usr/bin/python3", "-I", "-S", "-c", forks], max_pids=5, timeout=20)
+    assert bounded.stdout == b"4\n", (bounded.stdout, bounded.stderr)  # the program and 4 children

@@ -158,7 +158,7 @@ def _below(paths: list[str], top: str) -> list[str]:
 
 
 def _take_pid_reservation(plan: Plan, host: Host, use_cgroup_pids: bool) -> int:
-    if host.switches_uid or use_cgroup_pids or plan.max_pids is None:
+    if host.switches_uid or host.jail_userns or use_cgroup_pids or plan.max_pids is None:
         return 0
     _reserve_pids(plan.max_pids)
     return plan.max_pids
@@ -234,7 +234,8 @@ def check_floor(host: Host) -> None:
         )
 
 
-def _rlimits(plan: Plan, host: Host, uid: int, use_cgroup_memory: bool, use_cgroup_pids: bool) -> tuple[list[tuple[int, int, int]], list[str], str, str]:
+def _rlimits(plan: Plan, host: Host, uid: int, use_cgroup_memory: bool, use_cgroup_pids: bool,
+             in_userns: bool = False) -> tuple[list[tuple[int, int, int]], list[str], str, str]:
     limits: list[tuple[int, int, int]] = [(resource.RLIMIT_CORE, 0, 0)]
     if plan.max_open_files is not None:
         limits.append((resource.RLIMIT_NOFILE, plan.max_open_files, plan.max_open_files))
@@ -255,6 +256,9 @@ def _rlimits(plan: Plan, host: Host, uid: int, use_cgroup_memory: bool, use_cgro
     if plan.max_pids is not None:
         if host.switches_uid:
             limits.append((resource.RLIMIT_NPROC, plan.max_pids, plan.max_pids))
+        elif in_userns:
+            # counted per user namespace: the run's own processes only, its init included
+            limits.append((resource.RLIMIT_NPROC, plan.max_pids + 1, plan.max_pids + 1))
         else:
             # RLIMIT_NPROC counts every process of the uid, whichever sandbox (or host program)
             # runs it: leave room for the ones already running and for what every sandbox of
@@ -265,6 +269,8 @@ def _rlimits(plan: Plan, host: Host, uid: int, use_cgroup_memory: bool, use_cgro
             pids_how = f"cgroup v{host.cgroup.version} pids.max on the whole tree, and RLIMIT_NPROC"
         elif host.switches_uid:
             pids_how = "RLIMIT_NPROC of the sandbox's own uid"
+        elif in_userns:
+            pids_how = "RLIMIT_NPROC in the run's own user namespace (counts its processes only)"
         else:
             pids_how = ("RLIMIT_NPROC of your uid, raised by its current process count and the max_pids of the "
                         "other running sandboxes (shared headroom: no cgroup)")
@@ -405,7 +411,8 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
         use_pids = group is not None and "pids" in group.dirs
         if host.switches_uid and plan.max_pids is not None and not use_pids and not host.switches_uid:
             raise UnsupportedKernel("no pids cgroup to bound processes of a root sandbox; mount the pids controller")
-        rlimits, rlimit_names, memory_how, pids_how = _rlimits(plan, host, uid if uid >= 0 else os.getuid(), use_mem, use_pids)
+        rlimits, rlimit_names, memory_how, pids_how = _rlimits(plan, host, uid if uid >= 0 else os.getuid(), use_mem, use_pids,
+                                                               in_userns=host.jail and host.jail_userns)
 
         jail_flags = jail.clone_flags(plan, host.jail_userns) if host.jail else 0
         in_userns = bool(jail_flags & namespaces.CLONE_NEWUSER)
