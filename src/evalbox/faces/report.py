@@ -64,7 +64,8 @@ def host_report() -> dict[str, Any]:
     pids = host.cgroup.version and "pids" in host.cgroup.controllers
     defaults = {
         "files": "system trees read-only, narrow /etc, /proc read-only, workspace read-write",
-        "network": "off (seccomp: Unix stream socket pairs only, no connect/bind/listen; Landlock TCP deny)",
+        "network": "off (private network namespace with only its own loopback)" if host.jail else
+        "off (seccomp: Unix stream socket pairs only, no connect/bind/listen; Landlock TCP deny)",
         "memory": f"{plan_defaults.DEFAULT_MEMORY} via " + ("memory cgroup (whole tree)" if mem else
                    "RLIMIT_AS per process: address space, not resident memory; node and go need 1G and get it "
                    "by default (an explicit smaller memory= is refused), the JVM (17) needs about 4G")
@@ -74,6 +75,7 @@ def host_report() -> dict[str, Any]:
         "processes": f"{plan_defaults.DEFAULT_MAX_PIDS} via "
         + ("pids cgroup (whole tree)" if pids else
            "RLIMIT_NPROC of the sandbox's own uid" if host.switches_uid else
+           "RLIMIT_NPROC in the run's own user namespace (its processes only)" if host.jail_userns else
            "RLIMIT_NPROC of your uid plus its current process count (approximate)"),
         "time": f"{plan_defaults.DEFAULT_TIMEOUT:g}s wall clock; CPU time when asked "
         + ("(whole tree via cpuacct)" if host.cgroup.version else "(RLIMIT_CPU per process)"),
