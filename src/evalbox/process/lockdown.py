@@ -212,6 +212,13 @@ def _check_other_access(path: str, writable: bool, can_expose: bool) -> None:
         )
 
 
+def _opens_on_behalf(plan: Plan) -> bool:
+    """Will a supervisor open files with the program's rights (process/opener.py)?"""
+    from evalbox.process.supervisor import SOUND_CALLS
+
+    return plan.notify in (NotifyMode.SUPERVISE, NotifyMode.MONITOR) and bool(SOUND_CALLS & set(plan.intercept))
+
+
 def check_floor(host: Host) -> None:
     """Fail closed when the kernel lacks a layer every run depends on."""
     if not host.seccomp:
@@ -415,6 +422,14 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
                                                                in_userns=host.jail and host.jail_userns)
 
         jail_flags = jail.clone_flags(plan, host.jail_userns) if host.jail else 0
+        no_jail_reason = host.no_jail_reason
+        if jail_flags & namespaces.CLONE_NEWUSER and _opens_on_behalf(plan):
+            # the files a supervisor opens for the program are resolved in the program's mount
+            # namespace, which a caller without capabilities cannot join when a user namespace owns it
+            jail_flags = 0
+            no_jail_reason = ("supervised opens (notify with open, stat, access or exec calls intercepted) are done in "
+                              "the program's mount namespace, which an unprivileged caller cannot join; "
+                              "intercept other calls, or run as root, for the jail")
         in_userns = bool(jail_flags & namespaces.CLONE_NEWUSER)
         # (in the jail the pseudo-terminals are a devpts instance of its own; the run's cgroup
         # directory is not in its root)
@@ -529,7 +544,7 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
             rlimits=tuple(rlimit_names),
             weakened=tuple(f"syscall {n} allowed unconditionally" for n in plan.syscalls.allow),
             view=(jail.VIEW + (" (in a user namespace of its own)" if in_userns else "")) if jail_flags else
-            jail.no_view(host.no_jail_reason),
+            jail.no_view(no_jail_reason),
             disk=f"workspace tmpfs of {plan.disk} bytes, {jail.inode_limit(plan.disk)} files and directories"
             if jail_flags and plan.disk else
             "not bounded (no jail): max_file_size bounds each file" + (", the memory cgroup the workspace's pages"

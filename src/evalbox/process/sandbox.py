@@ -230,9 +230,10 @@ class Sandbox:
         peak = group.peak_memory() if group is not None else None
         if peak is not None:
             return peak
+        # (in a jail the init's record covers the program's processes only, but the program's
+        # first process shared the caller's memory until its exec there too, and the kernel
+        # counts that peak in its maxrss)
         rss = self.rusage.ru_maxrss * 1024
-        if self.lock.jail_flags:
-            return rss  # the init's record: the program's processes only
         return rss if rss > self.caller_peak_rss else 0
 
     def output(self) -> Output:
