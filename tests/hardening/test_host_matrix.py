@@ -182,3 +182,9 @@ def test_unprivileged_caller_gets_the_jail_where_user_namespaces_are_allowed():
     """)
     bounded = evalbox.run(["/usr/bin/python3", "-I", "-S", "-c", forks], max_pids=5, timeout=20)
     assert bounded.stdout == b"4\n", (bounded.stdout, bounded.stderr)  # the program and 4 children
+    # a supervisor that opens files for the program needs its mount namespace, which this caller
+    # cannot join: such a run goes without the jail, and says so
+    supervised = evalbox.run(["cat", "/etc/hostname"], notify=evalbox.NotifyMode.MONITOR, intercept=["openat"])
+    assert supervised.success, supervised.stderr
+    assert supervised.protections.view.startswith("no jail (supervised opens"), supervised.protections.view
+    assert "user" not in supervised.protections.namespaces

@@ -170,8 +170,8 @@ def _below(paths: list[str], top: str) -> list[str]:
     return [p for i, p in enumerate(inside) if not any(p.startswith(q + "/") for q in inside[:i])]
 
 
-def _take_pid_reservation(plan: Plan, host: Host, use_cgroup_pids: bool) -> int:
-    if host.switches_uid or host.jail_userns or use_cgroup_pids or plan.max_pids is None:
+def _take_pid_reservation(plan: Plan, host: Host, use_cgroup_pids: bool, in_userns: bool = False) -> int:
+    if host.switches_uid or in_userns or use_cgroup_pids or plan.max_pids is None:
         return 0
     _reserve_pids(plan.max_pids)
     return plan.max_pids
@@ -416,6 +416,13 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
         runtime = runtime_files(executable, env_path=env["PATH"], ld_library_path=env.get("LD_LIBRARY_PATH", ""),
                                 untrusted=untrusted)
 
+        # the files a supervisor opens for the program are resolved in the program's mount namespace,
+        # which a caller without capabilities cannot join when a user namespace owns it
+        userns_refused = host.jail and host.jail_userns and _opens_on_behalf(plan)
+        no_jail_reason = ("supervised opens (notify with open, stat, access or exec calls intercepted) are done in "
+                          "the program's mount namespace, which an unprivileged caller cannot join; intercept "
+                          "other calls, or run as root, for the jail") if userns_refused else host.no_jail_reason
+        userns_jail = host.jail and host.jail_userns and not userns_refused
         want = {c for c, needed in (("memory", plan.memory), ("pids", plan.max_pids)) if needed is not None}
         extra_pids, extra_memory = 0, 0
         if slot_group is not None:
@@ -432,17 +439,9 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
         if host.switches_uid and plan.max_pids is not None and not use_pids and not host.switches_uid:
             raise UnsupportedKernel("no pids cgroup to bound processes of a root sandbox; mount the pids controller")
         rlimits, rlimit_names, memory_how, pids_how = _rlimits(plan, host, uid if uid >= 0 else os.getuid(), use_mem, use_pids,
-                                                               in_userns=host.jail and host.jail_userns)
+                                                               in_userns=userns_jail)
 
-        jail_flags = jail.clone_flags(plan, host.jail_userns) if host.jail else 0
-        no_jail_reason = host.no_jail_reason
-        if jail_flags & namespaces.CLONE_NEWUSER and _opens_on_behalf(plan):
-            # the files a supervisor opens for the program are resolved in the program's mount
-            # namespace, which a caller without capabilities cannot join when a user namespace owns it
-            jail_flags = 0
-            no_jail_reason = ("supervised opens (notify with open, stat, access or exec calls intercepted) are done in "
-                              "the program's mount namespace, which an unprivileged caller cannot join; "
-                              "intercept other calls, or run as root, for the jail")
+        jail_flags = jail.clone_flags(plan, host.jail_userns) if host.jail and not userns_refused else 0
         in_userns = bool(jail_flags & namespaces.CLONE_NEWUSER)
         # (in the jail the pseudo-terminals are a devpts instance of its own; the run's cgroup
         # directory is not in its root)
@@ -594,7 +593,7 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
             cgroup_fds=group.open_procs() if group is not None and slot_group is None else [],
             uid_lease=lease,
             owns_cgroup=slot_group is None,
-            pids_reserved=_take_pid_reservation(plan, host, use_pids),
+            pids_reserved=_take_pid_reservation(plan, host, use_pids, in_userns),
         )
     except BaseException:
         if template >= 0:
