@@ -53,6 +53,11 @@ SCRIPT = textwrap.dedent(r"""
         except evalbox.SandboxError as e:
             result["python"] = ["ERROR", str(e), ""]
     result["python_warning"] = " ".join(str(w.message) for w in caught)
+    # a call evalbox answers on the program's behalf, reading its memory (a root caller without
+    # CAP_SYS_PTRACE reads a sandbox of another uid by taking on that uid's file-system ids)
+    memfd = evalbox.run(["/usr/bin/python3", "-I", "-S", "-c",
+                         "import os; fd = os.memfd_create('x'); os.write(fd, b'ok'); print(os.pread(fd, 2, 0).decode())"])
+    result["memfd"] = [memfd.status.name, memfd.stdout.decode(), memfd.stderr.decode()[-300:]]
     print("RESULT " + json.dumps(result))
 """)
 
@@ -99,6 +104,7 @@ def test_root_in_a_default_docker_container():
     assert seen["shadow"] is False
     # no pids cgroup (cgroupfs is read-only): the sandbox's own uid's RLIMIT_NPROC bounds a fork loop
     assert seen["bomb"] == ["EXITED", True], seen["bomb"]
+    assert seen["memfd"][:2] == ["EXITED", "ok\n"], seen["memfd"]
     # evalbox.python works: this Python lives under /root (mode 0700), which a sandbox uid cannot
     # search, and nothing can be bound here; a system Python runs instead, and the user is told
     if _system_python():
