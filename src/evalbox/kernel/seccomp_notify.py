@@ -131,13 +131,14 @@ SYS_SETFSUID = {"x86_64": 122, "aarch64": 151}
 SYS_SETFSGID = {"x86_64": 123, "aarch64": 152}
 
 
-def _open_mem(pid: int, flags: int) -> int:
-    """/proc/<pid>/mem of a target. A root caller without CAP_SYS_PTRACE (a container's default
-    set) may not open it for a sandbox of another uid; it takes on that uid and gid as its
-    file-system ids for the open alone (per thread, raw calls: nothing else of the caller
-    changes), as the kernel's same-ids rule then allows."""
+def _as_target(pid: int, call):  # type: ignore[no-untyped-def]
+    """call() on a file of /proc/<pid> (its mem, cwd, root, fds: ptrace-checked). A root caller
+    without CAP_SYS_PTRACE (a container's default set) may not use them for a sandbox of another
+    uid; it then takes on that process's uid and gid as its file-system ids for this one call
+    (per thread, raw calls: nothing else of the caller changes), as the kernel's same-ids rule
+    then allows."""
     try:
-        return os.open(f"/proc/{pid}/mem", flags | os.O_CLOEXEC)
+        return call()
     except PermissionError:
         if os.geteuid() != 0:
             raise
@@ -148,10 +149,24 @@ def _open_mem(pid: int, flags: int) -> int:
     _spawn.syscall(SYS_SETFSGID[arch], st.st_gid)
     _spawn.syscall(SYS_SETFSUID[arch], st.st_uid)
     try:
-        return os.open(f"/proc/{pid}/mem", flags | os.O_CLOEXEC)
+        return call()
     finally:
         _spawn.syscall(SYS_SETFSUID[arch], 0)
         _spawn.syscall(SYS_SETFSGID[arch], 0)
+
+
+def proc_open(pid: int, name: str, flags: int) -> int:
+    """os.open of /proc/<pid>/<name> (close-on-exec), see _as_target."""
+    return _as_target(pid, lambda: os.open(f"/proc/{pid}/{name}", flags | os.O_CLOEXEC))
+
+
+def proc_readlink(pid: int, name: str) -> str:
+    """os.readlink of /proc/<pid>/<name>, see _as_target."""
+    return _as_target(pid, lambda: os.readlink(f"/proc/{pid}/{name}"))
+
+
+def _open_mem(pid: int, flags: int) -> int:
+    return proc_open(pid, "mem", flags)
 
 
 def read_string(pid: int, address: int, limit: int = 4096) -> bytes | None:

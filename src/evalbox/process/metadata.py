@@ -110,12 +110,12 @@ def _emulate(listener: int, n: sn.Notification, name: str, workspace: str | None
         raise OSError(errno.ENOENT, "empty path")
     absolute = raw.startswith(b"/")
     if absolute:
-        base_link = f"/proc/{n.pid}/root"
+        base_link = "root"
     elif dirfd == AT_FDCWD:
-        base_link = f"/proc/{n.pid}/cwd"
+        base_link = "cwd"
     else:
-        base_link = f"/proc/{n.pid}/fd/{dirfd}"
-    base = os.open(base_link, os.O_PATH | os.O_CLOEXEC)
+        base_link = f"fd/{dirfd}"
+    base = sn.proc_open(n.pid, base_link, os.O_PATH)
     try:
         # opened first, checked after: a reused pid cannot lend us another process's directory
         if not sn.still_valid(listener, n.id):
@@ -152,7 +152,7 @@ def _open_own_fd(listener: int, n: sn.Notification, fd: int, workspace: str) -> 
     workspace: its current name (from /proc) must lead, through a directory inside the
     workspace, to this very inode (a hard link from outside cannot exist: Landlock refuses
     linking a file where it would gain rights)."""
-    target = os.open(f"/proc/{n.pid}/fd/{fd}", os.O_PATH | os.O_CLOEXEC)  # (the magic link leads to the file itself)
+    target = sn.proc_open(n.pid, f"fd/{fd}", os.O_PATH)  # (the magic link leads to the file itself)
     try:
         if not sn.still_valid(listener, n.id):
             raise OSError(errno.ESRCH, "caller gone")
@@ -161,11 +161,11 @@ def _open_own_fd(listener: int, n: sn.Notification, fd: int, workspace: str) -> 
             if _below(target, workspace, n.pid):
                 return target
             raise OSError(errno.EPERM, "outside the workspace")
-        name = os.readlink(f"/proc/{n.pid}/fd/{fd}").encode("utf-8", "surrogateescape")
+        name = sn.proc_readlink(n.pid, f"fd/{fd}").encode("utf-8", "surrogateescape")
         parent, _, last = name.rpartition(b"/")
         if not name.startswith(b"/") or not last:
             raise OSError(errno.EPERM, "no name")
-        root = os.open(f"/proc/{n.pid}/root", os.O_PATH | os.O_CLOEXEC)
+        root = sn.proc_open(n.pid, "root", os.O_PATH)
         try:
             dir_fd = sn.openat2(root, parent or b"/", os.O_PATH | os.O_DIRECTORY, 0,
                                 RESOLVE_IN_ROOT | sn.RESOLVE_NO_MAGICLINKS)
@@ -231,7 +231,7 @@ def _below(dir_fd: int, workspace: str, pid: int = 0) -> bool:
         # and as the program sees it: the jail gives it a workspace of its own (a tmpfs at the
         # same path, in its mount namespace)
         try:
-            root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_CLOEXEC)
+            root = sn.proc_open(pid, "root", os.O_PATH)
             try:
                 ws_fd = sn.openat2(root, workspace.encode(), os.O_PATH | os.O_DIRECTORY, 0,
                                    RESOLVE_IN_ROOT | sn.RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS)

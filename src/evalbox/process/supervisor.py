@@ -288,9 +288,9 @@ class Supervision:
 
     def _base_path(self, name: str, n: sn.Notification) -> str | None:
         dirfd = _int32(n.args[0]) if name in DIRFD_CALLS else AT_FDCWD
-        link = f"/proc/{n.pid}/cwd" if dirfd == AT_FDCWD else f"/proc/{n.pid}/fd/{dirfd}"
+        link = "cwd" if dirfd == AT_FDCWD else f"fd/{dirfd}"
         try:
-            return os.readlink(link)
+            return sn.proc_readlink(n.pid, link)
         except OSError:
             return None
 
@@ -370,8 +370,8 @@ class Supervision:
             if raw.startswith(b"/"):
                 raw = self._self_rewrite(raw, n.pid)
             elif raw or flags & AT_EMPTY_PATH:
-                link = f"/proc/{n.pid}/cwd" if dirfd == AT_FDCWD else f"/proc/{n.pid}/fd/{dirfd}"
-                base = os.open(link, os.O_PATH | os.O_CLOEXEC)  # the program's own directory (or fd)
+                link = "cwd" if dirfd == AT_FDCWD else f"fd/{dirfd}"
+                base = sn.proc_open(n.pid, link, os.O_PATH)  # the program's own directory (or fd)
                 fds.append(base)
                 base_path = opener.real_path(base)
                 textual = _normal(os.path.join(base_path, textual)) if textual else base_path
@@ -593,9 +593,9 @@ class Supervision:
             return None
         # relative to a directory: is that directory one we handed out (inside a host root)?
         dirfd = _int32(req.args[0]) if req.syscall in DIRFD_CALLS else AT_FDCWD
-        link = f"/proc/{req.pid}/cwd" if dirfd == AT_FDCWD else f"/proc/{req.pid}/fd/{dirfd}"
+        link = "cwd" if dirfd == AT_FDCWD else f"fd/{dirfd}"
         try:
-            base = os.readlink(link)
+            base = sn.proc_readlink(req.pid, link)
         except OSError:
             return None
         for _, host, fd in self.roots:
