@@ -19,7 +19,7 @@ import pytest
 import evalbox
 from evalbox.process.host import probe
 from escape_kit import snapshot
-from portability import known_nonroot_gap
+from portability import known_nonroot_gap_without_jail
 
 READ_ERRNOS = {"EACCES", "EPERM", "ENOENT"}  # ENOENT: hidden entirely is fine for reads
 # EXDEV is Landlock's answer to a link or rename that would need the REFER right; the tests that
@@ -114,7 +114,8 @@ def test_proc_environ_of_host_process(box, sleeper):
     r.blocked_how("read", READ_ERRNOS | {"ESRCH"})
 
 
-@known_nonroot_gap("a sandbox sharing the caller's uid can list /proc/<caller>/fd (its environ and memory stay unreadable)")
+@known_nonroot_gap_without_jail("a sandbox sharing the caller's uid can list /proc/<caller>/fd (its environ and memory "
+                                "stay unreadable)")
 def test_proc_files_of_the_caller(box):
     """The test runner's own environment (CI secrets live there), memory map, memory and fds."""
     pid = os.getpid()
