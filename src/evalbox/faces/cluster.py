@@ -13,6 +13,12 @@ data (`Plan.to_dict`), so a plan with `supervisor=` (a callable) cannot go: Vali
 slot. Outputs come back one by one as they finish; per-item SandboxErrors are rebuilt as their own
 class with their own message.
 
+Work that is more than one plan (a HumanEval check: a candidate and trusted tests in two
+sandboxes, relayed by the host) goes the same way as a *node job* (`iter_job`, evalbox.faces.jobs):
+the driver names a function of evalbox marked `@node_job` and sends plain data; the node actor
+imports it and runs it in a thread, within the node's slots, with sandboxes of that node. Evals
+mark their jobs without importing this module (jobs.py is tiny and imports nothing of Ray's).
+
 Nothing lost: when a node (or its actor) dies, its unfinished plans run again elsewhere, and each
 plan has exactly one result. Only the infrastructure is retried: a program that timed out or
 crashed has an Output, and an Output is final. A plan whose actors keep dying (it is tried
