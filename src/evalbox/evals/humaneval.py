@@ -27,17 +27,19 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.util
+import concurrent.futures
 import enum
 import json
 import math
 import os
+import queue
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from evalbox.errors import SandboxError, ValidationError
-from evalbox.evals.relay import GRACE, FunctionTest, candidate_plan, check_functions, iter_checks
+from evalbox.evals.relay import GRACE, FunctionTest, RelayService, candidate_plan, check_functions, iter_checks
 from evalbox.faces.jobs import node_job
 from evalbox.policy.plan import File, Mount
 
@@ -263,23 +265,59 @@ def _plain(value: Any, where: str) -> Any:
                           "(str, bytes, numbers, lists, dicts, Mount, File); run locally (no cluster=) to use it")
 
 
+_services: dict[tuple[str, int], RelayService] = {}  # (on a node actor) by limits and slots
+_services_lock = threading.Lock()
+STOP_CHECK = 0.5  # seconds between looks at a call's stop flag while it waits (only a cancelled call needs it)
+SERVICES_KEPT = 8  # relays (each with its idle trusted workers) a node keeps for different limits
+
+
+def _service(limits_data: dict[str, Any], slots: int) -> RelayService:
+    key = (repr(limits_data), slots)
+    with _services_lock:
+        service = _services.get(key)
+        if service is None:
+            for old_key, old in list(_services.items()):  # make room: drop relays nobody uses now
+                if len(_services) < SERVICES_KEPT:
+                    break
+                if old.pending == 0:
+                    del _services[old_key]
+                    old.close()
+            service = _services[key] = RelayService(slots, **limits_from_data(limits_data))
+        return service
+
+
 @node_job
-def node_checks(common: dict[str, Any], items: list[dict[str, Any]],
-                stop: threading.Event) -> Iterator[tuple[int, str]]:
+def node_checks(common: dict[str, Any], items: list[dict[str, Any]], stop: threading.Event,
+                slots: int) -> Iterator[tuple[int, str]]:
     """(On a node actor) the local relay check of each item ({"problem", "completion"}), run with
-    `common` ({"timeout", "limits"}): the same function_test and iter_checks as a local run, the
-    completion and the trusted tests in two sandboxes of this node, the verdict from the trusted
-    side only. Yields (position, result string) as each finishes; stops (killing what runs) once
-    `stop` is set."""
-    tests = [function_test(item["problem"], item["completion"], common["timeout"]) for item in items]
-    checks = iter_checks(tests, concurrency=len(tests), **limits_from_data(common["limits"]))
+    `common` ({"timeout", "limits"}): the same function_test and relay as a local run (a
+    RelayService of this node, kept for later calls with the same limits so that its trusted
+    workers are reused, at most `slots` checks at once), the completion and the trusted tests in
+    two sandboxes of this node, the verdict from the trusted side only. Yields (position, result
+    string) as each finishes; once `stop` is set, what has not started is dropped."""
+    service = _service(common["limits"], slots)
+    done: queue.SimpleQueue[concurrent.futures.Future[str]] = queue.SimpleQueue()
+    futures = []
+    for item in items:
+        future = service.submit(function_test(item["problem"], item["completion"], common["timeout"]))
+        future.add_done_callback(done.put)
+        futures.append(future)
+    position = {id(future): i for i, future in enumerate(futures)}
     try:
-        for position, result in checks:
-            yield position, result
+        for _ in futures:
+            while True:
+                try:
+                    future = done.get(timeout=STOP_CHECK)
+                    break
+                except queue.Empty:
+                    if stop.is_set():
+                        return
+            yield position[id(future)], future.result()  # (its SandboxError is raised: every item not given gets it)
             if stop.is_set():
                 return
     finally:
-        checks.close()
+        for future in futures:
+            future.cancel()  # (only those still queued)
 
 
 def pass_at_k(samples: Sequence[dict[str, Any]], results: Sequence[str], k: Sequence[int]) -> dict[str, float]:

@@ -159,7 +159,7 @@ class NodeExecutor:
 
         def work() -> None:  # (in a thread)
             try:
-                for position, value in function(common, items, stop):
+                for position, value in function(common, items, stop, slots):
                     if results[position] is None:
                         results[position] = ("ok", value)
                         self.runs += 1

@@ -25,9 +25,10 @@ def node_job(function: Callable[..., Any]) -> Callable[..., Any]:
 
     The actor finds it by name ("evalbox.<module>:<function>", imported on the node): no callable
     travels, and only functions of evalbox that carry this mark can be named. It is called in a
-    thread of the actor as `function(common, items, stop)` and yields (position in `items`, value)
-    as each item finishes: `common` and each item are the plain data the driver sent, each value
-    plain data too; it should stop early (killing what runs) once `stop` is set. A SandboxError it
+    thread of the actor as `function(common, items, stop, slots)` and yields (position in `items`,
+    value) as each item finishes: `common` and each item are the plain data the driver sent, each
+    value plain data too; `slots` is how many items the node runs at once (the actor never gives it
+    more items than are free); it should stop early once `stop` (a threading.Event) is set. A SandboxError it
     raises becomes the result of every item it had not yet given.
     """
     setattr(function, JOB_MARK, True)
