@@ -143,8 +143,8 @@ class NodeExecutor:
             return [("error", type(e).__name__, e.args, str(e))] * len(items)
         loop = asyncio.get_running_loop()
         if self._threads is None:
-            self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=max(4, self.slots + 4),
-                                                                  thread_name_prefix="evalbox-job")
+            # (threads are made as needed: each running call holds one, and at least one slot)
+            self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=1024, thread_name_prefix="evalbox-job")
         gate = self._gate(slots)
         results: list[tuple[Any, ...] | None] = [None] * len(items)
         stop = threading.Event()
@@ -153,6 +153,7 @@ class NodeExecutor:
 
         def finished() -> None:  # (on the loop) one item's slot is free for the next call
             nonlocal held
+            self.runs += 1
             if held > 0:
                 held -= 1
                 asyncio.ensure_future(gate.give(1))
@@ -162,7 +163,6 @@ class NodeExecutor:
                 for position, value in function(common, items, stop, slots):
                     if results[position] is None:
                         results[position] = ("ok", value)
-                        self.runs += 1
                         loop.call_soon_threadsafe(finished)
             except SandboxError as e:
                 for position, value in enumerate(results):
@@ -172,7 +172,7 @@ class NodeExecutor:
         try:
             await loop.run_in_executor(self._threads, work)
         finally:
-            stop.set()  # a cancelled call: the job stops and kills its sandboxes
+            stop.set()  # a cancelled call: the job gives up what has not started
             await gate.give(held)
             held = 0
         missing = [i for i, value in enumerate(results) if value is None]
