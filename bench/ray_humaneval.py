@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import tempfile
 import time
 
@@ -62,12 +63,11 @@ def main() -> None:
         def actors_cpu() -> float:
             return sum(info["cpu_seconds"] for info in ray.get([n.actor.info.remote() for n in pool.nodes.values()]))
 
-        warm = humaneval.write_jsonl(paths["warm"], samples[:20])
+        humaneval.write_jsonl(paths["warm"], samples[:20])
         humaneval.evaluate_functional_correctness(paths["warm"], k=[1], ignore_incomplete=True, progress=False,
                                                   cluster="ray")  # actors up, their imports done
         humaneval.evaluate_functional_correctness(paths["warm"], k=[1], ignore_incomplete=True, progress=False,
                                                   n_workers=2)
-        del warm
         scores = {}
         for name, kw, actors in (("local", {"n_workers": 2}, lambda: 0.0), ("ray", {"cluster": "ray"}, actors_cpu)):
             actors_before, children_before = actors(), children_cpu()
@@ -90,6 +90,7 @@ def main() -> None:
     finally:
         ray.shutdown()
         cluster.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
     if args.json:
         print(json.dumps({"machine": info, "rows": rows}, indent=2))
         return
