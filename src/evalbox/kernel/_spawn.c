@@ -60,6 +60,10 @@
 #define PR_CAP_AMBIENT_CLEAR_ALL 4
 #endif
 
+#ifndef PR_GET_TID_ADDRESS
+#define PR_GET_TID_ADDRESS 40
+#endif
+
 #define MAX_RLIMITS 16
 #define MAX_FILTERS 4
 #define MAX_CGROUP_FDS 4
@@ -890,12 +894,10 @@ struct init_args {
     char *slot;
 };
 
-static int init_main(void *arg)
+/* An init's dispositions: the default for all (the caller's or a template's handlers must never
+ * run in an init), SIGUSR1 kills the namespace. Called with every signal blocked. */
+static void init_signals(void)
 {
-    struct init_args *a = arg;
-    struct config *c = a->c;
-    char *slot = a->slot;
-    /* Signals arrive blocked (see spawn). The caller's handlers must never run here. */
     for (int sig = 1; sig < _NSIG; sig++) {
         if (sig == SIGKILL || sig == SIGSTOP)
             continue;
@@ -906,6 +908,15 @@ static int init_main(void *arg)
         sigfillset(&sa.sa_mask);
         sigaction(sig, &sa, NULL);
     }
+}
+
+static int init_main(void *arg)
+{
+    struct init_args *a = arg;
+    struct config *c = a->c;
+    char *slot = a->slot;
+    /* Signals arrive blocked (see spawn). */
+    init_signals();
     /* Dies with the caller's thread, and so does the namespace. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
         report(c, STEP_PDEATHSIG, errno);
@@ -939,6 +950,89 @@ static int init_main(void *arg)
     raw4(SYS_write, errpipe, (long)started, sizeof started, 0);
     init_reap(errpipe, program);
     return 0;
+}
+
+/* ---- the jail of a warm copy ----
+ *
+ * A warm template (warm_template.py) forks each jailed run's copy straight into fresh PID, mount
+ * (or none: it copies a template mount namespace), IPC and UTS namespaces (fork_sibling with
+ * namespace flags), so the copy is their PID 1, and the caller's child, as a cold jail's init is.
+ * The copy becomes that init here: the same namespace set-up (init_namespaces), then it forks the
+ * program's process (PID 2, a copy of the interpreter, which returns to lock itself down and run
+ * the script), reports on the caller's pipe exactly as a cold init does (STEP_STARTED and the
+ * program's pid, or the failing step; then the init_record), reaps and exits (init_reap). It never
+ * returns to Python. The program's process tells the init how its lockdown went on a pipe of
+ * their own: (step, errno) if it failed, end of file once the program runs. */
+
+/* Close every fd but `a` and `b` (a < b), with raw calls. */
+static void close_all_except(int a, int b)
+{
+    if (a > 0)
+        raw4(SYS_close_range, 0, a - 1, 0, 0);
+    if (b > a + 1)
+        raw4(SYS_close_range, a + 1, b - 1, 0, 0);
+    raw4(SYS_close_range, b + 1, ~0U, 0, 0);
+}
+
+/* Returns in the program's process only, with c->errpipe its pipe to the init; errors are
+ * reported on the caller's pipe (the copy exits 127). Signals are blocked on entry. */
+static void warm_jail_init(struct config *c, int alive_fd)
+{
+    init_signals();
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
+        report(c, STEP_PDEATHSIG, errno);
+    /* getppid() is 0 here (the parent lives outside the namespace): its pidfd says whether the
+     * caller died before the signal was armed. */
+    struct pollfd parent = {.fd = alive_fd, .events = POLLIN};
+    if (alive_fd < 0 || poll(&parent, 1, 0) != 0)
+        report(c, STEP_PARENT_GONE, ESRCH);
+    init_namespaces(c);
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC) != 0)
+        report(c, STEP_JAIL, errno);
+    int caller = c->errpipe;
+    /* The C library caches the thread id: have the kernel write the child's (2) there. */
+    int *tid_address = NULL;
+    unsigned long flags = SIGCHLD;
+    if (prctl(PR_GET_TID_ADDRESS, &tid_address, 0, 0, 0) == 0 && tid_address != NULL)
+        flags |= CLONE_CHILD_SETTID;
+    else
+        tid_address = NULL;
+    PyOS_BeforeFork();
+    long program = syscall(SYS_clone, flags, 0L, NULL, tid_address, 0L);
+    if (program == 0) {
+        PyOS_AfterFork_Child();
+        close(pipefd[0]);
+        close(caller);
+        c->errpipe = pipefd[1];
+        return;
+    }
+    if (program < 0)
+        report(c, STEP_JAIL, errno);
+    /* From here on: the init. It holds copies of the run's fds (stdio, the ruleset, the network
+     * namespace...) and the template's: keep only the two pipes. */
+    int from_program = pipefd[0];
+    close_all_except(caller < from_program ? caller : from_program, caller < from_program ? from_program : caller);
+    int msg[2];
+    long got;
+    while ((got = raw4(SYS_read, from_program, (long)msg, sizeof msg, 0)) == -EINTR)
+        ;
+    if (got == (long)sizeof msg) { /* the program's lockdown failed: pass its step on */
+        int status;
+        raw4(SYS_write, caller, (long)msg, sizeof msg, 0);
+        while (raw4(SYS_wait4, program, (long)&status, __WALL, 0) == -EINTR)
+            ;
+        for (;;)
+            raw4(SYS_exit_group, 127, 0, 0, 0);
+    }
+    raw4(SYS_close, from_program, 0, 0, 0);
+    sigset_t only_usr1;
+    sigfillset(&only_usr1);
+    sigdelset(&only_usr1, SIGUSR1);
+    raw4(SYS_rt_sigprocmask, SIG_SETMASK, (long)&only_usr1, 0, _NSIG / 8);
+    int started[2] = {STEP_STARTED, (int)program};
+    raw4(SYS_write, caller, (long)started, sizeof started, 0);
+    init_reap(caller, (pid_t)program);
 }
 
 /* ---- argument conversion (parent side, GIL held) ---- */
@@ -1419,31 +1513,43 @@ done:
 
 PyDoc_STRVAR(lockdown_self_doc,
 "lockdown_self(cwd, stdio, errpipe, parent_pid, cgroup_fds, rlimits, drop_bounding_set, last_cap,\n"
-"              securebits, uid, gid, landlock_fd, filters, listener_sock, umask, overlays=()) -> None\n\n"
-"Apply spawn()'s lockdown (no jail) to the calling process itself, which must be single-threaded\n"
-"(a warm template's fresh copy). The same steps as spawn's child, in the same order, except that\n"
-"every fd above stdio is closed (no exec follows to close them) but errpipe, which the caller\n"
-"closes once the program runs. On failure it writes (step, errno) to errpipe and exits 127: it\n"
-"never returns half locked down.");
+"              securebits, uid, gid, landlock_fd, filters, listener_sock, umask, overlays=(),\n"
+"              jail_flags=0, netns_fd=-1, proc_rights=0, hostname=None, root=None, root_rights=0,\n"
+"              template_fd=-1, alive_fd=-1) -> errpipe\n\n"
+"Apply spawn()'s lockdown to the calling process itself, which must be single-threaded (a warm\n"
+"template's fresh copy). The same steps as spawn's child, in the same order, except that every fd\n"
+"above stdio is closed (no exec follows to close them) but the error pipe, which the caller closes\n"
+"once the program runs: its fd is returned. On failure it writes (step, errno) to errpipe and exits\n"
+"127: it never returns half locked down.\n\n"
+"jail_flags: the copy was forked into these namespaces (fork_sibling) and is their PID 1: it\n"
+"becomes the jail's init exactly as spawn's (same set-up, same reports on errpipe, then the\n"
+"init_record) and returns only in the program's process it forks, with an error pipe of its own\n"
+"to the init. alive_fd: a pidfd of the caller (getppid() cannot tell from inside the namespace).");
 
 static PyObject *lockdown_self(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     (void)self;
     static char *keywords[] = {"cwd", "stdio", "errpipe", "parent_pid", "cgroup_fds", "rlimits",
                                "drop_bounding_set", "last_cap", "securebits", "uid", "gid", "landlock_fd",
-                               "filters", "listener_sock", "umask", "overlays", NULL};
-    PyObject *cwd_obj, *stdio_obj, *cgroup_obj, *rlimits_obj, *filters_obj, *overlays_obj = NULL;
+                               "filters", "listener_sock", "umask", "overlays", "jail_flags", "netns_fd",
+                               "proc_rights", "hostname", "root", "root_rights", "template_fd", "alive_fd", NULL};
+    PyObject *cwd_obj, *stdio_obj, *cgroup_obj, *rlimits_obj, *filters_obj, *overlays_obj = NULL, *root_obj = NULL;
     int errpipe, parent_pid, drop_bounding_set, last_cap, landlock_fd, listener_sock;
     long securebits, uid, gid;
     unsigned int umask_value;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OiiOOpillliOiI|O", keywords, &PyBytes_Type, &cwd_obj,
+    int jail_flags = 0, netns_fd = -1, template_fd = -1, alive_fd = -1;
+    unsigned long long proc_rights = 0, root_rights = 0;
+    const char *hostname = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OiiOOpillliOiI|OiiKzOKii", keywords, &PyBytes_Type, &cwd_obj,
                                      &stdio_obj, &errpipe, &parent_pid, &cgroup_obj, &rlimits_obj,
                                      &drop_bounding_set, &last_cap, &securebits, &uid, &gid, &landlock_fd,
-                                     &filters_obj, &listener_sock, &umask_value, &overlays_obj))
+                                     &filters_obj, &listener_sock, &umask_value, &overlays_obj, &jail_flags,
+                                     &netns_fd, &proc_rights, &hostname, &root_obj, &root_rights, &template_fd,
+                                     &alive_fd))
         return NULL;
     struct config c;
     memset(&c, 0, sizeof c);
-    PyObject *keep_filters = NULL, *keep_overlays = NULL;
+    PyObject *keep_filters = NULL, *keep_overlays = NULL, *keep_root = NULL;
     c.cwd = PyBytes_AS_STRING(cwd_obj);
     int n_stdio = 0;
     if (int_list(stdio_obj, c.stdio, 3, &n_stdio, "stdio fds") < 0)
@@ -1468,8 +1574,12 @@ static PyObject *lockdown_self(PyObject *self, PyObject *args, PyObject *kwargs)
     c.landlock_fd = landlock_fd;
     c.listener_sock = listener_sock;
     c.umask = (mode_t)umask_value;
-    c.template_fd = -1;
-    c.netns_fd = -1;
+    c.template_fd = template_fd;
+    c.netns_fd = netns_fd;
+    c.jail_flags = jail_flags;
+    c.proc_rights = proc_rights;
+    c.hostname = hostname;
+    c.root_rights = root_rights;
     c.in_place = 1;
     if (overlays_obj && parse_overlays(overlays_obj, &c, &keep_overlays) < 0)
         goto fail;
@@ -1477,10 +1587,26 @@ static PyObject *lockdown_self(PyObject *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "overlays need a Landlock ruleset");
         goto fail;
     }
+    if (root_obj && root_obj != Py_None && parse_root(root_obj, &c, &keep_root) < 0)
+        goto fail;
+    if (jail_flags && (!(jail_flags & CLONE_NEWPID) || c.n_overlays > 0)) {
+        PyErr_SetString(PyExc_ValueError, "a warm jail is a PID namespace's init, and has no overlays");
+        goto fail;
+    }
+    if (jail_flags && getpid() != 1) {
+        PyErr_SetString(PyExc_ValueError, "a warm jail's copy must be forked into its namespaces first");
+        goto fail;
+    }
+    if (c.n_root > 0 && !(jail_flags & CLONE_NEWNS) && c.template_fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "a constructed root needs a mount namespace");
+        goto fail;
+    }
     /* Signals stay blocked while dispositions change (Python's handlers must not run midway). */
     sigset_t all;
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, NULL);
+    if (jail_flags)
+        warm_jail_init(&c, alive_fd); /* returns in the program's process (PID 2) only */
     lockdown(&c); /* unblocks every signal in its first step */
     if (c.landlock_fd >= 0)
         close(c.landlock_fd);
@@ -1488,30 +1614,41 @@ static PyObject *lockdown_self(PyObject *self, PyObject *args, PyObject *kwargs)
         close(c.listener_sock); /* the listener went to the supervisor: nothing of it stays here */
     Py_XDECREF(keep_filters);
     Py_XDECREF(keep_overlays);
-    Py_RETURN_NONE;
+    Py_XDECREF(keep_root);
+    PyMem_Free(c.root);
+    PyMem_Free(c.root_fds);
+    return PyLong_FromLong(c.errpipe);
 fail:
     Py_XDECREF(keep_filters);
     Py_XDECREF(keep_overlays);
+    Py_XDECREF(keep_root);
+    PyMem_Free(c.root);
+    PyMem_Free(c.root_fds);
     return NULL;
 }
 
 PyDoc_STRVAR(fork_sibling_doc,
-"fork_sibling() -> int\n\n"
+"fork_sibling(namespaces=0) -> int\n\n"
 "fork() whose child is a child of the caller's parent (CLONE_PARENT), so that the process that\n"
 "asked a warm template for a run can wait for it, read its rusage and kill it like any spawn.\n"
-"Returns the child's pid in the caller and 0 in the child, like os.fork (Python's fork hooks run).");
+"Returns the child's pid in the caller and 0 in the child, like os.fork (Python's fork hooks run).\n"
+"namespaces: CLONE_NEW{PID,NS,IPC,UTS} flags: the child is born in new namespaces (PID 1 of its\n"
+"own PID namespace: a warm jail's init, see lockdown_self).");
 
-static PyObject *fork_sibling(PyObject *self, PyObject *unused)
+static PyObject *fork_sibling(PyObject *self, PyObject *args)
 {
     (void)self;
-    (void)unused;
-#ifndef PR_GET_TID_ADDRESS
-#define PR_GET_TID_ADDRESS 40
-#endif
+    int namespaces = 0;
+    if (!PyArg_ParseTuple(args, "|i", &namespaces))
+        return NULL;
+    if (namespaces & ~(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS)) {
+        PyErr_SetString(PyExc_ValueError, "fork_sibling takes only PID, mount, IPC and UTS namespace flags");
+        return NULL;
+    }
     /* The C library caches the thread id where set_tid_address pointed the kernel: have the
      * kernel write the child's own id there, as the library's fork does. */
     int *tid_address = NULL;
-    unsigned long flags = CLONE_PARENT;
+    unsigned long flags = CLONE_PARENT | (unsigned long)namespaces;
     if (prctl(PR_GET_TID_ADDRESS, &tid_address, 0, 0, 0) == 0 && tid_address != NULL)
         flags |= CLONE_CHILD_SETTID;
     else
@@ -1632,7 +1769,7 @@ static PyObject *landlock_add_path_rules(PyObject *self, PyObject *args)
 }
 
 static PyMethodDef methods[] = {
-    {"fork_sibling", fork_sibling, METH_NOARGS, fork_sibling_doc},
+    {"fork_sibling", fork_sibling, METH_VARARGS, fork_sibling_doc},
     {"landlock_add_path_rules", landlock_add_path_rules, METH_VARARGS, add_rules_doc},
     {"lockdown_self", (PyCFunction)(void (*)(void))lockdown_self, METH_VARARGS | METH_KEYWORDS, lockdown_self_doc},
     {"spawn", (PyCFunction)(void (*)(void))spawn, METH_VARARGS | METH_KEYWORDS, spawn_doc},

@@ -115,7 +115,8 @@ class Sandbox:
         self.caller_peak_rss = 0  # a warm copy or a launcher's child never shared our memory
         try:
             if template is not None:
-                self.pid, self.pidfd, listener = (self.slot or template).start(self.lock, plan, stdin, stdout, stderr)
+                self.pid, self.pidfd, listener, self.init_report = (self.slot or template).start(
+                    self.lock, plan, stdin, stdout, stderr)
                 self.warm = True
                 return listener
             if self.slot is not None:
