@@ -69,11 +69,6 @@ def jailed(plan: Plan, host: Host) -> bool:
     return bool(host.jail and jail.clone_flags(plan))
 
 
-def why_cold_here() -> str | None:
-    """Why default warm runs start cold on this host (None: they start warm)."""
-    return None  # (warm copies build the namespace jail too)
-
-
 def eligible(plan: Plan, host: Host) -> bool:
     """Can this run start from a warm copy with the same isolation and observable behaviour?"""
     if plan.warm is None or plan.notify is not NotifyMode.DISABLED or not os.path.isabs(plan.argv[0]):
