@@ -393,7 +393,9 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
         want = {c for c, needed in (("memory", plan.memory), ("pids", plan.max_pids)) if needed is not None}
         extra_pids, extra_memory = 0, 0
         if slot_group is not None:
-            group, extra_pids, extra_memory = slot_group, 1, SLOT_MEMORY_RESERVE
+            # the launcher, and in a jail the warm copy that is its init, live in the group too
+            jailed = host.jail and bool(jail.clone_flags(plan))
+            group, extra_pids, extra_memory = slot_group, 2 if jailed else 1, SLOT_MEMORY_RESERVE * (2 if jailed else 1)
         elif host.cgroup.version and want & host.cgroup.controllers:
             group = cgroups.acquire(host.cgroup, f"sb-{next(_counter)}")
         if group is not None:

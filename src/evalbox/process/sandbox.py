@@ -36,7 +36,7 @@ class Sandbox:
         self.slot: warm.Slot | None = None
         self.launcher: warm.Template | None = None
         template = warm.template_for(plan) if warm.eligible(plan, host) else None
-        if warm.slots_usable(plan, host):
+        if warm.slots_usable(plan, host, warm_start=template is not None):
             # no migration into a v1 cgroup: the run is born in a resident slot's group, from a
             # warm copy or by a cold spawn done by the slot's launcher
             self.launcher = template or warm.launcher_template()

@@ -76,11 +76,13 @@ def eligible(plan: Plan, host: Host) -> bool:
     return not any(k.startswith(("PYTHON", "LC_")) and k not in WARM_ENV or k == "LANG" for k in plan.env)
 
 
-def slots_usable(plan: Plan, host: Host) -> bool:
-    """Resident slots serve runs that need a v1 memory or pids group (v2 hosts join per run) and
-    no jail. EVALBOX_SLOTS=0 turns them off (every run then joins its group itself)."""
+def slots_usable(plan: Plan, host: Host, warm_start: bool) -> bool:
+    """Resident slots serve runs that need a v1 memory or pids group (v2 hosts join per run). A
+    jailed run uses one only when it starts warm: the launcher forks the copy into the jail's
+    namespaces as a template does (a launcher's cold spawn has no jail). EVALBOX_SLOTS=0 turns
+    them off (every run then joins its group itself)."""
     layout = host.cgroup
-    if os.environ.get("EVALBOX_SLOTS", "1") == "0" or jailed(plan, host):
+    if os.environ.get("EVALBOX_SLOTS", "1") == "0" or (jailed(plan, host) and not warm_start):
         return False
     want = {c for c, needed in (("memory", plan.memory), ("pids", plan.max_pids)) if needed is not None}
     return layout.version == 1 and bool(want & layout.controllers)
