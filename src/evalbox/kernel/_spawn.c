@@ -991,11 +991,12 @@ static void warm_jail_init(struct config *c, int alive_fd)
     if (pipe2(pipefd, O_CLOEXEC) != 0)
         report(c, STEP_JAIL, errno);
     int caller = c->errpipe;
-    /* The C library caches the thread id: have the kernel write the child's (2) there. */
+    /* The C library caches the thread id: have the kernel write the child's (2) there, and keep
+     * the address for the child's own forks, as the library's fork does. */
     int *tid_address = NULL;
     unsigned long flags = SIGCHLD;
     if (prctl(PR_GET_TID_ADDRESS, &tid_address, 0, 0, 0) == 0 && tid_address != NULL)
-        flags |= CLONE_CHILD_SETTID;
+        flags |= CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID;
     else
         tid_address = NULL;
     PyOS_BeforeFork();
@@ -1646,11 +1647,12 @@ static PyObject *fork_sibling(PyObject *self, PyObject *args)
         return NULL;
     }
     /* The C library caches the thread id where set_tid_address pointed the kernel: have the
-     * kernel write the child's own id there, as the library's fork does. */
+     * kernel write the child's own id there and keep that address for the child (whose own
+     * forks, a launcher's or a jail's init's, read it back), as the library's fork does. */
     int *tid_address = NULL;
     unsigned long flags = CLONE_PARENT | (unsigned long)namespaces;
     if (prctl(PR_GET_TID_ADDRESS, &tid_address, 0, 0, 0) == 0 && tid_address != NULL)
-        flags |= CLONE_CHILD_SETTID;
+        flags |= CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID;
     else
         tid_address = NULL;
     PyOS_BeforeFork();
