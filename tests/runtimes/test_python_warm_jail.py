@@ -65,6 +65,16 @@ def test_warm_run_has_the_cold_jail():
     assert {"pid", "mount", "ipc", "uts"} <= set(hot.protections.namespaces)
 
 
+def test_warm_run_with_a_root_built_per_run():
+    """A plan that collects files gets a root built for the run (no template namespace: the copy
+    is forked into a new mount namespace too); warm and cold see the same and collect the same."""
+    code = "import os; open('out.txt', 'w').write('hi'); print(os.getpid(), sorted(os.listdir('/')))"
+    hot, cold = run(code, True, collect=["out.txt"]), run(code, False, collect=["out.txt"])
+    ok(hot), ok(cold)
+    assert hot.stdout == cold.stdout and hot.stdout.startswith(b"2 "), (hot.stdout, cold.stdout)
+    assert hot.files == cold.files == {"out.txt": b"hi"}
+
+
 def _comm_holders(name: str) -> list[int]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
