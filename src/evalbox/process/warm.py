@@ -13,10 +13,10 @@ cold jail's: namespaces, constructed root, reaping, the same reports), and forks
 locks down and runs the script (`_spawn.lockdown_self` with jail_flags).
 
 A run goes cold instead (same Output, `Output.warm` False) when the plan needs what a copy
-cannot give: notify modes (the audit trail would
-miss the interpreter's start-up), PYTHON* (but PYTHONUNBUFFERED), LANG or LC_* variables in `env`
-(they act at interpreter start-up), or an interpreter that cannot load evalbox's extension
-(another Python version). See README "Warm Python".
+cannot give: notify modes (the audit trail would miss the interpreter's start-up), PYTHON* (but
+PYTHONUNBUFFERED), LANG or LC_* variables in `env` (they act at interpreter start-up), or an
+interpreter that cannot load evalbox's extension (another Python version). See README "Warm
+Python".
 
 Resident slots (class Slot) live here too: on v1 cgroup hosts a copy of a template joins a slot's
 cgroup once and starts that slot's runs inside it (warm copies, or cold programs by clone + exec),
@@ -62,8 +62,8 @@ class TemplateUnavailable(SandboxError):
 
 
 def jailed(plan: Plan, host: Host) -> bool:
-    """Will this run get the namespace jail (SPEC §4.9)? Slot launchers do not build one (a jailed
-    run joins its group itself); warm copies do (see lockdown_self in _spawn.c)."""
+    """Will this run get the namespace jail (SPEC §4.9)? Warm copies build it (from a template or a
+    slot's launcher, see lockdown_self in _spawn.c); a launcher's cold spawn does not."""
     from evalbox.policy import jail
 
     return bool(host.jail and jail.clone_flags(plan))
