@@ -311,6 +311,33 @@ def test_disk_counts_tmp_too():
     assert b"No space left on device" in out.stdout, out.stdout
 
 
+def test_disk_bounds_everything_the_run_writes_together():
+    """`disk` is one budget: the workspace, $HOME, /tmp and /dev/shm share it (bytes)."""
+    out = evalbox.run(["sh", "-c", """
+        w() { i=0; while [ $i -lt 2 ]; do dd if=/dev/zero of=$1/f$i bs=1M count=6 2>/dev/null || break; i=$((i+1)); done; }
+        w /tmp; w .; w $HOME; w /dev/shm
+        du -skL /tmp/f* ./f* $HOME/f* /dev/shm/f* | awk '{s += $1} END {print s}'
+    """], disk="16M", memory="512M", max_file_size="1G", timeout=20)
+    assert out.success, out.stderr
+    assert int(out.stdout) <= 16 << 10, out.stdout  # 48 MiB written at four places, at most 16 kept
+
+
+def test_disk_file_count_is_shared_by_tmp_and_the_workspace():
+    out = run_py("""
+        import os
+        n = 0
+        try:
+            for d in ("/tmp", ".", "/dev/shm"):
+                for _ in range(600):
+                    open(f"{d}/f{n}", "w").close()
+                    n += 1
+        except OSError as e:
+            print(n, e.errno)
+    """, disk="16M")
+    count, err = out.stdout.split()
+    assert err == b"28" and int(count) <= 1024, out.stdout  # 1024 inodes in all, not 1024 per place
+
+
 def test_plan_files_are_in_the_jail_workspace():
     out = evalbox.run(["sh", "-c", "cat a.txt sub/b.txt; ls -l run.sh | cut -c1-10; ./run.sh"],
                       files={"a.txt": "A\n", "sub/b.txt": b"B\n", "run.sh": evalbox.File("#!/bin/sh\necho ran\n",

@@ -472,8 +472,8 @@ static int child_main(void *arg)
 #define STEP_STARTED 0 /* report of the init (the program runs), or of a template's child */
 
 enum root_op {
-    ROOT_DIR = 1,     /* mkdir path (mode) */
-    ROOT_BIND,        /* bind source at path (flags: ROOT_RO, ROOT_IS_DIR) */
+    ROOT_DIR = 1,     /* mkdir path (mode; rights: Landlock rule on it) */
+    ROOT_BIND,        /* bind source at path (flags: ROOT_RO, ROOT_IS_DIR; rights: Landlock rule) */
     ROOT_SYMLINK,     /* symlink data -> path */
     ROOT_TMPFS,       /* tmpfs at path (data: options; rights: Landlock rule on it) */
     ROOT_PROC,        /* procfs of this PID namespace at path (rights: Landlock rule) */
@@ -563,6 +563,8 @@ static void apply_root_ops(const struct config *c, const char *prefix)
                     err = errno;
                 if (!err)
                     err = own(c, where, e->flags);
+                if (!err)
+                    err = landlock_rule_at(c, where, e->rights);
                 break;
             case ROOT_BIND:
                 err = make_path(top, where, e->flags & ROOT_IS_DIR);
@@ -580,6 +582,8 @@ static void apply_root_ops(const struct config *c, const char *prefix)
                 if (!err && (e->flags & ROOT_RO) &&
                     mount(NULL, where, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID, NULL) != 0)
                     err = errno;
+                if (!err)
+                    err = landlock_rule_at(c, where, e->rights);
                 close(fds[i]);
                 fds[i] = -1;
                 break;

@@ -514,7 +514,8 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
             rlimits=tuple(rlimit_names),
             weakened=tuple(f"syscall {n} allowed unconditionally" for n in plan.syscalls.allow),
             view=jail.VIEW if jail_flags else jail.NO_VIEW,
-            disk=f"workspace tmpfs of {plan.disk} bytes, {jail.inode_limit(plan.disk)} files and directories"
+            disk=f"one tmpfs of {plan.disk} bytes, {jail.inode_limit(plan.disk)} files and directories for the "
+                 "workspace, /tmp and /dev/shm together"
             if jail_flags and plan.disk else
             "not bounded (no jail): max_file_size bounds each file" + (", the memory cgroup the workspace's pages"
                                                                         if ws.root.startswith("/dev/shm/") and use_mem else ""),
