@@ -311,7 +311,25 @@ def test_disk_counts_tmp_too():
     assert b"No space left on device" in out.stdout, out.stdout
 
 
-def test_disk_bounds_everything_the_run_writes_together():
+@pytest.fixture(params=["default", "/tmp", "/tmp/nested", "/var/tmp/elsewhere"])
+def workspace_base(request, monkeypatch):
+    """Where workspaces live on the host (EVALBOX_TMPDIR): the jail's disk is laid out around it."""
+    if request.param == "default":
+        yield
+        return
+    made = not os.path.isdir(request.param)
+    if made:
+        os.mkdir(request.param, 0o1777)
+        os.chmod(request.param, 0o1777)
+    monkeypatch.setenv("EVALBOX_TMPDIR", request.param)
+    try:
+        yield
+    finally:
+        if made:
+            os.rmdir(request.param)
+
+
+def test_disk_bounds_everything_the_run_writes_together(workspace_base):
     """`disk` is one budget: the workspace, $HOME, /tmp and /dev/shm share it (bytes)."""
     out = evalbox.run(["sh", "-c", """
         w() { i=0; while [ $i -lt 2 ]; do dd if=/dev/zero of=$1/f$i bs=1M count=6 2>/dev/null || break; i=$((i+1)); done; }

@@ -665,7 +665,7 @@ static int new_mount(const char *fstype, const char *options, unsigned int attrs
     int fs = (int)syscall(SYS_fsopen, fstype, EB_FSOPEN_CLOEXEC);
     if (fs < 0)
         return -errno;
-    int err = 0;
+    int err = syscall(SYS_fsconfig, fs, EB_FSCONFIG_SET_STRING, "source", fstype, 0) != 0 ? errno : 0;
     for (char *opt = buf; !err && *opt;) {
         char *comma = strchr(opt, ',');
         if (comma)

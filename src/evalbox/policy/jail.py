@@ -218,18 +218,22 @@ def run_entries(plan: Plan, workspace: str, proc_rights: int, owner: tuple[int, 
                 handled_fs: int, identity: list[tuple[bytes, bytes]] = (), shm_inodes: int = SHM_INODES) -> list[Entry]:
     """What each run mounts into its copy of the template: its own /proc and devpts, and one tmpfs
     of `Plan.disk` bytes and files holding everything the run may write: the workspace (with the
-    plan's files written into it), /tmp and /dev/shm. That tmpfs is mounted at the workspace's
-    parent directory; /tmp and /dev/shm, where they are not that directory, are bound from
-    subdirectories of the workspace (tmp/ is also $TMPDIR)."""
+    plan's files written into it), /tmp and /dev/shm. That tmpfs is mounted at /tmp or /dev/shm
+    when the workspace is below it, else at the workspace's parent directory; /tmp and /dev/shm,
+    where it is not mounted, are bound from subdirectories of the workspace (tmp/ is also
+    $TMPDIR). (`shm_inodes` is unused: /dev/shm shares the `disk` tmpfs's bound on files.)"""
     disk = plan.disk if plan.disk is not None else 0
     size = f"size={disk},nr_inodes={inode_limit(disk)}" if disk else "size=50%"
     tmp_rights = fs.PRIVATE_SHM_RIGHTS & handled_fs
     base = os.path.dirname(workspace)
-    shared_top = base in ("/dev/shm", "/tmp")
+    # the tmpfs goes at /tmp or /dev/shm when the workspace is below it (the workspace and the
+    # directories above it are then plain directories in it), else at the workspace's parent
+    anchor = next((top for top in ("/tmp", "/dev/shm") if _inside(base, [top])), base)
+    shared_top = anchor != base or base in ("/dev/shm", "/tmp")
     out: list[Entry] = [
         (_spawn.ROOT_PROC, b"/proc", b"", 0, 0, proc_rights),
         (_spawn.ROOT_DEVPTS, b"/dev/pts", b"", 0, 0, fs.PTY_RIGHTS & handled_fs),
-        (_spawn.ROOT_TMPFS, base.encode(), f"mode={'1777' if shared_top else '0755'},{size}".encode(), 0, 0,
+        (_spawn.ROOT_TMPFS, anchor.encode(), f"mode={'1777' if shared_top else '0755'},{size}".encode(), 0, 0,
          tmp_rights if shared_top else 0),
         (_spawn.ROOT_DIR, workspace.encode(), b"", 0o700, _spawn.ROOT_OWNED, fs.EVERYTHING & handled_fs),
     ]
@@ -238,7 +242,7 @@ def run_entries(plan: Plan, workspace: str, proc_rights: int, owner: tuple[int, 
         out.append(_dir(f"{workspace}/{sub}", 0o700, owned=True))
         made.add(f"{workspace}/{sub}")
     for top, sub in (("/tmp", "tmp"), ("/dev/shm", SHM_SUBDIR)):
-        if top != base:
+        if top != anchor:
             out.append((_spawn.ROOT_BIND, top.encode(), f"{workspace}/{sub}".encode(), 0,
                         _spawn.ROOT_LATE | _spawn.ROOT_IS_DIR, tmp_rights))
     # /etc/passwd and /etc/group with the sandbox's own uid: written into the workspace's root
