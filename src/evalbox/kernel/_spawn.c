@@ -476,7 +476,7 @@ enum root_op {
     ROOT_BIND,        /* bind source at path (flags: ROOT_RO, ROOT_IS_DIR; rights: Landlock rule) */
     ROOT_SYMLINK,     /* symlink data -> path */
     ROOT_TMPFS,       /* tmpfs at path (data: options; rights: Landlock rule on it) */
-    ROOT_PROC,        /* procfs of this PID namespace at path (rights: Landlock rule) */
+    ROOT_PROC,        /* procfs of this PID namespace at path (data: options after hidepid=2; rights: Landlock rule) */
     ROOT_FILE,        /* a file at path with content data (mode) */
     ROOT_DEVPTS,      /* a devpts instance of its own at path (rights: Landlock rule) */
 };
@@ -801,12 +801,25 @@ static int apply_root_op(const struct config *c, int root, int i)
         err = place_mount(c, new_mount("tmpfs", e->data, EB_MOUNT_ATTR_NOSUID | EB_MOUNT_ATTR_NODEV),
                           mount_target(dir, name, 1), e->flags, e->rights);
         break;
-    case ROOT_PROC:
+    case ROOT_PROC: {
         /* hidepid=2: the init (which shares the caller's memory, and so its command line) is
-         * invisible to the program, which may not ptrace it. */
-        err = place_mount(c, new_mount("proc", "hidepid=2", EB_MOUNT_ATTR_NOSUID | EB_MOUNT_ATTR_NODEV | EB_MOUNT_ATTR_NOEXEC),
+         * invisible to the program, which may not ptrace it. data: more options (gid=: a group
+         * exempt from hidepid, held only by the supervisor's opener thread) */
+        char options[128] = "hidepid=2";
+        size_t used = strlen(options);
+        if (e->data_len > 0) {
+            if (used + 1 + (size_t)e->data_len >= sizeof options) {
+                err = EINVAL;
+                break;
+            }
+            options[used] = ',';
+            memcpy(options + used + 1, e->data, (size_t)e->data_len);
+            options[used + 1 + e->data_len] = '\0';
+        }
+        err = place_mount(c, new_mount("proc", options, EB_MOUNT_ATTR_NOSUID | EB_MOUNT_ATTR_NODEV | EB_MOUNT_ATTR_NOEXEC),
                           mount_target(dir, name, 1), 0, e->rights);
         break;
+    }
     case ROOT_DEVPTS:
         err = place_mount(c, new_mount("devpts", "newinstance,ptmxmode=0666,mode=0620",
                                        EB_MOUNT_ATTR_NOSUID | EB_MOUNT_ATTR_NOEXEC),

@@ -42,7 +42,13 @@ NO_VIEW = ("no jail: the host's process table (command lines), network state, an
            "host paths are visible (promise 9 does not hold; promises 1-8 do)")
 
 
-SHM_INODES = 4096  # a private /dev/shm holds POSIX semaphores and shm segments: a few each
+SHM_INODES = 4096
+# A group exempt from the jail's /proc hidepid, held by nothing but the supervisor's opener thread
+# (process/opener.py): that thread resolves the program's paths with the program's uid and
+# Landlock rules, but from outside its PID namespace and Landlock domain, so hidepid would hide
+# the program's own /proc/<pid> from it. Just below the sandbox uid range (process/identity.py);
+# no file should be owned by it.
+OPENER_PROC_GID = 1_999_999_999  # a private /dev/shm holds POSIX semaphores and shm segments: a few each
 
 
 def inode_limit(disk: int) -> int:
@@ -215,7 +221,8 @@ def shareable(extras: list[Entry], workspace: str) -> bool:
 
 
 def run_entries(plan: Plan, workspace: str, proc_rights: int, owner: tuple[int, int] | None,
-                handled_fs: int, identity: list[tuple[bytes, bytes]] = (), shm_inodes: int = SHM_INODES) -> list[Entry]:
+                handled_fs: int, identity: list[tuple[bytes, bytes]] = (), shm_inodes: int = SHM_INODES,
+                opener_proc_gid: int = -1) -> list[Entry]:
     """What each run mounts into its copy of the template: its own /proc and devpts, and one tmpfs
     of `Plan.disk` bytes and files holding everything the run may write: the workspace (with the
     plan's files written into it), /tmp and /dev/shm. That tmpfs is mounted at /tmp or /dev/shm
@@ -231,7 +238,8 @@ def run_entries(plan: Plan, workspace: str, proc_rights: int, owner: tuple[int, 
     anchor = next((top for top in ("/tmp", "/dev/shm") if _inside(base, [top])), base)
     shared_top = anchor != base or base in ("/dev/shm", "/tmp")
     out: list[Entry] = [
-        (_spawn.ROOT_PROC, b"/proc", b"", 0, 0, proc_rights),
+        (_spawn.ROOT_PROC, b"/proc", f"gid={opener_proc_gid}".encode() if opener_proc_gid >= 0 else b"", 0, 0,
+         proc_rights),
         (_spawn.ROOT_DEVPTS, b"/dev/pts", b"", 0, 0, fs.PTY_RIGHTS & handled_fs),
         (_spawn.ROOT_TMPFS, anchor.encode(), f"mode={'1777' if shared_top else '0755'},{size}".encode(), 0, 0,
          tmp_rights if shared_top else 0),
