@@ -211,6 +211,58 @@ def test_sandboxes_do_not_share_a_loopback():
     assert b.stdout == b"refused\n", b.stdout
 
 
+@pytest.fixture
+def fresh_netns_pool(monkeypatch):
+    """An empty pool of network namespaces for this test (runs back to back then share one)."""
+    import collections
+
+    from evalbox.process import netns
+
+    monkeypatch.setattr(netns, "_idle", collections.deque())
+    yield netns
+    while netns._idle:
+        fd = netns._idle.pop()
+        stats = netns._stats.pop(fd, -1)
+        if stats >= 0:
+            os.close(stats)
+        os.close(fd)
+
+
+TCP_LEFTOVER = """
+    import os, socket, sys
+    lines = open("/proc/net/tcp").read().splitlines()[1:] + open("/proc/net/tcp6").read().splitlines()[1:]
+    print(os.readlink("/proc/self/ns/net"), len(lines))
+    if sys.argv[1] == "tcp":
+        s = socket.socket()  # SO_REUSEADDR off
+        s.bind(("127.0.0.1", 39217))
+        s.listen()
+        c = socket.create_connection(("127.0.0.1", 39217))
+        a, _ = s.accept()
+        a.close()  # the server's side closes first: its port stays in TIME_WAIT
+        c.close()
+        s.close()
+        print("bound")
+"""
+
+
+def _netns_run(what):
+    out = evalbox.run([PY, "-I", "-S", "-c", textwrap.dedent(TCP_LEFTOVER), what], timeout=20)
+    assert out.success, out.stderr
+    return out.stdout.split()
+
+
+def test_a_run_never_inherits_a_previous_run_tcp_sockets(fresh_netns_pool):
+    first = _netns_run("tcp")
+    second = _netns_run("tcp")  # the same port again, without SO_REUSEADDR
+    assert first[1:] == [b"0", b"bound"] and second[1:] == [b"0", b"bound"], (first, second)
+    assert fresh_netns_pool.dropped_dirty >= 2
+
+
+def test_a_namespace_without_sockets_left_is_reused(fresh_netns_pool):
+    first, second = _netns_run("none"), _netns_run("none")
+    assert first == second and first[1] == b"0", (first, second)  # the same namespace, lent again
+
+
 def test_network_on_keeps_the_host_network():
     out = evalbox.run(["cat", "/proc/net/dev"], network=True)
     assert out.success and "network" not in out.protections.namespaces
