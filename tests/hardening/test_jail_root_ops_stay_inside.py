@@ -123,3 +123,27 @@ def test_a_run_whose_mount_source_is_swapped_for_a_link_fails_before_the_program
     assert sorted(os.listdir(victim)) == ["data", "keep"]
     null = os.lstat("/dev/null")
     assert stat.S_ISCHR(null.st_mode) and null.st_rdev == before_null.st_rdev
+
+
+def test_a_template_fd_naming_the_host_mount_namespace_is_refused(victim):
+    """A run's operations are applied inside the template's root; given the host's own mount
+    namespace instead (a stale fd number), the init refuses before any step."""
+    from evalbox.process import lockdown, templates
+
+    host_ns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    real = templates.template_fd
+
+    def host_namespace(entries, stamp):
+        templates._users[host_ns] = 1  # given back by the run (templates.release)
+        return host_ns
+
+    before = _host_state(victim)
+    try:
+        lockdown.templates.template_fd = host_namespace
+        with pytest.raises(SpawnError) as failed:
+            evalbox.run(["/bin/true"], files={"planted.txt": "x"}, timeout=10)
+    finally:
+        lockdown.templates.template_fd = real
+        os.close(host_ns)
+    assert failed.value.errno == errno.EBADF, failed.value
+    assert _host_state(victim) == before

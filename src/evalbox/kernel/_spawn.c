@@ -1074,11 +1074,18 @@ static void init_namespaces(const struct config *c)
     if (c->template_fd >= 0) {
         /* A private copy of the template's namespace: its root is the jail's static root. */
         open_root_sources(c);
+        struct stat host_root, root_st;
+        if (stat("/", &host_root) != 0)
+            report(c, STEP_ROOT, errno);
         if (setns(c->template_fd, CLONE_NEWNS) != 0 || unshare(CLONE_NEWNS) != 0)
             report(c, STEP_ROOT, errno);
         int root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
-        if (root < 0)
+        if (root < 0 || fstat(root, &root_st) != 0)
             report(c, STEP_ROOT, errno);
+        /* a template is a root of its own: an fd that names the host's mount namespace (a
+         * stale number) must never have the run's operations applied to the host's root */
+        if (root_st.st_dev == host_root.st_dev && root_st.st_ino == host_root.st_ino)
+            report(c, STEP_ROOT, EBADF);
         apply_root_ops(c, root);
         close(root);
         if (landlock_rule_at(c, "/", c->root_rights) != 0)
