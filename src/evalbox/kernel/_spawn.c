@@ -557,22 +557,15 @@ static int landlock_rule_at(const struct config *c, const char *path, unsigned l
     return err;
 }
 
-/* `rel` below the directory `at`, never through a symlink (a final one is refused too), `..`
- * or a magic link: whatever is planted in the new root or in a tree bound into it, this stays
- * inside it. Returns the fd or -errno. */
+/* `rel` below the directory `at`, never through a symlink (with O_PATH a final link is opened as
+ * itself: callers check the type), `..` or a magic link: whatever is planted in the new root or
+ * in a tree bound into it, this stays inside it. Returns the fd or -errno. */
 static int open_beneath(int at, const char *rel, int flags)
 {
     struct open_how how = {.flags = (uint64_t)(flags | O_NOFOLLOW | O_CLOEXEC),
                            .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS};
     int fd = (int)syscall(SYS_openat2, at, rel, &how, sizeof how);
-    if (fd < 0)
-        return -errno;
-    struct stat st;
-    if (fstat(fd, &st) != 0 || S_ISLNK(st.st_mode)) {
-        close(fd);
-        return -ELOOP;
-    }
-    return fd;
+    return fd < 0 ? -errno : fd;
 }
 
 /* The directory holding the last component of `path` (absolute in the new root, whose top is
@@ -587,35 +580,34 @@ static int parent_beneath(int root, const char *path, char buf[4096], const char
     char *p = buf;
     while (*p == '/')
         p++;
-    int dir = open_beneath(root, ".", O_PATH | O_DIRECTORY);
-    if (dir < 0)
+    char *last = strrchr(p, '/');
+    const char *base = last ? last + 1 : p;
+    if (!*base || strcmp(base, ".") == 0 || strcmp(base, "..") == 0)
+        return -EINVAL;
+    *name = base;
+    if (!last) /* directly below the top */
+        return open_beneath(root, ".", O_PATH | O_DIRECTORY);
+    /* usually the parent exists: one openat2 for it all */
+    *last = '\0';
+    int dir = open_beneath(root, p, O_PATH | O_DIRECTORY);
+    if (dir != -ENOENT) {
+        *last = '/';
         return dir;
-    for (;;) {
-        char *slash = strchr(p, '/');
-        if (!slash)
-            break;
+    }
+    *last = '/';
+    dir = open_beneath(root, ".", O_PATH | O_DIRECTORY);
+    for (char *slash; dir >= 0 && (slash = strchr(p, '/')) != NULL; p = slash + 1) {
         *slash = '\0';
         if (*p) {
             int next = open_beneath(dir, p, O_PATH | O_DIRECTORY);
-            if (next == -ENOENT) {
-                if (mkdirat(dir, p, 0755) != 0 && errno != EEXIST) {
-                    next = -errno;
-                } else {
-                    next = open_beneath(dir, p, O_PATH | O_DIRECTORY);
-                }
-            }
+            if (next == -ENOENT)
+                next = mkdirat(dir, p, 0755) != 0 && errno != EEXIST ? -errno
+                                                                    : open_beneath(dir, p, O_PATH | O_DIRECTORY);
             close(dir);
-            if (next < 0)
-                return next;
             dir = next;
         }
-        p = slash + 1;
+        *slash = '/';
     }
-    if (!*p || strcmp(p, ".") == 0 || strcmp(p, "..") == 0) {
-        close(dir);
-        return -EINVAL;
-    }
-    *name = p;
     return dir;
 }
 
@@ -640,9 +632,13 @@ static int mount_target(int dir, const char *name, int is_dir)
     if (fd < 0)
         return fd;
     struct stat st;
-    if (fstat(fd, &st) != 0 || (is_dir ? !S_ISDIR(st.st_mode) : S_ISDIR(st.st_mode))) {
+    int err = fstat(fd, &st) != 0 ? errno
+              : S_ISLNK(st.st_mode) ? ELOOP
+              : is_dir && !S_ISDIR(st.st_mode) ? ENOTDIR
+              : !is_dir && S_ISDIR(st.st_mode) ? EISDIR : 0;
+    if (err) {
         close(fd);
-        return is_dir ? -ENOTDIR : -EISDIR;
+        return -err;
     }
     return fd;
 }
@@ -744,18 +740,24 @@ static void open_root_sources(const struct config *c)
  * source of a late bind) is resolved below `root` with no symlink, `..` or magic link in any
  * component: nothing planted in the root or in a tree bound into it can make an operation act
  * on the host's filesystem. Returns 0 or an errno. */
-static int apply_root_op(const struct config *c, int root, int i)
+static int apply_root_op(const struct config *c, int root, int i, int dir, const char *name)
 {
     const struct root_entry *e = &c->root[i];
-    char buf[4096];
-    const char *name = NULL;
-    int dir = parent_beneath(root, e->path, buf, &name);
-    if (dir < 0)
-        return -dir;
     int err = 0, fd = -1;
     switch (e->op) {
     case ROOT_DIR:
-        if (mkdirat(dir, name, 0700) != 0 && errno != EEXIST) {
+        /* (the umask is 0 here: a directory made now has its mode; one already there is set) */
+        if (mkdirat(dir, name, e->mode) == 0) {
+            if ((e->flags & ROOT_OWNED) && c->uid >= 0 &&
+                fchownat(dir, name, (uid_t)c->uid, (gid_t)c->gid, AT_SYMLINK_NOFOLLOW) != 0)
+                err = errno;
+            if (!err && e->rights) {
+                fd = open_beneath(dir, name, O_PATH | O_DIRECTORY);
+                err = fd < 0 ? -fd : landlock_rule_fd(c, fd, e->rights);
+            }
+            break;
+        }
+        if (errno != EEXIST) {
             err = errno;
             break;
         }
@@ -775,9 +777,14 @@ static int apply_root_op(const struct config *c, int root, int i)
         int source = c->root_fds[i];
         if (e->flags & ROOT_LATE) {
             const char *from = e->data;
+            struct stat st;
             while (*from == '/')
                 from++;
             source = open_beneath(root, from, O_PATH);
+            if (source >= 0 && (fstat(source, &st) != 0 || S_ISLNK(st.st_mode))) {
+                close(source);
+                source = -ELOOP;
+            }
         }
         int tree = source < 0 ? source : bind_tree(source, e->flags & ROOT_RO);
         if (source >= 0)
@@ -839,8 +846,7 @@ static int apply_root_op(const struct config *c, int root, int i)
             else if (n > 0)
                 done += n;
         }
-        if (!err && fchmod(fd, e->mode) != 0) /* the umask does not apply */
-            err = errno;
+        /* (made with its mode: the umask is 0 here) */
         if (!err && (e->flags & ROOT_OWNED) && c->uid >= 0 && fchown(fd, (uid_t)c->uid, (gid_t)c->gid) != 0)
             err = errno;
         if (!err) /* e.g. a file bound elsewhere: Landlock sees it by its own inode */
@@ -852,19 +858,61 @@ static int apply_root_op(const struct config *c, int root, int i)
     }
     if (fd >= 0)
         close(fd);
-    close(dir);
     return err;
 }
 
+/* Length of the parent part of an absolute path ("/a/b" -> 2, "/a" -> 0). */
+static size_t parent_len(const char *path)
+{
+    const char *last = strrchr(path, '/');
+    return last ? (size_t)(last - path) : 0;
+}
+
 /* Apply the root operations to the new root whose top directory is `root` (an fd), sources of
- * early binds already open. The first failure ends the process before anything else runs. */
+ * early binds already open. The first failure ends the process before anything else runs.
+ * Consecutive operations in one directory share its fd until an operation places something
+ * at that directory or above it (a mount or a link would make the fd stale). */
 static void apply_root_ops(const struct config *c, int root)
 {
+    char buf[4096];
+    int cached = -1, cached_dir = -1;
+    umask(0);
     for (int i = 0; i < c->n_root; i++) {
-        int err = apply_root_op(c, root, i);
+        const struct root_entry *e = &c->root[i];
+        const char *name = NULL;
+        size_t plen = parent_len(e->path);
+        int dir;
+        if (cached >= 0 && parent_len(c->root[cached].path) == plen && memcmp(c->root[cached].path, e->path, plen) == 0) {
+            dir = cached_dir;
+            name = e->path + plen + 1;
+            if (!*name || strchr(name, '/') || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+                report(c, STEP_ROOT, EINVAL);
+        } else {
+            if (cached_dir >= 0)
+                close(cached_dir);
+            cached = cached_dir = -1;
+            dir = parent_beneath(root, e->path, buf, &name);
+            if (dir < 0)
+                report(c, STEP_ROOT, -dir);
+            name = e->path + (name - buf); /* (the same name, in the entry: buf is reused) */
+            cached = i;
+            cached_dir = dir;
+        }
+        int err = apply_root_op(c, root, i, dir, name);
         if (err)
             report(c, STEP_ROOT, err);
+        if (e->op != ROOT_DIR && e->op != ROOT_FILE) {
+            /* something placed at e->path: a cached parent at or below it is stale */
+            size_t tlen = strlen(e->path), clen = parent_len(c->root[cached].path);
+            if (tlen <= clen && memcmp(e->path, c->root[cached].path, tlen) == 0 &&
+                (tlen == clen || c->root[cached].path[tlen] == '/')) {
+                close(cached_dir);
+                cached = cached_dir = -1;
+            }
+        }
     }
+    if (cached_dir >= 0)
+        close(cached_dir);
 }
 
 /* A root built from scratch: a fresh tmpfs attached over /tmp of this (private) mount namespace,
