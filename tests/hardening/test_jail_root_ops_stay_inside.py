@@ -147,3 +147,41 @@ def test_a_template_fd_naming_the_host_mount_namespace_is_refused(victim):
         os.close(host_ns)
     assert failed.value.errno == errno.EBADF, failed.value
     assert _host_state(victim) == before
+
+
+def _listing(ns_fd: int, path: str) -> list[str]:
+    """os.listdir(path) inside the mount namespace `ns_fd` (from a thread of its own)."""
+    import threading
+
+    from evalbox.kernel.syscall_table import ARCHES, native_arch
+
+    nr = ARCHES[native_arch()]
+    got: list = []
+
+    def look() -> None:
+        try:
+            _spawn.syscall(nr["unshare"], 0x200)  # CLONE_FS: this thread's own root
+            _spawn.syscall(nr["setns"], ns_fd, 0x20000)
+            got.append(sorted(os.listdir(path)))
+        except OSError as e:
+            got.append(e)
+
+    t = threading.Thread(target=look)
+    t.start()
+    t.join()
+    if isinstance(got[0], OSError):
+        raise got[0]
+    return got[0]
+
+
+def test_an_operation_after_a_mount_over_its_directory_lands_on_that_mount():
+    """Operations in one directory share its fd; a mount placed over that directory (or above it)
+    must send the next ones into the mount, not into the directory it hides."""
+    ns = _spawn.build_template([_op(DIR, "/a"), _op(FILE, "/a/hidden", "x"), _op(TMPFS, "/a", "size=1m"),
+                                _op(FILE, "/a/shown", "y"), _op(DIR, "/b/c"), _op(TMPFS, "/b", "size=1m"),
+                                _op(FILE, "/b/c2", "z")])
+    try:
+        assert _listing(ns, "/a") == ["shown"]
+        assert _listing(ns, "/b") == ["c2"]
+    finally:
+        os.close(ns)

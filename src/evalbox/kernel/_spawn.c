@@ -870,8 +870,9 @@ static size_t parent_len(const char *path)
 
 /* Apply the root operations to the new root whose top directory is `root` (an fd), sources of
  * early binds already open. The first failure ends the process before anything else runs.
- * Consecutive operations in one directory share its fd until an operation places something
- * at that directory or above it (a mount or a link would make the fd stale). */
+ * Consecutive operations in one directory share its fd: none of them can place anything at
+ * that directory or above it (which would leave the fd naming a hidden directory), since an
+ * operation at a path has that path's parent as its own directory. */
 static void apply_root_ops(const struct config *c, int root)
 {
     char buf[4096];
@@ -901,15 +902,6 @@ static void apply_root_ops(const struct config *c, int root)
         int err = apply_root_op(c, root, i, dir, name);
         if (err)
             report(c, STEP_ROOT, err);
-        if (e->op != ROOT_DIR && e->op != ROOT_FILE) {
-            /* something placed at e->path: a cached parent at or below it is stale */
-            size_t tlen = strlen(e->path), clen = parent_len(c->root[cached].path);
-            if (tlen <= clen && memcmp(e->path, c->root[cached].path, tlen) == 0 &&
-                (tlen == clen || c->root[cached].path[tlen] == '/')) {
-                close(cached_dir);
-                cached = cached_dir = -1;
-            }
-        }
     }
     if (cached_dir >= 0)
         close(cached_dir);
