@@ -89,6 +89,7 @@ class Lockdown:
         if self.pids_reserved:
             _reserve_pids(-self.pids_reserved)
             self.pids_reserved = 0
+            _forget_process_count()  # its processes are gone: a cached count would overstate the others
         self.release_spawn_resources()
         if self.cgroup is not None:
             if self.owns_cgroup:
@@ -133,9 +134,17 @@ def expect_neighbours(concurrency: int, max_pids: int | None):
         _pids_expected -= extra
 
 
+def _forget_process_count() -> None:
+    global _user_procs_cache
+    _user_procs_cache = (0.0, 0)
+
+
 def _processes_of_uid(uid: int) -> int:
-    """How many threads this uid runs now (RLIMIT_NPROC counts them all: a threaded host program,
-    a Ray worker say, holds dozens), cached briefly."""
+    """How many live threads this uid runs now (RLIMIT_NPROC counts them all: a threaded host
+    program, a Ray worker say, holds dozens), cached briefly. Zombies are left out: an orphan of an
+    earlier run waits for the host's PID 1 to reap it (0.5-2 s here) and then frees its place, so
+    counting it would give the next run that much more than its max_pids once it is gone; while it
+    lingers, the run has that much less."""
     global _user_procs_cache
     now = time.monotonic()
     if now - _user_procs_cache[0] < 0.5:
@@ -144,7 +153,11 @@ def _processes_of_uid(uid: int) -> int:
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                if os.stat(f"/proc/{name}").st_uid == uid:
+                if os.stat(f"/proc/{name}").st_uid != uid:
+                    continue
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    state = f.read().rpartition(b")")[2][1:2]
+                if state not in (b"Z", b"X"):
                     count += len(os.listdir(f"/proc/{name}/task"))
             except OSError:
                 pass
