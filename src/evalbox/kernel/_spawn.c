@@ -585,8 +585,10 @@ static int parent_beneath(int root, const char *path, char buf[4096], const char
     if (!*base || strcmp(base, ".") == 0 || strcmp(base, "..") == 0)
         return -EINVAL;
     *name = base;
-    if (!last) /* directly below the top */
-        return open_beneath(root, ".", O_PATH | O_DIRECTORY);
+    if (!last) { /* directly below the top */
+        int top = fcntl(root, F_DUPFD_CLOEXEC, 0);
+        return top < 0 ? -errno : top;
+    }
     /* usually the parent exists: one openat2 for it all */
     *last = '\0';
     int dir = open_beneath(root, p, O_PATH | O_DIRECTORY);
@@ -615,27 +617,24 @@ static int parent_beneath(int root, const char *path, char buf[4096], const char
  * O_PATH fd, never a symlink. Returns the fd or -errno. */
 static int mount_target(int dir, const char *name, int is_dir)
 {
+    if (is_dir) { /* (O_DIRECTORY: a link there fails to open, no fstat needed) */
+        if (mkdirat(dir, name, 0755) != 0 && errno != EEXIST)
+            return -errno;
+        return open_beneath(dir, name, O_PATH | O_DIRECTORY);
+    }
     int fd = open_beneath(dir, name, O_PATH);
     if (fd == -ENOENT) {
-        if (is_dir) {
-            if (mkdirat(dir, name, 0755) != 0 && errno != EEXIST)
-                return -errno;
-        } else {
-            int made = openat(dir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-            if (made < 0 && errno != EEXIST)
-                return -errno;
-            if (made >= 0)
-                close(made);
-        }
+        int made = openat(dir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+        if (made < 0 && errno != EEXIST)
+            return -errno;
+        if (made >= 0)
+            close(made);
         fd = open_beneath(dir, name, O_PATH);
     }
     if (fd < 0)
         return fd;
     struct stat st;
-    int err = fstat(fd, &st) != 0 ? errno
-              : S_ISLNK(st.st_mode) ? ELOOP
-              : is_dir && !S_ISDIR(st.st_mode) ? ENOTDIR
-              : !is_dir && S_ISDIR(st.st_mode) ? EISDIR : 0;
+    int err = fstat(fd, &st) != 0 ? errno : S_ISLNK(st.st_mode) ? ELOOP : S_ISDIR(st.st_mode) ? EISDIR : 0;
     if (err) {
         close(fd);
         return -err;
