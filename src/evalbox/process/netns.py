@@ -42,6 +42,12 @@ def acquire() -> int:
     return fd
 
 
+def held_fds() -> set[int]:
+    """The socket-counter fds this pool holds besides the namespaces' own (one per namespace)."""
+    with _lock:
+        return set(_stats.values())
+
+
 def _clean(fd: int) -> bool:
     stats = _stats.get(fd)
     if stats is None:
