@@ -8,7 +8,8 @@ the system trees (read-only binds; merged-/usr links as links), the narrow /etc 
 nodes, a private /dev/shm, its own /proc, /sys/devices/system/cpu, the runtime files of a
 program installed elsewhere, the plan's mounts, and the workspace. One tmpfs of `Plan.disk` bytes
 (and a bounded number of files) holds everything the run may write: the workspace with the plan's
-files written into it, /tmp (the workspace's tmp/) and /dev/shm (its shm/). Anything else does not exist there (ENOENT). Landlock and seccomp still apply inside.
+files written into it, /tmp (the workspace's tmp/) and /dev/shm (its shm/). Anything else does
+not exist there (ENOENT). Landlock and seccomp still apply inside.
 
 The mechanism (mounting, pivot_root) is in kernel/_spawn.c; this module only lists what to build.
 """
@@ -42,13 +43,13 @@ NO_VIEW = ("no jail: the host's process table (command lines), network state, an
            "host paths are visible (promise 9 does not hold; promises 1-8 do)")
 
 
-SHM_INODES = 4096
+SHM_INODES = 4096  # (unused: in the jail /dev/shm shares the `disk` tmpfs's bound on files)
 # A group exempt from the jail's /proc hidepid, held by nothing but the supervisor's opener thread
 # (process/opener.py): that thread resolves the program's paths with the program's uid and
 # Landlock rules, but from outside its PID namespace and Landlock domain, so hidepid would hide
 # the program's own /proc/<pid> from it. Just below the sandbox uid range (process/identity.py);
 # no file should be owned by it.
-OPENER_PROC_GID = 1_999_999_999  # a private /dev/shm holds POSIX semaphores and shm segments: a few each
+OPENER_PROC_GID = 1_999_999_999
 
 
 def inode_limit(disk: int) -> int:
@@ -228,7 +229,7 @@ def run_entries(plan: Plan, workspace: str, proc_rights: int, owner: tuple[int, 
     plan's files written into it), /tmp and /dev/shm. That tmpfs is mounted at /tmp or /dev/shm
     when the workspace is below it, else at the workspace's parent directory; /tmp and /dev/shm,
     where it is not mounted, are bound from subdirectories of the workspace (tmp/ is also
-    $TMPDIR). (`shm_inodes` is unused: /dev/shm shares the `disk` tmpfs's bound on files.)"""
+    $TMPDIR). (`shm_inodes` is unused, see SHM_INODES.)"""
     disk = plan.disk if plan.disk is not None else 0
     size = f"size={disk},nr_inodes={inode_limit(disk)}" if disk else "size=50%"
     tmp_rights = fs.PRIVATE_SHM_RIGHTS & handled_fs
@@ -236,7 +237,7 @@ def run_entries(plan: Plan, workspace: str, proc_rights: int, owner: tuple[int, 
     # the tmpfs goes at /tmp or /dev/shm when the workspace is below it (the workspace and the
     # directories above it are then plain directories in it), else at the workspace's parent
     anchor = next((top for top in ("/tmp", "/dev/shm") if _inside(base, [top])), base)
-    shared_top = anchor != base or base in ("/dev/shm", "/tmp")
+    shared_top = anchor in ("/tmp", "/dev/shm")
     out: list[Entry] = [
         (_spawn.ROOT_PROC, b"/proc", f"gid={opener_proc_gid}".encode() if opener_proc_gid >= 0 else b"", 0, 0,
          proc_rights),
