@@ -116,8 +116,7 @@ def test_a_run_whose_mount_source_is_swapped_for_a_link_fails_before_the_program
     with pytest.raises(SpawnError) as failed:
         evalbox.run(["sh", "-c", f"touch {marker} /tmp/x; ls {source}"], mounts=[evalbox.Mount(source)],
                     collect=["out"], timeout=10)
-    assert "jail" in str(failed.value) and "symbolic link" in str(failed.value).lower() or \
-        "Too many levels" in str(failed.value), str(failed.value)
+    assert failed.value.errno == errno.ELOOP and "build the jail's root" in str(failed.value), str(failed.value)
     assert not os.path.exists(marker)
     assert os.path.islink(source) and os.readlink(source) == victim
     assert sorted(os.listdir(victim)) == ["data", "keep"]
