@@ -191,14 +191,17 @@ def wait_until(cond, timeout: float, what: str, interval: float = 0.005):
 def own_fds() -> set[int]:
     """This process's fds, less those of evalbox's bounded pools: recycled cgroups, and the jail's
     network namespaces and template mount namespaces (process/netns.py, process/templates.py)."""
+    from evalbox.process import netns
+
     pooled = f"/evalbox-{os.getpid()}/"
+    counters = netns.held_fds()  # (one per pooled network namespace)
     out = set()
     for n in os.listdir("/proc/self/fd"):
         try:
             target = os.readlink(f"/proc/self/fd/{n}")
         except OSError:
             continue  # the listing's own fd
-        if target.startswith(("net:[", "mnt:[")):
+        if target.startswith(("net:[", "mnt:[")) or int(n) in counters:
             continue
         if not (target.startswith("/sys/fs/cgroup/") and pooled in target):
             out.add(int(n))

@@ -476,11 +476,11 @@ static int child_main(void *arg)
 #define STEP_STARTED 0 /* report of the init (the program runs), or of a template's child */
 
 enum root_op {
-    ROOT_DIR = 1,     /* mkdir path (mode) */
-    ROOT_BIND,        /* bind source at path (flags: ROOT_RO, ROOT_IS_DIR) */
+    ROOT_DIR = 1,     /* mkdir path (mode; rights: Landlock rule on it) */
+    ROOT_BIND,        /* bind source at path (flags: ROOT_RO, ROOT_IS_DIR; rights: Landlock rule) */
     ROOT_SYMLINK,     /* symlink data -> path */
     ROOT_TMPFS,       /* tmpfs at path (data: options; rights: Landlock rule on it) */
-    ROOT_PROC,        /* procfs of this PID namespace at path (rights: Landlock rule) */
+    ROOT_PROC,        /* procfs of this PID namespace at path (data: options after hidepid=2; rights: Landlock rule) */
     ROOT_FILE,        /* a file at path with content data (mode) */
     ROOT_DEVPTS,      /* a devpts instance of its own at path (rights: Landlock rule) */
 };
@@ -500,6 +500,55 @@ struct root_entry {
     unsigned long long rights;
 };
 
+/* The new mount API (Linux 5.2; mount_setattr 5.12, below Landlock's 5.13): a mount is made
+ * detached and attached to a target given as an fd, so no mount target is ever a path the kernel
+ * resolves (and could follow a symlink in) at mount time. Raw calls: older C libraries lack them. */
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_move_mount
+#define SYS_move_mount 429
+#endif
+#ifndef SYS_fsopen
+#define SYS_fsopen 430
+#endif
+#ifndef SYS_fsconfig
+#define SYS_fsconfig 431
+#endif
+#ifndef SYS_fsmount
+#define SYS_fsmount 432
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+#define EB_OPEN_TREE_CLONE 1
+#define EB_AT_RECURSIVE 0x8000
+#define EB_MOVE_MOUNT_F_EMPTY_PATH 0x4
+#define EB_MOVE_MOUNT_T_EMPTY_PATH 0x40
+#define EB_FSOPEN_CLOEXEC 1
+#define EB_FSMOUNT_CLOEXEC 1
+#define EB_FSCONFIG_SET_FLAG 0
+#define EB_FSCONFIG_SET_STRING 1
+#define EB_FSCONFIG_CMD_CREATE 6
+#define EB_MOUNT_ATTR_RDONLY 0x1
+#define EB_MOUNT_ATTR_NOSUID 0x2
+#define EB_MOUNT_ATTR_NODEV 0x4
+#define EB_MOUNT_ATTR_NOEXEC 0x8
+struct eb_mount_attr {
+    uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+
+static int landlock_rule_fd(const struct config *c, int fd, unsigned long long rights)
+{
+    if (c->landlock_fd < 0 || !rights)
+        return 0;
+    struct __attribute__((packed)) {
+        uint64_t allowed_access;
+        int32_t parent_fd;
+    } rule = {rights, fd};
+    return syscall(SYS_landlock_add_rule, c->landlock_fd, 1 /* PATH_BENEATH */, &rule, 0U) != 0 ? errno : 0;
+}
+
 static int landlock_rule_at(const struct config *c, const char *path, unsigned long long rights)
 {
     if (c->landlock_fd < 0 || !rights)
@@ -507,31 +556,172 @@ static int landlock_rule_at(const struct config *c, const char *path, unsigned l
     int dir = open(path, O_PATH | O_CLOEXEC);
     if (dir < 0)
         return errno;
-    struct __attribute__((packed)) {
-        uint64_t allowed_access;
-        int32_t parent_fd;
-    } rule = {rights, dir};
-    int err = syscall(SYS_landlock_add_rule, c->landlock_fd, 1 /* PATH_BENEATH */, &rule, 0U) != 0 ? errno : 0;
+    int err = landlock_rule_fd(c, dir, rights);
     close(dir);
     return err;
 }
 
-/* prefix + path, without snprintf. */
-static int staged(char out[4096], const char *prefix, const char *path)
+/* `rel` below the directory `at`, never through a symlink (with O_PATH a final link is opened as
+ * itself: callers check the type), `..` or a magic link: whatever is planted in the new root or
+ * in a tree bound into it, this stays inside it. Returns the fd or -errno. */
+static int open_beneath(int at, const char *rel, int flags)
 {
-    size_t a = strlen(prefix), b = strlen(path);
-    if (a + b + 1 > 4096)
-        return ENAMETOOLONG;
-    memcpy(out, prefix, a);
-    memcpy(out + a, path, b + 1);
-    return 0;
+    struct open_how how = {.flags = (uint64_t)(flags | O_NOFOLLOW | O_CLOEXEC),
+                           .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS};
+    int fd = (int)syscall(SYS_openat2, at, rel, &how, sizeof how);
+    return fd < 0 ? -errno : fd;
 }
 
-static int own(const struct config *c, const char *path, unsigned int flags)
+/* The directory holding the last component of `path` (absolute in the new root, whose top is
+ * `root`), made (0755) where missing, one component at a time with open_beneath. `buf` receives
+ * a copy of the path; *name points at its last component. Returns the fd or -errno. */
+static int parent_beneath(int root, const char *path, char buf[4096], const char **name)
 {
-    if ((flags & ROOT_OWNED) && c->uid >= 0 && lchown(path, (uid_t)c->uid, (gid_t)c->gid) != 0)
-        return errno;
-    return 0;
+    size_t len = strlen(path);
+    if (len >= 4096)
+        return -ENAMETOOLONG;
+    memcpy(buf, path, len + 1);
+    char *p = buf;
+    while (*p == '/')
+        p++;
+    char *last = strrchr(p, '/');
+    const char *base = last ? last + 1 : p;
+    if (!*base || strcmp(base, ".") == 0 || strcmp(base, "..") == 0)
+        return -EINVAL;
+    *name = base;
+    if (!last) { /* directly below the top */
+        int top = fcntl(root, F_DUPFD_CLOEXEC, 0);
+        return top < 0 ? -errno : top;
+    }
+    /* usually the parent exists: one openat2 for it all */
+    *last = '\0';
+    int dir = open_beneath(root, p, O_PATH | O_DIRECTORY);
+    if (dir != -ENOENT) {
+        *last = '/';
+        return dir;
+    }
+    *last = '/';
+    dir = open_beneath(root, ".", O_PATH | O_DIRECTORY);
+    for (char *slash; dir >= 0 && (slash = strchr(p, '/')) != NULL; p = slash + 1) {
+        *slash = '\0';
+        if (*p) {
+            int next = open_beneath(dir, p, O_PATH | O_DIRECTORY);
+            if (next == -ENOENT)
+                next = mkdirat(dir, p, 0755) != 0 && errno != EEXIST ? -errno
+                                                                    : open_beneath(dir, p, O_PATH | O_DIRECTORY);
+            close(dir);
+            dir = next;
+        }
+        *slash = '/';
+    }
+    return dir;
+}
+
+/* The mount target `name` in `dir` (a directory or an empty file, made if missing), as an
+ * O_PATH fd, never a symlink. Returns the fd or -errno. */
+static int mount_target(int dir, const char *name, int is_dir)
+{
+    if (is_dir) { /* (O_DIRECTORY: a link there fails to open, no fstat needed) */
+        if (mkdirat(dir, name, 0755) != 0 && errno != EEXIST)
+            return -errno;
+        return open_beneath(dir, name, O_PATH | O_DIRECTORY);
+    }
+    int fd = open_beneath(dir, name, O_PATH);
+    if (fd == -ENOENT) {
+        int made = openat(dir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+        if (made < 0 && errno != EEXIST)
+            return -errno;
+        if (made >= 0)
+            close(made);
+        fd = open_beneath(dir, name, O_PATH);
+    }
+    if (fd < 0)
+        return fd;
+    struct stat st;
+    int err = fstat(fd, &st) != 0 ? errno : S_ISLNK(st.st_mode) ? ELOOP : S_ISDIR(st.st_mode) ? EISDIR : 0;
+    if (err) {
+        close(fd);
+        return -err;
+    }
+    return fd;
+}
+
+/* Attach the detached mount `mnt` on the target fd. */
+static int attach(int mnt, int target)
+{
+    return syscall(SYS_move_mount, mnt, "", target, "", EB_MOVE_MOUNT_F_EMPTY_PATH | EB_MOVE_MOUNT_T_EMPTY_PATH) != 0
+               ? errno : 0;
+}
+
+/* A detached mount of a new `fstype` with `options` ("k=v,flag,..."), or -errno. */
+static int new_mount(const char *fstype, const char *options, unsigned int attrs)
+{
+    char buf[512];
+    size_t len = strlen(options);
+    if (len >= sizeof buf)
+        return -EINVAL;
+    memcpy(buf, options, len + 1);
+    int fs = (int)syscall(SYS_fsopen, fstype, EB_FSOPEN_CLOEXEC);
+    if (fs < 0)
+        return -errno;
+    int err = syscall(SYS_fsconfig, fs, EB_FSCONFIG_SET_STRING, "source", fstype, 0) != 0 ? errno : 0;
+    for (char *opt = buf; !err && *opt;) {
+        char *comma = strchr(opt, ',');
+        if (comma)
+            *comma = '\0';
+        if (*opt) {
+            char *eq = strchr(opt, '=');
+            if (eq)
+                *eq = '\0';
+            if (syscall(SYS_fsconfig, fs, eq ? EB_FSCONFIG_SET_STRING : EB_FSCONFIG_SET_FLAG, opt, eq ? eq + 1 : NULL,
+                        0) != 0)
+                err = errno;
+        }
+        if (!comma)
+            break;
+        opt = comma + 1;
+    }
+    if (!err && syscall(SYS_fsconfig, fs, EB_FSCONFIG_CMD_CREATE, NULL, NULL, 0) != 0)
+        err = errno;
+    int mnt = err ? -1 : (int)syscall(SYS_fsmount, fs, EB_FSMOUNT_CLOEXEC, attrs);
+    if (!err && mnt < 0)
+        err = errno;
+    close(fs);
+    return err ? -err : mnt;
+}
+
+/* A detached copy of the tree at `source` (an fd), read-only if asked, or -errno. */
+static int bind_tree(int source, int readonly)
+{
+    int tree = (int)syscall(SYS_open_tree, source, "", EB_OPEN_TREE_CLONE | O_CLOEXEC | AT_EMPTY_PATH | EB_AT_RECURSIVE);
+    if (tree < 0)
+        return -errno;
+    struct eb_mount_attr attr = {.attr_set = EB_MOUNT_ATTR_RDONLY | EB_MOUNT_ATTR_NOSUID};
+    if (readonly && syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr) != 0) {
+        int err = errno;
+        close(tree);
+        return -err;
+    }
+    return tree;
+}
+
+/* A mount made by `made` (fd or -errno) attached at `target` (fd or -errno), owned and given its
+ * Landlock rule (the mount's own root, not the directory it covers). Closes both fds. */
+static int place_mount(const struct config *c, int made, int target, unsigned int flags, unsigned long long rights)
+{
+    int err = made < 0 ? -made : target < 0 ? -target : 0;
+    if (!err)
+        err = attach(made, target);
+    if (!err && (flags & ROOT_OWNED) && c->uid >= 0 &&
+        fchownat(made, "", (uid_t)c->uid, (gid_t)c->gid, AT_EMPTY_PATH) != 0)
+        err = errno;
+    if (!err)
+        err = landlock_rule_fd(c, made, rights);
+    if (made >= 0)
+        close(made);
+    if (target >= 0)
+        close(target);
+    return err;
 }
 
 /* Bind sources are held before anything is mounted over them. */
@@ -549,122 +739,195 @@ static void open_root_sources(const struct config *c)
     }
 }
 
-/* Apply the root operations below `prefix` ("" once inside the root), sources already open. */
-static void apply_root_ops(const struct config *c, const char *prefix)
+/* One root operation on the new root whose top directory is `root`. Every path (target, and the
+ * source of a late bind) is resolved below `root` with no symlink, `..` or magic link in any
+ * component: nothing planted in the root or in a tree bound into it can make an operation act
+ * on the host's filesystem. Returns 0 or an errno. */
+static int apply_root_op(const struct config *c, int root, int i, int dir, const char *name)
 {
-    char where[4096], source[32];
-    const char *top = prefix;
-    int *fds = c->root_fds;
-    for (int i = 0; i < c->n_root; i++) {
-        const struct root_entry *e = &c->root[i];
-        int err = staged(where, prefix, e->path);
-        if (!err) {
-            switch (e->op) {
-            case ROOT_DIR:
-                /* parents first in the list: one mkdir, unless they are missing */
-                err = mkdir(where, 0755) == 0 || errno == EEXIST ? 0 : make_path(top, where, 1);
-                if (!err && chmod(where, e->mode) != 0)
-                    err = errno;
-                if (!err)
-                    err = own(c, where, e->flags);
-                break;
-            case ROOT_BIND:
-                err = make_path(top, where, e->flags & ROOT_IS_DIR);
-                if (!err && (e->flags & ROOT_LATE)) {
-                    char from[4096];
-                    err = staged(from, prefix, e->data);
-                    if (!err && (fds[i] = open(from, O_PATH | O_NOFOLLOW | O_CLOEXEC)) < 0)
-                        err = errno;
-                    if (err)
-                        break;
-                }
-                fd_path(source, fds[i]);
-                if (!err && mount(source, where, NULL, MS_BIND | MS_REC, NULL) != 0)
-                    err = errno;
-                if (!err && (e->flags & ROOT_RO) &&
-                    mount(NULL, where, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID, NULL) != 0)
-                    err = errno;
-                close(fds[i]);
-                fds[i] = -1;
-                break;
-            case ROOT_SYMLINK:
-                err = make_path(top, where, 1);
-                if (!err && rmdir(where) != 0)
-                    err = errno;
-                if (!err && symlink(e->data, where) != 0)
-                    err = errno;
-                if (!err)
-                    err = own(c, where, e->flags);
-                break;
-            case ROOT_TMPFS:
-                err = make_path(top, where, 1);
-                if (!err && mount("tmpfs", where, "tmpfs", MS_NOSUID | MS_NODEV, e->data) != 0)
-                    err = errno;
-                if (!err)
-                    err = own(c, where, e->flags);
-                if (!err)
-                    err = landlock_rule_at(c, where, e->rights);
-                break;
-            case ROOT_PROC:
-                err = make_path(top, where, 1);
-                /* hidepid=2: the init (which shares the caller's memory, and so its command line)
-                 * is invisible to the program, which may not ptrace it. */
-                if (!err && mount("proc", where, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2") != 0)
-                    err = errno;
-                if (!err)
-                    err = landlock_rule_at(c, where, e->rights);
-                break;
-            case ROOT_DEVPTS:
-                err = make_path(top, where, 1);
-                if (!err && mount("devpts", where, "devpts", MS_NOSUID | MS_NOEXEC,
-                                  "newinstance,ptmxmode=0666,mode=0620") != 0)
-                    err = errno;
-                if (!err)
-                    err = landlock_rule_at(c, where, e->rights);
-                break;
-            case ROOT_FILE: {
-                int fd = open(where, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, e->mode);
-                if (fd < 0) {
-                    err = errno;
-                    break;
-                }
-                Py_ssize_t done = 0;
-                while (!err && done < e->data_len) {
-                    ssize_t n = write(fd, e->data + done, (size_t)(e->data_len - done));
-                    if (n < 0 && errno != EINTR)
-                        err = errno;
-                    else if (n > 0)
-                        done += n;
-                }
-                if (!err && fchmod(fd, e->mode) != 0) /* the umask does not apply */
-                    err = errno;
-                close(fd);
-                if (!err)
-                    err = own(c, where, e->flags);
-                if (!err) /* e.g. a file bound elsewhere: Landlock sees it by its own inode */
-                    err = landlock_rule_at(c, where, e->rights);
-                break;
+    const struct root_entry *e = &c->root[i];
+    int err = 0, fd = -1;
+    switch (e->op) {
+    case ROOT_DIR:
+        /* (the umask is 0 here: a directory made now has its mode; one already there is set) */
+        if (mkdirat(dir, name, e->mode) == 0) {
+            if ((e->flags & ROOT_OWNED) && c->uid >= 0 &&
+                fchownat(dir, name, (uid_t)c->uid, (gid_t)c->gid, AT_SYMLINK_NOFOLLOW) != 0)
+                err = errno;
+            if (!err && e->rights) {
+                fd = open_beneath(dir, name, O_PATH | O_DIRECTORY);
+                err = fd < 0 ? -fd : landlock_rule_fd(c, fd, e->rights);
             }
-            default:
-                err = EINVAL;
+            break;
+        }
+        if (errno != EEXIST) {
+            err = errno;
+            break;
+        }
+        fd = open_beneath(dir, name, O_RDONLY | O_DIRECTORY);
+        if (fd < 0) {
+            err = -fd;
+            break;
+        }
+        if (fchmod(fd, e->mode) != 0)
+            err = errno;
+        if (!err && (e->flags & ROOT_OWNED) && c->uid >= 0 && fchown(fd, (uid_t)c->uid, (gid_t)c->gid) != 0)
+            err = errno;
+        if (!err)
+            err = landlock_rule_fd(c, fd, e->rights);
+        break;
+    case ROOT_BIND: {
+        int source = c->root_fds[i];
+        if (e->flags & ROOT_LATE) {
+            const char *from = e->data;
+            struct stat st;
+            while (*from == '/')
+                from++;
+            source = open_beneath(root, from, O_PATH);
+            if (source >= 0 && (fstat(source, &st) != 0 || S_ISLNK(st.st_mode))) {
+                close(source);
+                source = -ELOOP;
             }
         }
+        int tree = source < 0 ? source : bind_tree(source, e->flags & ROOT_RO);
+        if (source >= 0)
+            close(source);
+        c->root_fds[i] = -1;
+        err = place_mount(c, tree, mount_target(dir, name, e->flags & ROOT_IS_DIR), 0, e->rights);
+        break;
+    }
+    case ROOT_SYMLINK:
+        if (symlinkat(e->data, dir, name) != 0) {
+            err = errno;
+            /* an empty directory made earlier as a parent gives way to the link */
+            if (err == EEXIST && unlinkat(dir, name, AT_REMOVEDIR) == 0)
+                err = symlinkat(e->data, dir, name) != 0 ? errno : 0;
+        }
+        if (!err && (e->flags & ROOT_OWNED) && c->uid >= 0 &&
+            fchownat(dir, name, (uid_t)c->uid, (gid_t)c->gid, AT_SYMLINK_NOFOLLOW) != 0)
+            err = errno;
+        break;
+    case ROOT_TMPFS:
+        err = place_mount(c, new_mount("tmpfs", e->data, EB_MOUNT_ATTR_NOSUID | EB_MOUNT_ATTR_NODEV),
+                          mount_target(dir, name, 1), e->flags, e->rights);
+        break;
+    case ROOT_PROC: {
+        /* hidepid=2: the init (which shares the caller's memory, and so its command line) is
+         * invisible to the program, which may not ptrace it. data: more options (gid=: a group
+         * exempt from hidepid, held only by the supervisor's opener thread) */
+        char options[128] = "hidepid=2";
+        size_t used = strlen(options);
+        if (e->data_len > 0) {
+            if (used + 1 + (size_t)e->data_len >= sizeof options) {
+                err = EINVAL;
+                break;
+            }
+            options[used] = ',';
+            memcpy(options + used + 1, e->data, (size_t)e->data_len);
+            options[used + 1 + e->data_len] = '\0';
+        }
+        err = place_mount(c, new_mount("proc", options, EB_MOUNT_ATTR_NOSUID | EB_MOUNT_ATTR_NODEV | EB_MOUNT_ATTR_NOEXEC),
+                          mount_target(dir, name, 1), 0, e->rights);
+        break;
+    }
+    case ROOT_DEVPTS:
+        err = place_mount(c, new_mount("devpts", "newinstance,ptmxmode=0666,mode=0620",
+                                       EB_MOUNT_ATTR_NOSUID | EB_MOUNT_ATTR_NOEXEC),
+                          mount_target(dir, name, 1), 0, e->rights);
+        break;
+    case ROOT_FILE: {
+        fd = openat(dir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, e->mode);
+        if (fd < 0) {
+            err = errno;
+            break;
+        }
+        Py_ssize_t done = 0;
+        while (!err && done < e->data_len) {
+            ssize_t n = write(fd, e->data + done, (size_t)(e->data_len - done));
+            if (n < 0 && errno != EINTR)
+                err = errno;
+            else if (n > 0)
+                done += n;
+        }
+        /* (made with its mode: the umask is 0 here) */
+        if (!err && (e->flags & ROOT_OWNED) && c->uid >= 0 && fchown(fd, (uid_t)c->uid, (gid_t)c->gid) != 0)
+            err = errno;
+        if (!err) /* e.g. a file bound elsewhere: Landlock sees it by its own inode */
+            err = landlock_rule_fd(c, fd, e->rights);
+        break;
+    }
+    default:
+        err = EINVAL;
+    }
+    if (fd >= 0)
+        close(fd);
+    return err;
+}
+
+/* Length of the parent part of an absolute path ("/a/b" -> 2, "/a" -> 0). */
+static size_t parent_len(const char *path)
+{
+    const char *last = strrchr(path, '/');
+    return last ? (size_t)(last - path) : 0;
+}
+
+/* Apply the root operations to the new root whose top directory is `root` (an fd), sources of
+ * early binds already open. The first failure ends the process before anything else runs.
+ * Consecutive operations in one directory share its fd: none of them can place anything at
+ * that directory or above it (which would leave the fd naming a hidden directory), since an
+ * operation at a path has that path's parent as its own directory. */
+static void apply_root_ops(const struct config *c, int root)
+{
+    char buf[4096];
+    int cached = -1, cached_dir = -1;
+    umask(0);
+    for (int i = 0; i < c->n_root; i++) {
+        const struct root_entry *e = &c->root[i];
+        const char *name = NULL;
+        size_t plen = parent_len(e->path);
+        int dir;
+        if (cached >= 0 && parent_len(c->root[cached].path) == plen && memcmp(c->root[cached].path, e->path, plen) == 0) {
+            dir = cached_dir;
+            name = e->path + plen + 1;
+            if (!*name || strchr(name, '/') || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+                report(c, STEP_ROOT, EINVAL);
+        } else {
+            if (cached_dir >= 0)
+                close(cached_dir);
+            cached = cached_dir = -1;
+            dir = parent_beneath(root, e->path, buf, &name);
+            if (dir < 0)
+                report(c, STEP_ROOT, -dir);
+            name = e->path + (name - buf); /* (the same name, in the entry: buf is reused) */
+            cached = i;
+            cached_dir = dir;
+        }
+        int err = apply_root_op(c, root, i, dir, name);
         if (err)
             report(c, STEP_ROOT, err);
     }
+    if (cached_dir >= 0)
+        close(cached_dir);
 }
 
-/* A root built from scratch: a tmpfs staged over /tmp, filled, entered with pivot_root. */
+/* A root built from scratch: a fresh tmpfs attached over /tmp of this (private) mount namespace,
+ * filled through its own fd, entered with pivot_root. */
 static void build_root(const struct config *c)
 {
     open_root_sources(c);
-    if (mount("tmpfs", ROOT_STAGING, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m,nr_inodes=4096") != 0)
+    int root = new_mount("tmpfs", "mode=0755,size=1m,nr_inodes=4096", EB_MOUNT_ATTR_NOSUID | EB_MOUNT_ATTR_NODEV);
+    if (root < 0)
+        report(c, STEP_ROOT, -root);
+    /* attached somewhere (pivot_root needs a mount of this namespace): where does not matter,
+     * everything below goes through `root` */
+    if (syscall(SYS_move_mount, root, "", AT_FDCWD, ROOT_STAGING, EB_MOVE_MOUNT_F_EMPTY_PATH) != 0)
         report(c, STEP_ROOT, errno);
-    apply_root_ops(c, ROOT_STAGING);
+    apply_root_ops(c, root);
     /* pivot_root(".", "."): the old root ends up stacked on the new one and is detached at once. */
-    if (chdir(ROOT_STAGING) != 0 || syscall(SYS_pivot_root, ".", ".") != 0 || umount2(".", MNT_DETACH) != 0 ||
+    if (fchdir(root) != 0 || syscall(SYS_pivot_root, ".", ".") != 0 || umount2(".", MNT_DETACH) != 0 ||
         chdir("/") != 0)
         report(c, STEP_ROOT, errno);
+    close(root);
 }
 
 /* The template's child: a mount namespace whose root holds the static part of jails' roots,
@@ -854,9 +1117,20 @@ static void init_namespaces(const struct config *c)
     if (c->template_fd >= 0) {
         /* A private copy of the template's namespace: its root is the jail's static root. */
         open_root_sources(c);
+        struct stat host_root, root_st;
+        if (stat("/", &host_root) != 0)
+            report(c, STEP_ROOT, errno);
         if (setns(c->template_fd, CLONE_NEWNS) != 0 || unshare(CLONE_NEWNS) != 0)
             report(c, STEP_ROOT, errno);
-        apply_root_ops(c, "");
+        int root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (root < 0 || fstat(root, &root_st) != 0)
+            report(c, STEP_ROOT, errno);
+        /* a template is a root of its own: an fd that names the host's mount namespace (a
+         * stale number) must never have the run's operations applied to the host's root */
+        if (root_st.st_dev == host_root.st_dev && root_st.st_ino == host_root.st_ino)
+            report(c, STEP_ROOT, EBADF);
+        apply_root_ops(c, root);
+        close(root);
         if (landlock_rule_at(c, "/", c->root_rights) != 0)
             report(c, STEP_ROOT, errno);
     } else if (c->jail_flags & CLONE_NEWNS) {

@@ -90,7 +90,7 @@ class Sandbox:
                                                others_only=host.switches_uid, routing=self.lock.routing,
                                                workspace=self._workspace_seen_by_host(),
                                                ruleset_fd=self.lock.ruleset.fd,
-                                               uid=self.lock.uid, gid=self.lock.gid)
+                                               uid=self.lock.uid, gid=self.lock.gid, proc_gid=self.lock.proc_gid)
             except BaseException:  # (Supervision closed the listener)
                 self.lock.release_spawn_resources()
                 self.kill_tree()
