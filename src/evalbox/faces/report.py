@@ -29,9 +29,9 @@ def jail_report(host) -> str:  # type: ignore[no-untyped-def]
     if host.jail:
         return ("jail" + (" in a user namespace of its own (your uid mapped to itself)" if host.jail_userns else "")
                 + ": PID namespace with its own init (own process table, orphans reaped inside), IPC, UTS, "
-                "mount namespace with a root built from the granted paths (pivot_root; workspace a tmpfs of "
-                "Plan.disk), network namespace with only its own loopback when network is off"
-                "; promise 9 holds")
+                "mount namespace with a root built from the granted paths (pivot_root; workspace, /tmp and "
+                "/dev/shm in one tmpfs of Plan.disk), network namespace with only its own loopback when network "
+                "is off; promise 9 holds")
     from evalbox.policy.jail import no_view
 
     return no_view(host.no_jail_reason) + ("; a mount namespace gives a private /dev/shm" if host.private_shm else "")

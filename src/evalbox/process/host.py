@@ -65,6 +65,24 @@ def _user_namespaces() -> bool:
         return True
 
 
+def _new_mount_api() -> bool:
+    """The jail builds its root with fsopen/open_tree/move_mount/mount_setattr (Linux 5.12+; a
+    container's seccomp profile may refuse them): try fsopen and mount_setattr."""
+    from evalbox.kernel import _spawn
+    from evalbox.kernel.syscall_table import ARCHES
+
+    nr = ARCHES[native_arch()]
+    try:
+        os.close(_spawn.syscall(nr["fsopen"], b"tmpfs\0", 1))  # FSOPEN_CLOEXEC
+    except OSError:
+        return False
+    try:
+        _spawn.syscall(nr["mount_setattr"], -1, b"\0", 0, 0, 0)
+    except OSError as e:
+        return e.errno not in (errno.ENOSYS, errno.EPERM)
+    return True
+
+
 def _kernel_at_least(major: int, minor: int) -> bool:
     parts = platform.release().split(".")
     try:
@@ -81,7 +99,7 @@ def _read_sysctl(path: str) -> str | None:
         return None
 
 
-USERNS_STEPS = {1: "create user namespaces", 2: "map your uid and gid", 3: "mount a tmpfs",
+USERNS_STEPS = {1: "create user namespaces", 2: "map your uid and gid", 3: "mount a tmpfs (mount, fsopen)",
                 4: "mount a /proc of its own", 5: "set up a loopback interface"}
 
 
@@ -119,7 +137,10 @@ def _jail_mode(privileged: bool, sys_admin: bool) -> tuple[bool, bool, str]:
     if os.environ.get("EVALBOX_JAIL", "1") == "0":
         return False, False, "EVALBOX_JAIL=0 turns it off; unset it for the jail"
     if privileged and sys_admin:
-        return True, False, ""
+        if _new_mount_api():
+            return True, False, ""
+        return False, False, ("the kernel or a seccomp profile refuses the new mount API (fsopen, open_tree, "
+                              "move_mount, mount_setattr: Linux 5.12+) that builds the jail's root")
     if os.geteuid() == 0:
         return False, False, ("root without CAP_SYS_ADMIN (a container): no namespaces can be made; run the "
                               "container with --cap-add SYS_ADMIN --security-opt apparmor=unconfined (Docker) "

@@ -68,6 +68,7 @@ class Lockdown:
     root: list[tuple[int, bytes, bytes, int, int, int]] = field(default_factory=list)  # see policy/jail.py
     root_rights: int = 0
     template_fd: int = -1  # a template mount namespace the init copies (see process/templates.py)
+    proc_gid: int = -1  # the jail's /proc lets this group see every process (the supervisor's opener)
     cgroup_fds: list[int] = field(default_factory=list)
     uid_lease: UidLease | None = None
     owns_cgroup: bool = True  # False: a resident slot's group, which the slot recycles itself
@@ -426,7 +427,9 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
         want = {c for c, needed in (("memory", plan.memory), ("pids", plan.max_pids)) if needed is not None}
         extra_pids, extra_memory = 0, 0
         if slot_group is not None:
-            group, extra_pids, extra_memory = slot_group, 1, SLOT_MEMORY_RESERVE
+            # the launcher, and in a jail the warm copy that is its init, live in the group too
+            jailed = host.jail and bool(jail.clone_flags(plan))
+            group, extra_pids, extra_memory = slot_group, 2 if jailed else 1, SLOT_MEMORY_RESERVE * (2 if jailed else 1)
         elif host.cgroup.version and want & host.cgroup.controllers:
             group = cgroups.acquire(host.cgroup, f"sb-{next(_counter)}")
         if group is not None:
@@ -490,13 +493,18 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
             filters = [(program, 0)]
         overlays = []
         root = []
+        proc_gid = -1
         if jail_flags:
             # the jail's own root replaces the overlays (/dev/shm, /tmp, passwd, paths below hidden
             # directories)
             system, extras, stamp = jail.template_entries(plan, ws.root, rules)
+            # a supervised run's opener thread (process/opener.py) must see the program in /proc
+            if uid >= 0 and plan.notify in (NotifyMode.MONITOR, NotifyMode.SUPERVISE):
+                proc_gid = jail.OPENER_PROC_GID
             root = jail.run_entries(plan, ws.root, filesystem.PROC_RIGHTS & ruleset.handled_fs,
                                     (uid, gid) if lease else None, ruleset.handled_fs,
-                                    identity=[(t, _read(s)) for t, _, s in identity], shm_inodes=PRIVATE_SHM_INODES)
+                                    identity=[(t, _read(s)) for t, _, s in identity], shm_inodes=PRIVATE_SHM_INODES,
+                                    opener_proc_gid=proc_gid)
             # (a plan that collects binds the host's work/ directory: only a root built per run, in
             # a namespace where that host path is still visible, can do so)
             # (nor can a user namespace's init copy a template: it holds no capability over it)
@@ -557,7 +565,8 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
             weakened=tuple(f"syscall {n} allowed unconditionally" for n in plan.syscalls.allow),
             view=(jail.VIEW + (" (in a user namespace of its own)" if in_userns else "")) if jail_flags else
             jail.no_view(no_jail_reason),
-            disk=f"workspace tmpfs of {plan.disk} bytes, {jail.inode_limit(plan.disk)} files and directories"
+            disk=f"one tmpfs of {plan.disk} bytes, {jail.inode_limit(plan.disk)} files and directories for the "
+                 "workspace, /tmp and /dev/shm together"
             if jail_flags and plan.disk else
             "not bounded (no jail): max_file_size bounds each file" + (", the memory cgroup the workspace's pages"
                                                                         if ws.root.startswith("/dev/shm/") and use_mem else ""),
@@ -587,6 +596,7 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
             hostname=jail.HOSTNAME if jail_flags else None,
             root=root,
             template_fd=template,
+            proc_gid=proc_gid,
             root_rights=jail.ROOT_RIGHTS & ruleset.handled_fs,
             netns_fd=netns_fd,
             proc_rights=filesystem.PROC_RIGHTS & ruleset.handled_fs,

@@ -39,7 +39,7 @@ class Sandbox:
         self.slot: warm.Slot | None = None
         self.launcher: warm.Template | None = None
         template = warm.template_for(plan) if warm.eligible(plan, host) else None
-        if warm.slots_usable(plan, host):
+        if warm.slots_usable(plan, host, warm_start=template is not None):
             # no migration into a v1 cgroup: the run is born in a resident slot's group, from a
             # warm copy or by a cold spawn done by the slot's launcher
             self.launcher = template or warm.launcher_template()
@@ -90,7 +90,7 @@ class Sandbox:
                                                others_only=host.switches_uid, routing=self.lock.routing,
                                                workspace=self._workspace_seen_by_host(),
                                                ruleset_fd=self.lock.ruleset.fd,
-                                               uid=self.lock.uid, gid=self.lock.gid)
+                                               uid=self.lock.uid, gid=self.lock.gid, proc_gid=self.lock.proc_gid)
             except BaseException:  # (Supervision closed the listener)
                 self.lock.release_spawn_resources()
                 self.kill_tree()
@@ -118,7 +118,8 @@ class Sandbox:
         self.caller_peak_rss = 0  # a warm copy or a launcher's child never shared our memory
         try:
             if template is not None:
-                self.pid, self.pidfd, listener = (self.slot or template).start(self.lock, plan, stdin, stdout, stderr)
+                self.pid, self.pidfd, listener, self.init_report = (self.slot or template).start(
+                    self.lock, plan, stdin, stdout, stderr)
                 self.warm = True
                 return listener
             if self.slot is not None:
