@@ -20,8 +20,10 @@ from evalbox.process import warm
 from evalbox.process.host import probe
 from rt_helpers import describe, ok
 
-pytestmark = pytest.mark.skipif(not probe().jail, reason="no jail on this host (needs root with CAP_SYS_ADMIN; "
+_no_jail = pytest.mark.skipif(not probe().jail, reason="no jail on this host (needs root with CAP_SYS_ADMIN; "
                                 "`evalbox check` says why): warm runs there are covered by test_python_warm")
+# (an unprivileged caller's jail, in a user namespace, has no warm copies yet)
+pytestmark = [_no_jail, pytest.mark.skipif(bool(warm.why_cold_here()), reason=str(warm.why_cold_here()))]
 
 
 def run(code: str, mode: bool, **kw) -> evalbox.Output:

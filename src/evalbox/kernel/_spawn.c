@@ -1907,6 +1907,8 @@ static PyObject *lockdown_self(PyObject *self, PyObject *args, PyObject *kwargs)
     c.template_fd = template_fd;
     c.netns_fd = netns_fd;
     c.jail_flags = jail_flags;
+    c.outer_uid = geteuid(); /* (a warm copy: the same ids as its evalbox caller) */
+    c.outer_gid = getegid();
     c.proc_rights = proc_rights;
     c.hostname = hostname;
     c.root_rights = root_rights;

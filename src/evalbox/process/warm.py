@@ -69,10 +69,23 @@ def jailed(plan: Plan, host: Host) -> bool:
     return bool(host.jail and jail.clone_flags(plan))
 
 
+def why_cold_here() -> str | None:
+    """Why default warm runs start cold on this host (None: they start warm)."""
+    from evalbox.process.host import probe
+
+    host = probe()
+    if host.jail and host.jail_userns:
+        return ("this caller's jail is built in a user namespace of its own, which warm copies cannot enter yet, "
+                "so warm runs start cold here; EVALBOX_JAIL=0 turns the jail off (and warm runs on)")
+    return None
+
+
 def eligible(plan: Plan, host: Host) -> bool:
     """Can this run start from a warm copy with the same isolation and observable behaviour?"""
     if plan.warm is None or plan.notify is not NotifyMode.DISABLED or not os.path.isabs(plan.argv[0]):
         return False
+    if host.jail_userns and jailed(plan, host):
+        return False  # a warm copy cannot enter a user namespace's jail yet: such runs start cold
     return not any(k.startswith(("PYTHON", "LC_")) and k not in WARM_ENV or k == "LANG" for k in plan.env)
 
 
