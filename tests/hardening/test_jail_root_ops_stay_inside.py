@@ -21,8 +21,9 @@ from evalbox.errors import SpawnError
 from evalbox.kernel import _spawn
 from evalbox.process.host import probe
 
-pytestmark = pytest.mark.skipif(not probe().jail, reason="no jail on this host (needs root with CAP_SYS_ADMIN; "
-                                "`evalbox check` says why): the jail's root is not built here")
+pytestmark = pytest.mark.skipif(not probe().jail or probe().jail_userns,
+                                reason="no root-host jail here (build_template needs root with CAP_SYS_ADMIN; "
+                                "`evalbox check` says why): the jail's root is not built from templates here")
 
 SYMLINK, DIR, FILE, BIND, TMPFS = _spawn.ROOT_SYMLINK, _spawn.ROOT_DIR, _spawn.ROOT_FILE, _spawn.ROOT_BIND, _spawn.ROOT_TMPFS
 
