@@ -242,7 +242,7 @@ def shareable(extras: list[Entry], workspace: str) -> bool:
 
 def run_entries(plan: Plan, workspace: str, proc_rights: int, owner: tuple[int, int] | None,
                 handled_fs: int, identity: list[tuple[bytes, bytes]] = (), shm_inodes: int = SHM_INODES,
-                opener_proc_gid: int = -1) -> list[Entry]:
+                opener_proc_gid: int = -1, memory_bounded: bool = True) -> list[Entry]:
     """What each run mounts into its copy of the template: its own /proc and devpts, and one tmpfs
     of `Plan.disk` bytes and files holding everything the run may write: the workspace (with the
     plan's files written into it), /tmp and /dev/shm. That tmpfs is mounted at /tmp or /dev/shm
@@ -250,6 +250,10 @@ def run_entries(plan: Plan, workspace: str, proc_rights: int, owner: tuple[int, 
     where it is not mounted, are bound from subdirectories of the workspace (tmp/ is also
     $TMPDIR). (`shm_inodes` is unused, see SHM_INODES.)"""
     disk = plan.disk if plan.disk is not None else 0
+    if not memory_bounded and plan.memory is not None:
+        # no memory cgroup charges the tmpfs's pages (an unprivileged caller's jail): what the run
+        # writes there is memory, and stays within `memory` too
+        disk = min(disk, plan.memory) if disk else plan.memory
     size = f"size={disk},nr_inodes={inode_limit(disk)}" if disk else "size=50%"
     tmp_rights = fs.PRIVATE_SHM_RIGHTS & handled_fs
     base = os.path.dirname(workspace)

@@ -504,7 +504,7 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
             root = jail.run_entries(plan, ws.root, filesystem.PROC_RIGHTS & ruleset.handled_fs,
                                     (uid, gid) if lease else None, ruleset.handled_fs,
                                     identity=[(t, _read(s)) for t, _, s in identity], shm_inodes=PRIVATE_SHM_INODES,
-                                    opener_proc_gid=proc_gid)
+                                    opener_proc_gid=proc_gid, memory_bounded=use_mem)
             # (a plan that collects binds the host's work/ directory: only a root built per run, in
             # a namespace where that host path is still visible, can do so)
             # (nor can a user namespace's init copy a template: it holds no capability over it)
