@@ -69,6 +69,7 @@ class Lockdown:
     root_rights: int = 0
     template_fd: int = -1  # a template mount namespace the init copies (see process/templates.py)
     cgroup_fds: list[int] = field(default_factory=list)
+    cgroup_dir_fd: int = -1  # v2: the group's directory, for a spawn born in it (CLONE_INTO_CGROUP)
     uid_lease: UidLease | None = None
     owns_cgroup: bool = True  # False: a resident slot's group, which the slot recycles itself
     pids_reserved: int = 0  # counted in _pids_reserved until close()
@@ -79,6 +80,9 @@ class Lockdown:
         for fd in self.cgroup_fds:
             os.close(fd)
         self.cgroup_fds = []
+        if self.cgroup_dir_fd >= 0:
+            os.close(self.cgroup_dir_fd)
+            self.cgroup_dir_fd = -1
         if self.template_fd >= 0:
             templates.release(self.template_fd)
             self.template_fd = -1
@@ -548,6 +552,7 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
             netns_fd=netns_fd,
             proc_rights=filesystem.PROC_RIGHTS & ruleset.handled_fs,
             cgroup_fds=group.open_procs() if group is not None and slot_group is None else [],
+            cgroup_dir_fd=group.open_dir() if group is not None and slot_group is None else -1,
             uid_lease=lease,
             owns_cgroup=slot_group is None,
             pids_reserved=_take_pid_reservation(plan, host, use_pids),
