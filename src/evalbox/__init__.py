@@ -8,13 +8,9 @@ from evalbox.errors import ClusterError, CommandNotFound, SandboxError, SpawnErr
 from evalbox.executor.executor import Completed, Event, Executor, SandboxId, Stderr, Stdout, Syscall, Timeout
 from evalbox.faces.api import run
 from evalbox.faces.batch import run_many
-from evalbox.faces.code import CodeResult, arun_code, run_code
 from evalbox.policy.plan import File, Mount, NotifyMode, Plan, Syscalls
 from evalbox.policy.supervision import Decision, SyscallRecord, SyscallRequest
 from evalbox.process.result import CalledProcessError, Output, Protections, Status
-from evalbox.runtimes import (bash, c, cpp, go, go_test, java, node, nodejs, perl, pytest, python, rust, shell,
-                              typescript)
-from evalbox import evals
 
 __all__ = [
     # running
@@ -34,16 +30,29 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-_ASYNC_NAMES = ("AsyncExecutor", "AsyncSandbox", "arun", "arun_many")
+# Loaded on first use, so that `import evalbox` stays cheap: the asyncio face (asyncio alone is
+# ~40 ms), the language runtimes, the graders and run_code.
+_LAZY = {
+    **{name: ("evalbox.faces.aio", name) for name in ("AsyncExecutor", "AsyncSandbox", "arun", "arun_many")},
+    **{name: ("evalbox.faces.code", name) for name in ("CodeResult", "arun_code", "run_code")},
+    **{name: (f"evalbox.runtimes.{name}", None) for name in (
+        "bash", "c", "cpp", "go", "go_test", "java", "node", "nodejs", "perl", "pytest", "python", "rust", "shell",
+        "typescript")},
+    "evals": ("evalbox.evals", None),
+}
 
 
-def __getattr__(name: str):  # the asyncio face loads asyncio (~40 ms): only when used
-    if name in _ASYNC_NAMES:
-        from evalbox.faces import aio
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
 
-        return getattr(aio, name)
+        module_name, attribute = _LAZY[name]
+        module = importlib.import_module(module_name)
+        value = module if attribute is None else getattr(module, attribute)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module 'evalbox' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:  # the lazily loaded names too, for completion and help()
-    return sorted(set(globals()) | set(_ASYNC_NAMES))
+    return sorted(set(globals()) | set(_LAZY))

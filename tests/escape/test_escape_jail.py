@@ -211,6 +211,58 @@ def test_sandboxes_do_not_share_a_loopback():
     assert b.stdout == b"refused\n", b.stdout
 
 
+@pytest.fixture
+def fresh_netns_pool(monkeypatch):
+    """An empty pool of network namespaces for this test (runs back to back then share one)."""
+    import collections
+
+    from evalbox.process import netns
+
+    monkeypatch.setattr(netns, "_idle", collections.deque())
+    yield netns
+    while netns._idle:
+        fd = netns._idle.pop()
+        stats = netns._stats.pop(fd, -1)
+        if stats >= 0:
+            os.close(stats)
+        os.close(fd)
+
+
+TCP_LEFTOVER = """
+    import os, socket, sys
+    lines = open("/proc/net/tcp").read().splitlines()[1:] + open("/proc/net/tcp6").read().splitlines()[1:]
+    print(os.readlink("/proc/self/ns/net"), len(lines))
+    if sys.argv[1] == "tcp":
+        s = socket.socket()  # SO_REUSEADDR off
+        s.bind(("127.0.0.1", 39217))
+        s.listen()
+        c = socket.create_connection(("127.0.0.1", 39217))
+        a, _ = s.accept()
+        a.close()  # the server's side closes first: its port stays in TIME_WAIT
+        c.close()
+        s.close()
+        print("bound")
+"""
+
+
+def _netns_run(what):
+    out = evalbox.run([PY, "-I", "-S", "-c", textwrap.dedent(TCP_LEFTOVER), what], timeout=20)
+    assert out.success, out.stderr
+    return out.stdout.split()
+
+
+def test_a_run_never_inherits_a_previous_run_tcp_sockets(fresh_netns_pool):
+    first = _netns_run("tcp")
+    second = _netns_run("tcp")  # the same port again, without SO_REUSEADDR
+    assert first[1:] == [b"0", b"bound"] and second[1:] == [b"0", b"bound"], (first, second)
+    assert fresh_netns_pool.dropped_dirty >= 2
+
+
+def test_a_namespace_without_sockets_left_is_reused(fresh_netns_pool):
+    first, second = _netns_run("none"), _netns_run("none")
+    assert first == second and first[1] == b"0", (first, second)  # the same namespace, lent again
+
+
 def test_network_on_keeps_the_host_network():
     out = evalbox.run(["cat", "/proc/net/dev"], network=True)
     assert out.success and "network" not in out.protections.namespaces
@@ -309,6 +361,51 @@ def test_disk_counts_tmp_too():
     out = evalbox.run(["sh", "-c", "dd if=/dev/zero of=/tmp/big bs=1M count=64 2>&1"], disk="8M",
                       max_file_size="1G", timeout=20)
     assert b"No space left on device" in out.stdout, out.stdout
+
+
+@pytest.fixture(params=["default", "/tmp", "/tmp/nested", "/var/tmp/elsewhere"])
+def workspace_base(request, monkeypatch):
+    """Where workspaces live on the host (EVALBOX_TMPDIR): the jail's disk is laid out around it."""
+    if request.param == "default":
+        yield
+        return
+    made = not os.path.isdir(request.param)
+    if made:
+        os.mkdir(request.param, 0o1777)
+        os.chmod(request.param, 0o1777)
+    monkeypatch.setenv("EVALBOX_TMPDIR", request.param)
+    try:
+        yield
+    finally:
+        if made:
+            os.rmdir(request.param)
+
+
+def test_disk_bounds_everything_the_run_writes_together(workspace_base):
+    """`disk` is one budget: the workspace, $HOME, /tmp and /dev/shm share it (bytes)."""
+    out = evalbox.run(["sh", "-c", """
+        w() { i=0; while [ $i -lt 2 ]; do dd if=/dev/zero of=$1/f$i bs=1M count=6 2>/dev/null || break; i=$((i+1)); done; }
+        w /tmp; w .; w $HOME; w /dev/shm
+        du -skL /tmp/f* ./f* $HOME/f* /dev/shm/f* | awk '{s += $1} END {print s}'
+    """], disk="16M", memory="512M", max_file_size="1G", timeout=20)
+    assert out.success, out.stderr
+    assert int(out.stdout) <= 16 << 10, out.stdout  # 48 MiB written at four places, at most 16 kept
+
+
+def test_disk_file_count_is_shared_by_tmp_and_the_workspace():
+    out = run_py("""
+        import os
+        n = 0
+        try:
+            for d in ("/tmp", ".", "/dev/shm"):
+                for _ in range(600):
+                    open(f"{d}/f{n}", "w").close()
+                    n += 1
+        except OSError as e:
+            print(n, e.errno)
+    """, disk="16M")
+    count, err = out.stdout.split()
+    assert err == b"28" and int(count) <= 1024, out.stdout  # 1024 inodes in all, not 1024 per place
 
 
 def test_plan_files_are_in_the_jail_workspace():

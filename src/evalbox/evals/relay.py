@@ -24,12 +24,15 @@ batch costs about one interpreter start per check, as running the check program 
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import math
 import os
+import select
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -409,6 +412,120 @@ class _Relay:
             if job is not None and now >= job.deadline:
                 self._finish(job, "timed out")
                 self._retire(worker, kill=True)
+
+
+class RelayService:
+    """A relay that lives on, fed from any thread: `submit(test)` returns a Future of its result.
+
+    One thread of its own runs the same relay as `iter_checks` (one Executor, trusted workers
+    reused across submitters, at most `concurrency` checks at once); used where checks arrive a
+    few at a time from many callers, as on a Ray node actor. A SandboxError that stops the relay
+    (no sandbox can start) fails every check it holds or has queued; the next submit starts it afresh. `close()`
+    kills what runs and fails what waits.
+    """
+
+    def __init__(self, concurrency: int, **limits: Any) -> None:
+        self.concurrency = check_concurrency(concurrency)
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._inbox: deque[tuple[FunctionTest, concurrent.futures.Future[str]]] = deque()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.pending = 0  # checks submitted and not yet settled
+
+    def submit(self, test: FunctionTest) -> "concurrent.futures.Future[str]":
+        if not (isinstance(test.timeout, (int, float)) and 0 < test.timeout < 1e6):
+            raise ValueError(f"timeout={test.timeout!r}: give the seconds the tests may take (a positive number)")
+        future: concurrent.futures.Future[str] = concurrent.futures.Future()
+        with self._lock:
+            if self._closed:
+                raise SandboxError("this RelayService is closed")
+            self._inbox.append((test, future))
+            self.pending += 1
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve, name="evalbox-relay", daemon=True)
+                self._thread.start()
+        os.eventfd_write(self._wake, 1)
+        return future
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        os.eventfd_write(self._wake, 1)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        self._fail(list(self._inbox), SandboxError("this RelayService was closed before the check ran"))
+        self._inbox.clear()
+        os.close(self._wake)
+
+    def _fail(self, held: list[tuple[Any, concurrent.futures.Future[str]]], error: BaseException) -> None:
+        for _, future in held:
+            if not future.done():
+                if future.running() or future.set_running_or_notify_cancel():
+                    future.set_exception(error)
+            self.pending -= 1
+
+    def _serve(self) -> None:
+        futures: dict[int, concurrent.futures.Future[str]] = {}
+        try:
+            candidate_plan(FunctionTest("", (), ""), self.limits)  # bad limits fail every check, not the thread
+            pids = self.limits.get("max_pids", DEFAULT_MAX_PIDS)
+            with Executor() as ex, expect_neighbours(2 * self.concurrency, pids), select.epoll() as waiter:
+                waiter.register(ex.fileno(), select.EPOLLIN)
+                waiter.register(self._wake, select.EPOLLIN)
+                relay = _Relay(ex, [], self.limits, self.concurrency, _Progress(0, False))
+                tests: list[FunctionTest | None] = relay.tests  # type: ignore[assignment]
+                while True:
+                    with self._lock:
+                        if self._closed:
+                            break
+                        while self._inbox:
+                            test, future = self._inbox.popleft()
+                            if not future.set_running_or_notify_cancel():  # its caller gave up on it
+                                self.pending -= 1
+                                continue
+                            futures[len(tests)] = future
+                            tests.append(test)
+                            relay.results.append(None)
+                            relay.todo.append(len(tests) - 1)
+                    relay._start_jobs()
+                    while relay.ready:
+                        index = relay.ready.popleft()
+                        tests[index] = None  # (the check's text is no longer needed)
+                        futures.pop(index).set_result(relay.results[index])  # type: ignore[arg-type]
+                        with self._lock:
+                            self.pending -= 1
+                    if relay.ready:
+                        continue
+                    now = time.monotonic()
+                    deadlines = [w.job.deadline for w in relay.workers.values() if w.job is not None]
+                    deadlines += [d for d in relay.lingering.values() if d != math.inf]
+                    executor_clock = ex.next_deadline_in()
+                    waits = [max(0.0, d - now) for d in deadlines] + ([executor_clock] if executor_clock is not None else [])
+                    for fd, _ in waiter.poll(min(waits) if waits else -1):
+                        if fd == self._wake:
+                            try:
+                                os.eventfd_read(self._wake)
+                            except BlockingIOError:
+                                pass
+                    for ev in ex.poll(0):
+                        relay._dispatch(ev)
+                    relay._enforce_deadlines(time.monotonic())
+        except BaseException as e:
+            error = e if isinstance(e, SandboxError) else SandboxError(f"the relay stopped: {type(e).__name__}: {e}")
+            with self._lock:
+                held = [(None, f) for f in futures.values()] + list(self._inbox)  # (what waits would fail alike)
+                futures.clear()
+                self._inbox.clear()
+                self._fail(held, error)
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            with self._lock:
+                held = [(None, f) for f in futures.values()]
+                self._fail(held, SandboxError("this RelayService was closed while the check ran"))
 
 
 def iter_checks(tests: Sequence[FunctionTest], *, concurrency: int | None = None, progress: bool = False,

@@ -395,14 +395,9 @@ def python_section(cfg: Config) -> list[Row]:
     argv) and warm (`evalbox.python.plan('print(1)')`) vs the bare pool of fresh interpreters."""
     from evalbox.faces.batch import run_many
 
-    from evalbox.process import warm
-
     py = find_python(cfg.python)
     argv = [py, "-I", "-S", "-c", "print(1)"]
     plans = {"evalbox": Plan(argv), "warm": warm_python_plan(py, "print(1)")}
-    cold_here = warm.why_cold_here()
-    if cold_here:
-        del plans["warm"]
     pool = BarePool()
     size, batches = cfg.n_batch, cfg.n_batches
     # warm up all (page cache, the guard process, recycled cgroups and workspaces, the template)
@@ -410,7 +405,7 @@ def python_section(cfg: Config) -> list[Row]:
     for who, plan in plans.items():
         _check_python_outputs(run_many([plan] * 4, concurrency=4, progress=False), who)
     rows: list[Row] = []
-    order = ("bare", "evalbox", "warm") if not cold_here else ("bare", "evalbox")
+    order = ("bare", "evalbox", "warm")
     cpu: dict[str, list[float]] = {who: [] for who in ("bare", "evalbox", "warm")}  # CPU ms per run, per batch
     for c in CONCURRENCY_LEVELS:
         rates: dict[str, list[float]] = {who: [] for who in ("bare", "evalbox", "warm")}
@@ -432,19 +427,14 @@ def python_section(cfg: Config) -> list[Row]:
         base = rate_row(f"bare pool python print(1), c={c}", "python", rates["bare"])
         row = rate_row(f"evalbox python print(1), c={c}", "python", rates["evalbox"],
                        note=f"cold: run_many of the same argv, {size}/batch")
-        hot = (rate_row(f"evalbox warm python print(1), c={c}", "python", rates["warm"],
-                        note=f"run_many of evalbox.python.plan('print(1)'), {size}/batch") if not cold_here else
-               skipped_row(f"evalbox warm python print(1), c={c}", "python", "runs/s", cold_here))
+        hot = rate_row(f"evalbox warm python print(1), c={c}", "python", rates["warm"],
+                       note=f"run_many of evalbox.python.plan('print(1)'), {size}/batch")
         rows += [base, compare(row, base, TARGET_PYTHON), compare(hot, base, TARGET_PYTHON_WARM)]
     # CPU per run is what bounds throughput once the cores are busy, and it hardly depends on
     # other load: caller (this process) + the programs it reaped, per run.
     base = latency_row("bare pool python print(1): CPU per run", "python", cpu["bare"])
     row = latency_row("evalbox python print(1): CPU per run", "python", cpu["evalbox"],
                       note="CPU ms of the caller + reaped programs per run (not counted: kernel threads)")
-    if cold_here:
-        return rows + [base, compare(row, base),
-                       skipped_row("evalbox warm python print(1): CPU per run", "python", "ms", cold_here),
-                       skipped_row("evalbox warm python print(1): CPU per run vs cold", "python", "ms", cold_here)]
     hot = latency_row("evalbox warm python print(1): CPU per run", "python", cpu["warm"],
                       note="as above, plus the CPU of the templates and slot launchers (their forks)")
     versus = latency_row("evalbox warm python print(1): CPU per run vs cold", "python", cpu["warm"],
@@ -538,18 +528,14 @@ def humaneval_section(cfg: Config) -> list[Row]:
         return [skipped_row(base_name, "humaneval", "runs/s", problems),
                 skipped_row(name, "humaneval", "runs/s", problems),
                 skipped_row(warm_name, "humaneval", "runs/s", problems)]
-    from evalbox.process import warm
-
     py = find_python(cfg.python)
     repeats = cfg.humaneval_repeats or (1 if cfg.quick else 3)
-    cold_here = warm.why_cold_here()
     # warm-up: imports, page cache, multiprocessing machinery, the template
     humaneval_harness(problems[:8])
     humaneval_evalbox(problems[:8], py)
     humaneval_evals(problems[:8], py)
-    if not cold_here:
-        humaneval_evalbox(problems[:8], py, warm=True)
-    order = ("harness", "evalbox", "evals") + (("warm",) if not cold_here else ())
+    humaneval_evalbox(problems[:8], py, warm=True)
+    order = ("harness", "evalbox", "evals", "warm")
     rates: dict[str, list[float]] = {who: [] for who in order}
     cpu: dict[str, list[float]] = {who: [] for who in order}
     harness_failures: set[str] = set()
@@ -580,9 +566,6 @@ def humaneval_section(cfg: Config) -> list[Row]:
                           note="CPU ms of the caller + reaped processes per problem")
     evals_cpu = latency_row("evalbox.evals.humaneval: CPU per problem", "humaneval", cpu["evals"],
                             note="CPU ms of the caller + reaped processes per problem")
-    if cold_here:
-        return [base, compare(row, base, TARGET_HUMANEVAL), skipped_row(warm_name, "humaneval", "runs/s", cold_here),
-                compare(evals_row, base), cpu_base, compare(cpu_row, cpu_base), compare(evals_cpu, cpu_base)]
     hot = rate_row(warm_name, "humaneval", rates["warm"],
                    note="run_many of evalbox.python.plan(program) (warm, the default); 164/164 passed")
     cpu_hot = latency_row("evalbox warm HumanEval: CPU per problem", "humaneval", cpu["warm"])

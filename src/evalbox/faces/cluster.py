@@ -13,6 +13,12 @@ data (`Plan.to_dict`), so a plan with `supervisor=` (a callable) cannot go: Vali
 slot. Outputs come back one by one as they finish; per-item SandboxErrors are rebuilt as their own
 class with their own message.
 
+Work that is more than one plan (a HumanEval check: a candidate and trusted tests in two
+sandboxes, relayed by the host) goes the same way as a *node job* (`iter_job`, evalbox.faces.jobs):
+the driver names a function of evalbox marked `@node_job` and sends plain data; the node actor
+imports it and runs it in a thread, within the node's slots, with sandboxes of that node. Evals
+mark their jobs without importing this module (jobs.py is tiny and imports nothing of Ray's).
+
 Nothing lost: when a node (or its actor) dies, its unfinished plans run again elsewhere, and each
 plan has exactly one result. Only the infrastructure is retried: a program that timed out or
 crashed has an Output, and an Output is final. A plan whose actors keep dying (it is tried
@@ -27,16 +33,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from evalbox import errors
 from evalbox.errors import ClusterError, SandboxError, ValidationError
 from evalbox.faces.batch import Progress, Result, prepare_items
+from evalbox.faces.jobs import find_job, node_job
 from evalbox.policy.plan import Plan
 from evalbox.process.result import Output
 
@@ -63,6 +71,28 @@ def outstanding(slots: int) -> int:
 
 # -- the actor (runs on every node) ---------------------------------------------------------------
 
+class Slots:
+    """A node's sandbox budget shared by every call with the same `slots` (plans and jobs alike):
+    `take(n)` waits until n are free and takes them at once (never part of them, so two calls can
+    never each hold half of what they need); `give` returns them one by one as items finish."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.used = 0
+        self._changed = asyncio.Condition()
+
+    async def take(self, n: int) -> None:
+        n = min(n, self.size)
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.used + n <= self.size)
+            self.used += n
+
+    async def give(self, n: int = 1) -> None:
+        async with self._changed:
+            self.used = max(0, self.used - n)
+            self._changed.notify_all()
+
+
 class NodeExecutor:
     """One node's executor: an AsyncExecutor on the actor's event loop.
 
@@ -70,30 +100,85 @@ class NodeExecutor:
     at once (counting every call with the same `slots`), and returns, in order, ("ok", Output) or
     ("error", class name, args, message) for a SandboxError; anything else raised is a bug and
     propagates. Cancelling the call kills its sandboxes.
+
+    `run_job(job, common, items, slots)` runs a node job (see `node_job`) over a chunk of data
+    items in one of the actor's threads, within the same slots, and returns, in order,
+    ("ok", value) or ("error", ...) the same way.
     """
 
     def __init__(self, slots: int) -> None:
         self.slots = slots  # the node's CPUs: what the driver feeds it unless told otherwise
         self.runs = 0
         self._ex: Any = None
-        self._gates: dict[int, asyncio.Semaphore] = {}
+        self._gates: dict[int, Slots] = {}
+        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
 
     async def run(self, chunk: list[dict[str, Any]], slots: int) -> list[tuple[Any, ...]]:
         if self._ex is None:
             from evalbox.faces.aio import AsyncExecutor
 
             self._ex = await AsyncExecutor().__aenter__()  # no await inside: one executor, even at once
-        gate = self._gates.setdefault(slots, asyncio.Semaphore(slots))
+        gate = self._gate(slots)
         return list(await asyncio.gather(*(self._run_one(data, gate) for data in chunk)))
 
-    async def _run_one(self, data: dict[str, Any], gate: asyncio.Semaphore) -> tuple[Any, ...]:
+    def _gate(self, slots: int) -> Slots:
+        return self._gates.setdefault(slots, Slots(slots))
+
+    async def _run_one(self, data: dict[str, Any], gate: Slots) -> tuple[Any, ...]:
         try:
             plan = Plan.from_dict(data)
-            async with gate:
+            await gate.take(1)
+            try:
                 self.runs += 1
                 return ("ok", await self._ex.run(plan))
+            finally:
+                await gate.give(1)
         except SandboxError as e:
             return ("error", type(e).__name__, e.args, str(e))
+
+    async def run_job(self, job: str, common: dict[str, Any], items: list[Any], slots: int) -> list[tuple[Any, ...]]:
+        try:
+            function = find_job(job)
+        except SandboxError as e:
+            return [("error", type(e).__name__, e.args, str(e))] * len(items)
+        loop = asyncio.get_running_loop()
+        if self._threads is None:
+            # (threads are made as needed: each running call holds one, and at least one slot)
+            self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=1024, thread_name_prefix="evalbox-job")
+        gate = self._gate(slots)
+        results: list[tuple[Any, ...] | None] = [None] * len(items)
+        stop = threading.Event()
+        held = min(len(items), gate.size)
+        await gate.take(held)
+
+        def finished() -> None:  # (on the loop) one item's slot is free for the next call
+            nonlocal held
+            self.runs += 1
+            if held > 0:
+                held -= 1
+                asyncio.ensure_future(gate.give(1))
+
+        def work() -> None:  # (in a thread)
+            try:
+                for position, value in function(common, items, stop, slots):
+                    if results[position] is None:
+                        results[position] = ("ok", value)
+                        loop.call_soon_threadsafe(finished)
+            except SandboxError as e:
+                for position, value in enumerate(results):
+                    if value is None:
+                        results[position] = ("error", type(e).__name__, e.args, str(e))
+
+        try:
+            await loop.run_in_executor(self._threads, work)
+        finally:
+            stop.set()  # a cancelled call: the job gives up what has not started
+            await gate.give(held)
+            held = 0
+        missing = [i for i, value in enumerate(results) if value is None]
+        if missing:  # a job that gave fewer results than items is a bug: say so, never a made-up value
+            raise RuntimeError(f"node job {job} gave no result for items {missing}")
+        return results  # type: ignore[return-value]
 
     def info(self) -> dict[str, Any]:
         import resource
@@ -169,16 +254,18 @@ class Node:
 
 @dataclass
 class Item:
-    """One plan on its way: turned into data when first sent (and kept for a resend)."""
+    """One plan (or a node job's item) on its way: a plan is turned into data when first sent
+    (and kept for a resend); a job's item is data from the start (`plan` None)."""
 
     index: int
-    plan: Plan
+    plan: Plan | None
     data: dict[str, Any] | None = None
     attempts: int = 0
     lost_on: list[str] = field(default_factory=list)
 
     def as_data(self) -> dict[str, Any] | SandboxError:
         if self.data is None:
+            assert self.plan is not None
             try:
                 self.data = self.plan.to_dict()
             except ValidationError as e:
@@ -303,7 +390,7 @@ def _lost(item: Item, node: Node, error: BaseException) -> ClusterError | None:
     item.attempts += 1
     item.lost_on.append(node.node_id[:12])
     if item.attempts >= MAX_ATTEMPTS:
-        return ClusterError(f"plan {item.index} was lost with {item.attempts} Ray actors or nodes in a row "
+        return ClusterError(f"item {item.index} was lost with {item.attempts} Ray actors or nodes in a row "
                             f"({', '.join(item.lost_on)}; last: {type(error).__name__}); it may itself bring "
                             "down the executor (huge output?): run it locally to see")
     return None
@@ -316,22 +403,59 @@ def iter_results(plans: Iterable[Plan | Sequence[str]], cluster: str = "ray", pr
     """`evalbox.faces.batch.iter_results` across a Ray cluster: (input index, result) as each
     finishes. Each result is fetched as it arrives and dropped by Ray, so the cluster holds only
     what is running. Leaving the iteration early cancels (and so kills) what still runs."""
-    limit = slots_per_node
     pool = pool_for(cluster)
-    pool.refresh()  # nodes that joined since the last batch
-    ray = pool.ray
-    lost = lost_errors(ray)
     prepared = prepare_items(plans, overrides)
-    queue: collections.deque[Item] = collections.deque()
     bar = Progress(len(prepared), progress)
-    running: dict[Any, tuple[list[Item], Node]] = {}  # a Ray call -> the plans it carries
+    items: list[Item] = []
     try:
         for index, plan in enumerate(prepared):
             if isinstance(plan, SandboxError):
                 bar.advance(plan)
                 yield index, plan
             else:
-                queue.append(Item(index, plan))
+                items.append(Item(index, plan))
+
+        def submit(node: Node, data: list[Any], slots: int) -> Any:
+            return node.actor.run.remote(data, slots)
+
+        yield from _drive(pool, items, submit, decode, bar, slots_per_node)
+    finally:
+        bar.close()
+
+
+def iter_job(job: str, common: dict[str, Any], items: Sequence[Any], cluster: str = "ray", progress: bool = True,
+             slots_per_node: int | None = None) -> Iterator[tuple[int, Any]]:
+    """Run a node job (a function marked `@node_job`, named "evalbox.module:function") over data
+    items across the cluster: (index in `items`, its value, or the SandboxError of its slot) as
+    each finishes. `common` goes with every call. Items are spread, retried after a lost node and
+    never duplicated exactly as plans are (each takes one of a node's slots while it runs); only
+    plain data travels either way. Leaving the iteration early cancels what still runs."""
+    pool = pool_for(cluster)
+    bar = Progress(len(items), progress)
+    try:
+        def submit(node: Node, data: list[Any], slots: int) -> Any:
+            return node.actor.run_job.remote(job, common, data, slots)
+
+        def value(result: tuple[Any, ...]) -> Any:
+            return result[1] if result[0] == "ok" else rebuild_error(*result[1:])
+
+        yield from _drive(pool, [Item(i, None, data) for i, data in enumerate(items)], submit, value, bar,
+                          slots_per_node)
+    finally:
+        bar.close()
+
+
+def _drive(pool: NodePool, items: list[Item], submit: Callable[[Node, list[Any], int], Any],
+           decode: Callable[[tuple[Any, ...]], Any], bar: Progress,
+           limit: int | None) -> Iterator[tuple[int, Any]]:
+    """The driver's loop: keep every node fed with chunks of `items` (each sent by `submit`),
+    yield (index, decoded result) as calls return, resend the items of a lost node."""
+    pool.refresh()  # nodes that joined since the last batch
+    ray = pool.ray
+    lost = lost_errors(ray)
+    queue: collections.deque[Item] = collections.deque(items)
+    running: dict[Any, tuple[list[Item], Node]] = {}  # a Ray call -> the items it carries
+    try:
         next_refresh = time.monotonic() + REFRESH_EVERY
         while queue or running:
             if queue and not running and pool.capacity() == 0:
@@ -348,7 +472,7 @@ def iter_results(plans: Iterable[Plan | Sequence[str]], cluster: str = "ray", pr
                         else:
                             chunk.append(item)
                     if chunk:
-                        running[node.actor.run.remote([i.data for i in chunk], limit or node.slots)] = (chunk, node)
+                        running[submit(node, [i.data for i in chunk], limit or node.slots)] = (chunk, node)
                         node.busy += len(chunk)
             if not running:
                 continue
@@ -386,7 +510,6 @@ def iter_results(plans: Iterable[Plan | Sequence[str]], cluster: str = "ray", pr
                 ray.cancel(ref)  # the actor's task is cancelled: its sandboxes are killed
             except Exception:  # noqa: BLE001 - gone with its node
                 pass
-        bar.close()
 
 
 def run_many(plans: Iterable[Plan | Sequence[str]], cluster: str = "ray", progress: bool = True,

@@ -28,9 +28,15 @@ def jail_report(host) -> str:  # type: ignore[no-untyped-def]
     """Which parts of promise 9 (the sandbox sees only what it is given) hold on this host."""
     if host.jail:
         return ("jail: PID namespace with its own init (own process table, orphans reaped inside), IPC, UTS, "
-                "mount namespace with a root built from the granted paths (pivot_root; workspace a tmpfs of "
-                "Plan.disk), network namespace with only its own loopback when network is off")
-    why = "EVALBOX_JAIL=0" if host.private_shm else "needs root with CAP_SYS_ADMIN"
+                "mount namespace with a root built from the granted paths (pivot_root; workspace, /tmp and "
+                "/dev/shm in one tmpfs of Plan.disk), network namespace with only its own loopback when network is off")
+    if not host.private_shm:
+        why = "needs root with CAP_SYS_ADMIN"
+    elif os.environ.get("EVALBOX_JAIL", "1") == "0":
+        why = "EVALBOX_JAIL=0"
+    else:
+        why = ("the kernel or a seccomp profile refuses the new mount API (fsopen, open_tree, move_mount, "
+               "mount_setattr: Linux 5.12+) that builds the jail's root")
     return (f"no jail ({why}): the sandbox sees the host's process table, network state and the names and "
             "metadata of host paths (promise 9 does not hold; promises 1-8 do)"
             + ("; a mount namespace gives a private /dev/shm" if host.private_shm else ""))

@@ -60,6 +60,10 @@
 #define PR_CAP_AMBIENT_CLEAR_ALL 4
 #endif
 
+#ifndef PR_GET_TID_ADDRESS
+#define PR_GET_TID_ADDRESS 40
+#endif
+
 #define MAX_RLIMITS 16
 #define MAX_FILTERS 4
 #define MAX_CGROUP_FDS 4
@@ -574,11 +578,11 @@ static int child_main(void *arg)
 #define STEP_STARTED 0 /* report of the init (the program runs), or of a template's child */
 
 enum root_op {
-    ROOT_DIR = 1,     /* mkdir path (mode) */
-    ROOT_BIND,        /* bind source at path (flags: ROOT_RO, ROOT_IS_DIR) */
+    ROOT_DIR = 1,     /* mkdir path (mode; rights: Landlock rule on it) */
+    ROOT_BIND,        /* bind source at path (flags: ROOT_RO, ROOT_IS_DIR; rights: Landlock rule) */
     ROOT_SYMLINK,     /* symlink data -> path */
     ROOT_TMPFS,       /* tmpfs at path (data: options; rights: Landlock rule on it) */
-    ROOT_PROC,        /* procfs of this PID namespace at path (rights: Landlock rule) */
+    ROOT_PROC,        /* procfs of this PID namespace at path (data: options after hidepid=2; rights: Landlock rule) */
     ROOT_FILE,        /* a file at path with content data (mode) */
     ROOT_DEVPTS,      /* a devpts instance of its own at path (rights: Landlock rule) */
 };
@@ -598,6 +602,55 @@ struct root_entry {
     unsigned long long rights;
 };
 
+/* The new mount API (Linux 5.2; mount_setattr 5.12, below Landlock's 5.13): a mount is made
+ * detached and attached to a target given as an fd, so no mount target is ever a path the kernel
+ * resolves (and could follow a symlink in) at mount time. Raw calls: older C libraries lack them. */
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_move_mount
+#define SYS_move_mount 429
+#endif
+#ifndef SYS_fsopen
+#define SYS_fsopen 430
+#endif
+#ifndef SYS_fsconfig
+#define SYS_fsconfig 431
+#endif
+#ifndef SYS_fsmount
+#define SYS_fsmount 432
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+#define EB_OPEN_TREE_CLONE 1
+#define EB_AT_RECURSIVE 0x8000
+#define EB_MOVE_MOUNT_F_EMPTY_PATH 0x4
+#define EB_MOVE_MOUNT_T_EMPTY_PATH 0x40
+#define EB_FSOPEN_CLOEXEC 1
+#define EB_FSMOUNT_CLOEXEC 1
+#define EB_FSCONFIG_SET_FLAG 0
+#define EB_FSCONFIG_SET_STRING 1
+#define EB_FSCONFIG_CMD_CREATE 6
+#define EB_MOUNT_ATTR_RDONLY 0x1
+#define EB_MOUNT_ATTR_NOSUID 0x2
+#define EB_MOUNT_ATTR_NODEV 0x4
+#define EB_MOUNT_ATTR_NOEXEC 0x8
+struct eb_mount_attr {
+    uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+
+static int landlock_rule_fd(const struct config *c, int fd, unsigned long long rights)
+{
+    if (c->landlock_fd < 0 || !rights)
+        return 0;
+    struct __attribute__((packed)) {
+        uint64_t allowed_access;
+        int32_t parent_fd;
+    } rule = {rights, fd};
+    return syscall(SYS_landlock_add_rule, c->landlock_fd, 1 /* PATH_BENEATH */, &rule, 0U) != 0 ? errno : 0;
+}
+
 static int landlock_rule_at(const struct config *c, const char *path, unsigned long long rights)
 {
     if (c->landlock_fd < 0 || !rights)
@@ -605,31 +658,172 @@ static int landlock_rule_at(const struct config *c, const char *path, unsigned l
     int dir = open(path, O_PATH | O_CLOEXEC);
     if (dir < 0)
         return errno;
-    struct __attribute__((packed)) {
-        uint64_t allowed_access;
-        int32_t parent_fd;
-    } rule = {rights, dir};
-    int err = syscall(SYS_landlock_add_rule, c->landlock_fd, 1 /* PATH_BENEATH */, &rule, 0U) != 0 ? errno : 0;
+    int err = landlock_rule_fd(c, dir, rights);
     close(dir);
     return err;
 }
 
-/* prefix + path, without snprintf. */
-static int staged(char out[4096], const char *prefix, const char *path)
+/* `rel` below the directory `at`, never through a symlink (with O_PATH a final link is opened as
+ * itself: callers check the type), `..` or a magic link: whatever is planted in the new root or
+ * in a tree bound into it, this stays inside it. Returns the fd or -errno. */
+static int open_beneath(int at, const char *rel, int flags)
 {
-    size_t a = strlen(prefix), b = strlen(path);
-    if (a + b + 1 > 4096)
-        return ENAMETOOLONG;
-    memcpy(out, prefix, a);
-    memcpy(out + a, path, b + 1);
-    return 0;
+    struct open_how how = {.flags = (uint64_t)(flags | O_NOFOLLOW | O_CLOEXEC),
+                           .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS};
+    int fd = (int)syscall(SYS_openat2, at, rel, &how, sizeof how);
+    return fd < 0 ? -errno : fd;
 }
 
-static int own(const struct config *c, const char *path, unsigned int flags)
+/* The directory holding the last component of `path` (absolute in the new root, whose top is
+ * `root`), made (0755) where missing, one component at a time with open_beneath. `buf` receives
+ * a copy of the path; *name points at its last component. Returns the fd or -errno. */
+static int parent_beneath(int root, const char *path, char buf[4096], const char **name)
 {
-    if ((flags & ROOT_OWNED) && c->uid >= 0 && lchown(path, (uid_t)c->uid, (gid_t)c->gid) != 0)
-        return errno;
-    return 0;
+    size_t len = strlen(path);
+    if (len >= 4096)
+        return -ENAMETOOLONG;
+    memcpy(buf, path, len + 1);
+    char *p = buf;
+    while (*p == '/')
+        p++;
+    char *last = strrchr(p, '/');
+    const char *base = last ? last + 1 : p;
+    if (!*base || strcmp(base, ".") == 0 || strcmp(base, "..") == 0)
+        return -EINVAL;
+    *name = base;
+    if (!last) { /* directly below the top */
+        int top = fcntl(root, F_DUPFD_CLOEXEC, 0);
+        return top < 0 ? -errno : top;
+    }
+    /* usually the parent exists: one openat2 for it all */
+    *last = '\0';
+    int dir = open_beneath(root, p, O_PATH | O_DIRECTORY);
+    if (dir != -ENOENT) {
+        *last = '/';
+        return dir;
+    }
+    *last = '/';
+    dir = open_beneath(root, ".", O_PATH | O_DIRECTORY);
+    for (char *slash; dir >= 0 && (slash = strchr(p, '/')) != NULL; p = slash + 1) {
+        *slash = '\0';
+        if (*p) {
+            int next = open_beneath(dir, p, O_PATH | O_DIRECTORY);
+            if (next == -ENOENT)
+                next = mkdirat(dir, p, 0755) != 0 && errno != EEXIST ? -errno
+                                                                    : open_beneath(dir, p, O_PATH | O_DIRECTORY);
+            close(dir);
+            dir = next;
+        }
+        *slash = '/';
+    }
+    return dir;
+}
+
+/* The mount target `name` in `dir` (a directory or an empty file, made if missing), as an
+ * O_PATH fd, never a symlink. Returns the fd or -errno. */
+static int mount_target(int dir, const char *name, int is_dir)
+{
+    if (is_dir) { /* (O_DIRECTORY: a link there fails to open, no fstat needed) */
+        if (mkdirat(dir, name, 0755) != 0 && errno != EEXIST)
+            return -errno;
+        return open_beneath(dir, name, O_PATH | O_DIRECTORY);
+    }
+    int fd = open_beneath(dir, name, O_PATH);
+    if (fd == -ENOENT) {
+        int made = openat(dir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+        if (made < 0 && errno != EEXIST)
+            return -errno;
+        if (made >= 0)
+            close(made);
+        fd = open_beneath(dir, name, O_PATH);
+    }
+    if (fd < 0)
+        return fd;
+    struct stat st;
+    int err = fstat(fd, &st) != 0 ? errno : S_ISLNK(st.st_mode) ? ELOOP : S_ISDIR(st.st_mode) ? EISDIR : 0;
+    if (err) {
+        close(fd);
+        return -err;
+    }
+    return fd;
+}
+
+/* Attach the detached mount `mnt` on the target fd. */
+static int attach(int mnt, int target)
+{
+    return syscall(SYS_move_mount, mnt, "", target, "", EB_MOVE_MOUNT_F_EMPTY_PATH | EB_MOVE_MOUNT_T_EMPTY_PATH) != 0
+               ? errno : 0;
+}
+
+/* A detached mount of a new `fstype` with `options` ("k=v,flag,..."), or -errno. */
+static int new_mount(const char *fstype, const char *options, unsigned int attrs)
+{
+    char buf[512];
+    size_t len = strlen(options);
+    if (len >= sizeof buf)
+        return -EINVAL;
+    memcpy(buf, options, len + 1);
+    int fs = (int)syscall(SYS_fsopen, fstype, EB_FSOPEN_CLOEXEC);
+    if (fs < 0)
+        return -errno;
+    int err = syscall(SYS_fsconfig, fs, EB_FSCONFIG_SET_STRING, "source", fstype, 0) != 0 ? errno : 0;
+    for (char *opt = buf; !err && *opt;) {
+        char *comma = strchr(opt, ',');
+        if (comma)
+            *comma = '\0';
+        if (*opt) {
+            char *eq = strchr(opt, '=');
+            if (eq)
+                *eq = '\0';
+            if (syscall(SYS_fsconfig, fs, eq ? EB_FSCONFIG_SET_STRING : EB_FSCONFIG_SET_FLAG, opt, eq ? eq + 1 : NULL,
+                        0) != 0)
+                err = errno;
+        }
+        if (!comma)
+            break;
+        opt = comma + 1;
+    }
+    if (!err && syscall(SYS_fsconfig, fs, EB_FSCONFIG_CMD_CREATE, NULL, NULL, 0) != 0)
+        err = errno;
+    int mnt = err ? -1 : (int)syscall(SYS_fsmount, fs, EB_FSMOUNT_CLOEXEC, attrs);
+    if (!err && mnt < 0)
+        err = errno;
+    close(fs);
+    return err ? -err : mnt;
+}
+
+/* A detached copy of the tree at `source` (an fd), read-only if asked, or -errno. */
+static int bind_tree(int source, int readonly)
+{
+    int tree = (int)syscall(SYS_open_tree, source, "", EB_OPEN_TREE_CLONE | O_CLOEXEC | AT_EMPTY_PATH | EB_AT_RECURSIVE);
+    if (tree < 0)
+        return -errno;
+    struct eb_mount_attr attr = {.attr_set = EB_MOUNT_ATTR_RDONLY | EB_MOUNT_ATTR_NOSUID};
+    if (readonly && syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr) != 0) {
+        int err = errno;
+        close(tree);
+        return -err;
+    }
+    return tree;
+}
+
+/* A mount made by `made` (fd or -errno) attached at `target` (fd or -errno), owned and given its
+ * Landlock rule (the mount's own root, not the directory it covers). Closes both fds. */
+static int place_mount(const struct config *c, int made, int target, unsigned int flags, unsigned long long rights)
+{
+    int err = made < 0 ? -made : target < 0 ? -target : 0;
+    if (!err)
+        err = attach(made, target);
+    if (!err && (flags & ROOT_OWNED) && c->uid >= 0 &&
+        fchownat(made, "", (uid_t)c->uid, (gid_t)c->gid, AT_EMPTY_PATH) != 0)
+        err = errno;
+    if (!err)
+        err = landlock_rule_fd(c, made, rights);
+    if (made >= 0)
+        close(made);
+    if (target >= 0)
+        close(target);
+    return err;
 }
 
 /* Bind sources are held before anything is mounted over them. */
@@ -647,122 +841,195 @@ static void open_root_sources(const struct config *c)
     }
 }
 
-/* Apply the root operations below `prefix` ("" once inside the root), sources already open. */
-static void apply_root_ops(const struct config *c, const char *prefix)
+/* One root operation on the new root whose top directory is `root`. Every path (target, and the
+ * source of a late bind) is resolved below `root` with no symlink, `..` or magic link in any
+ * component: nothing planted in the root or in a tree bound into it can make an operation act
+ * on the host's filesystem. Returns 0 or an errno. */
+static int apply_root_op(const struct config *c, int root, int i, int dir, const char *name)
 {
-    char where[4096], source[32];
-    const char *top = prefix;
-    int *fds = c->root_fds;
-    for (int i = 0; i < c->n_root; i++) {
-        const struct root_entry *e = &c->root[i];
-        int err = staged(where, prefix, e->path);
-        if (!err) {
-            switch (e->op) {
-            case ROOT_DIR:
-                /* parents first in the list: one mkdir, unless they are missing */
-                err = mkdir(where, 0755) == 0 || errno == EEXIST ? 0 : make_path(top, where, 1);
-                if (!err && chmod(where, e->mode) != 0)
-                    err = errno;
-                if (!err)
-                    err = own(c, where, e->flags);
-                break;
-            case ROOT_BIND:
-                err = make_path(top, where, e->flags & ROOT_IS_DIR);
-                if (!err && (e->flags & ROOT_LATE)) {
-                    char from[4096];
-                    err = staged(from, prefix, e->data);
-                    if (!err && (fds[i] = open(from, O_PATH | O_NOFOLLOW | O_CLOEXEC)) < 0)
-                        err = errno;
-                    if (err)
-                        break;
-                }
-                fd_path(source, fds[i]);
-                if (!err && mount(source, where, NULL, MS_BIND | MS_REC, NULL) != 0)
-                    err = errno;
-                if (!err && (e->flags & ROOT_RO) &&
-                    mount(NULL, where, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID, NULL) != 0)
-                    err = errno;
-                close(fds[i]);
-                fds[i] = -1;
-                break;
-            case ROOT_SYMLINK:
-                err = make_path(top, where, 1);
-                if (!err && rmdir(where) != 0)
-                    err = errno;
-                if (!err && symlink(e->data, where) != 0)
-                    err = errno;
-                if (!err)
-                    err = own(c, where, e->flags);
-                break;
-            case ROOT_TMPFS:
-                err = make_path(top, where, 1);
-                if (!err && mount("tmpfs", where, "tmpfs", MS_NOSUID | MS_NODEV, e->data) != 0)
-                    err = errno;
-                if (!err)
-                    err = own(c, where, e->flags);
-                if (!err)
-                    err = landlock_rule_at(c, where, e->rights);
-                break;
-            case ROOT_PROC:
-                err = make_path(top, where, 1);
-                /* hidepid=2: the init (which shares the caller's memory, and so its command line)
-                 * is invisible to the program, which may not ptrace it. */
-                if (!err && mount("proc", where, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2") != 0)
-                    err = errno;
-                if (!err)
-                    err = landlock_rule_at(c, where, e->rights);
-                break;
-            case ROOT_DEVPTS:
-                err = make_path(top, where, 1);
-                if (!err && mount("devpts", where, "devpts", MS_NOSUID | MS_NOEXEC,
-                                  "newinstance,ptmxmode=0666,mode=0620") != 0)
-                    err = errno;
-                if (!err)
-                    err = landlock_rule_at(c, where, e->rights);
-                break;
-            case ROOT_FILE: {
-                int fd = open(where, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, e->mode);
-                if (fd < 0) {
-                    err = errno;
-                    break;
-                }
-                Py_ssize_t done = 0;
-                while (!err && done < e->data_len) {
-                    ssize_t n = write(fd, e->data + done, (size_t)(e->data_len - done));
-                    if (n < 0 && errno != EINTR)
-                        err = errno;
-                    else if (n > 0)
-                        done += n;
-                }
-                if (!err && fchmod(fd, e->mode) != 0) /* the umask does not apply */
-                    err = errno;
-                close(fd);
-                if (!err)
-                    err = own(c, where, e->flags);
-                if (!err) /* e.g. a file bound elsewhere: Landlock sees it by its own inode */
-                    err = landlock_rule_at(c, where, e->rights);
-                break;
+    const struct root_entry *e = &c->root[i];
+    int err = 0, fd = -1;
+    switch (e->op) {
+    case ROOT_DIR:
+        /* (the umask is 0 here: a directory made now has its mode; one already there is set) */
+        if (mkdirat(dir, name, e->mode) == 0) {
+            if ((e->flags & ROOT_OWNED) && c->uid >= 0 &&
+                fchownat(dir, name, (uid_t)c->uid, (gid_t)c->gid, AT_SYMLINK_NOFOLLOW) != 0)
+                err = errno;
+            if (!err && e->rights) {
+                fd = open_beneath(dir, name, O_PATH | O_DIRECTORY);
+                err = fd < 0 ? -fd : landlock_rule_fd(c, fd, e->rights);
             }
-            default:
-                err = EINVAL;
+            break;
+        }
+        if (errno != EEXIST) {
+            err = errno;
+            break;
+        }
+        fd = open_beneath(dir, name, O_RDONLY | O_DIRECTORY);
+        if (fd < 0) {
+            err = -fd;
+            break;
+        }
+        if (fchmod(fd, e->mode) != 0)
+            err = errno;
+        if (!err && (e->flags & ROOT_OWNED) && c->uid >= 0 && fchown(fd, (uid_t)c->uid, (gid_t)c->gid) != 0)
+            err = errno;
+        if (!err)
+            err = landlock_rule_fd(c, fd, e->rights);
+        break;
+    case ROOT_BIND: {
+        int source = c->root_fds[i];
+        if (e->flags & ROOT_LATE) {
+            const char *from = e->data;
+            struct stat st;
+            while (*from == '/')
+                from++;
+            source = open_beneath(root, from, O_PATH);
+            if (source >= 0 && (fstat(source, &st) != 0 || S_ISLNK(st.st_mode))) {
+                close(source);
+                source = -ELOOP;
             }
         }
+        int tree = source < 0 ? source : bind_tree(source, e->flags & ROOT_RO);
+        if (source >= 0)
+            close(source);
+        c->root_fds[i] = -1;
+        err = place_mount(c, tree, mount_target(dir, name, e->flags & ROOT_IS_DIR), 0, e->rights);
+        break;
+    }
+    case ROOT_SYMLINK:
+        if (symlinkat(e->data, dir, name) != 0) {
+            err = errno;
+            /* an empty directory made earlier as a parent gives way to the link */
+            if (err == EEXIST && unlinkat(dir, name, AT_REMOVEDIR) == 0)
+                err = symlinkat(e->data, dir, name) != 0 ? errno : 0;
+        }
+        if (!err && (e->flags & ROOT_OWNED) && c->uid >= 0 &&
+            fchownat(dir, name, (uid_t)c->uid, (gid_t)c->gid, AT_SYMLINK_NOFOLLOW) != 0)
+            err = errno;
+        break;
+    case ROOT_TMPFS:
+        err = place_mount(c, new_mount("tmpfs", e->data, EB_MOUNT_ATTR_NOSUID | EB_MOUNT_ATTR_NODEV),
+                          mount_target(dir, name, 1), e->flags, e->rights);
+        break;
+    case ROOT_PROC: {
+        /* hidepid=2: the init (which shares the caller's memory, and so its command line) is
+         * invisible to the program, which may not ptrace it. data: more options (gid=: a group
+         * exempt from hidepid, held only by the supervisor's opener thread) */
+        char options[128] = "hidepid=2";
+        size_t used = strlen(options);
+        if (e->data_len > 0) {
+            if (used + 1 + (size_t)e->data_len >= sizeof options) {
+                err = EINVAL;
+                break;
+            }
+            options[used] = ',';
+            memcpy(options + used + 1, e->data, (size_t)e->data_len);
+            options[used + 1 + e->data_len] = '\0';
+        }
+        err = place_mount(c, new_mount("proc", options, EB_MOUNT_ATTR_NOSUID | EB_MOUNT_ATTR_NODEV | EB_MOUNT_ATTR_NOEXEC),
+                          mount_target(dir, name, 1), 0, e->rights);
+        break;
+    }
+    case ROOT_DEVPTS:
+        err = place_mount(c, new_mount("devpts", "newinstance,ptmxmode=0666,mode=0620",
+                                       EB_MOUNT_ATTR_NOSUID | EB_MOUNT_ATTR_NOEXEC),
+                          mount_target(dir, name, 1), 0, e->rights);
+        break;
+    case ROOT_FILE: {
+        fd = openat(dir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, e->mode);
+        if (fd < 0) {
+            err = errno;
+            break;
+        }
+        Py_ssize_t done = 0;
+        while (!err && done < e->data_len) {
+            ssize_t n = write(fd, e->data + done, (size_t)(e->data_len - done));
+            if (n < 0 && errno != EINTR)
+                err = errno;
+            else if (n > 0)
+                done += n;
+        }
+        /* (made with its mode: the umask is 0 here) */
+        if (!err && (e->flags & ROOT_OWNED) && c->uid >= 0 && fchown(fd, (uid_t)c->uid, (gid_t)c->gid) != 0)
+            err = errno;
+        if (!err) /* e.g. a file bound elsewhere: Landlock sees it by its own inode */
+            err = landlock_rule_fd(c, fd, e->rights);
+        break;
+    }
+    default:
+        err = EINVAL;
+    }
+    if (fd >= 0)
+        close(fd);
+    return err;
+}
+
+/* Length of the parent part of an absolute path ("/a/b" -> 2, "/a" -> 0). */
+static size_t parent_len(const char *path)
+{
+    const char *last = strrchr(path, '/');
+    return last ? (size_t)(last - path) : 0;
+}
+
+/* Apply the root operations to the new root whose top directory is `root` (an fd), sources of
+ * early binds already open. The first failure ends the process before anything else runs.
+ * Consecutive operations in one directory share its fd: none of them can place anything at
+ * that directory or above it (which would leave the fd naming a hidden directory), since an
+ * operation at a path has that path's parent as its own directory. */
+static void apply_root_ops(const struct config *c, int root)
+{
+    char buf[4096];
+    int cached = -1, cached_dir = -1;
+    umask(0);
+    for (int i = 0; i < c->n_root; i++) {
+        const struct root_entry *e = &c->root[i];
+        const char *name = NULL;
+        size_t plen = parent_len(e->path);
+        int dir;
+        if (cached >= 0 && parent_len(c->root[cached].path) == plen && memcmp(c->root[cached].path, e->path, plen) == 0) {
+            dir = cached_dir;
+            name = e->path + plen + 1;
+            if (!*name || strchr(name, '/') || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+                report(c, STEP_ROOT, EINVAL);
+        } else {
+            if (cached_dir >= 0)
+                close(cached_dir);
+            cached = cached_dir = -1;
+            dir = parent_beneath(root, e->path, buf, &name);
+            if (dir < 0)
+                report(c, STEP_ROOT, -dir);
+            name = e->path + (name - buf); /* (the same name, in the entry: buf is reused) */
+            cached = i;
+            cached_dir = dir;
+        }
+        int err = apply_root_op(c, root, i, dir, name);
         if (err)
             report(c, STEP_ROOT, err);
     }
+    if (cached_dir >= 0)
+        close(cached_dir);
 }
 
-/* A root built from scratch: a tmpfs staged over /tmp, filled, entered with pivot_root. */
+/* A root built from scratch: a fresh tmpfs attached over /tmp of this (private) mount namespace,
+ * filled through its own fd, entered with pivot_root. */
 static void build_root(const struct config *c)
 {
     open_root_sources(c);
-    if (mount("tmpfs", ROOT_STAGING, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m,nr_inodes=4096") != 0)
+    int root = new_mount("tmpfs", "mode=0755,size=1m,nr_inodes=4096", EB_MOUNT_ATTR_NOSUID | EB_MOUNT_ATTR_NODEV);
+    if (root < 0)
+        report(c, STEP_ROOT, -root);
+    /* attached somewhere (pivot_root needs a mount of this namespace): where does not matter,
+     * everything below goes through `root` */
+    if (syscall(SYS_move_mount, root, "", AT_FDCWD, ROOT_STAGING, EB_MOVE_MOUNT_F_EMPTY_PATH) != 0)
         report(c, STEP_ROOT, errno);
-    apply_root_ops(c, ROOT_STAGING);
+    apply_root_ops(c, root);
     /* pivot_root(".", "."): the old root ends up stacked on the new one and is detached at once. */
-    if (chdir(ROOT_STAGING) != 0 || syscall(SYS_pivot_root, ".", ".") != 0 || umount2(".", MNT_DETACH) != 0 ||
+    if (fchdir(root) != 0 || syscall(SYS_pivot_root, ".", ".") != 0 || umount2(".", MNT_DETACH) != 0 ||
         chdir("/") != 0)
         report(c, STEP_ROOT, errno);
+    close(root);
 }
 
 /* The template's child: a mount namespace whose root holds the static part of jails' roots,
@@ -952,9 +1219,20 @@ static void init_namespaces(const struct config *c)
     if (c->template_fd >= 0) {
         /* A private copy of the template's namespace: its root is the jail's static root. */
         open_root_sources(c);
+        struct stat host_root, root_st;
+        if (stat("/", &host_root) != 0)
+            report(c, STEP_ROOT, errno);
         if (setns(c->template_fd, CLONE_NEWNS) != 0 || unshare(CLONE_NEWNS) != 0)
             report(c, STEP_ROOT, errno);
-        apply_root_ops(c, "");
+        int root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (root < 0 || fstat(root, &root_st) != 0)
+            report(c, STEP_ROOT, errno);
+        /* a template is a root of its own: an fd that names the host's mount namespace (a
+         * stale number) must never have the run's operations applied to the host's root */
+        if (root_st.st_dev == host_root.st_dev && root_st.st_ino == host_root.st_ino)
+            report(c, STEP_ROOT, EBADF);
+        apply_root_ops(c, root);
+        close(root);
         if (landlock_rule_at(c, "/", c->root_rights) != 0)
             report(c, STEP_ROOT, errno);
     } else if (c->jail_flags & CLONE_NEWNS) {
@@ -992,12 +1270,10 @@ struct init_args {
     char *slot;
 };
 
-static int init_main(void *arg)
+/* An init's dispositions: the default for all (the caller's or a template's handlers must never
+ * run in an init), SIGUSR1 kills the namespace. Called with every signal blocked. */
+static void init_signals(void)
 {
-    struct init_args *a = arg;
-    struct config *c = a->c;
-    char *slot = a->slot;
-    /* Signals arrive blocked (see spawn). The caller's handlers must never run here. */
     for (int sig = 1; sig < _NSIG; sig++) {
         if (sig == SIGKILL || sig == SIGSTOP)
             continue;
@@ -1008,6 +1284,15 @@ static int init_main(void *arg)
         sigfillset(&sa.sa_mask);
         sigaction(sig, &sa, NULL);
     }
+}
+
+static int init_main(void *arg)
+{
+    struct init_args *a = arg;
+    struct config *c = a->c;
+    char *slot = a->slot;
+    /* Signals arrive blocked (see spawn). */
+    init_signals();
     /* Dies with the caller's thread, and so does the namespace. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
         report(c, STEP_PDEATHSIG, errno);
@@ -1043,6 +1328,90 @@ static int init_main(void *arg)
     raw4(SYS_write, errpipe, (long)started, sizeof started, 0);
     init_reap(errpipe, program);
     return 0;
+}
+
+/* ---- the jail of a warm copy ----
+ *
+ * A warm template (warm_template.py) forks each jailed run's copy straight into fresh PID, mount
+ * (or none: it copies a template mount namespace), IPC and UTS namespaces (fork_sibling with
+ * namespace flags), so the copy is their PID 1, and the caller's child, as a cold jail's init is.
+ * The copy becomes that init here: the same namespace set-up (init_namespaces), then it forks the
+ * program's process (PID 2, a copy of the interpreter, which returns to lock itself down and run
+ * the script), reports on the caller's pipe exactly as a cold init does (STEP_STARTED and the
+ * program's pid, or the failing step; then the init_record), reaps and exits (init_reap). It never
+ * returns to Python. The program's process tells the init how its lockdown went on a pipe of
+ * their own: (step, errno) if it failed, end of file once the program runs. */
+
+/* Close every fd but `a` and `b` (a < b), with raw calls. */
+static void close_all_except(int a, int b)
+{
+    if (a > 0)
+        raw4(SYS_close_range, 0, a - 1, 0, 0);
+    if (b > a + 1)
+        raw4(SYS_close_range, a + 1, b - 1, 0, 0);
+    raw4(SYS_close_range, b + 1, ~0U, 0, 0);
+}
+
+/* Returns in the program's process only, with c->errpipe its pipe to the init; errors are
+ * reported on the caller's pipe (the copy exits 127). Signals are blocked on entry. */
+static void warm_jail_init(struct config *c, int alive_fd)
+{
+    init_signals();
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
+        report(c, STEP_PDEATHSIG, errno);
+    /* getppid() is 0 here (the parent lives outside the namespace): its pidfd says whether the
+     * caller died before the signal was armed. */
+    struct pollfd parent = {.fd = alive_fd, .events = POLLIN};
+    if (alive_fd < 0 || poll(&parent, 1, 0) != 0)
+        report(c, STEP_PARENT_GONE, ESRCH);
+    init_namespaces(c);
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC) != 0)
+        report(c, STEP_JAIL, errno);
+    int caller = c->errpipe;
+    /* The C library caches the thread id: have the kernel write the child's (2) there, and keep
+     * the address for the child's own forks, as the library's fork does. */
+    int *tid_address = NULL;
+    unsigned long flags = SIGCHLD;
+    if (prctl(PR_GET_TID_ADDRESS, &tid_address, 0, 0, 0) == 0 && tid_address != NULL)
+        flags |= CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID;
+    else
+        tid_address = NULL;
+    PyOS_BeforeFork();
+    long program = syscall(SYS_clone, flags, 0L, NULL, tid_address, 0L);
+    if (program == 0) {
+        PyOS_AfterFork_Child();
+        close(pipefd[0]);
+        close(caller);
+        c->errpipe = pipefd[1];
+        return;
+    }
+    if (program < 0)
+        report(c, STEP_JAIL, errno);
+    /* From here on: the init. It holds copies of the run's fds (stdio, the ruleset, the network
+     * namespace...) and the template's: keep only the two pipes. */
+    int from_program = pipefd[0];
+    close_all_except(caller < from_program ? caller : from_program, caller < from_program ? from_program : caller);
+    int msg[2];
+    long got;
+    while ((got = raw4(SYS_read, from_program, (long)msg, sizeof msg, 0)) == -EINTR)
+        ;
+    if (got == (long)sizeof msg) { /* the program's lockdown failed: pass its step on */
+        int status;
+        raw4(SYS_write, caller, (long)msg, sizeof msg, 0);
+        while (raw4(SYS_wait4, program, (long)&status, __WALL, 0) == -EINTR)
+            ;
+        for (;;)
+            raw4(SYS_exit_group, 127, 0, 0, 0);
+    }
+    raw4(SYS_close, from_program, 0, 0, 0);
+    sigset_t only_usr1;
+    sigfillset(&only_usr1);
+    sigdelset(&only_usr1, SIGUSR1);
+    raw4(SYS_rt_sigprocmask, SIG_SETMASK, (long)&only_usr1, 0, _NSIG / 8);
+    int started[2] = {STEP_STARTED, (int)program};
+    raw4(SYS_write, caller, (long)started, sizeof started, 0);
+    init_reap(caller, (pid_t)program);
 }
 
 /* ---- argument conversion (parent side, GIL held) ---- */
@@ -1527,32 +1896,44 @@ done:
 
 PyDoc_STRVAR(lockdown_self_doc,
 "lockdown_self(cwd, stdio, errpipe, parent_pid, cgroup_fds, rlimits, drop_bounding_set, last_cap,\n"
-"              securebits, uid, gid, landlock_fd, filters, listener_sock, umask, overlays=()) -> None\n\n"
-"Apply spawn()'s lockdown (no jail) to the calling process itself, which must be single-threaded\n"
-"(a warm template's fresh copy). The same steps as spawn's child, in the same order, except that\n"
-"every fd above stdio is closed (no exec follows to close them) but errpipe, which the caller\n"
-"closes once the program runs. On failure it writes (step, errno) to errpipe and exits 127: it\n"
-"never returns half locked down.");
+"              securebits, uid, gid, landlock_fd, filters, listener_sock, umask, overlays=(),\n"
+"              jail_flags=0, netns_fd=-1, proc_rights=0, hostname=None, root=None, root_rights=0,\n"
+"              template_fd=-1, alive_fd=-1) -> errpipe\n\n"
+"Apply spawn()'s lockdown to the calling process itself, which must be single-threaded (a warm\n"
+"template's fresh copy). The same steps as spawn's child, in the same order, except that every fd\n"
+"above stdio is closed (no exec follows to close them) but the error pipe, which the caller closes\n"
+"once the program runs: its fd is returned. On failure it writes (step, errno) to errpipe and exits\n"
+"127: it never returns half locked down.\n\n"
+"jail_flags: the copy was forked into these namespaces (fork_sibling) and is their PID 1: it\n"
+"becomes the jail's init exactly as spawn's (same set-up, same reports on errpipe, then the\n"
+"init_record) and returns only in the program's process it forks, with an error pipe of its own\n"
+"to the init. alive_fd: a pidfd of the caller (getppid() cannot tell from inside the namespace).");
 
 static PyObject *lockdown_self(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     (void)self;
     static char *keywords[] = {"cwd", "stdio", "errpipe", "parent_pid", "cgroup_fds", "rlimits",
                                "drop_bounding_set", "last_cap", "securebits", "uid", "gid", "landlock_fd",
-                               "filters", "listener_sock", "umask", "overlays", NULL};
-    PyObject *cwd_obj, *stdio_obj, *cgroup_obj, *rlimits_obj, *filters_obj, *overlays_obj = NULL;
+                               "filters", "listener_sock", "umask", "overlays", "jail_flags", "netns_fd",
+                               "proc_rights", "hostname", "root", "root_rights", "template_fd", "alive_fd", NULL};
+    PyObject *cwd_obj, *stdio_obj, *cgroup_obj, *rlimits_obj, *filters_obj, *overlays_obj = NULL, *root_obj = NULL;
     int errpipe, parent_pid, drop_bounding_set, last_cap, landlock_fd, listener_sock;
     long securebits, uid, gid;
     unsigned int umask_value;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OiiOOpillliOiI|O", keywords, &PyBytes_Type, &cwd_obj,
+    int jail_flags = 0, netns_fd = -1, template_fd = -1, alive_fd = -1;
+    unsigned long long proc_rights = 0, root_rights = 0;
+    const char *hostname = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OiiOOpillliOiI|OiiKzOKii", keywords, &PyBytes_Type, &cwd_obj,
                                      &stdio_obj, &errpipe, &parent_pid, &cgroup_obj, &rlimits_obj,
                                      &drop_bounding_set, &last_cap, &securebits, &uid, &gid, &landlock_fd,
-                                     &filters_obj, &listener_sock, &umask_value, &overlays_obj))
+                                     &filters_obj, &listener_sock, &umask_value, &overlays_obj, &jail_flags,
+                                     &netns_fd, &proc_rights, &hostname, &root_obj, &root_rights, &template_fd,
+                                     &alive_fd))
         return NULL;
     struct config c;
     memset(&c, 0, sizeof c);
     c.cgroup_dir_fd = -1;
-    PyObject *keep_filters = NULL, *keep_overlays = NULL;
+    PyObject *keep_filters = NULL, *keep_overlays = NULL, *keep_root = NULL;
     c.cwd = PyBytes_AS_STRING(cwd_obj);
     int n_stdio = 0;
     if (int_list(stdio_obj, c.stdio, 3, &n_stdio, "stdio fds") < 0)
@@ -1577,8 +1958,12 @@ static PyObject *lockdown_self(PyObject *self, PyObject *args, PyObject *kwargs)
     c.landlock_fd = landlock_fd;
     c.listener_sock = listener_sock;
     c.umask = (mode_t)umask_value;
-    c.template_fd = -1;
-    c.netns_fd = -1;
+    c.template_fd = template_fd;
+    c.netns_fd = netns_fd;
+    c.jail_flags = jail_flags;
+    c.proc_rights = proc_rights;
+    c.hostname = hostname;
+    c.root_rights = root_rights;
     c.in_place = 1;
     if (overlays_obj && parse_overlays(overlays_obj, &c, &keep_overlays) < 0)
         goto fail;
@@ -1586,10 +1971,26 @@ static PyObject *lockdown_self(PyObject *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "overlays need a Landlock ruleset");
         goto fail;
     }
+    if (root_obj && root_obj != Py_None && parse_root(root_obj, &c, &keep_root) < 0)
+        goto fail;
+    if (jail_flags && (!(jail_flags & CLONE_NEWPID) || c.n_overlays > 0)) {
+        PyErr_SetString(PyExc_ValueError, "a warm jail is a PID namespace's init, and has no overlays");
+        goto fail;
+    }
+    if (jail_flags && getpid() != 1) {
+        PyErr_SetString(PyExc_ValueError, "a warm jail's copy must be forked into its namespaces first");
+        goto fail;
+    }
+    if (c.n_root > 0 && !(jail_flags & CLONE_NEWNS) && c.template_fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "a constructed root needs a mount namespace");
+        goto fail;
+    }
     /* Signals stay blocked while dispositions change (Python's handlers must not run midway). */
     sigset_t all;
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, NULL);
+    if (jail_flags)
+        warm_jail_init(&c, alive_fd); /* returns in the program's process (PID 2) only */
     lockdown(&c); /* unblocks every signal in its first step */
     if (c.landlock_fd >= 0)
         close(c.landlock_fd);
@@ -1597,32 +1998,44 @@ static PyObject *lockdown_self(PyObject *self, PyObject *args, PyObject *kwargs)
         close(c.listener_sock); /* the listener went to the supervisor: nothing of it stays here */
     Py_XDECREF(keep_filters);
     Py_XDECREF(keep_overlays);
-    Py_RETURN_NONE;
+    Py_XDECREF(keep_root);
+    PyMem_Free(c.root);
+    PyMem_Free(c.root_fds);
+    return PyLong_FromLong(c.errpipe);
 fail:
     Py_XDECREF(keep_filters);
     Py_XDECREF(keep_overlays);
+    Py_XDECREF(keep_root);
+    PyMem_Free(c.root);
+    PyMem_Free(c.root_fds);
     return NULL;
 }
 
 PyDoc_STRVAR(fork_sibling_doc,
-"fork_sibling() -> int\n\n"
+"fork_sibling(namespaces=0) -> int\n\n"
 "fork() whose child is a child of the caller's parent (CLONE_PARENT), so that the process that\n"
 "asked a warm template for a run can wait for it, read its rusage and kill it like any spawn.\n"
-"Returns the child's pid in the caller and 0 in the child, like os.fork (Python's fork hooks run).");
+"Returns the child's pid in the caller and 0 in the child, like os.fork (Python's fork hooks run).\n"
+"namespaces: CLONE_NEW{PID,NS,IPC,UTS} flags: the child is born in new namespaces (PID 1 of its\n"
+"own PID namespace: a warm jail's init, see lockdown_self).");
 
-static PyObject *fork_sibling(PyObject *self, PyObject *unused)
+static PyObject *fork_sibling(PyObject *self, PyObject *args)
 {
     (void)self;
-    (void)unused;
-#ifndef PR_GET_TID_ADDRESS
-#define PR_GET_TID_ADDRESS 40
-#endif
+    int namespaces = 0;
+    if (!PyArg_ParseTuple(args, "|i", &namespaces))
+        return NULL;
+    if (namespaces & ~(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS)) {
+        PyErr_SetString(PyExc_ValueError, "fork_sibling takes only PID, mount, IPC and UTS namespace flags");
+        return NULL;
+    }
     /* The C library caches the thread id where set_tid_address pointed the kernel: have the
-     * kernel write the child's own id there, as the library's fork does. */
+     * kernel write the child's own id there and keep that address for the child (whose own
+     * forks, a launcher's or a jail's init's, read it back), as the library's fork does. */
     int *tid_address = NULL;
-    unsigned long flags = CLONE_PARENT;
+    unsigned long flags = CLONE_PARENT | (unsigned long)namespaces;
     if (prctl(PR_GET_TID_ADDRESS, &tid_address, 0, 0, 0) == 0 && tid_address != NULL)
-        flags |= CLONE_CHILD_SETTID;
+        flags |= CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID;
     else
         tid_address = NULL;
     PyOS_BeforeFork();
@@ -1741,7 +2154,7 @@ static PyObject *landlock_add_path_rules(PyObject *self, PyObject *args)
 }
 
 static PyMethodDef methods[] = {
-    {"fork_sibling", fork_sibling, METH_NOARGS, fork_sibling_doc},
+    {"fork_sibling", fork_sibling, METH_VARARGS, fork_sibling_doc},
     {"landlock_add_path_rules", landlock_add_path_rules, METH_VARARGS, add_rules_doc},
     {"lockdown_self", (PyCFunction)(void (*)(void))lockdown_self, METH_VARARGS | METH_KEYWORDS, lockdown_self_doc},
     {"spawn", (PyCFunction)(void (*)(void))spawn, METH_VARARGS | METH_KEYWORDS, spawn_doc},

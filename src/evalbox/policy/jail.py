@@ -6,9 +6,10 @@ and mount namespaces come together; a private network namespace with only its ow
 the plan has no network. The mount namespace gets a fresh root (a small tmpfs) holding exactly:
 the system trees (read-only binds; merged-/usr links as links), the narrow /etc list, the /dev
 nodes, a private /dev/shm, its own /proc, /sys/devices/system/cpu, the runtime files of a
-program installed elsewhere, the plan's mounts, and the workspace: a tmpfs of `Plan.disk` bytes
-(and a bounded number of files) with the plan's files written into it. /tmp is the workspace's
-tmp/. Anything else does not exist there (ENOENT). Landlock and seccomp still apply inside.
+program installed elsewhere, the plan's mounts, and the workspace. One tmpfs of `Plan.disk` bytes
+(and a bounded number of files) holds everything the run may write: the workspace with the plan's
+files written into it, /tmp (the workspace's tmp/) and /dev/shm (its shm/). Anything else does
+not exist there (ENOENT). Landlock and seccomp still apply inside.
 
 The mechanism (mounting, pivot_root) is in kernel/_spawn.c; this module only lists what to build.
 """
@@ -28,6 +29,7 @@ from evalbox.policy.plan import WORK_DIR, Plan
 HOSTNAME = "sandbox"
 BASE_FLAGS = ns.CLONE_NEWPID | ns.CLONE_NEWNS | ns.CLONE_NEWIPC | ns.CLONE_NEWUTS
 WORKSPACE_SUBDIRS = (WORK_DIR, "tmp", "home")
+SHM_SUBDIR = "shm"  # the jail's /dev/shm, inside the workspace's tmpfs (counted in `disk`)
 DEV_LINKS = {"/dev/fd": "/proc/self/fd", "/dev/stdin": "/proc/self/fd/0", "/dev/stdout": "/proc/self/fd/1",
              "/dev/stderr": "/proc/self/fd/2"}
 BYTES_PER_INODE = 16 << 10  # the workspace holds at most disk/16 KiB files and directories (at least 1024)
@@ -41,7 +43,13 @@ NO_VIEW = ("no jail: the host's process table (command lines), network state, an
            "host paths are visible (promise 9 does not hold; promises 1-8 do)")
 
 
-SHM_INODES = 4096  # a private /dev/shm holds POSIX semaphores and shm segments: a few each
+SHM_INODES = 4096  # (unused: in the jail /dev/shm shares the `disk` tmpfs's bound on files)
+# A group exempt from the jail's /proc hidepid, held by nothing but the supervisor's opener thread
+# (process/opener.py): that thread resolves the program's paths with the program's uid and
+# Landlock rules, but from outside its PID namespace and Landlock domain, so hidepid would hide
+# the program's own /proc/<pid> from it. Just below the sandbox uid range (process/identity.py);
+# no file should be owned by it.
+OPENER_PROC_GID = 1_999_999_999
 
 
 def inode_limit(disk: int) -> int:
@@ -68,8 +76,8 @@ def _link(path: str, target: str, owned: bool = False) -> Entry:
     return (_spawn.ROOT_SYMLINK, path.encode(), target.encode(), 0, _spawn.ROOT_OWNED if owned else 0, 0)
 
 
-def _dir(path: str, mode: int, owned: bool = False) -> Entry:
-    return (_spawn.ROOT_DIR, path.encode(), b"", mode, _spawn.ROOT_OWNED if owned else 0, 0)
+def _dir(path: str, mode: int, owned: bool = False, rights: int = 0) -> Entry:
+    return (_spawn.ROOT_DIR, path.encode(), b"", mode, _spawn.ROOT_OWNED if owned else 0, rights)
 
 
 def _system_entries() -> list[Entry]:
@@ -214,35 +222,44 @@ def shareable(extras: list[Entry], workspace: str) -> bool:
 
 
 def run_entries(plan: Plan, workspace: str, proc_rights: int, owner: tuple[int, int] | None,
-                handled_fs: int, identity: list[tuple[bytes, bytes]] = (), shm_inodes: int = SHM_INODES) -> list[Entry]:
-    """What each run mounts into its copy of the template: its own /dev/shm, /proc, /tmp, and the
-    workspace (a tmpfs bounded in bytes and files) with the plan's files written into it."""
+                handled_fs: int, identity: list[tuple[bytes, bytes]] = (), shm_inodes: int = SHM_INODES,
+                opener_proc_gid: int = -1) -> list[Entry]:
+    """What each run mounts into its copy of the template: its own /proc and devpts, and one tmpfs
+    of `Plan.disk` bytes and files holding everything the run may write: the workspace (with the
+    plan's files written into it), /tmp and /dev/shm. That tmpfs is mounted at /tmp or /dev/shm
+    when the workspace is below it, else at the workspace's parent directory; /tmp and /dev/shm,
+    where it is not mounted, are bound from subdirectories of the workspace (tmp/ is also
+    $TMPDIR). (`shm_inodes` is unused, see SHM_INODES.)"""
     disk = plan.disk if plan.disk is not None else 0
     size = f"size={disk},nr_inodes={inode_limit(disk)}" if disk else "size=50%"
     tmp_rights = fs.PRIVATE_SHM_RIGHTS & handled_fs
-    out: list[Entry] = [
-        (_spawn.ROOT_TMPFS, b"/dev/shm", f"mode=1777,size={plan.memory or 64 << 20},nr_inodes={shm_inodes}".encode(),
-         0, 0, tmp_rights),
-        (_spawn.ROOT_PROC, b"/proc", b"", 0, 0, proc_rights),
-        (_spawn.ROOT_DEVPTS, b"/dev/pts", b"", 0, 0, fs.PTY_RIGHTS & handled_fs),
-        (_spawn.ROOT_TMPFS, b"/tmp", f"mode=1777,{size}".encode(), 0, 0, tmp_rights),
-    ]
     base = os.path.dirname(workspace)
-    if base not in ("/dev/shm", "/tmp"):
-        out.append((_spawn.ROOT_TMPFS, base.encode(), b"mode=0755,size=64k", 0, 0, 0))
-    uid, gid = owner if owner is not None else (os.getuid(), os.getgid())
-    out.append((_spawn.ROOT_TMPFS, workspace.encode(), f"mode=0700,uid={uid},gid={gid},{size}".encode(), 0, 0,
-                fs.EVERYTHING & handled_fs))
+    # the tmpfs goes at /tmp or /dev/shm when the workspace is below it (the workspace and the
+    # directories above it are then plain directories in it), else at the workspace's parent
+    anchor = next((top for top in ("/tmp", "/dev/shm") if _inside(base, [top])), base)
+    shared_top = anchor in ("/tmp", "/dev/shm")
+    out: list[Entry] = [
+        (_spawn.ROOT_PROC, b"/proc", f"gid={opener_proc_gid}".encode() if opener_proc_gid >= 0 else b"", 0, 0,
+         proc_rights),
+        (_spawn.ROOT_DEVPTS, b"/dev/pts", b"", 0, 0, fs.PTY_RIGHTS & handled_fs),
+        (_spawn.ROOT_TMPFS, anchor.encode(), f"mode={'1777' if shared_top else '0755'},{size}".encode(), 0, 0,
+         tmp_rights if shared_top else 0),
+        (_spawn.ROOT_DIR, workspace.encode(), b"", 0o700, _spawn.ROOT_OWNED, fs.EVERYTHING & handled_fs),
+    ]
+    made = {workspace}
+    for sub in WORKSPACE_SUBDIRS + (SHM_SUBDIR,):
+        out.append(_dir(f"{workspace}/{sub}", 0o700, owned=True))
+        made.add(f"{workspace}/{sub}")
+    for top, sub in (("/tmp", "tmp"), ("/dev/shm", SHM_SUBDIR)):
+        if top != anchor:
+            out.append((_spawn.ROOT_BIND, top.encode(), f"{workspace}/{sub}".encode(), 0,
+                        _spawn.ROOT_LATE | _spawn.ROOT_IS_DIR, tmp_rights))
     # /etc/passwd and /etc/group with the sandbox's own uid: written into the workspace's root
     # (root-owned, read-only) and bound over the system ones
     for target, content in identity:
         name = f"{workspace}/.{os.path.basename(target.decode())}"
         out.append((_spawn.ROOT_FILE, name.encode(), content, 0o644, 0, ll.READ_FILE & handled_fs))
         out.append((_spawn.ROOT_BIND, target, name.encode(), 0, _spawn.ROOT_RO | _spawn.ROOT_LATE, 0))
-    made = {workspace}
-    for sub in WORKSPACE_SUBDIRS:
-        out.append(_dir(f"{workspace}/{sub}", 0o700, owned=True))
-        made.add(f"{workspace}/{sub}")
     work = f"{workspace}/{WORK_DIR}"
     for d in _parents(os.path.normpath(f"{workspace}/{plan.workdir}"), workspace, made):
         out.append(_dir(d, 0o700, owned=True))

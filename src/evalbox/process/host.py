@@ -63,6 +63,24 @@ def _user_namespaces() -> bool:
         return True
 
 
+def _new_mount_api() -> bool:
+    """The jail builds its root with fsopen/open_tree/move_mount/mount_setattr (Linux 5.12+; a
+    container's seccomp profile may refuse them): try fsopen and mount_setattr."""
+    from evalbox.kernel import _spawn
+    from evalbox.kernel.syscall_table import ARCHES
+
+    nr = ARCHES[native_arch()]
+    try:
+        os.close(_spawn.syscall(nr["fsopen"], b"tmpfs\0", 1))  # FSOPEN_CLOEXEC
+    except OSError:
+        return False
+    try:
+        _spawn.syscall(nr["mount_setattr"], -1, b"\0", 0, 0, 0)
+    except OSError as e:
+        return e.errno not in (errno.ENOSYS, errno.EPERM)
+    return True
+
+
 def _kernel_at_least(major: int, minor: int) -> bool:
     parts = platform.release().split(".")
     try:
@@ -92,5 +110,5 @@ def probe() -> Host:
         user_namespaces=_user_namespaces(),
         private_shm=privileged and sys_admin and os.path.isdir("/dev/shm"),
         has_setpcap=bool(effective >> caps.CAP_SETPCAP & 1),
-        jail=privileged and sys_admin and os.environ.get("EVALBOX_JAIL", "1") != "0",
+        jail=privileged and sys_admin and os.environ.get("EVALBOX_JAIL", "1") != "0" and _new_mount_api(),
     )

@@ -68,6 +68,7 @@ class Lockdown:
     root: list[tuple[int, bytes, bytes, int, int, int]] = field(default_factory=list)  # see policy/jail.py
     root_rights: int = 0
     template_fd: int = -1  # a template mount namespace the init copies (see process/templates.py)
+    proc_gid: int = -1  # the jail's /proc lets this group see every process (the supervisor's opener)
     cgroup_fds: list[int] = field(default_factory=list)
     cgroup_dir_fd: int = -1  # v2: the group's directory, for a spawn born in it (CLONE_INTO_CGROUP)
     uid_lease: UidLease | None = None
@@ -92,6 +93,7 @@ class Lockdown:
         if self.pids_reserved:
             _reserve_pids(-self.pids_reserved)
             self.pids_reserved = 0
+            _forget_process_count()  # its processes are gone: a cached count would overstate the others
         self.release_spawn_resources()
         if self.cgroup is not None:
             if self.owns_cgroup:
@@ -136,9 +138,17 @@ def expect_neighbours(concurrency: int, max_pids: int | None):
         _pids_expected -= extra
 
 
+def _forget_process_count() -> None:
+    global _user_procs_cache
+    _user_procs_cache = (0.0, 0)
+
+
 def _processes_of_uid(uid: int) -> int:
-    """How many threads this uid runs now (RLIMIT_NPROC counts them all: a threaded host program,
-    a Ray worker say, holds dozens), cached briefly."""
+    """How many live threads this uid runs now (RLIMIT_NPROC counts them all: a threaded host
+    program, a Ray worker say, holds dozens), cached briefly. Zombies are left out: an orphan of an
+    earlier run waits for the host's PID 1 to reap it (0.5-2 s here) and then frees its place, so
+    counting it would give the next run that much more than its max_pids once it is gone; while it
+    lingers, the run has that much less."""
     global _user_procs_cache
     now = time.monotonic()
     if now - _user_procs_cache[0] < 0.5:
@@ -147,7 +157,11 @@ def _processes_of_uid(uid: int) -> int:
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                if os.stat(f"/proc/{name}").st_uid == uid:
+                if os.stat(f"/proc/{name}").st_uid != uid:
+                    continue
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    state = f.read().rpartition(b")")[2][1:2]
+                if state not in (b"Z", b"X"):
                     count += len(os.listdir(f"/proc/{name}/task"))
             except OSError:
                 pass
@@ -397,7 +411,9 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
         want = {c for c, needed in (("memory", plan.memory), ("pids", plan.max_pids)) if needed is not None}
         extra_pids, extra_memory = 0, 0
         if slot_group is not None:
-            group, extra_pids, extra_memory = slot_group, 1, SLOT_MEMORY_RESERVE
+            # the launcher, and in a jail the warm copy that is its init, live in the group too
+            jailed = host.jail and bool(jail.clone_flags(plan))
+            group, extra_pids, extra_memory = slot_group, 2 if jailed else 1, SLOT_MEMORY_RESERVE * (2 if jailed else 1)
         elif host.cgroup.version and want & host.cgroup.controllers:
             group = cgroups.acquire(host.cgroup, f"sb-{next(_counter)}")
         if group is not None:
@@ -455,13 +471,18 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
             filters = [(program, 0)]
         overlays = []
         root = []
+        proc_gid = -1
         if jail_flags:
             # the jail's own root replaces the overlays (/dev/shm, /tmp, passwd, paths below hidden
             # directories)
             system, extras, stamp = jail.template_entries(plan, ws.root, rules)
+            # a supervised run's opener thread (process/opener.py) must see the program in /proc
+            if uid >= 0 and plan.notify in (NotifyMode.MONITOR, NotifyMode.SUPERVISE):
+                proc_gid = jail.OPENER_PROC_GID
             root = jail.run_entries(plan, ws.root, filesystem.PROC_RIGHTS & ruleset.handled_fs,
                                     (uid, gid) if lease else None, ruleset.handled_fs,
-                                    identity=[(t, _read(s)) for t, _, s in identity], shm_inodes=PRIVATE_SHM_INODES)
+                                    identity=[(t, _read(s)) for t, _, s in identity], shm_inodes=PRIVATE_SHM_INODES,
+                                    opener_proc_gid=proc_gid)
             # (a plan that collects binds the host's work/ directory: only a root built per run, in
             # a namespace where that host path is still visible, can do so)
             if jail.shareable(extras, ws.root) and not plan.collect:
@@ -518,7 +539,8 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
             rlimits=tuple(rlimit_names),
             weakened=tuple(f"syscall {n} allowed unconditionally" for n in plan.syscalls.allow),
             view=jail.VIEW if jail_flags else jail.NO_VIEW,
-            disk=f"workspace tmpfs of {plan.disk} bytes, {jail.inode_limit(plan.disk)} files and directories"
+            disk=f"one tmpfs of {plan.disk} bytes, {jail.inode_limit(plan.disk)} files and directories for the "
+                 "workspace, /tmp and /dev/shm together"
             if jail_flags and plan.disk else
             "not bounded (no jail): max_file_size bounds each file" + (", the memory cgroup the workspace's pages"
                                                                         if ws.root.startswith("/dev/shm/") and use_mem else ""),
@@ -548,6 +570,7 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
             hostname=jail.HOSTNAME if jail_flags else None,
             root=root,
             template_fd=template,
+            proc_gid=proc_gid,
             root_rights=jail.ROOT_RIGHTS & ruleset.handled_fs,
             netns_fd=netns_fd,
             proc_rights=filesystem.PROC_RIGHTS & ruleset.handled_fs,

@@ -60,7 +60,7 @@ def fs_type(fd: int) -> int:
 class Opener:
     """The helper thread of one sandbox (see the module docstring)."""
 
-    def __init__(self, pid: int, ruleset_fd: int, uid: int = -1, gid: int = -1) -> None:
+    def __init__(self, pid: int, ruleset_fd: int, uid: int = -1, gid: int = -1, proc_gid: int = -1) -> None:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._answers: queue.SimpleQueue = queue.SimpleQueue()
         self.broken: str | None = None
@@ -72,7 +72,7 @@ class Opener:
         except OSError as e:
             os.close(self._proc)
             raise OpenerBroken(f"cannot see the program's mount namespace ({e.strerror})") from None
-        self._thread = threading.Thread(target=self._serve, args=(ruleset_fd, mntns, uid, gid),
+        self._thread = threading.Thread(target=self._serve, args=(ruleset_fd, mntns, uid, gid, proc_gid),
                                         name=f"evalbox-opener-{pid}", daemon=True)
         self._thread.start()
         try:
@@ -86,7 +86,7 @@ class Opener:
 
     # -- the thread ------------------------------------------------------------------------------
 
-    def _serve(self, ruleset_fd: int, mntns: int, uid: int, gid: int) -> None:
+    def _serve(self, ruleset_fd: int, mntns: int, uid: int, gid: int, proc_gid: int) -> None:
         try:
             call = _spawn.syscall
             call(_nr("unshare"), CLONE_FS)
@@ -96,7 +96,9 @@ class Opener:
             if ruleset_fd >= 0:
                 call(_nr("landlock_restrict_self"), ruleset_fd, 0)
             if uid >= 0:
-                call(_nr("setgroups"), 0, 0)
+                # no groups but, in a jail, the one that sees the program in its /proc (hidepid)
+                groups = struct.pack("=I", proc_gid) if proc_gid >= 0 else b""
+                call(_nr("setgroups"), len(groups) // 4, groups if groups else 0)
                 call(_nr("setresgid"), gid, gid, gid)
                 call(_nr("setresuid"), uid, uid, uid)
         except OSError as e:

@@ -115,12 +115,13 @@ class Supervision:
 
     def __init__(self, sandbox_id: int, plan: Plan, listener: int, pid: int, arch: str,
                  others_only: bool = False, routing: Routing | None = None, workspace: str | None = None,
-                 ruleset_fd: int = -1, uid: int = -1, gid: int = -1) -> None:
+                 ruleset_fd: int = -1, uid: int = -1, gid: int = -1, proc_gid: int = -1) -> None:
         """`others_only`: the sandbox has a uid of its own (root host) while the supervisor is
         root, so virtualized access is limited to what file modes give "other" users.
         `routing`: why the filter sends each call here (policy kills, workspace metadata, the
         plan's intercepts); `workspace`: the root below which metadata changes are done.
-        `ruleset_fd`, `uid`, `gid`: the program's Landlock ruleset and ids, for the Opener."""
+        `ruleset_fd`, `uid`, `gid`: the program's Landlock ruleset and ids, for the Opener;
+        `proc_gid`: the group that sees the program in a jail's /proc (policy/jail.py)."""
         self.sandbox_id = sandbox_id
         self.plan = plan
         self.listener = listener
@@ -139,6 +140,7 @@ class Supervision:
         self.memory_refused = False  # an allocation was refused by the RLIMIT_AS memory limit
         self.error: str | None = None
         self.others_only = others_only
+        self.proc_gid = proc_gid
         # (only worth an ioctl when calls are intercepted on purpose)
         self.sync_wakeup = sn.set_sync_wakeup(listener) if plan.notify is not NotifyMode.DISABLED else False
         self._poller: object | None = None  # made on the first wake-up (most runs never have one)
@@ -147,9 +149,9 @@ class Supervision:
         self.opener: Opener | None = None
         # the Opener is made at the first sound call (its caller is then alive and waiting, so its
         # mount namespace can be joined): keep what it needs until then
-        self._opener_needs: tuple[int, int, int] | None = None
+        self._opener_needs: tuple[int, int, int, int] | None = None
         if plan.notify in (NotifyMode.SUPERVISE, NotifyMode.MONITOR) and SOUND_CALLS & set(plan.intercept):
-            self._opener_needs = (os.dup(ruleset_fd) if ruleset_fd >= 0 else -1, uid, gid)
+            self._opener_needs = (os.dup(ruleset_fd) if ruleset_fd >= 0 else -1, uid, gid, proc_gid)
         for virtual, host in sorted(plan.virtual_paths.items(), key=lambda kv: -len(kv[0])):
             try:
                 fd = open_named_path(host, f"virtual_paths[{virtual!r}]", os.O_PATH | os.O_DIRECTORY)
@@ -263,9 +265,9 @@ class Supervision:
             return True
         if self._opener_needs is None:
             return False
-        ruleset_fd, uid, gid = self._opener_needs
+        ruleset_fd, uid, gid, proc_gid = self._opener_needs
         try:
-            self.opener = Opener(pid, ruleset_fd, uid, gid)
+            self.opener = Opener(pid, ruleset_fd, uid, gid, proc_gid)
         except OpenerBroken as e:
             raise SupervisorFailed(f"supervision needs to open files with the program's rights, and {e} "
                                    "(use notify=NotifyMode.DISABLED)") from None
@@ -312,19 +314,32 @@ class Supervision:
                 return own + clean[len(prefix):]
         return raw
 
-    def _own_proc_entry(self, fd: int) -> bool:
-        """Is `fd` an entry of evalbox's own process in /proc (the opener thread's /proc/<pid>)?"""
+    def _own_proc_entry(self, fd: int) -> int:
+        """EACCES if `fd` is an entry of evalbox's own process in /proc (the opener thread's
+        /proc/<pid>); ENOENT if, in a jail, it is one hidepid hides from the program (its init);
+        else 0."""
         if fs_type(fd) != PROC_SUPER_MAGIC:
-            return False
+            return 0
         assert self.opener is not None
         parts = self.opener.real_path(fd).split("/")
         if len(parts) < 3 or parts[1] != "proc" or not parts[2].isdigit():
-            return False
+            return 0
+        if self.proc_gid >= 0:  # (a jail's /proc: evalbox's own processes are not in it)
+            # The opener is exempt from the jail's hidepid; the program sees only the processes
+            # of its own uid that are dumpable, which are the ones whose /proc/<pid> it owns.
+            try:
+                entry = self.opener.resolve(OPENER_ROOT, f"/proc/{parts[2]}".encode(), False)
+                try:
+                    return errno.ENOENT if self.owner >= 0 and os.fstat(entry).st_uid != self.owner else 0
+                finally:
+                    os.close(entry)
+            except OSError:
+                return errno.ENOENT
         try:
             ours = set(os.listdir(f"/proc/{os.getpid()}/task"))
         except OSError:
-            return True
-        return parts[2] in ours or parts[2] == str(os.getpid())
+            return errno.EACCES
+        return errno.EACCES if parts[2] in ours or parts[2] == str(os.getpid()) else 0
 
     def _prepare(self, name: str, n: sn.Notification) -> _Prepared:
         """Resolve a sound call's path with the program's rights; what to do if it is allowed."""
@@ -375,6 +390,8 @@ class Supervision:
                 fds.append(base)
                 base_path = opener.real_path(base)
                 textual = _normal(os.path.join(base_path, textual)) if textual else base_path
+                if base_path == "/proc" and raw.split(b"/")[0] in (b"self", b"thread-self"):
+                    raw, base = self._self_rewrite(b"/proc/" + raw, n.pid), OPENER_ROOT  # (see there)
             if not raw:
                 if not flags & AT_EMPTY_PATH:
                     return _Prepared(textual or None, fail(errno.ENOENT), fds)
@@ -388,8 +405,9 @@ class Supervision:
             return _Prepared(_normal(textual) if textual.startswith("/") else textual, fail(code), fds)
         fds.append(target)
         try:
-            if self._own_proc_entry(target):
-                return _Prepared(_normal(textual), fail(errno.EACCES), fds)
+            refused = self._own_proc_entry(target)
+            if refused:
+                return _Prepared(_normal(textual), fail(refused), fds)
             path = opener.real_path(target)
         except OSError as e:
             return _Prepared(_normal(textual), fail(e.errno or errno.EACCES), fds)

@@ -59,3 +59,15 @@ def _retire(fd: int) -> None:
         _retired.add(fd)
     else:
         os.close(fd)
+
+
+def _forget_after_fork() -> None:
+    # A forked child may close and reuse fd numbers: never setns() into a cached number there.
+    global _lock
+    _lock = threading.Lock()
+    _templates.clear()
+    _users.clear()
+    _retired.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

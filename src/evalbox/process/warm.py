@@ -7,11 +7,16 @@ this process (CLONE_PARENT: waited for, killed and accounted like a cold spawn),
 the same lockdown in place (`_spawn.lockdown_self`), makes itself look like `python -s main.py`
 just started, and runs the script. No process serves two runs.
 
+On hosts that jail every run (SPEC §4.9) the template forks a jailed run's copy straight into the
+jail's new namespaces: the copy is their PID 1 and becomes the jail's init (the same C code as a
+cold jail's: namespaces, constructed root, reaping, the same reports), and forks the process that
+locks down and runs the script (`_spawn.lockdown_self` with jail_flags).
+
 A run goes cold instead (same Output, `Output.warm` False) when the plan needs what a copy
-cannot give: the namespace jail (not built for copies yet), notify modes (the audit trail would
-miss the interpreter's start-up), PYTHON* (but PYTHONUNBUFFERED), LANG or LC_* variables in `env`
-(they act at interpreter start-up), or an interpreter that cannot load evalbox's extension
-(another Python version). See README "Warm Python".
+cannot give: notify modes (the audit trail would miss the interpreter's start-up), PYTHON* (but
+PYTHONUNBUFFERED), LANG or LC_* variables in `env` (they act at interpreter start-up), or an
+interpreter that cannot load evalbox's extension (another Python version). See README "Warm
+Python".
 
 Resident slots (class Slot) live here too: on v1 cgroup hosts a copy of a template joins a slot's
 cgroup once and starts that slot's runs inside it (warm copies, or cold programs by clone + exec),
@@ -21,6 +26,7 @@ templates write to the caller's stderr (their own failures).
 
 from __future__ import annotations
 
+import errno
 import itertools
 import marshal
 import os
@@ -46,6 +52,8 @@ START_TIMEOUT = 60.0
 WARM_ENV = frozenset({"PYTHONUNBUFFERED"})  # seconds for a template to import its modules and report
 TEMPLATE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 _PRCTL = {"x86_64": 157, "aarch64": 167}  # the prctl system call (the template arms PDEATHSIG)
+_CHANNEL_ROOM = 200_000  # a run's request larger than this raises the channel's send buffer (root)
+_SO_SNDBUFFORCE = 32
 _SOURCE_PATH = os.path.join(os.path.dirname(__file__), "warm_template.py")
 
 
@@ -54,37 +62,27 @@ class TemplateUnavailable(SandboxError):
 
 
 def jailed(plan: Plan, host: Host) -> bool:
-    """Will this run get the namespace jail (SPEC §4.9)? Warm copies and slot launchers do not
-    build one yet, so such a run starts cold, exactly as isolated as before."""
+    """Will this run get the namespace jail (SPEC §4.9)? Warm copies build it (from a template or a
+    slot's launcher, see lockdown_self in _spawn.c); a launcher's cold spawn does not."""
     from evalbox.policy import jail
 
     return bool(host.jail and jail.clone_flags(plan))
-
-
-def why_cold_here() -> str | None:
-    """Why default warm runs start cold on this host (None: they start warm)."""
-    from evalbox.process.host import probe
-
-    if jailed(Plan(["/bin/true"]), probe()):
-        return ("this host puts every run in the namespace jail and warm copies have none yet, so warm runs "
-                "start cold here; EVALBOX_JAIL=0 turns the jail off (and warm runs on)")
-    return None
 
 
 def eligible(plan: Plan, host: Host) -> bool:
     """Can this run start from a warm copy with the same isolation and observable behaviour?"""
     if plan.warm is None or plan.notify is not NotifyMode.DISABLED or not os.path.isabs(plan.argv[0]):
         return False
-    if jailed(plan, host):
-        return False
     return not any(k.startswith(("PYTHON", "LC_")) and k not in WARM_ENV or k == "LANG" for k in plan.env)
 
 
-def slots_usable(plan: Plan, host: Host) -> bool:
-    """Resident slots serve runs that need a v1 memory or pids group (v2 hosts join per run) and
-    no jail. EVALBOX_SLOTS=0 turns them off (every run then joins its group itself)."""
+def slots_usable(plan: Plan, host: Host, warm_start: bool) -> bool:
+    """Resident slots serve runs that need a v1 memory or pids group (v2 hosts join per run). A
+    jailed run uses one only when it starts warm: the launcher forks the copy into the jail's
+    namespaces as a template does (a launcher's cold spawn has no jail). EVALBOX_SLOTS=0 turns
+    them off (every run then joins its group itself)."""
     layout = host.cgroup
-    if os.environ.get("EVALBOX_SLOTS", "1") == "0" or jailed(plan, host):
+    if os.environ.get("EVALBOX_SLOTS", "1") == "0" or (jailed(plan, host) and not warm_start):
         return False
     want = {c for c, needed in (("memory", plan.memory), ("pids", plan.max_pids)) if needed is not None}
     return layout.version == 1 and bool(want & layout.controllers)
@@ -133,6 +131,9 @@ def _lockdown_fields(lock: Lockdown) -> dict[str, Any]:
         "overlays": [(t, o, r, [tuple(b) for b in binds]) for t, o, r, binds in lock.overlays],
         "landlock": lock.ruleset.fd >= 0,
         "listener": any(f & _spawn.SECCOMP_FILTER_FLAG_NEW_LISTENER for _, f in lock.filters),
+        # the jail (0: none): the copy is forked into these namespaces and becomes their init
+        "jail_flags": lock.jail_flags, "hostname": lock.hostname, "root": lock.root, "root_rights": lock.root_rights,
+        "proc_rights": lock.proc_rights, "netns": lock.netns_fd >= 0, "template": lock.template_fd >= 0,
     }
 
 
@@ -179,32 +180,41 @@ class _Server:
         poller.register(self.pidfd, select.POLLIN)
         return not poller.poll(0)
 
-    def start(self, lock: Lockdown, plan: Plan, stdin: int, stdout: int, stderr: int) -> tuple[int, int, int]:
-        """Start one run from a fresh copy; returns (pid, pidfd, notify listener or -1) once it is
-        locked down and the program about to run. Raises TemplateUnavailable when the server
-        itself failed (nothing of the run was started) and the spawn errors of a cold run when
-        the lockdown failed."""
+    def start(self, lock: Lockdown, plan: Plan, stdin: int, stdout: int, stderr: int) -> tuple[int, int, int, int]:
+        """Start one run from a fresh copy; returns (pid, pidfd, notify listener or -1, init report
+        fd or -1) once it is locked down and the program about to run. In a jail, pid is the
+        jail's init and the report fd carries the program's verdict, as for a cold jailed spawn.
+        Raises TemplateUnavailable when the server itself failed (nothing of the run was started)
+        and the spawn errors of a cold run when the lockdown failed."""
         argv = list(plan.argv)
         request = {"run": _lockdown_fields(lock), "env": list(lock.env), "script": os.path.join(lock.cwd, argv[2]),
                    "argv": argv[2:], "orig_argv": argv}
         return self._launch(lock, request, stdin, stdout, stderr, private=True)
 
     def _launch(self, lock: Lockdown, request: dict[str, Any], stdin: int, stdout: int,
-                stderr: int, private: bool = False) -> tuple[int, int, int]:
+                stderr: int, private: bool = False) -> tuple[int, int, int, int]:
         """Send a run request with the run's fds; wait until the run's process has locked down
-        (the error pipe closes) or failed (it reports the step); hand over its notify listener.
+        (the error pipe closes; in a jail: the init reports STEP_STARTED) or failed (it reports
+        the step); hand over its notify listener.
 
         `private`: the server only forks on a bare trigger, and the request goes over a channel
         of the run's own, straight into the new copy: a server whose memory later copies inherit
         must never hold one run's environment or arguments."""
+        from evalbox.errors import SpawnError
         from evalbox.process.spawn import spawn_error
 
+        jail_flags = lock.jail_flags if private else 0
         wants_listener = any(flags & _spawn.SECCOMP_FILTER_FLAG_NEW_LISTENER for _, flags in lock.filters)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if wants_listener else (None, None)
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        alive = os.pidfd_open(os.getpid()) if jail_flags else -1  # the init's check that we live
         fds = [stdin, stdout, stderr, write_end] + ([lock.ruleset.fd] if lock.ruleset.fd >= 0 else [])
-        fds += ([theirs.fileno()] if theirs is not None else []) + list(lock.cgroup_fds)
-        ends = [read_end, write_end]
+        fds += [theirs.fileno()] if theirs is not None else []
+        if jail_flags:
+            fds += [fd for fd in (lock.netns_fd, lock.template_fd) if fd >= 0] + [alive]
+        fds += list(lock.cgroup_fds)
+        ends = [read_end, write_end] + ([alive] if alive >= 0 else [])
+        keep_read_end = False
 
         def close_ours() -> None:
             os.close(write_end)
@@ -214,8 +224,11 @@ class _Server:
         channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC) if private else None
         try:
             if channel is not None:
-                socket.send_fds(channel[0], [marshal.dumps(request)], fds)  # read by the copy
-                answer = self._ask({"run": True}, [channel[1].fileno()], close_ours)
+                payload = marshal.dumps(request)  # (in a jail it holds the plan's files: may be large)
+                if len(payload) > _CHANNEL_ROOM:
+                    channel[0].setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, len(payload) + 4096)
+                socket.send_fds(channel[0], [payload], fds)  # read by the copy
+                answer = self._ask({"run": True, "jail": jail_flags}, [channel[1].fileno()], close_ours)
             else:
                 answer = self._ask(request, fds, close_ours)
             if "pid" not in answer:
@@ -223,23 +236,31 @@ class _Server:
             pid = answer["pid"]
             pidfd = os.pidfd_open(pid)  # our child (CLONE_PARENT): its pid stays its own until we reap it
             report = os.read(read_end, 8)
+            started = len(report) == 8 and struct.unpack("=ii", report)[0] == _spawn.STEP_STARTED
             listener = -1
-            if len(report) < 8 and ours is not None:
+            if (started if jail_flags else len(report) < 8) and ours is not None:
                 _, got, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
                 listener = got[0]
                 os.set_inheritable(listener, False)
+            keep_read_end = bool(jail_flags) and started
         finally:
             for fd in ends:
-                os.close(fd)
+                if not (fd == read_end and keep_read_end):
+                    os.close(fd)
             for end in (ours, theirs, *(channel or ())):
                 if end is not None:
                     end.close()
-        if len(report) == 8:
+        if jail_flags and started:
+            os.set_blocking(read_end, False)
+            return pid, pidfd, listener, read_end
+        if jail_flags or len(report) == 8:
             os.waitpid(pid, 0)
             os.close(pidfd)
+            if len(report) < 8:
+                raise SpawnError(errno.ECHILD, "the sandbox's init died before the program started; nothing was run")
             step, err = struct.unpack("=ii", report)
             raise spawn_error(lock, step, err)
-        return pid, pidfd, listener
+        return pid, pidfd, listener, -1
 
     def _end(self) -> None:
         if self.control is not None:
@@ -382,7 +403,7 @@ class Slot(_Server):
         the same child as process.spawn.spawn makes, and the same (pid, pidfd, listener)."""
         request = {"exec": {**_lockdown_fields(lock), "path": os.fsencode(lock.executable), "argv": list(lock.argv),
                             "envp": list(lock.env), "magic": lock.magic}}
-        return self._launch(lock, request, stdin, stdout, stderr)
+        return self._launch(lock, request, stdin, stdout, stderr)[:3]
 
     def clean(self) -> bool:
         """No process of the last run is left in the group; its counters start again from zero."""

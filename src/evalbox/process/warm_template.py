@@ -64,7 +64,8 @@ def _serve():
             control.send(marshal.dumps(_spawn_exec(spawn, request["exec"], fds)))
             continue
         try:
-            pid = spawn.fork_sibling()
+            # a jailed run's copy is born in the jail's new namespaces, as their PID 1 (its init)
+            pid = spawn.fork_sibling(request.get("jail", 0))
         except OSError as e:
             for fd in fds:
                 os.close(fd)
@@ -98,7 +99,8 @@ def _serve():
             # of its own, read here in the copy: it never enters the template's (or a launcher's)
             # memory, which later copies inherit.
             channel = socket.socket(fileno=fds[0])
-            msg, fds, _, _ = socket.recv_fds(channel, 1 << 20, 16)
+            size = channel.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)  # a jail's files: any size
+            msg, fds, _, _ = socket.recv_fds(channel, max(size, 1), 16)
             channel.close()
             return spawn, marshal.loads(msg), fds
         for fd in fds:
@@ -146,11 +148,17 @@ def _start_program(spawn, req, fds):
     stdio, errpipe, rest = fds[:3], fds[3], fds[4:]
     landlock_fd = rest.pop(0) if x["landlock"] else -1
     listener = rest.pop(0) if x["listener"] else -1
-    spawn.lockdown_self(
+    jail = {}
+    if x["jail_flags"]:  # this copy is PID 1 of the jail's namespaces: it becomes their init
+        jail = dict(jail_flags=x["jail_flags"], hostname=x["hostname"], root=x["root"], root_rights=x["root_rights"],
+                    proc_rights=x["proc_rights"], netns_fd=rest.pop(0) if x["netns"] else -1,
+                    template_fd=rest.pop(0) if x["template"] else -1, alive_fd=rest.pop(0))
+    # (returns in the program's process only; in a jail its error pipe is a new one, to the init)
+    errpipe = spawn.lockdown_self(
         cwd=x["cwd"], stdio=stdio, errpipe=errpipe, parent_pid=x["parent_pid"], cgroup_fds=rest,
         rlimits=x["rlimits"], drop_bounding_set=x["drop_bounding_set"], last_cap=x["last_cap"],
         securebits=x["securebits"], uid=x["uid"], gid=x["gid"], landlock_fd=landlock_fd,
-        filters=x["filters"], listener_sock=listener, umask=x["umask"], overlays=x["overlays"],
+        filters=x["filters"], listener_sock=listener, umask=x["umask"], overlays=x["overlays"], **jail,
     )
     # What CPython sets up at start (the lockdown put every disposition back to the default).
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -1,0 +1,215 @@
+"""Warm Python in the jail (SPEC §4.9 and §10): on hosts that jail every run, a warm run gets the
+same jail as a cold one (its own PID namespace whose init is evalbox's, its own root, IPC and UTS),
+sees only its own processes, never the template or another run, and leaves nothing to the next."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+
+import pytest
+
+import evalbox
+from evalbox.process import warm
+from evalbox.process.host import probe
+from rt_helpers import describe, ok
+
+pytestmark = pytest.mark.skipif(not probe().jail, reason="no jail on this host (needs root with CAP_SYS_ADMIN; "
+                                "`evalbox check` says why): warm runs there are covered by test_python_warm")
+
+
+def run(code: str, mode: bool, **kw) -> evalbox.Output:
+    kw.setdefault("timeout", 30)
+    out = evalbox.python.run(code, warm=mode, **kw)
+    assert out.warm is mode, f"asked warm={mode}, ran warm={out.warm}\n{describe(out)}"
+    return out
+
+
+def normalise(text: bytes) -> bytes:
+    return re.sub(rb"evalbox-\d+-\w+", b"<ws>", text)  # each run's own workspace name
+
+
+VIEW = r"""
+import os, signal, socket, sys
+before = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())
+child = os.fork()
+if child == 0:
+    signal.pause()
+    os._exit(0)
+seen = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())
+os.kill(child, signal.SIGKILL)
+os.waitpid(child, 0)
+print(os.getpid(), os.getppid(), before, seen == sorted(before + [child]), child)
+print(socket.gethostname(), sorted(os.listdir('/')), sorted(os.listdir('/dev/shm')), sorted(os.listdir('/tmp')))
+print(os.path.exists('/proc/1/cmdline'))  # the init (root's) is hidden from the program
+print(open('/proc/self/mountinfo').read().count('\n') > 0)
+"""
+
+
+def test_warm_run_has_the_cold_jail():
+    """Same PID numbering (the program is PID 2, its parent the init, PID 1), same process table
+    (only its own processes), same root, hostname and private /tmp and /dev/shm as a cold run."""
+    hot, cold = run(VIEW, True), run(VIEW, False)
+    ok(hot), ok(cold)
+    assert normalise(hot.stdout) == normalise(cold.stdout), f"warm:\n{hot.stdout.decode()}\ncold:\n{cold.stdout.decode()}"
+    first = hot.stdout.split(b"\n")[0].split()
+    assert first[:3] == [b"2", b"1", b"[2]"] and first[3] == b"True", hot.stdout
+    same = dict(identity=hot.protections.identity)  # (each run leases a uid of its own)
+    assert dataclasses.replace(cold.protections, **same) == hot.protections
+    assert {"pid", "mount", "ipc", "uts"} <= set(hot.protections.namespaces)
+
+
+def test_warm_run_with_a_root_built_per_run():
+    """A plan that collects files gets a root built for the run (no template namespace: the copy
+    is forked into a new mount namespace too); warm and cold see the same and collect the same."""
+    code = "import os; open('out.txt', 'w').write('hi'); print(os.getpid(), sorted(os.listdir('/')))"
+    hot, cold = run(code, True, collect=["out.txt"]), run(code, False, collect=["out.txt"])
+    ok(hot), ok(cold)
+    assert hot.stdout == cold.stdout and hot.stdout.startswith(b"2 "), (hot.stdout, cold.stdout)
+    assert hot.files == cold.files == {"out.txt": b"hi"}
+
+
+def _comm_holders(name: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == name:
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_orphans_die_with_the_warm_run():
+    """A process the program left behind (double fork, own session) is killed when the program
+    exits: the jail's init exits and the kernel ends its PID namespace."""
+    name = "ebx" + secrets.token_hex(5)
+    code = f"""
+import ctypes, os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        ctypes.CDLL(None).prctl(15, {name.encode()!r}, 0, 0, 0)  # PR_SET_NAME: the host finds it by this
+        open('/tmp/started', 'w').close()
+        time.sleep(120)
+    os._exit(0)
+while not os.path.exists('/tmp/started'):
+    time.sleep(0.01)
+print('left one behind')
+"""
+    out = ok(run(code, True))
+    assert out.stdout == b"left one behind\n"
+    assert _comm_holders(name) == [], "an orphan of a warm run outlived it"
+
+
+def _template_pids() -> set[int]:
+    return {t.pid for t in list(warm._templates.values()) if isinstance(t, warm.Template)}
+
+
+SNOOP = r"""
+import os
+pids = sorted(p for p in os.listdir('/proc') if p.isdigit())
+texts = []
+for p in pids:
+    if int(p) == os.getpid():  # (its own command line is the template's: README "Warm Python")
+        continue
+    for name in ('cmdline', 'environ', 'status'):
+        try:
+            texts.append(open(f'/proc/{p}/{name}', 'rb').read())
+        except OSError:
+            pass
+try:
+    os.kill(-1, 0)
+    print('SIGNALLED_SOMEONE')
+except OSError as e:
+    print('kill(-1):', e.errno)
+print('PIDS', pids)
+print('TEXT', b'\0'.join(texts).hex())
+"""
+
+
+def test_warm_runs_see_neither_the_template_nor_each_other():
+    """While one warm run holds a secret (arguments, environment, memory), another warm run lists
+    and reads everything in its /proc: it finds only itself, nothing of the template (its command
+    line is the template's source) and nothing of the other run."""
+    secret = secrets.token_hex(16)
+    sync = tempfile.mkdtemp(prefix="evalbox-warmjail-")
+    os.chmod(sync, 0o777)  # the sandbox runs as a uid of its own
+    holder_code = f"""
+import os, time
+keep = {secret!r} * 1000
+open({sync!r} + '/ready', 'w').close()
+deadline = time.monotonic() + 25
+while not os.path.exists({sync!r} + '/done') and time.monotonic() < deadline:
+    time.sleep(0.01)
+print('held')
+"""
+    box: list[evalbox.Output] = []
+    holder = threading.Thread(target=lambda: box.append(run(
+        holder_code, True, args=[secret], env={"SECRET": secret}, mounts=[evalbox.Mount(sync, writable=True)])))
+    try:
+        holder.start()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(os.path.join(sync, "ready")):  # the holder runs now
+            assert time.monotonic() < deadline and holder.is_alive(), f"the holder never started: {box}"
+            time.sleep(0.01)
+        snoop = ok(run(SNOOP, True))
+        with open(os.path.join(sync, "done"), "w"):
+            pass
+    finally:
+        holder.join(60)
+        shutil.rmtree(sync, ignore_errors=True)
+    assert box and box[0].stdout == b"held\n", box and describe(box[0])
+    lines = dict(line.split(b" ", 1) for line in snoop.stdout.splitlines() if b" " in line)
+    assert lines[b"PIDS"] == b"['2']", describe(snoop)  # itself only (its init is hidden)
+    assert b"SIGNALLED_SOMEONE" not in snoop.stdout, describe(snoop)
+    seen = bytes.fromhex(lines[b"TEXT"].decode())
+    assert secret.encode() not in seen, "a warm run read another run's secret"
+    assert b"_template_globals" not in seen, "a warm run read the template's command line"
+    assert _template_pids(), "no live template: the runs did not start warm"
+
+
+def test_nothing_passes_between_jailed_warm_runs():
+    """What one warm run leaves in its /tmp, /dev/shm and home (each a tmpfs of the jail) is gone
+    for the next run, warm or cold. (System V IPC, which the IPC namespace would separate, is
+    refused by seccomp anyway.)"""
+    secret = secrets.token_hex(8)
+    plant = f"""
+import os
+for d in ('/tmp', '/dev/shm', os.environ['HOME']):
+    with open(os.path.join(d, 'leak-{secret}'), 'w') as f:
+        f.write({secret!r})
+print('planted')
+"""
+    assert ok(run(plant, True)).stdout == b"planted\n"
+    look = """
+import glob, os
+files = glob.glob('/tmp/**/leak-*', recursive=True) + glob.glob('/dev/shm/**/leak-*', recursive=True)
+print(files + glob.glob(os.environ['HOME'] + '/leak-*'))
+"""
+    for mode in (True, False, True):
+        out = ok(run(look, mode))
+        assert out.stdout == b"[]\n", describe(out)
+
+
+def test_a_jail_that_cannot_be_built_fails_the_warm_run_as_the_cold_one():
+    """A warm run whose jail cannot be built (the plan's files do not fit its disk: the init's
+    root building fails) fails exactly as the cold run does, with the step named, and runs
+    nothing; the caller keeps no fd of it, and the next warm run starts warm as usual."""
+    errors = []
+    fds = set(os.listdir("/proc/self/fd"))
+    for mode in (True, False):
+        plan = evalbox.python.plan("open('/tmp/ran', 'w')", warm=mode, files={"big": b"x" * (2 << 20)}, timeout=30)
+        with pytest.raises(evalbox.SpawnError) as failed:
+            evalbox.run(dataclasses.replace(plan, disk=1 << 20))
+        errors.append(str(failed.value))
+    assert errors[0] == errors[1] and "build the jail's root" in errors[0], errors
+    assert set(os.listdir("/proc/self/fd")) <= fds | set(map(str, warm.held_fds()))
+    assert ok(run("print('again')", True)).stdout == b"again\n"
