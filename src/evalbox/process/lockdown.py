@@ -423,8 +423,6 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
                 group.set_pids(plan.max_pids + extra_pids)
         use_mem = group is not None and "memory" in group.dirs
         use_pids = group is not None and "pids" in group.dirs
-        if host.switches_uid and plan.max_pids is not None and not use_pids and not host.switches_uid:
-            raise UnsupportedKernel("no pids cgroup to bound processes of a root sandbox; mount the pids controller")
         rlimits, rlimit_names, memory_how, pids_how = _rlimits(plan, host, uid if uid >= 0 else os.getuid(), use_mem, use_pids)
 
         jail_flags = jail.clone_flags(plan) if host.jail else 0
