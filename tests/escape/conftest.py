@@ -189,12 +189,13 @@ def wait_until(cond, timeout: float, what: str, interval: float = 0.005):
 
 
 def own_fds() -> set[int]:
-    """This process's fds, less those of evalbox's bounded pools: recycled cgroups, and the jail's
-    network namespaces and template mount namespaces (process/netns.py, process/templates.py)."""
-    from evalbox.process import netns
+    """This process's fds, less those of evalbox's bounded pools: recycled cgroups, the jail's
+    network namespaces and template mount namespaces (process/netns.py, process/templates.py),
+    and the warm templates and idle slots (process/warm.py: a socket and a pidfd each)."""
+    from evalbox.process import netns, warm
 
     pooled = f"/evalbox-{os.getpid()}/"
-    counters = netns.held_fds()  # (one per pooled network namespace)
+    counters = netns.held_fds() | warm.held_fds()  # (one per pooled network namespace; two per template or slot)
     out = set()
     for n in os.listdir("/proc/self/fd"):
         try:

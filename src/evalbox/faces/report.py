@@ -54,7 +54,8 @@ def host_report() -> dict[str, Any]:
     if host.cgroup.version:
         features["cgroups"] = f"v{host.cgroup.version}: " + ", ".join(sorted(host.cgroup.controllers))
     else:
-        features["cgroups"] = "none usable (not root and no delegated cgroup)"
+        features["cgroups"] = ("none usable: " + cgroups.v2_refused if cgroups.v2_refused
+                               else "none usable (not root and no delegated cgroup)")
     features["namespaces"] = jail_report(host)
     features["identity"] = (
         "root host: every sandbox runs as its own unprivileged uid (2000000000+), capabilities dropped, "

@@ -140,6 +140,8 @@ struct config {
     int parent_pid;
     int cgroup_fds[MAX_CGROUP_FDS];
     int n_cgroup_fds;
+    int cgroup_dir_fd;     /* -1, or the run's v2 cgroup directory: born there (see clone_run) */
+    int born_in_cgroup;    /* set by the cloning parent: the child skips the cgroup.procs writes */
     struct child_rlimit rlimits[MAX_RLIMITS];
     int n_rlimits;
     int drop_bounding_set; /* needs CAP_SETPCAP: only when the caller has it */
@@ -374,7 +376,7 @@ static void lockdown(const struct config *c)
     /* Own session and process group: the whole tree can be signalled at once. */
     if (setsid() < 0)
         report(c, STEP_SETSID, errno);
-    for (int i = 0; i < c->n_cgroup_fds; i++)
+    for (int i = 0; i < c->n_cgroup_fds && !c->born_in_cgroup; i++)
         if (write(c->cgroup_fds[i], "0", 1) != 1)
             report(c, STEP_CGROUP, errno);
 
@@ -458,6 +460,106 @@ static void lockdown(const struct config *c)
         if (c->rlimits[i].resource == RLIMIT_NOFILE &&
             tagged(c, SYS_prlimit64, 0, c->rlimits[i].resource, (long)&c->rlimits[i].value) != 0)
             report(c, STEP_RLIMIT, errno);
+}
+
+/* ---- clone3(CLONE_INTO_CGROUP): a run born in its cgroup (cgroup v2, Linux 5.7+) ----
+ *
+ * Writing cgroup.procs after the clone migrates the child: the kernel moves its charges and, on
+ * some kernels, waits for an RCU grace period; the child also runs its first steps in the caller's
+ * cgroup. With CLONE_INTO_CGROUP the child exists only inside the run's cgroup. The C library has
+ * no clone3 wrapper that runs a function on a new stack, so evalbox_clone3 does it: the child
+ * starts on `args->stack`, calls fn(arg) and exits with its result. Returns the pid in the parent,
+ * or -errno (no C library errno: the jail's init calls it too). */
+struct evalbox_clone_args {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size,
+        cgroup;
+};
+#define EVALBOX_CLONE_INTO_CGROUP 0x200000000ULL
+#define EVALBOX_SYS_clone3 435
+long evalbox_clone3(struct evalbox_clone_args *args, size_t size, int (*fn)(void *), void *arg);
+#if defined(__x86_64__)
+__asm__(".text\n"
+        ".globl evalbox_clone3\n"
+        ".hidden evalbox_clone3\n"
+        ".type evalbox_clone3,@function\n"
+        "evalbox_clone3:\n"
+        "    mov %rdx, %r8\n"      /* fn and arg survive the system call in r8, r9 */
+        "    mov %rcx, %r9\n"
+        "    mov $435, %eax\n"
+        "    syscall\n"
+        "    test %rax, %rax\n"
+        "    jz 1f\n"
+        "    ret\n"
+        "1:  xor %ebp, %ebp\n"     /* the child, on its own stack (16-byte aligned by the caller) */
+        "    mov %r9, %rdi\n"
+        "    call *%r8\n"
+        "    mov %eax, %edi\n"
+        "    mov $60, %eax\n"      /* exit */
+        "    syscall\n"
+        "    hlt\n"
+        ".size evalbox_clone3, .-evalbox_clone3\n");
+#elif defined(__aarch64__)
+__asm__(".text\n"
+        ".globl evalbox_clone3\n"
+        ".hidden evalbox_clone3\n"
+        ".type evalbox_clone3,%function\n"
+        "evalbox_clone3:\n"
+        "    mov x10, x2\n"
+        "    mov x11, x3\n"
+        "    mov x8, #435\n"
+        "    svc #0\n"
+        "    cbz x0, 1f\n"
+        "    ret\n"
+        "1:  mov x29, xzr\n"
+        "    mov x30, xzr\n"
+        "    mov x0, x11\n"
+        "    blr x10\n"
+        "    mov x8, #93\n"        /* exit */
+        "    svc #0\n"
+        "    brk #0\n"
+        ".size evalbox_clone3, .-evalbox_clone3\n");
+#else
+#error "evalbox's spawn supports x86_64 and aarch64"
+#endif
+
+/* 0 until a kernel without clone3 or without CLONE_INTO_CGROUP (before 5.7) answered; then 1. */
+static volatile int no_clone_into_cgroup;
+
+/* clone(fn, top, flags, arg, pidfd), born in c->cgroup_dir_fd when there is one and the kernel
+ * can (c->born_in_cgroup tells the child); otherwise the plain clone, whose child then writes
+ * itself into the cgroup. `stack` is the lowest address of the child's stack, `top` its aligned
+ * top. Returns the pid, or -1 with *err set (the caller's errno is left alone). */
+static pid_t clone_run(int (*fn)(void *), char *stack, char *top, unsigned long flags, struct config *c, int *pidfd,
+                       int *err)
+{
+    c->born_in_cgroup = 0;
+    if (c->cgroup_dir_fd >= 0 && !no_clone_into_cgroup) {
+        struct evalbox_clone_args a;
+        memset(&a, 0, sizeof a);
+        a.flags = (flags & ~0xffUL) | EVALBOX_CLONE_INTO_CGROUP;
+        a.exit_signal = flags & 0xff;
+        a.pidfd = (uint64_t)(uintptr_t)pidfd;
+        a.stack = (uint64_t)(uintptr_t)stack;
+        a.stack_size = (uint64_t)(top - stack);
+        a.cgroup = (uint64_t)c->cgroup_dir_fd;
+        c->born_in_cgroup = 1; /* read by the child (shared memory) before it would write cgroup.procs */
+        long pid = evalbox_clone3(&a, sizeof a, fn, c);
+        if (pid > 0)
+            return (pid_t)pid;
+        c->born_in_cgroup = 0;
+        if (pid == -ENOSYS || pid == -E2BIG)
+            no_clone_into_cgroup = 1; /* an older kernel: the cgroup.procs writes, from now on */
+        else if (pid != -EACCES && pid != -EPERM) {
+            *err = (int)-pid;
+            return -1;
+        }
+        /* EACCES/EPERM: refused with this thread's credentials (an init in a user namespace);
+         * the cgroup.procs fds carry their opener's, which the child's writes use. */
+    }
+    pid_t pid = clone(fn, top, (int)flags, c, pidfd);
+    if (pid < 0)
+        *err = errno;
+    return pid;
 }
 
 static int child_main(void *arg)
@@ -1251,9 +1353,11 @@ static int init_main(void *arg)
 
     volatile int failed = 0;
     c->failed = &failed;
-    pid_t program = clone(child_main, stack_top(slot + SLOT_GUARD + SLOT_CHILD_STACK), CLONE_VM | CLONE_VFORK | SIGCHLD, c);
+    int clone_err = 0;
+    pid_t program = clone_run(child_main, slot + SLOT_GUARD, stack_top(slot + SLOT_GUARD + SLOT_CHILD_STACK),
+                              CLONE_VM | CLONE_VFORK | SIGCHLD, c, NULL, &clone_err);
     if (program < 0)
-        report(c, STEP_JAIL, errno);
+        report(c, STEP_JAIL, clone_err);
     if (failed) {
         /* The child reported its step, so the caller runs again: raw calls only. */
         int status;
@@ -1631,6 +1735,7 @@ static PyObject *build_template(PyObject *self, PyObject *args)
         return NULL;
     struct config c;
     memset(&c, 0, sizeof c);
+    c.cgroup_dir_fd = -1;
     c.landlock_fd = -1;
     c.template_fd = -1;
     c.uid = c.gid = -1;
@@ -1690,7 +1795,9 @@ PyDoc_STRVAR(spawn_doc,
 "Clone a child that applies the prepared lockdown and execs path. Returns as soon as the child\n"
 "has exec'd. sibling=True (no jail): the child is the caller's parent's child (CLONE_PARENT: a\n"
 "slot's launcher starts runs for the process that waits for them). On failure the child exits 127 after writing (step, errno) to errpipe, which the\n"
-"caller reads; this function only raises for errors of the clone itself.");
+"caller reads; this function only raises for errors of the clone itself. cgroup_dir_fd: the run's\n"
+"cgroup v2 directory; the program (in a jail: the program, not its init) is born in it\n"
+"(clone3 CLONE_INTO_CGROUP), or on kernels before 5.7 writes itself in through cgroup_fds.");
 
 static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
 {
@@ -1699,7 +1806,7 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
                                "rlimits", "drop_bounding_set", "last_cap", "securebits", "uid", "gid",
                                "landlock_fd", "filters", "listener_sock", "umask", "overlays", "magic",
                                "jail_flags", "netns_fd", "proc_rights", "hostname", "report_fd", "root",
-                               "root_rights", "template_fd", "sibling", NULL};
+                               "root_rights", "template_fd", "sibling", "cgroup_dir_fd", NULL};
     PyObject *path, *argv_obj, *envp_obj, *cwd_obj, *stdio_obj, *cgroup_obj, *rlimits_obj, *filters_obj;
     PyObject *overlays_obj = NULL;
     int errpipe, parent_pid, drop_bounding_set, last_cap, landlock_fd, listener_sock;
@@ -1710,13 +1817,13 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     const char *hostname = NULL;
     PyObject *root_obj = NULL;
     unsigned long long root_rights = 0;
-    int template_fd = -1, sibling = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOiiOOpillliOiI|OKiiKziOKip", keywords, &PyBytes_Type, &path,
+    int template_fd = -1, sibling = 0, cgroup_dir_fd = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOiiOOpillliOiI|OKiiKziOKipi", keywords, &PyBytes_Type, &path,
                                      &argv_obj, &envp_obj, &cwd_obj, &stdio_obj, &errpipe, &parent_pid,
                                      &cgroup_obj, &rlimits_obj, &drop_bounding_set, &last_cap, &securebits, &uid,
                                      &gid, &landlock_fd, &filters_obj, &listener_sock, &umask_value,
                                      &overlays_obj, &magic, &jail_flags, &netns_fd, &proc_rights, &hostname,
-                                     &report_fd, &root_obj, &root_rights, &template_fd, &sibling))
+                                     &report_fd, &root_obj, &root_rights, &template_fd, &sibling, &cgroup_dir_fd))
         return NULL;
     if (jail_flags && sibling) {
         PyErr_SetString(PyExc_ValueError, "sibling spawns have no jail");
@@ -1729,6 +1836,7 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
 
     struct config c;
     memset(&c, 0, sizeof c);
+    c.cgroup_dir_fd = -1;
     PyObject *keep_argv = NULL, *keep_envp = NULL, *keep_filters = NULL, *keep_overlays = NULL, *result = NULL;
     PyObject *keep_root = NULL;
     char **argv = NULL, **envp = NULL;
@@ -1778,6 +1886,7 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     c.hostname = hostname;
     c.root_rights = root_rights;
     c.template_fd = template_fd;
+    c.cgroup_dir_fd = cgroup_dir_fd;
     if (root_obj && root_obj != Py_None && parse_root(root_obj, &c, &keep_root) < 0)
         goto done;
     if (c.template_fd >= 0 && (jail_flags & CLONE_NEWNS)) {
@@ -1814,9 +1923,8 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    pid = clone(child_main, top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD | (sibling ? CLONE_PARENT : 0), &c,
-                &pidfd);
-    saved_errno = errno;
+    pid = clone_run(child_main, stack, top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD | (sibling ? CLONE_PARENT : 0),
+                    &c, &pidfd, &saved_errno);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     Py_END_ALLOW_THREADS
 
@@ -1879,6 +1987,7 @@ static PyObject *lockdown_self(PyObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     struct config c;
     memset(&c, 0, sizeof c);
+    c.cgroup_dir_fd = -1;
     PyObject *keep_filters = NULL, *keep_overlays = NULL, *keep_root = NULL;
     c.cwd = PyBytes_AS_STRING(cwd_obj);
     int n_stdio = 0;

@@ -77,17 +77,66 @@ def layout() -> Layout:
                     v1[c] = d
     if "memory" in v1 or "pids" in v1:
         return Layout(1, v1)
+    global v2_refused
     for point, fstype, _ in mounts:
         if fstype == "cgroup2" and "" in own:
             d = os.path.normpath(point + own[""])
+            if os.path.basename(d) == LEAF:  # an earlier evalbox moved this process's family here
+                d = os.path.dirname(d)
             try:
                 with open(os.path.join(d, "cgroup.controllers")) as f:
                     available = set(f.read().split())
             except OSError:
                 continue
-            if _writable_dir(d) and {"memory", "pids"} & available:
-                return Layout(2, {c: d for c in ("memory", "pids", "cpuacct") if c in available or c == "cpuacct"})
+            wanted = [c for c in ("memory", "pids") if c in available]
+            if _writable_dir(d) and wanted:
+                v2_refused = _enable_v2(d, wanted, is_root=os.path.normpath(point) == d)
+                if v2_refused is None:
+                    return Layout(2, {c: d for c in (*wanted, "cpuacct")})
     return Layout(0, {})
+
+
+LEAF = "evalbox-leaf"  # where the processes of a delegated cgroup move so that it may enable controllers
+v2_refused: str | None = None  # why a writable v2 cgroup could not be used (report: check)
+
+
+def _enable_v2(d: str, wanted: list[str], is_root: bool) -> str | None:
+    """Make the controllers available to groups created below `d`; None on success, else why not.
+
+    v2's "no internal processes" rule: a cgroup other than the root that holds processes cannot
+    enable controllers for its children (the write fails with EBUSY). A caller always lives in its
+    own cgroup, so in a delegated subtree (systemd's Delegate=yes, a container's cgroup namespace)
+    its processes first move into a leaf below it, as systemd and container runtimes do."""
+    control = os.path.join(d, "cgroup.subtree_control")
+    want = " ".join(f"+{c}" for c in wanted)
+    try:
+        if set(wanted) <= set(_read(control).split()):
+            return None
+        _write(control, want)
+        return None
+    except OSError as e:
+        if e.errno != errno.EBUSY or is_root:
+            return f"enabling {', '.join(wanted)} in {d} refused ({e.strerror})"
+    leaf = os.path.join(d, LEAF)
+    try:
+        try:
+            os.mkdir(leaf)
+        except FileExistsError:
+            pass
+        for _ in range(100):  # processes forked meanwhile appear in the next listing
+            pids = _read(os.path.join(d, "cgroup.procs")).split()
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    _write(os.path.join(leaf, "cgroup.procs"), pid)
+                except ProcessLookupError:
+                    pass  # exited meanwhile
+        _write(control, want)
+    except OSError as e:
+        return (f"cgroup {d} holds processes and they could not move to {LEAF} below it ({e.strerror}): "
+                f"run evalbox in a cgroup of its own (e.g. systemd-run --user --scope -p Delegate=yes)")
+    return None
 
 
 def _write(path: str, value: str) -> None:
@@ -170,13 +219,14 @@ class Group:
     def _make_parent_v2(parent: str, lay: Layout) -> None:
         # v2 allows controllers only in groups without processes of their own: our parent group
         # holds no process, only enables the controllers for the sandboxes below it.
+        # (layout() enabled them in the caller's cgroup, moving its processes to a leaf if need be)
         os.makedirs(parent, exist_ok=True)
         want = " ".join(f"+{c}" for c in ("memory", "pids") if c in lay.roots)
         try:
-            _write(os.path.join(os.path.dirname(parent), "cgroup.subtree_control"), want)
             _write(os.path.join(parent, "cgroup.subtree_control"), want)
-        except OSError:
-            pass  # already enabled, or not allowed: limits are checked when they are written
+        except OSError as e:
+            raise OSError(e.errno, f"cannot enable the cgroup controllers {want} in {parent}: {e.strerror}; "
+                          "delegate the whole cgroup to your user (its cgroup.subtree_control included)") from None
 
     @property
     def distinct_dirs(self) -> list[str]:
@@ -330,6 +380,13 @@ class Group:
                 os.close(fd)
             raise
         return fds
+
+    def open_dir(self) -> int:
+        """v2: an fd of the group's directory, to clone a process straight into it (the spawn's
+        CLONE_INTO_CGROUP; no migration). -1 on v1, where a process can only be moved in."""
+        if self.version != 2 or not self.dirs:
+            return -1
+        return os.open(self.distinct_dirs[0], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def remove(self) -> None:
         """Remove the group directories (they must be empty of processes)."""

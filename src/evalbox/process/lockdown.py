@@ -70,6 +70,7 @@ class Lockdown:
     template_fd: int = -1  # a template mount namespace the init copies (see process/templates.py)
     proc_gid: int = -1  # the jail's /proc lets this group see every process (the supervisor's opener)
     cgroup_fds: list[int] = field(default_factory=list)
+    cgroup_dir_fd: int = -1  # v2: the group's directory, for a spawn born in it (CLONE_INTO_CGROUP)
     uid_lease: UidLease | None = None
     owns_cgroup: bool = True  # False: a resident slot's group, which the slot recycles itself
     pids_reserved: int = 0  # counted in _pids_reserved until close()
@@ -80,6 +81,9 @@ class Lockdown:
         for fd in self.cgroup_fds:
             os.close(fd)
         self.cgroup_fds = []
+        if self.cgroup_dir_fd >= 0:
+            os.close(self.cgroup_dir_fd)
+            self.cgroup_dir_fd = -1
         if self.template_fd >= 0:
             templates.release(self.template_fd)
             self.template_fd = -1
@@ -439,8 +443,6 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
                 group.set_pids(plan.max_pids + extra_pids)
         use_mem = group is not None and "memory" in group.dirs
         use_pids = group is not None and "pids" in group.dirs
-        if host.switches_uid and plan.max_pids is not None and not use_pids and not host.switches_uid:
-            raise UnsupportedKernel("no pids cgroup to bound processes of a root sandbox; mount the pids controller")
         rlimits, rlimit_names, memory_how, pids_how = _rlimits(plan, host, uid if uid >= 0 else os.getuid(), use_mem, use_pids,
                                                                in_userns=userns_jail)
 
@@ -601,6 +603,7 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
             netns_fd=netns_fd,
             proc_rights=filesystem.PROC_RIGHTS & ruleset.handled_fs,
             cgroup_fds=group.open_procs() if group is not None and slot_group is None else [],
+            cgroup_dir_fd=group.open_dir() if group is not None and slot_group is None else -1,
             uid_lease=lease,
             owns_cgroup=slot_group is None,
             pids_reserved=_take_pid_reservation(plan, host, use_pids, in_userns),

@@ -48,7 +48,8 @@ def spawn(lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple[int, in
     try:
         pid, pidfd = _spawn.spawn(
             path=os.fsencode(lock.executable), argv=lock.argv, envp=lock.env, cwd=os.fsencode(lock.cwd), stdio=stdio,
-            errpipe=write_end, parent_pid=os.getpid(), cgroup_fds=lock.cgroup_fds, rlimits=lock.rlimits,
+            errpipe=write_end, parent_pid=os.getpid(), cgroup_fds=lock.cgroup_fds, cgroup_dir_fd=lock.cgroup_dir_fd,
+            rlimits=lock.rlimits,
             drop_bounding_set=lock.drop_bounding_set, last_cap=caps.last_cap(), securebits=lock.securebits,
             uid=lock.uid, gid=lock.gid, landlock_fd=lock.ruleset.fd, filters=lock.filters,
             listener_sock=theirs.fileno() if theirs else -1, umask=UMASK, overlays=lock.overlays, magic=lock.magic,
@@ -89,7 +90,8 @@ def _spawn_jailed(lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple
     try:
         pid, pidfd, report = _spawn.spawn(
             path=os.fsencode(lock.executable), argv=lock.argv, envp=lock.env, cwd=os.fsencode(lock.cwd), stdio=stdio,
-            errpipe=write_end, parent_pid=os.getpid(), cgroup_fds=lock.cgroup_fds, rlimits=lock.rlimits,
+            errpipe=write_end, parent_pid=os.getpid(), cgroup_fds=lock.cgroup_fds, cgroup_dir_fd=lock.cgroup_dir_fd,
+            rlimits=lock.rlimits,
             drop_bounding_set=lock.drop_bounding_set, last_cap=caps.last_cap(), securebits=lock.securebits,
             uid=lock.uid, gid=lock.gid, landlock_fd=lock.ruleset.fd, filters=lock.filters,
             listener_sock=theirs.fileno() if theirs else -1, umask=UMASK, overlays=lock.overlays, magic=lock.magic,
