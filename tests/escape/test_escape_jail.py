@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import textwrap
@@ -36,7 +37,7 @@ def test_protections_name_the_namespaces():
 
 def test_host_process_with_a_secret_in_argv_is_invisible():
     secret = "evalbox-secret-" + secrets.token_hex(8)
-    host = subprocess.Popen(["sh", "-c", "sleep 300", secret])
+    host = subprocess.Popen(["sh", "-c", "sleep 300", secret], start_new_session=True)  # killed as a group
     try:
         end = time.monotonic() + 10
         while time.monotonic() < end:  # until the host process has exec'd: the target is real
@@ -56,7 +57,7 @@ def test_host_process_with_a_secret_in_argv_is_invisible():
         # the caller's own command line (shared with the sandbox's init) is not visible either
         assert b"pytest" not in out.stdout
     finally:
-        host.kill()
+        os.killpg(host.pid, signal.SIGKILL)  # sh and its sleep
         host.wait()
 
 
