@@ -69,3 +69,47 @@ def test_fd_metadata_of_a_read_only_mount_is_refused(caller):
         assert lines.get("own") == "0o600 5", f"the workspace's own files must stay changeable: {result}"
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+SWAP = r'''
+import os, sys
+victim = sys.argv[1]
+ws = os.path.dirname(os.getcwd())
+os.rename(ws + "/tmp", ws + "/tmp.old")   # the program owns its workspace's names...
+os.symlink("/", ws + "/tmp")              # ...and makes one of them lead to the host's root
+for label, fn in (("chmod", lambda: os.chmod(victim, 0o666)), ("utime", lambda: os.utime(victim, (0, 0)))):
+    try:
+        fn()
+        print(label, "done", flush=True)
+    except OSError as e:
+        print(label, "refused", e.errno, flush=True)
+'''
+
+
+@pytest.mark.parametrize("how", ["no jail", "monitored"])
+def test_a_workspace_name_swapped_for_a_link_does_not_widen_metadata_changes(how):
+    """Red-team finding (round 3): evalbox decided what is inside the workspace by following the
+    names tmp/work/home, which the program owns: `tmp -> /` made every file of the caller
+    changeable through evalbox. The caller's 0600 file must stay as it was."""
+    if os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists(SYSTEM_PYTHON):
+        pytest.skip(f"needs root to run evalbox as uid {NOBODY} (setpriv, {SYSTEM_PYTHON}), as CI does")
+    base = tempfile.mkdtemp(prefix="harden-swap-")
+    victim = os.path.join(base, "private.txt")
+    try:
+        with open(victim, "w") as f:
+            f.write("the caller's\n")
+        os.chmod(victim, 0o600)
+        os.utime(victim, (1_000_000_000, 1_000_000_000))
+        os.chown(victim, NOBODY, NOBODY)
+        os.chown(base, NOBODY, NOBODY)
+        extra = ", notify=evalbox.NotifyMode.MONITOR, intercept=['openat']" if how == "monitored" else ""
+        result = run_snippet("nobody", f"""
+            out = evalbox.run([{SYSTEM_PYTHON!r}, "-I", "-S", "-c", {SWAP!r}, {victim!r}], timeout=30{extra})
+            emit({{"status": out.status.value, "stdout": out.stdout.decode(), "stderr": out.stderr.decode()[-500:],
+                   "view": out.protections.view if out.protections else None}})
+        """, prefix="os.environ['EVALBOX_JAIL'] = '0'\n" if how == "no jail" else "")
+        assert stat.S_IMODE(os.stat(victim).st_mode) == 0o600, f"ESCAPE: evalbox chmodded the caller's file: {result}"
+        assert int(os.stat(victim).st_mtime) == 1_000_000_000, f"ESCAPE: evalbox re-dated the caller's file: {result}"
+        assert "chmod refused" in result["stdout"], result
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -220,13 +220,17 @@ def _below(dir_fd: int, workspace: str, pid: int = 0) -> bool:
     """Is this directory the workspace or inside it? Walked up by `..` (mounts included)."""
     # the workspace root and its three directories: a mount namespace (the jail) may bind these
     # one by one, so that `..` from inside one of them never reaches the root's own inode
+    # (never through a symlink: the program owns these names and may replace `tmp` by a link
+    # to `/`, which would make every file of the caller count as inside; it cannot move a
+    # directory in from outside or out of the workspace, Landlock refuses both)
     keys = set()
     for sub in ("", "work", "tmp", "home"):
         try:
-            st = os.stat(os.path.join(workspace, sub))
-            keys.add((st.st_dev, st.st_ino))
+            st = os.stat(os.path.join(workspace, sub), follow_symlinks=False)
         except OSError:
-            pass
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            keys.add((st.st_dev, st.st_ino))
     if pid:
         # and as the program sees it: the jail gives it a workspace of its own (a tmpfs at the
         # same path, in its mount namespace)
