@@ -67,6 +67,22 @@ def test_init_is_hidden_and_the_program_is_pid_2():
     assert b"visible" not in out.stdout
 
 
+def test_the_program_cannot_change_its_inits_limits_or_priority():
+    """Red-team finding (round 3): in an unprivileged caller's jail the init has the program's
+    uid, and prlimit64 on it was allowed (its open-files and CPU limits set by the program)."""
+    out = evalbox.python.run(textwrap.dedent("""
+        import os, resource
+        for label, fn in (("prlimit", lambda: resource.prlimit(1, resource.RLIMIT_NOFILE, (5, 5))),
+                          ("priority", lambda: os.setpriority(os.PRIO_PROCESS, 1, 10))):
+            try:
+                fn()
+                print(label, "done")
+            except OSError as e:
+                print(label, "refused")
+        """), timeout=20)
+    assert out.stdout == b"prlimit refused\npriority refused\n", out
+
+
 def test_hostname_is_the_sandbox_own():
     out = evalbox.run(["cat", "/proc/sys/kernel/hostname"])
     assert out.stdout == b"sandbox\n"

@@ -113,3 +113,54 @@ def test_a_workspace_name_swapped_for_a_link_does_not_widen_metadata_changes(how
         assert "chmod refused" in result["stdout"], result
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+SET_ID = r'''
+import os, shutil, sys
+d = sys.argv[1]
+def attempt(label, fn):
+    try:
+        fn()
+        print(label, "done", flush=True)
+    except OSError as e:
+        print(label, "refused", e.errno, flush=True)
+shutil.copyfile("/bin/true", d + "/a")
+attempt("chmod", lambda: os.chmod(d + "/a", 0o4755))
+attempt("chmod-gid", lambda: os.chmod(d + "/a", 0o2755))
+fd = os.open(d + "/a", os.O_RDONLY)
+attempt("fchmod", lambda: os.fchmod(fd, 0o4755))
+attempt("open-creat", lambda: os.close(os.open(d + "/b", os.O_CREAT | os.O_WRONLY, 0o4755)))
+attempt("mknod", lambda: os.mknod(d + "/c", 0o104755))
+shutil.copyfile("/bin/true", "own")   # ordinary modes stay possible (in the workspace: without the
+os.chmod("own", 0o755)                 # jail, metadata changes are done only there)
+print("plain", oct(os.stat("own").st_mode & 0o7777), flush=True)
+'''
+
+
+@pytest.mark.parametrize("how", ["default", "no jail"])
+def test_a_sandbox_with_the_callers_uid_leaves_no_set_id_file(how):
+    """Red-team finding (round 3): in the unprivileged jail a program could chmod 04755 a copy of
+    a binary in a writable mount: a setuid-to-the-caller program left on the host for any local
+    user. Set-id bits are refused in every tier where the program has the caller's uid."""
+    if os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists(SYSTEM_PYTHON):
+        pytest.skip(f"needs root to run evalbox as uid {NOBODY} (setpriv, {SYSTEM_PYTHON}), as CI does")
+    base = tempfile.mkdtemp(prefix="harden-setid-")
+    shared = os.path.join(base, "shared")
+    try:
+        os.mkdir(shared)
+        os.chown(base, NOBODY, NOBODY)
+        os.chown(shared, NOBODY, NOBODY)
+        result = run_snippet("nobody", f"""
+            out = evalbox.run([{SYSTEM_PYTHON!r}, "-I", "-S", "-c", {SET_ID!r}, {shared!r}],
+                              mounts=[evalbox.Mount.rw({shared!r})], timeout=30)
+            emit({{"status": out.status.value, "stdout": out.stdout.decode(), "stderr": out.stderr.decode()[-500:]}})
+        """, prefix="os.environ['EVALBOX_JAIL'] = '0'\n" if how == "no jail" else "")
+        for name in os.listdir(shared):
+            mode = os.stat(os.path.join(shared, name)).st_mode
+            assert not mode & 0o6000, f"ESCAPE: a set-id file {name} ({oct(mode)}) was left on the host: {result}"
+        lines = dict(line.split(" ", 1) for line in result["stdout"].splitlines())
+        for label in ("chmod", "chmod-gid", "fchmod", "open-creat", "mknod"):
+            assert lines.get(label, "").startswith("refused"), result
+        assert lines.get("plain") == "0o755", f"ordinary modes must stay possible: {result}"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

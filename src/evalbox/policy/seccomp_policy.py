@@ -257,14 +257,42 @@ def _host_interference_rules() -> list[Rule]:
     return out + [Rule(name, ALLOW) for name in ("fcntl", "fadvise64", "madvise")]
 
 
+SET_ID_BITS = 0o6000  # S_ISUID | S_ISGID
+O_CREAT = 0o100
+O_TMPFILE_BIT = 0o20000000  # __O_TMPFILE (O_TMPFILE also sets O_DIRECTORY)
+
+
+def _no_set_id_rules() -> list[Rule]:
+    """EPERM for a mode with a set-id bit: chmod family, mknod of a regular file, and files
+    created by open/openat/creat; openat2 (its mode is behind a pointer) answers ENOSYS, and
+    every libc's open falls back to openat."""
+    out: list[Rule] = []
+    bits = (0o4000, 0o2000, 0o6000)
+    for name, mode_arg in (("chmod", 1), ("fchmod", 1), ("fchmodat", 2), ("fchmodat2", 2), ("creat", 1),
+                           ("mknod", 1), ("mknodat", 2)):
+        out += [Rule(name, refuse(errno.EPERM), (Arg(mode_arg, "masked_eq", b, mask=SET_ID_BITS, width=32),))
+                for b in bits]
+    for name, flags_arg, mode_arg in (("open", 1, 2), ("openat", 2, 3)):
+        for flag in (O_CREAT, O_TMPFILE_BIT):
+            out += [Rule(name, refuse(errno.EPERM), (Arg(flags_arg, "masked_eq", flag, mask=flag, width=32),
+                                                    Arg(mode_arg, "masked_eq", b, mask=SET_ID_BITS, width=32)))
+                    for b in bits]
+    out.append(Rule("openat2", refuse(errno.ENOSYS)))
+    return out
+
+
 def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), group_only: bool = False,
           same_uid: bool = False, routed: bool = False, large_map: int = 0, private_net: bool = False,
-          private_root: bool = False) -> list[Rule]:
+          private_root: bool = False, callers_uid: bool = False) -> list[Rule]:
     """The rule list for a plan's network switch and its Syscalls(allow=..., deny=...).
 
     `group_only`: the process group is the only way to find the whole tree (no cgroup, no uid of
     its own), so the program may not leave it; `timeout` and job-control shells then stay in it.
-    `same_uid`: the program runs as the caller's uid (see PATH_METADATA).
+    `same_uid`: the program runs as the caller's uid in the caller's view (see PATH_METADATA).
+    `callers_uid`: the program has the caller's uid on the host, in that view or mapped to itself
+    in a user namespace (implied by `same_uid`): no set-id bits on files (anything it leaves in a
+    writable mount would run as the caller for whoever can reach it), and calls that can reach
+    another process of the uid (the jail's init has it too) act on the caller itself only.
     `routed`: a notify listener serves the sandbox: killed calls go to it (BLOCKED), and so do
     path metadata changes of a same-uid sandbox (EMULATED).
     `large_map`: memory is an RLIMIT_AS: mappings of at least this many bytes (mmap, mremap
@@ -282,6 +310,9 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
     # The plan's explicit choices come first: the first matching rule decides.
     out += [Rule(name, refuse(errno.EPERM)) for name in deny]
     out += [Rule(name, ALLOW) for name in allow]
+    callers_uid = callers_uid or same_uid
+    set_id = _no_set_id_rules() if callers_uid else []
+    out += set_id
     out += [Rule("ioctl", KILL, (Arg(1, "masked_eq", req, width=32),)) for req in (TIOCSTI, TIOCLINUX, TIOCSETD, TIOCCONS)]
     out.append(Rule("ioctl", ALLOW))
     out.append(Rule("clone", ALLOW, (Arg(0, "masked_eq", 0, mask=CLONE_FORBIDDEN),)))
@@ -299,7 +330,7 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
     out.append(Rule("personality", ALLOW, (Arg(0, "eq", 0xFFFFFFFF, width=32),)))
     out.append(Rule("personality", ALLOW, (Arg(0, "eq", 0, width=32),)))
     out.append(Rule("personality", refuse(errno.EPERM)))
-    if same_uid:
+    if callers_uid:
         # the kernel would let these reach every process of the caller's uid: the caller only
         out += _self_only("prlimit64", 0)
         out += _self_only("setpriority", 1, kinds=(PRIO_PROCESS, PRIO_PGRP))
@@ -340,9 +371,11 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
         for kind in (0, S_IFIFO, S_IFREG, S_IFSOCK):
             out.append(Rule(name, ALLOW, (Arg(mode_arg, "masked_eq", kind, mask=S_IFMT, width=32),)))
         out.append(Rule(name, refuse(errno.EPERM)))
-    listed = {r.syscall for r in out}
+    # (the set-id refusals are conditions in front of a call's usual answer, not the answer)
+    exempt = {id(r) for r in set_id}
+    listed = {r.syscall for r in out if id(r) not in exempt}
     out += [Rule(name, ALLOW) for name in ALLOWED if name not in listed]
-    if not same_uid:
+    if not callers_uid:
         out += [Rule(name, ALLOW) for name in ("prlimit64", "sched_setaffinity", "sched_setscheduler",
                                                "sched_setparam", "sched_setattr") if name not in listed]
     out += [Rule(name, KILL) for name in KILLED if name not in listed]
@@ -354,10 +387,10 @@ def rules(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
 @functools.lru_cache(maxsize=64)
 def program(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), arch: str | None = None,
             group_only: bool = False, same_uid: bool = False, private_net: bool = False,
-            private_root: bool = False) -> bytes:
+            private_root: bool = False, callers_uid: bool = False) -> bytes:
     """The BPF program for these choices, killing forbidden calls outright (no listener)."""
     return bpf.build(rules(network, allow, deny, group_only, same_uid, private_net=private_net,
-                           private_root=private_root), default=KILL, arch=arch)
+                           private_root=private_root, callers_uid=callers_uid), default=KILL, arch=arch)
 
 
 def with_intercepts(rule_list: list[Rule], intercept: tuple[str, ...], magic: int) -> list[Rule]:
@@ -402,9 +435,10 @@ class Routing:
 
 @functools.lru_cache(maxsize=64)
 def _routing(network: bool, allow: tuple[str, ...], deny: tuple[str, ...], arch: str | None, group_only: bool,
-             same_uid: bool, large_map: int, private_net: bool = False, private_root: bool = False) -> Routing:
+             same_uid: bool, large_map: int, private_net: bool = False, private_root: bool = False,
+             callers_uid: bool = False) -> Routing:
     return Routing(rules(network, allow, deny, group_only, same_uid, routed=True, large_map=large_map,
-                         private_net=private_net, private_root=private_root), arch)
+                         private_net=private_net, private_root=private_root, callers_uid=callers_uid), arch)
 
 
 def large_map_threshold(memory: int) -> int:
@@ -415,10 +449,12 @@ def large_map_threshold(memory: int) -> int:
 
 def routing(network: bool, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), arch: str | None = None,
             group_only: bool = False, same_uid: bool = False, intercept: tuple[str, ...] = (),
-            magic: int = 0, large_map: int = 0, private_net: bool = False, private_root: bool = False) -> Routing:
+            magic: int = 0, large_map: int = 0, private_net: bool = False, private_root: bool = False,
+            callers_uid: bool = False) -> Routing:
     """The filter for a run served by a notify listener (cached unless the plan intercepts calls)."""
     if not intercept:
-        return _routing(network, allow, deny, arch, group_only, same_uid, large_map, private_net, private_root)
+        return _routing(network, allow, deny, arch, group_only, same_uid, large_map, private_net, private_root,
+                        callers_uid)
     base = rules(network, allow, deny, group_only, same_uid, routed=True, large_map=large_map,
-                 private_net=private_net, private_root=private_root)
+                 private_net=private_net, private_root=private_root, callers_uid=callers_uid)
     return Routing(with_intercepts(base, intercept, magic), arch)

@@ -485,13 +485,14 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
                                              intercept=plan.intercept if magic else (), magic=magic,
                                              large_map=seccomp_policy.large_map_threshold(plan.memory)
                                              if plan.memory is not None and not use_mem else 0,
-                                             private_net=private_net, private_root=bool(jail_flags))
+                                             private_net=private_net, private_root=bool(jail_flags),
+                                             callers_uid=uid < 0)
             program = routing.program
             filters = [(program, seccomp_notify.FILTER_FLAG_NEW_LISTENER)]
         else:
             program = seccomp_policy.program(plan.network, plan.syscalls.allow, plan.syscalls.deny, host.arch,
                                              group_only=group_only, same_uid=same_uid, private_net=private_net,
-                                             private_root=bool(jail_flags))
+                                             private_root=bool(jail_flags), callers_uid=uid < 0)
             filters = [(program, 0)]
         overlays = []
         root = []
