@@ -83,6 +83,24 @@ def test_the_program_cannot_change_its_inits_limits_or_priority():
     assert out.stdout == b"prlimit refused\npriority refused\n", out
 
 
+def test_a_run_holds_a_bounded_number_of_pseudo_terminals():
+    """Red-team finding (round 3): every devpts instance draws on one kernel pool (3072 outside
+    the host's reserve); one run took 3071 and the next sandbox's /dev/ptmx said ENOSPC. Each
+    run's devpts is capped, so the others keep theirs."""
+    out = evalbox.python.run(textwrap.dedent("""
+        import pty
+        held = []
+        try:
+            while len(held) < 200:
+                held.append(pty.openpty())
+        except OSError:
+            pass
+        print(len(held))
+        """), max_open_files=1024, timeout=20)
+    assert out.success, out
+    assert 1 <= int(out.stdout) <= 32, out.stdout
+
+
 def test_hostname_is_the_sandbox_own():
     out = evalbox.run(["cat", "/proc/sys/kernel/hostname"])
     assert out.stdout == b"sandbox\n"

@@ -758,6 +758,8 @@ static int attach(int mnt, int target)
 }
 
 /* A detached mount of a new `fstype` with `options` ("k=v,flag,..."), or -errno. */
+#define EB_JAIL_MAX_PTYS "32" /* pseudo-terminals of one run at once (README: "view") */
+
 static int new_mount(const char *fstype, const char *options, unsigned int attrs)
 {
     char buf[512];
@@ -935,7 +937,9 @@ static int apply_root_op(const struct config *c, int root, int i, int dir, const
         break;
     }
     case ROOT_DEVPTS:
-        err = place_mount(c, new_mount("devpts", "newinstance,ptmxmode=0666,mode=0620",
+        /* max=: the kernel's pseudo-terminals outside the host's reserve are one pool for every
+           devpts instance; without a cap one run could take them all from the others */
+        err = place_mount(c, new_mount("devpts", "newinstance,ptmxmode=0666,mode=0620,max=" EB_JAIL_MAX_PTYS,
                                        EB_MOUNT_ATTR_NOSUID | EB_MOUNT_ATTR_NOEXEC),
                           mount_target(dir, name, 1), 0, e->rights);
         break;
