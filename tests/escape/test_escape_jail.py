@@ -257,9 +257,9 @@ def fresh_netns_pool(monkeypatch):
     yield netns
     while netns._idle:
         fd = netns._idle.pop()
-        stats = netns._stats.pop(fd, -1)
-        if stats >= 0:
-            os.close(stats)
+        stats, _ = netns._stats.pop(fd, ([], b""))
+        for stat in stats:
+            os.close(stat)
         os.close(fd)
 
 
@@ -300,6 +300,30 @@ def test_a_run_never_inherits_a_previous_run_tcp_sockets(fresh_netns_pool):
 def test_a_namespace_without_sockets_left_is_reused(fresh_netns_pool):
     first, second = _netns_run("none"), _netns_run("none")
     assert first == second and first[1] == b"0", (first, second)  # the same namespace, lent again
+
+
+COUNTERS = """
+    import os, socket, sys
+    udp = [l for l in open("/proc/net/snmp").read().splitlines() if l.startswith("Udp:")][1].split()
+    print(os.readlink("/proc/self/ns/net"), udp[udp.index("Udp:") + 4])  # OutDatagrams
+    if sys.argv[1] == "send":
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(37):
+            s.sendto(b"x", ("127.0.0.1", 9))  # nobody listens: no socket is left afterwards
+"""
+
+
+@pytest.mark.skipif(probe().jail_userns, reason="an unprivileged caller's jail gets a fresh network namespace "
+                    "per run (a pooled one belongs to another user namespace): there is no pool to reuse")
+def test_a_run_reads_no_previous_runs_traffic_counters(fresh_netns_pool):
+    """Red-team finding (round 3): a pooled namespace kept its counters, so a run could leave the
+    next one a number (37 datagrams) to read: a channel between runs."""
+    runs = []
+    for what in ("send", "read"):
+        out = evalbox.run([PY, "-I", "-S", "-c", textwrap.dedent(COUNTERS), what], timeout=20)
+        assert out.success, out.stderr
+        runs.append(out.stdout.split())
+    assert runs[1][1] == b"0", f"the next run read the previous run's traffic: {runs}"
 
 
 def test_network_on_keeps_the_host_network():

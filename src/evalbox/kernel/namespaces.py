@@ -34,6 +34,18 @@ def _loopback_up() -> None:
         fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP | IFF_RUNNING))
 
 
+# sockstat (its sockets now), then counters any traffic moves: a run that sent or received
+# anything (even a datagram to a closed port, or a packet with no route) leaves them changed
+STAT_FILES = ("sockstat", "dev", "snmp", "netstat", "snmp6")
+
+
+def counters(stat_fds: list[int]) -> bytes:
+    """The traffic counters of a network namespace (its /proc/net files after sockstat)."""
+    import os
+
+    return b"\0".join(os.pread(fd, 65536, 0) for fd in stat_fds[1:])
+
+
 def sockets_left(stats_fd: int) -> int:
     """How many sockets the network namespace of `stats_fd` (its /proc/net/sockstat, opened from
     inside it: see new_network_namespace) holds: every socket of any kind ("sockets: used", which
@@ -54,7 +66,8 @@ def sockets_left(stats_fd: int) -> int:
 
 def new_network_namespace(with_stats: bool = False):  # type: ignore[no-untyped-def]
     """A fresh network namespace with only its loopback, up; returns an fd that keeps it alive
-    (with `with_stats`: (that fd, an fd of its /proc/net/sockstat for sockets_left)).
+    (with `with_stats`: (that fd, fds of its /proc/net files STAT_FILES: sockstat first, for
+    sockets_left, then its traffic counters, for counters)).
 
     Made in a short-lived thread (unshare changes the calling thread's namespace only), so the
     caller's own threads never leave the host network. Needs CAP_SYS_ADMIN.
@@ -74,8 +87,9 @@ def new_network_namespace(with_stats: bool = False):  # type: ignore[no-untyped-
             fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             try:
                 _loopback_up()
-                # (a seq file of this namespace: read again from offset 0, it is made anew)
-                stats = os.open("/proc/thread-self/net/sockstat", os.O_RDONLY | os.O_CLOEXEC) if with_stats else -1
+                # (seq files of this namespace: read again from offset 0, each is made anew)
+                stats = [os.open(f"/proc/thread-self/net/{name}", os.O_RDONLY | os.O_CLOEXEC)
+                         for name in STAT_FILES if os.path.exists(f"/proc/thread-self/net/{name}")] if with_stats else []
             except BaseException:
                 os.close(fd)
                 raise

@@ -1,5 +1,5 @@
 """A pool of private network namespaces, one per running sandbox, reused once their run ended
-and only when the run left no socket behind.
+and only when the run left no socket and no trace of traffic behind.
 
 Creating a network namespace costs ~0.4 ms and tearing one down more (asynchronously, in the
 kernel's cleanup worker, where thousands of dead ones pile up under load); entering an existing
@@ -10,7 +10,9 @@ those would keep a port busy for the next run (a bind without SO_REUSEADDR fails
 and show in its /proc/net/tcp. So on release the namespace's own socket counters are read (its
 /proc/net/sockstat, opened from inside it when it was made: ~15 us), and a namespace holding any
 socket is closed (the kernel frees it) rather than pooled: the next run gets a fresh one (~0.6 ms
-more, only after a run that used TCP). Nothing else survives a
+more, only after a run that used TCP). Its traffic counters (/proc/net/dev, snmp, netstat, snmp6)
+are compared with those it had when made, likewise: a run that sent or received anything would
+otherwise leave the next one a number to read (a channel between runs). Nothing else survives a
 run: the program cannot change the namespace's interfaces, routes or sysctls (no capabilities).
 Never shared between concurrent runs, nor with a forked child of the caller.
 """
@@ -27,8 +29,8 @@ MAX_IDLE = 64  # idle namespaces kept; more are closed (the kernel frees them)
 
 _lock = threading.Lock()
 _idle: collections.deque[int] = collections.deque()
-_stats: dict[int, int] = {}  # namespace fd -> an fd of its /proc/net/sockstat
-dropped_dirty = 0  # namespaces closed on release because a run left TCP sockets in them
+_stats: dict[int, tuple[list[int], bytes]] = {}  # namespace fd -> fds of its /proc/net files, counters when made
+dropped_dirty = 0  # namespaces closed on release because a run left sockets or traffic in them
 
 
 def acquire() -> int:
@@ -38,22 +40,23 @@ def acquire() -> int:
             return _idle.popleft()
     fd, stats = namespaces.new_network_namespace(with_stats=True)
     with _lock:
-        _stats[fd] = stats
+        _stats[fd] = (stats, namespaces.counters(stats))
     return fd
 
 
 def held_fds() -> set[int]:
     """The socket-counter fds this pool holds besides the namespaces' own (one per namespace)."""
     with _lock:
-        return set(_stats.values())
+        return {stat for stats, _ in _stats.values() for stat in stats}
 
 
 def _clean(fd: int) -> bool:
-    stats = _stats.get(fd)
-    if stats is None:
+    entry = _stats.get(fd)
+    if entry is None:
         return False
+    stats, made = entry
     try:
-        return namespaces.sockets_left(stats) == 0
+        return namespaces.sockets_left(stats[0]) == 0 and namespaces.counters(stats) == made
     except (OSError, ValueError, IndexError):
         return False
 
@@ -69,9 +72,9 @@ def release(fd: int) -> None:
     else:
         dropped_dirty += 1
     with _lock:
-        stats = _stats.pop(fd, -1)
-    if stats >= 0:
-        os.close(stats)
+        stats, _ = _stats.pop(fd, ([], b""))
+    for stat in stats:
+        os.close(stat)
     os.close(fd)
 
 
@@ -84,11 +87,12 @@ def _forget_after_fork() -> None:
             os.close(_idle.pop())
         except OSError:
             pass
-    for stats in _stats.values():
-        try:
-            os.close(stats)
-        except OSError:
-            pass
+    for stats, _ in _stats.values():
+        for stat in stats:
+            try:
+                os.close(stat)
+            except OSError:
+                pass
     _stats.clear()
 
 
