@@ -167,3 +167,14 @@ def test_relay_service_fed_from_many_threads():
             broken.submit(tests[0]).result(timeout=60)
     finally:
         broken.close()
+
+
+@pytest.mark.parametrize("test", [
+    "assert all(map(lambda n: is_prime(n) == (n in (2, 3, 5, 7)), range(10)))",
+    "assert not any(map(is_prime, [0, 1, 4, 6, 8, 9]))",
+])
+def test_a_candidates_stop_iteration_does_not_end_the_tests_loop(test):
+    """Red-team finding (round 3): the candidate's StopIteration, raised as a real one in the
+    trusted tests, ended their map() early and all() of nothing passed."""
+    [result] = check_functions([FunctionTest("def is_prime(n):\n    raise StopIteration\n", ("is_prime",), test=test)])
+    assert result.startswith("failed"), result
