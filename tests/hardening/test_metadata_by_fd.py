@@ -14,15 +14,19 @@ import pytest
 
 from hardening_kit import NOBODY, SYSTEM_PYTHON, run_snippet
 
-PROGRAM = r'''
-import os, sys
-data, folder = sys.argv[1], sys.argv[2]
+# (the programs below report each attempt on a line: "<label> done" or "<label> refused <errno>")
+ATTEMPT = r'''
 def attempt(label, fn):
     try:
         fn()
         print(label, "done", flush=True)
     except OSError as e:
         print(label, "refused", e.errno, flush=True)
+'''
+
+PROGRAM = ATTEMPT + r'''
+import os, sys
+data, folder = sys.argv[1], sys.argv[2]
 fd = os.open(data, os.O_RDONLY)
 attempt("fchmod-file", lambda: os.fchmod(fd, 0o666))
 attempt("futimens", lambda: os.utime(fd, (0, 0)))
@@ -115,15 +119,9 @@ def test_a_workspace_name_swapped_for_a_link_does_not_widen_metadata_changes(how
         shutil.rmtree(base, ignore_errors=True)
 
 
-SET_ID = r'''
+SET_ID = ATTEMPT + r'''
 import os, shutil, sys
 d = sys.argv[1]
-def attempt(label, fn):
-    try:
-        fn()
-        print(label, "done", flush=True)
-    except OSError as e:
-        print(label, "refused", e.errno, flush=True)
 shutil.copyfile("/bin/true", d + "/a")
 attempt("chmod", lambda: os.chmod(d + "/a", 0o4755))
 attempt("chmod-gid", lambda: os.chmod(d + "/a", 0o2755))
