@@ -448,21 +448,27 @@ def template_for(plan: Plan) -> Template | None:
     """The live template for this plan's interpreter and preload set, started on first use; None
     when this interpreter cannot serve warm runs (remembered: it is not asked again)."""
     assert plan.warm is not None
-    key = (plan.argv[0], plan.argv[0], plan.warm)
     with _lock:
-        found = _templates.get(key)
-        if isinstance(found, TemplateUnavailable):
-            return None
-        if found is not None and found.alive:
-            return found
-        if found is not None:
-            found.close()
-        try:
-            found = _templates[key] = Template(*key)
-        except TemplateUnavailable as e:
-            _templates[key] = e
-            return None
+        key = (plan.argv[0], plan.argv[0], plan.warm)
+        return _live_template(key, key)
+
+
+def _live_template(key: tuple, args: tuple) -> Template | None:  # type: ignore[type-arg]
+    """The template kept under `key`, made from `args` (interpreter, argv0, preload set) on first
+    use or when it died; None when it cannot be made (remembered). Called under _lock."""
+    found = _templates.get(key)
+    if isinstance(found, TemplateUnavailable):
+        return None
+    if found is not None and found.alive:
         return found
+    if found is not None:
+        found.close()
+    try:
+        found = _templates[key] = Template(*args)
+    except TemplateUnavailable as e:
+        _templates[key] = e
+        return None
+    return found
 
 
 def launcher_template() -> Template | None:
@@ -470,20 +476,7 @@ def launcher_template() -> Template | None:
     import sys
 
     with _lock:
-        key = ("exec", sys.executable, ())
-        found = _templates.get(key)
-        if isinstance(found, TemplateUnavailable):
-            return None
-        if found is not None and found.alive:
-            return found
-        if found is not None:
-            found.close()
-        try:
-            found = _templates[key] = Template(sys.executable, sys.executable, ())
-        except TemplateUnavailable as e:
-            _templates[key] = e
-            return None
-        return found
+        return _live_template(("exec", sys.executable, ()), (sys.executable, sys.executable, ()))
 
 
 def forget(template: Template) -> None:
