@@ -105,6 +105,32 @@ def test_untrusted_content_names_nothing(root_dir):
         assert rt.executables <= {path, os.path.realpath(path)}, (path, rt)
 
 
+def test_each_runs_workspace_stays_untrusted_when_the_cache_is_warm(root_dir):
+    """Resolution is cached across runs whatever their workspaces (each has a new random name);
+    a file inside this run's workspace still names nothing, after runs with other workspaces
+    warmed the cache for the same executable and for files of the same name."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root-owned files")
+    secret = os.path.join(root_dir, "secret")
+    with open(secret, "w") as f:
+        f.write("x")
+    os.chmod(secret, 0o755)
+    for n in range(3):
+        ws = os.path.join(root_dir, f"ws{n}")
+        os.makedirs(ws)
+        assert runtime_files("/bin/true", fresh=(ws,)) == runtime_files("/bin/true")  # shared, unchanged
+        script = os.path.join(ws, "main")
+        with open(script, "w") as f:
+            f.write(f"#!{secret}\n")
+        os.chmod(script, 0o755)  # root's, not writable by others: trusted anywhere but a workspace
+        elf = make_elf(os.path.join(ws, "prog"), [secret], needed=["libc.so.6"], rpath=root_dir)
+        for path in (script, elf):
+            rt = runtime_files(path, fresh=(ws,))
+            assert secret not in rt.executables | rt.libraries, (n, path, rt)
+            assert rt.libraries == frozenset(), (n, path, rt)
+    assert secret in runtime_files(script).executables  # (the same script outside any workspace is followed)
+
+
 @pytest.mark.parametrize("line, granted", [
     ("#!/usr/bin/env -S sh -c 'cat {s}' {s}", False),
     ("#!/usr/bin/env -S {s}", False),  # a secret is no interpreter: still not granted for a plan file

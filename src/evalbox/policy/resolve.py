@@ -167,6 +167,7 @@ def runtime_files(
     env_path: str = DEFAULT_ENV_PATH,
     ld_library_path: str = "",
     untrusted: tuple[str, ...] = (),
+    fresh: tuple[str, ...] = (),
 ) -> Runtime:
     """Return the files that running ``executable`` needs. Never raises.
 
@@ -177,8 +178,12 @@ def runtime_files(
         env_path: PATH used to resolve ``#!/usr/bin/env NAME``.
         ld_library_path: The sandbox's ``LD_LIBRARY_PATH``, if it sets one.
             ld.so searches it after ``DT_RPATH`` and before ``DT_RUNPATH``.
-        untrusted: Directories the sandbox can write (workspace, rw mounts):
-            nothing inside them is trusted to name further files.
+        untrusted: Directories the sandbox can write (rw mounts): nothing
+            inside them is trusted to name further files.
+        fresh: Untrusted too, but made for this run only (its workspace). They
+            are left out of the cache key unless the executable, ``env_path``
+            or ``ld_library_path`` names them: nothing else can lead into a
+            directory whose random name did not exist before this run.
 
     Scripts (``#!``) are followed through at most four interpreters. A static
     ELF binary gives only itself. A file that does not exist gives an empty
@@ -199,18 +204,42 @@ def runtime_files(
     if key is None:
         return _EMPTY
     untrusted = tuple(sorted({os.path.realpath(d) for d in untrusted}))
+    fresh = tuple(sorted({os.path.realpath(d) for d in fresh}))
+    if any(d in named for d in fresh for named in (path, env_path, ld_library_path)):
+        untrusted, fresh = tuple(sorted(untrusted + fresh)), ()
     salt = _salts.get(path, 0)
-    runtime, deps = _runtime_cached(path, key, env_path, ld_library_path, untrusted, salt)
+    runtime, deps = _shared_cached(path, key, env_path, ld_library_path, untrusted, fresh, salt)
     for dep_path, dep_key in deps:
         if _stat_key(dep_path) != dep_key:
             _salts[path] = salt + 1
-            runtime, _ = _runtime_cached(path, key, env_path, ld_library_path, untrusted, salt + 1)
+            runtime, _ = _shared_cached(path, key, env_path, ld_library_path, untrusted, fresh, salt + 1)
             break
     return runtime
 
 
+_SHARED_MAX = 1024
+_shared: dict[tuple, tuple[Runtime, tuple[tuple[str, _StatKey], ...]]] = {}  # type: ignore[type-arg]
+
+
+def _shared_cached(path: str, key: _StatKey, env_path: str, ld_library_path: str, untrusted: tuple[str, ...],
+                   fresh: tuple[str, ...], salt: int) -> tuple[Runtime, tuple[tuple[str, _StatKey], ...]]:
+    """_runtime_cached, whose result serves every run whatever its fresh workspace (resolved
+    with the first run's workspace untrusted, which changed nothing: nothing named it)."""
+    if not fresh:
+        return _runtime_cached(path, key, env_path, ld_library_path, untrusted, salt)
+    cache_key = (path, key, env_path, ld_library_path, untrusted, salt)
+    found = _shared.get(cache_key)
+    if found is None:
+        found = _runtime_cached.__wrapped__(path, key, env_path, ld_library_path, tuple(sorted(untrusted + fresh)), salt)
+        if len(_shared) >= _SHARED_MAX:
+            _shared.pop(next(iter(_shared)), None)
+        _shared[cache_key] = found
+    return found
+
+
 def _cache_clear() -> None:
     _runtime_cached.cache_clear()
+    _shared.clear()
     _probe_cached.cache_clear()
     _ld_cache_cached.cache_clear()
     _salts.clear()

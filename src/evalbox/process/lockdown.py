@@ -417,9 +417,9 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
         cwd = ws.path(plan.workdir) if plan.workdir == "work" else ws.make_dir(plan.workdir)
         executable = find_executable(plan.argv[0], env["PATH"], cwd)
         # what the sandbox can write is never trusted to name further files (SPEC §4.8)
-        untrusted = (ws.root, *(m.source for m in plan.mounts if m.writable))
+        untrusted = tuple(m.source for m in plan.mounts if m.writable)
         runtime = runtime_files(executable, env_path=env["PATH"], ld_library_path=env.get("LD_LIBRARY_PATH", ""),
-                                untrusted=untrusted)
+                                untrusted=untrusted, fresh=(ws.root,))
 
         # the files a supervisor opens for the program are resolved in the program's mount namespace,
         # which a caller without capabilities cannot join when a user namespace owns it
