@@ -169,17 +169,28 @@ def _system_state() -> tuple[list[Entry], tuple]:
     return entries, _system_cache[2]
 
 
-_places_cache: tuple[int, list[str], set[str]] | None = None
+_places_cache: tuple[int, list[str], set[str], dict[str, str]] | None = None
 
 
-def _system_places() -> tuple[list[str], set[str]]:
-    """Directories bound by the system part, and every path it places (cached with it)."""
+def _system_places() -> tuple[list[str], set[str], dict[str, str]]:
+    """Directories bound by the system part, every path it places, and the system trees it
+    places as links (e.g. /bin -> usr/bin) with their real paths (cached with it)."""
     global _places_cache
     entries = _system_entries_cached()
     if _places_cache is None or _places_cache[0] != id(entries):
         bound = [e[1].decode() for e in entries if e[0] == _spawn.ROOT_BIND and e[4] & _spawn.ROOT_IS_DIR]
-        _places_cache = (id(entries), bound, {e[1].decode() for e in entries})
-    return _places_cache[1], _places_cache[2]
+        links = {e[1].decode(): os.path.realpath(e[1].decode()) for e in entries
+                 if e[0] == _spawn.ROOT_SYMLINK and e[1].decode() in fs.SYSTEM_TREES}
+        _places_cache = (id(entries), bound, {e[1].decode() for e in entries}, links)
+    return _places_cache[1], _places_cache[2], _places_cache[3]
+
+
+def _through_tree_link(path: str, links: dict[str, str]) -> str:
+    """`path` with a leading system tree placed as a link (/bin/true) replaced by the link's real
+    path (/usr/bin/true): the same file in the jail as on the host, the link being recreated."""
+    top, sep, rest = path.partition("/")[2].partition("/")
+    real = links.get("/" + top)
+    return path if real is None else real + sep + rest
 
 
 def _parents(path: str, stop: str, made: set[str]) -> list[str]:
@@ -207,7 +218,7 @@ def template_entries(plan: Plan, workspace: str, rules: list[fs.PathRule]
     system = out
     out = []
     system_real = fs._system_trees_real()
-    system_bound, placed = _system_places()
+    system_bound, placed, tree_links = _system_places()
     bound = list(system_bound)
     sources = []
     for mount in plan.mounts:
@@ -216,7 +227,11 @@ def template_entries(plan: Plan, workspace: str, rules: list[fs.PathRule]
         sources.append(mount.source)
     for rule in rules:
         path = rule.path
-        if path == workspace or path in placed or _inside(path, bound) or _inside(os.path.realpath(path), system_real):
+        # (a path below a system tree that the system part places as a link, /bin/true say, is
+        # reached through it, inside a bound tree: no realpath walk needed to know it is there)
+        if (path == workspace or path in placed or _inside(path, bound)
+                or _inside(_through_tree_link(path, tree_links), system_bound)
+                or _inside(os.path.realpath(path), system_real)):
             continue
         if _inside(path, ["/sys/fs/cgroup", "/dev/pts", "/dev/ptmx"]):
             continue  # per run (its cgroup), or the jail's own (pseudo-terminals)

@@ -354,28 +354,32 @@ def _host_file(path: str) -> bytes:
     return cached[1]
 
 
-def _identity_files(ws: Workspace, uid: int, gid: int) -> list[tuple[bytes, bool, bytes]]:
+def _identity_contents(ws: Workspace, uid: int, gid: int) -> list[tuple[bytes, bytes]]:
     """/etc/passwd and /etc/group with the sandbox's own uid in them (whoami, getpwuid, Node's
-    os.userInfo()), written root-owned and read-only into the workspace root (removed with it; a
-    uid is never leased twice, so no later run binds them) and bound over the host's files in the
-    sandbox's mount namespace (bind list entries: target, is_dir, source)."""
-    binds = []
+    os.userInfo()): (target, content) for each."""
+    out = []
     for name, line in (("passwd", f"{SANDBOX_USER}:x:{uid}:{gid}:evalbox sandbox:{ws.home}:/bin/sh\n"),
                        ("group", f"{SANDBOX_USER}:x:{gid}:\n")):
         host = _host_file(f"/etc/{name}")
         if host and not host.endswith(b"\n"):
             host += b"\n"
-        path = os.path.join(ws.root, f".{name}")
+        out.append((f"/etc/{name}".encode(), host + line.encode()))
+    return out
+
+
+def _identity_files(ws: Workspace, contents: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bool, bytes]]:
+    """`contents` written root-owned and read-only into the workspace root (removed with it; a uid
+    is never leased twice, so no later run binds them), to be bound over the host's files in the
+    sandbox's mount namespace (bind list entries: target, is_dir, source). (The jail writes them
+    into its own root instead: see jail.run_entries.)"""
+    binds = []
+    for target, content in contents:
+        path = os.path.join(ws.root, f".{os.path.basename(target.decode())}")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         with os.fdopen(fd, "wb") as out:
-            out.write(host + line.encode())
-        binds.append((f"/etc/{name}".encode(), False, path.encode()))
+            out.write(content)
+        binds.append((target, False, path.encode()))
     return binds
-
-
-def _read(path: bytes) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def _check_named_path(path: str, what: str) -> None:
@@ -453,10 +457,11 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
         rules = filesystem.path_rules(plan, ws.root, runtime, own_uid=uid >= 0 and not jail_flags,
                                       cgroup_dirs=tuple(group.distinct_dirs) if group is not None and not jail_flags
                                       else ())
-        identity = _identity_files(ws, uid, gid) if host.private_shm and lease is not None else []
+        identity_contents = _identity_contents(ws, uid, gid) if host.private_shm and lease is not None else []
+        # (the jail writes them into its own root: nothing to write on the host)
+        identity = _identity_files(ws, identity_contents) if identity_contents and not jail_flags else []
         # (Landlock sees a bound file by its own inode, not by the path it is mounted at)
-        if not jail_flags:
-            rules += [filesystem.PathRule(source.decode(), landlock.READ_FILE) for _, _, source in identity]
+        rules += [filesystem.PathRule(source.decode(), landlock.READ_FILE) for _, _, source in identity]
         # In its own network namespace the run may use TCP: only its loopback is there.
         ruleset = filesystem.build_ruleset(rules, host.landlock_abi, plan.network or bool(jail_flags))
         # The tree is found by its PID namespace, the cgroup, the sandbox's own uid, else by its
@@ -506,7 +511,7 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
                 proc_gid = jail.OPENER_PROC_GID
             root = jail.run_entries(plan, ws.root, filesystem.PROC_RIGHTS & ruleset.handled_fs,
                                     (uid, gid) if lease else None, ruleset.handled_fs,
-                                    identity=[(t, _read(s)) for t, _, s in identity], shm_inodes=PRIVATE_SHM_INODES,
+                                    identity=identity_contents, shm_inodes=PRIVATE_SHM_INODES,
                                     opener_proc_gid=proc_gid, memory_bounded=use_mem)
             # (a plan that collects binds the host's work/ directory: only a root built per run, in
             # a namespace where that host path is still visible, can do so)
