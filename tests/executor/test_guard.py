@@ -59,3 +59,35 @@ def test_fork_while_another_thread_talks_to_the_guard():
     release.set()
     t.join()
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+def test_guard_reads_the_callers_table_once_the_caller_is_gone():
+    # A caller registers three runs (one with cgroup paths longer than a page of the table) and
+    # unregisters one, then dies without a word: the guard removes the workspaces of the two
+    # still registered and leaves the other alone.
+    dirs = [tempfile.mkdtemp(prefix=f"evalbox-guard-table-{i}-") for i in range(3)]
+    long_groups = [f"/nonexistent-evalbox-test/{'g' * 2500}-{i}" for i in range(2)]  # > 4096 bytes
+    caller = (
+        "import os, sys\n"
+        "from evalbox.process import watchdog\n"
+        f"dirs = {dirs!r}\n"
+        "watchdog.register('a', 999999, -1, '', [], dirs[0])\n"
+        f"watchdog.register('b', 999998, -1, '', {long_groups!r}, dirs[1])\n"
+        "watchdog.register('c', 999997, -1, '', [], dirs[2])\n"
+        "watchdog.unregister('a')\n"
+        "print(watchdog._guard.pid, flush=True)\n"
+        "os._exit(0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", caller], capture_output=True, text=True, timeout=30, check=True)
+    guard = int(out.stdout)
+    try:
+        deadline = 600
+        while deadline and os.path.exists(f"/proc/{guard}") and open(f"/proc/{guard}/stat").read().split()[2] != "Z":
+            threading.Event().wait(0.05)  # the guard is not our child: wait for it to finish its work
+            deadline -= 1
+        assert os.path.isdir(dirs[0])
+        assert not os.path.exists(dirs[1]) and not os.path.exists(dirs[2])
+    finally:
+        for d in dirs:
+            if os.path.isdir(d):
+                os.rmdir(d)

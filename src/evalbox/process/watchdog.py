@@ -2,14 +2,14 @@
 
 The parent-death signal reaches only a sandbox's first process; its children would outlive a
 caller that was killed. So each caller process starts one small guard (lazily, at its first
-sandbox) and tells it, over a pipe, what every live sandbox consists of: process group, cgroup
-directories, its own uid, workspace. The guard only reads. When the pipe reaches end of file,
-the caller is gone: the guard kills whatever is still registered, removes the workspaces and
+sandbox) and keeps, in a table the two share (a memfd), what every live sandbox consists of:
+process group, cgroup directories, its own uid, workspace. The guard only reads, and only once
+its stdin pipe, which nobody writes, reaches end of file: the caller is gone. Then the guard kills whatever is still registered, removes the workspaces and
 cgroups, and exits. One guard per caller process, not per sandbox.
 
 If the guard itself dies first (killed by someone), the caller notices at once: each Executor
 watches the guard's pidfd in its event loop (`guard_pidfd`, `check`), and every registration
-checks too; a new guard is started and told every live sandbox again, so the caller's death
+checks too; a new guard is started on the same table, so the caller's death
 never goes unnoticed for longer than a restart takes. (No thread: the caller stays as it was.)
 """
 
@@ -20,10 +20,13 @@ import subprocess
 import sys
 import threading
 
-_GUARD = r"""
+PAGE = 4096  # one registration per page of the table (longer ones take several)
+
+_GUARD = f"PAGE = {PAGE}\n" + r"""
 import fcntl, os, shutil, signal, sys, time
 live, parents = {}, set()
-for line in sys.stdin:  # "+ key pgid uid lease-file workspace cgroup..." or "- key", tab-separated
+
+def learn(line):  # "+ key pgid uid lease-file workspace cgroup..." or "- key", tab-separated
     op, key, *rest = line.rstrip("\n").split("\t")
     if op == "+":
         pgid, uid, lease, workspace, *groups = rest
@@ -31,6 +34,29 @@ for line in sys.stdin:  # "+ key pgid uid lease-file workspace cgroup..." or "- 
         parents.update(os.path.dirname(d) for d in groups)
     else:
         live.pop(key, None)
+
+for line in sys.stdin:  # until the caller is gone (end of file)
+    learn(line)
+# The caller's table of live runs (argv[1], a memfd it shares with us): one record per page run,
+# "+..." up to its newline, or a NUL first byte where no run is registered.
+if len(sys.argv) > 1:
+    fd, table = int(sys.argv[1]), b""
+    while True:
+        chunk = os.pread(fd, 1 << 20, len(table))
+        if not chunk:
+            break
+        table += chunk
+    start = 0
+    while start < len(table):
+        end = table.find(b"\n", start) if table[start:start + 2] == b"+\t" else -1
+        if end < 0:
+            start += PAGE
+            continue
+        try:
+            learn(table[start:end].decode("utf-8", "surrogateescape"))
+        except (ValueError, IndexError):
+            pass
+        start += (end - start) // PAGE * PAGE + PAGE  # past every page the record took
 
 # The caller is gone, and with it its flocks on the sandboxes' uid leases: take them over at once
 # so no other evalbox process hands those uids out before their processes are dead.
@@ -168,14 +194,23 @@ for fd in held:
 
 _lock = threading.Lock()
 _guard: subprocess.Popen[bytes] | None = None
-_live: dict[str, bytes] = {}  # registrations, replayed to a new guard if the old one died
+# The live runs are kept in a table the guard shares (a memfd) rather than sent down its pipe: a
+# registration is then a write to memory that wakes nobody, and the guard reads the table only
+# once its pipe ends (the caller is gone). Each run holds whole pages of it (`_slots`).
+_table = -1
+_slots: dict[str, tuple[int, int]] = {}  # key -> (offset, pages)
+_free: dict[int, list[int]] = {}  # pages -> offsets of released runs' places
+_end = 0  # the table's size so far
 restarts = 0  # guards started again after dying (for tests and diagnostics)
 
 
 def _start() -> subprocess.Popen[bytes]:
+    global _table
+    if _table < 0:
+        _table = os.memfd_create("evalbox-guard", os.MFD_CLOEXEC)
     return subprocess.Popen(
-        [sys.executable, "-I", "-S", "-c", _GUARD], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
+        [sys.executable, "-I", "-S", "-c", _GUARD, str(_table)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True, pass_fds=(_table,),
     )
 
 
@@ -190,13 +225,11 @@ def _reap_locked() -> None:
 
 
 def _restart_locked() -> None:
-    """The guard died: start a new one and tell it every live sandbox (caller holds _lock)."""
+    """The guard died: start a new one; it reads the same table (caller holds _lock)."""
     global _guard, restarts
     _reap_locked()
     _guard = _start()
     restarts += 1
-    assert _guard.stdin is not None
-    _write_all(_guard.stdin.fileno(), b"".join(_live.values()))
 
 
 def guard_pidfd() -> int:
@@ -218,7 +251,7 @@ def check() -> bool:
     with _lock:
         if _guard is None or _guard.poll() is None:
             return True
-        if not _live:
+        if not _slots:
             _reap_locked()
             _guard = None
             return True
@@ -230,40 +263,10 @@ def check() -> bool:
         return True
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _send(key: str, line: bytes | None) -> None:
-    """Tell the guard (starting it if needed) that `key` is live (`line`) or gone (None)."""
-    global _guard
-    with _lock:
-        if line is None:
-            _live.pop(key, None)
-            message = b"-\t" + key.encode() + b"\n"
-        else:
-            _live[key] = message = line
-        if _guard is None:
-            if line is None:
-                return  # no guard: nothing it would need to forget
-            _guard = _start()
-        elif _guard.poll() is not None:
-            _restart_locked()  # died since we last looked: the replay already reflects `message`
-            return
-        assert _guard.stdin is not None
-        try:
-            _write_all(_guard.stdin.fileno(), message)
-        except BrokenPipeError:
-            # the guard died (killed by someone): a new one must learn every live sandbox again
-            _restart_locked()
-
-
 def _forget_after_fork() -> None:
-    # the child must not write to its parent's guard, nor keep its pipe open (the guard would
-    # not see the parent die); the child starts a guard of its own when it needs one
-    global _guard, _lock
+    # the child must not write to its parent's guard or table, nor keep its pipe open (the guard
+    # would not see the parent die); the child starts a guard of its own when it needs one
+    global _guard, _lock, _table, _end
     _lock = threading.Lock()  # another thread may have held it at the fork: it will never release it here
     if _guard is not None and _guard.stdin is not None:
         try:
@@ -271,16 +274,62 @@ def _forget_after_fork() -> None:
         except OSError:
             pass
     _guard = None
-    _live.clear()
+    if _table >= 0:
+        try:
+            os.close(_table)
+        except OSError:
+            pass
+    _table = -1
+    _slots.clear()
+    _free.clear()
+    _end = 0
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def register(key: str, pgid: int, uid: int, lease_file: str, cgroups: list[str], workspace: str) -> None:
+    """Tell the guard (starting it, or a new one if it died, as needed) that `key` is live."""
+    global _guard, _end
     fields = ["+", key, str(pgid), str(uid), lease_file, workspace, *cgroups]
-    _send(key, ("\t".join(fields) + "\n").encode())
+    record = ("\t".join(fields) + "\n").encode("utf-8", "surrogateescape")
+    with _lock:
+        if _guard is None:
+            _guard = _start()
+        elif _guard.poll() is not None:
+            _restart_locked()
+        if key in _slots:
+            _clear_locked(key)
+        pages = (len(record) + PAGE - 1) // PAGE
+        offsets = _free.get(pages)
+        if offsets:
+            offset = offsets.pop()
+        else:
+            offset, _end = _end, _end + pages * PAGE
+        # the body first, its mark last: a record is whole whenever the guard may read it
+        _pwrite_all(record[1:], offset + 1)
+        _pwrite_all(record[:1], offset)
+        _slots[key] = (offset, pages)
 
 
 def unregister(key: str) -> None:
-    _send(key, None)
+    """Tell the guard that `key` ended (its processes are dead)."""
+    with _lock:
+        _clear_locked(key)
+
+
+def _clear_locked(key: str) -> None:
+    place = _slots.pop(key, None)
+    if place is None:
+        return
+    offset, pages = place
+    for page in range(pages):  # (every page: none may later read as the start of a record)
+        os.pwrite(_table, b"\0", offset + page * PAGE)
+    _free.setdefault(pages, []).append(offset)
+
+
+def _pwrite_all(data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(_table, view, offset)
+        view, offset = view[n:], offset + n
