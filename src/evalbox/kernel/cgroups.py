@@ -193,6 +193,11 @@ class Group:
         self.dirs: dict[str, str] = {}
         self._oom_baseline = 0
         self._limits: dict[str, int] = {}
+        # Counter files read or reset at every run, opened once per group (pread/pwrite at 0
+        # make a new reading each time). Not cgroup.procs for reading: on v1 an open file may
+        # be answered from a pid list the kernel cached for up to a second.
+        self._fds: dict[tuple[str, int], int] = {}
+        self._procs_fds: list[int] = []
         parents = {c: os.path.join(d, f"evalbox-{os.getpid()}") for c, d in lay.roots.items()}
         try:
             if self.version == 2:
@@ -227,6 +232,24 @@ class Group:
         except OSError as e:
             raise OSError(e.errno, f"cannot enable the cgroup controllers {want} in {parent}: {e.strerror}; "
                           "delegate the whole cgroup to your user (its cgroup.subtree_control included)") from None
+
+    def _fd(self, path: str, flags: int = os.O_RDONLY) -> int:
+        fd = self._fds.get((path, flags))
+        if fd is None:
+            fd = self._fds[(path, flags)] = os.open(path, flags | os.O_CLOEXEC)
+        return fd
+
+    def _read_counter(self, path: str) -> str:
+        return os.pread(self._fd(path), 4096, 0).decode()
+
+    def _write_counter(self, path: str, value: str) -> None:
+        os.pwrite(self._fd(path, os.O_WRONLY), value.encode(), 0)
+
+    def _close_fds(self) -> None:
+        for fd in [*self._fds.values(), *self._procs_fds]:
+            os.close(fd)
+        self._fds.clear()
+        self._procs_fds = []
 
     @property
     def distinct_dirs(self) -> list[str]:
@@ -263,9 +286,9 @@ class Group:
             return 0
         try:
             if self.version == 2:
-                text = _read(os.path.join(d, "memory.events"))
+                text = self._read_counter(os.path.join(d, "memory.events"))
             else:
-                text = _read(os.path.join(d, "memory.oom_control"))
+                text = self._read_counter(os.path.join(d, "memory.oom_control"))
         except OSError:
             return 0
         for line in text.splitlines():
@@ -288,7 +311,7 @@ class Group:
                 if self._peak_fd >= 0:  # fd-local peak (Linux 6.12+): since this group's reset
                     return int(os.pread(self._peak_fd, 64, 0).decode())
                 return int(_read(os.path.join(d, "memory.peak")))
-            return int(_read(os.path.join(d, "memory.max_usage_in_bytes")))
+            return int(self._read_counter(os.path.join(d, "memory.max_usage_in_bytes")))
         except (OSError, ValueError):
             return None
 
@@ -301,7 +324,7 @@ class Group:
             return
         try:
             if self.version == 1:
-                _write(os.path.join(d, "memory.max_usage_in_bytes"), "0")
+                self._write_counter(os.path.join(d, "memory.max_usage_in_bytes"), "0")
             else:
                 if self._peak_fd < 0:
                     self._peak_fd = os.open(os.path.join(d, "memory.peak"), os.O_RDWR | os.O_CLOEXEC)
@@ -317,7 +340,7 @@ class Group:
         if self.version == 1:
             if "cpuacct" in self.dirs:
                 try:
-                    _write(os.path.join(self.dirs["cpuacct"], "cpuacct.usage"), "0")
+                    self._write_counter(os.path.join(self.dirs["cpuacct"], "cpuacct.usage"), "0")
                 except OSError:
                     pass
         else:
@@ -330,12 +353,12 @@ class Group:
         """CPU time of every process that ran in the group since it was (re)used."""
         try:
             if self.version == 2:
-                for line in _read(os.path.join(self.dirs["memory"], "cpu.stat")).splitlines():
+                for line in self._read_counter(os.path.join(self.dirs["memory"], "cpu.stat")).splitlines():
                     if line.startswith("usage_usec "):
                         return int(line.split()[1]) / 1e6 - self._cpu_baseline
                 return None
             d = self.dirs.get("cpuacct")
-            return int(_read(os.path.join(d, "cpuacct.usage"))) / 1e9 if d else None
+            return int(self._read_counter(os.path.join(d, "cpuacct.usage"))) / 1e9 if d else None
         except (OSError, ValueError, KeyError):
             return None
 
@@ -370,16 +393,27 @@ class Group:
             time.sleep(0.0005)
 
     def open_procs(self) -> list[int]:
-        """Write-only cgroup.procs fds: the spawned child writes "0" to each to join the group."""
-        fds: list[int] = []
+        """Write-only cgroup.procs fds (the caller closes them): the spawned child writes "0" to
+        each to join the group. Copies of fds the group keeps (a dup costs less than the open)."""
+        if not self._procs_fds:
+            fds: list[int] = []
+            try:
+                for d in self.distinct_dirs:
+                    fds.append(os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
+            except BaseException:
+                for fd in fds:
+                    os.close(fd)
+                raise
+            self._procs_fds = fds
+        out: list[int] = []
         try:
-            for d in self.distinct_dirs:
-                fds.append(os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
+            for fd in self._procs_fds:
+                out.append(os.dup(fd))  # (dup: close-on-exec, like the original)
         except BaseException:
-            for fd in fds:
+            for fd in out:
                 os.close(fd)
             raise
-        return fds
+        return out
 
     def open_dir(self) -> int:
         """v2: an fd of the group's directory, to clone a process straight into it (the spawn's
@@ -393,6 +427,7 @@ class Group:
         if self._peak_fd >= 0:
             os.close(self._peak_fd)
             self._peak_fd = -1
+        self._close_fds()
         for d in self.distinct_dirs:
             for _ in range(200):
                 try:
@@ -433,6 +468,11 @@ def release(group: Group) -> None:
 
 def _forget_after_fork() -> None:
     # a forked child must not recycle (or remove) groups its parent still uses
+    for group in _pool:
+        try:
+            group._close_fds()
+        except OSError:
+            pass
     _pool.clear()
     _made_parents.clear()
 
