@@ -164,6 +164,22 @@ def test_max_rss_plausible():
     assert 100 * MiB <= out.max_rss < 512 * MiB, describe(out) + f"\nmax_rss={out.max_rss}"
 
 
+def test_a_recycled_cgroup_starts_every_run_at_zero():
+    # One process recycles its cgroups run after run: the memory peak, CPU time and OOM kill of a
+    # run never show in the next one's Output.
+    heavy = py("import time\nb = b'x' * (150 << 20)\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\n",
+               memory="512M", timeout=20)
+    oom = py("b = [b'x' * (1 << 20) for _ in range(400)]\n", memory="64M", timeout=20)
+    assert oom.status is S.MEMORY_LIMIT, describe(oom)
+    for memory in ("512M", "64M"):  # (a recycled group takes the new run's limit)
+        light = py("print(1)\n", memory=memory, timeout=20)
+        assert light.status is S.EXITED, describe(light)
+        assert light.cpu_time < 0.3, describe(light)
+        if heavy.max_rss and light.max_rss:
+            assert light.max_rss < 100 * MiB, describe(light) + f"\nmax_rss={light.max_rss}"
+    assert heavy.success and heavy.cpu_time >= 0.4, describe(heavy)
+
+
 # -- output --------------------------------------------------------------------------------------
 
 def test_output_limit_stdout_flood():
