@@ -92,23 +92,14 @@ class UidLease:
             _block[0] += 1
         self.index = index
         self.uid = SANDBOX_UID_BASE + index
-        # where files of this run's uid may be kept (e.g. its /etc/passwd): `path` + suffix, in a
-        # root-only directory; removed on release (no lock: a retired uid is never leased again)
+        # a name in a root-only directory the guard is told (it takes an flock there if a file
+        # exists; none is made today: a retired uid is never leased again, so there is no lock)
         self.path = os.path.join(_files_dir(), str(self.uid))
 
     def release(self) -> None:
-        """Remove the uid's files; the uid itself is retired for good."""
-        directory, prefix = os.path.split(self.path)
-        try:
-            names = os.listdir(directory)
-        except OSError:
-            return
-        for name in names:
-            if name == prefix or name.startswith(prefix + "."):
-                try:
-                    os.unlink(os.path.join(directory, name))
-                except OSError:
-                    pass
+        """Nothing to do: the uid is retired for good, and nothing is kept per uid any more (a
+        run's passwd/group entries live in its workspace). (No listing of the per-uid directory at
+        every run: it costs more as files of older versions pile up there.)"""
 
 
 _files_dir_cache: list[str] = []
