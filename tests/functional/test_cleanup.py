@@ -129,6 +129,24 @@ def test_cleanup_after_program_deletes_its_permissions(private_tmp):
     assert os.listdir(private_tmp) == []
 
 
+@pytest.mark.parametrize("collect", [(), ("out.txt",)])
+def test_cleanup_after_program_replaces_the_plans_files(tmp_path, collect):
+    """The plan's files are removed by name: a program that replaced one with a directory, one
+    with a link to a file outside, and deleted another, still leaves no workspace, and nothing
+    outside is touched. (With collect, work/ is the host's directory itself.)"""
+    outside = tmp_path / "sacrificial.txt"
+    outside.write_text("keep me")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(outside, 0o666)
+    script = (f"pwd; rm a.txt && mkdir a.txt && touch a.txt/inner; rm b.txt && ln -s {outside} b.txt; "
+              "rm c.txt; echo x > out.txt; echo done")
+    out = ok(evalbox.run(["sh", "-c", script], files={"a.txt": "a", "b.txt": "b", "c.txt": "c"},
+                         collect=list(collect), timeout=10))
+    assert out.stdout.endswith(b"done\n"), describe(out)
+    assert not os.path.exists(_workspace_of(out))
+    assert outside.read_text() == "keep me"
+
+
 def test_no_fd_leak_over_200_runs():
     ok(evalbox.run(["true"], timeout=10))  # warm caches (probes, pools)
     before = open_fds()

@@ -225,6 +225,11 @@ class Workspace:
         Everything is made relative to directory fds with O_NOFOLLOW (the plan's paths are
         validated not to overlap, and nothing here follows a link even if one were there)."""
         self.owner = owner
+        # what we put directly in work/ (the plan's files and mount links): removed by name first
+        self._top_names = [rel for rel in plan.files if "/" not in rel]
+        self._top_names += [m.dest for m in plan.mounts if m.dest is not None and "/" not in m.dest]
+        if len(self._top_names) != len(plan.files) + sum(m.dest is not None for m in plan.mounts):
+            self._top_names = []  # something deeper: the general removal does it all
         self.root = tempfile.mkdtemp(prefix=f"evalbox-{os.getpid()}-", dir=base_dir(memory_bounded))
         root_fd = -1
         try:
@@ -293,8 +298,20 @@ class Workspace:
         return self.path("tmp")
 
     def remove(self) -> None:
-        # fast path: the program left its three directories empty (rmdir refuses anything else)
+        # fast path: the program left its three directories as they were made (rmdir refuses
+        # anything else), work/ holding just the plan's files (removed through an fd of work/
+        # opened without following a link)
         try:
+            if self._top_names:
+                work_fd = os.open(os.path.join(self.root, WORK_DIR), _DIR_FLAGS)
+                try:
+                    for name in self._top_names:
+                        try:
+                            os.unlink(name, dir_fd=work_fd)
+                        except FileNotFoundError:
+                            pass
+                finally:
+                    os.close(work_fd)
             for name in IDENTITY_FILES:
                 try:
                     os.unlink(os.path.join(self.root, name))
