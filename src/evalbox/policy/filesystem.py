@@ -134,7 +134,10 @@ def path_rules(plan: Plan, workspace: str, runtime: Runtime, own_uid: bool = Fal
     if own_uid:
         rules += [PathRule(p, PTY_RIGHTS) for p in PTY_PATHS if os.path.exists(p)]
     rules += [PathRule(d, ll.READ) for d in cgroup_dirs]
-    system_real = _system_trees_real()
+    # (a path inside a system tree by name, /bin/true through /bin -> usr/bin say, reaches a file
+    # below the tree's own rule, or, through a link further down, one `resolve` lists by its
+    # real path too: either way its own rule would add nothing)
+    system_real = _system_trees_real() + SYSTEM_TREES
     for path in sorted(runtime.executables | runtime.libraries):
         if not _inside(path, system_real) and not _inside(path, (workspace,)):
             rules.append(PathRule(path, ll.READ_FILE | ll.EXECUTE))
