@@ -129,10 +129,11 @@ def zombie_children() -> list[int]:
 
 def open_fds() -> list[str]:
     """Open fds, less the jail's bounded pools of namespaces (network, with their socket counters;
-    template mount)."""
+    template mount) and the files a few recycled cgroups keep open."""
+    from evalbox.kernel import cgroups
     from evalbox.process import netns
 
-    pooled = {str(fd) for fd in netns.held_fds()}
+    pooled = {str(fd) for fd in netns.held_fds() | cgroups.held_fds()}  # (cgroups: a few recycled groups' files)
     out = []
     for name in os.listdir("/proc/self/fd"):
         try:

@@ -233,6 +233,17 @@ class Group:
             raise OSError(e.errno, f"cannot enable the cgroup controllers {want} in {parent}: {e.strerror}; "
                           "delegate the whole cgroup to your user (its cgroup.subtree_control included)") from None
 
+    _holds_fds = False
+
+    def _keeps_fds(self) -> bool:
+        """Only the first FD_HOLDERS groups keep files open (a sequential caller reuses one
+        group run after run; two hundred concurrent runs must not cost a thousand fds)."""
+        global _fd_holders
+        if not self._holds_fds and _fd_holders < FD_HOLDERS:
+            self._holds_fds = True
+            _fd_holders += 1
+        return self._holds_fds
+
     def _fd(self, path: str, flags: int = os.O_RDONLY) -> int:
         fd = self._fds.get((path, flags))
         if fd is None:
@@ -240,16 +251,27 @@ class Group:
         return fd
 
     def _read_counter(self, path: str) -> str:
+        if not self._keeps_fds():
+            return _read(path)
         return os.pread(self._fd(path), 4096, 0).decode()
 
     def _write_counter(self, path: str, value: str) -> None:
+        if not self._keeps_fds():
+            return _write(path, value)
         os.pwrite(self._fd(path, os.O_WRONLY), value.encode(), 0)
 
+    def held_fds(self) -> set[int]:
+        return {*self._fds.values(), *self._procs_fds}
+
     def _close_fds(self) -> None:
+        global _fd_holders
         for fd in [*self._fds.values(), *self._procs_fds]:
             os.close(fd)
         self._fds.clear()
         self._procs_fds = []
+        if self._holds_fds:
+            self._holds_fds = False
+            _fd_holders -= 1
 
     @property
     def distinct_dirs(self) -> list[str]:
@@ -395,16 +417,10 @@ class Group:
     def open_procs(self) -> list[int]:
         """Write-only cgroup.procs fds (the caller closes them): the spawned child writes "0" to
         each to join the group. Copies of fds the group keeps (a dup costs less than the open)."""
+        if not self._keeps_fds():
+            return self._open_procs()
         if not self._procs_fds:
-            fds: list[int] = []
-            try:
-                for d in self.distinct_dirs:
-                    fds.append(os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
-            except BaseException:
-                for fd in fds:
-                    os.close(fd)
-                raise
-            self._procs_fds = fds
+            self._procs_fds = self._open_procs()
         out: list[int] = []
         try:
             for fd in self._procs_fds:
@@ -414,6 +430,17 @@ class Group:
                 os.close(fd)
             raise
         return out
+
+    def _open_procs(self) -> list[int]:
+        fds: list[int] = []
+        try:
+            for d in self.distinct_dirs:
+                fds.append(os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds
 
     def open_dir(self) -> int:
         """v2: an fd of the group's directory, to clone a process straight into it (the spawn's
@@ -445,6 +472,13 @@ class Group:
 _made_parents: set[str] = set()
 _pool: list[Group] = []
 POOL_SIZE = 64
+FD_HOLDERS = 4  # groups that keep their counter and cgroup.procs files open (see Group._keeps_fds)
+_fd_holders = 0
+
+
+def held_fds() -> set[int]:
+    """The fds that pooled groups keep open (bounded: see FD_HOLDERS)."""
+    return {fd for group in _pool for fd in group.held_fds()}
 
 
 def acquire(lay: Layout, name: str) -> Group:
@@ -468,12 +502,14 @@ def release(group: Group) -> None:
 
 def _forget_after_fork() -> None:
     # a forked child must not recycle (or remove) groups its parent still uses
+    global _fd_holders
     for group in _pool:
         try:
             group._close_fds()
         except OSError:
             pass
     _pool.clear()
+    _fd_holders = 0  # (groups the parent uses keep their counts there; here they are forgotten)
     _made_parents.clear()
 
 
