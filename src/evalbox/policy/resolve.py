@@ -204,9 +204,12 @@ def runtime_files(
     if key is None:
         return _EMPTY
     untrusted = tuple(sorted({os.path.realpath(d) for d in untrusted}))
-    fresh = tuple(sorted({os.path.realpath(d) for d in fresh}))
-    if any(d in named for d in fresh for named in (path, env_path, ld_library_path)):
-        untrusted, fresh = tuple(sorted(untrusted + fresh)), ()
+    # (a fresh directory's real path ends in its own new name, which nothing else has: unless
+    # that name appears in what we were given, only a cache miss needs the real path)
+    if any(os.path.basename(d.rstrip("/")) in named for d in fresh for named in (path, env_path, ld_library_path)):
+        fresh = tuple(sorted({os.path.realpath(d) for d in fresh}))
+        if any(d in named for d in fresh for named in (path, env_path, ld_library_path)):
+            untrusted, fresh = tuple(sorted(untrusted + fresh)), ()
     salt = _salts.get(path, 0)
     runtime, deps = _shared_cached(path, key, env_path, ld_library_path, untrusted, fresh, salt)
     for dep_path, dep_key in deps:
@@ -230,7 +233,9 @@ def _shared_cached(path: str, key: _StatKey, env_path: str, ld_library_path: str
     cache_key = (path, key, env_path, ld_library_path, untrusted, salt)
     found = _shared.get(cache_key)
     if found is None:
-        found = _runtime_cached.__wrapped__(path, key, env_path, ld_library_path, tuple(sorted(untrusted + fresh)), salt)
+        real_fresh = tuple(os.path.realpath(d) for d in fresh)
+        found = _runtime_cached.__wrapped__(path, key, env_path, ld_library_path, tuple(sorted({*untrusted, *real_fresh})),
+                                            salt)
         if len(_shared) >= _SHARED_MAX:
             _shared.pop(next(iter(_shared)), None)
         _shared[cache_key] = found
