@@ -393,6 +393,19 @@ class Group:
         except OSError:
             return set()
 
+    def is_empty(self) -> bool:
+        """No process in the group. pids.current counts every task of the group from its fork (or
+        its move in) until it is reaped: 0 proves the group empty for a few microseconds, where
+        listing cgroup.procs costs ~40 (anything else: the listing decides, as it always did)."""
+        d = self.dirs.get("pids")
+        if d is not None and not self.resident:
+            try:
+                if int(self._read_counter(os.path.join(d, "pids.current"))) == 0:
+                    return True
+            except (OSError, ValueError):
+                pass
+        return not self.pids()
+
     def kill(self, deadline: float = 2.0) -> bool:
         """SIGKILL everything in the group until it is empty. False if something survived."""
         if self.version == 2 and not self.resident:
@@ -493,7 +506,7 @@ def acquire(lay: Layout, name: str) -> Group:
 
 def release(group: Group) -> None:
     """Recycle a group whose processes are all dead, or remove it."""
-    if len(_pool) < POOL_SIZE and not group.pids():
+    if len(_pool) < POOL_SIZE and group.is_empty():
         group.reset()
         _pool.append(group)
     else:
