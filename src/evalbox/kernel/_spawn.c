@@ -1638,7 +1638,7 @@ static int parse_overlays(PyObject *obj, struct config *c, PyObject **keep)
 
 /* Clone the jail's init (see init_main) and wait, without the GIL, until it reports: the program
  * runs (STEP_STARTED), a step failed, or the init died. Returns (pid, pidfd, report bytes). */
-static PyObject *spawn_jailed(struct config *c, int report_fd)
+static PyObject *spawn_jailed(struct config *c, int report_fd, int sibling)
 {
     char *slot = take_slot();
     if (!slot)
@@ -1654,7 +1654,8 @@ static PyObject *spawn_jailed(struct config *c, int report_fd)
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    pid = clone(init_main, stack_top((char *)head), CLONE_VM | CLONE_PIDFD | CLONE_CHILD_CLEARTID | c->jail_flags | SIGCHLD,
+    pid = clone(init_main, stack_top((char *)head),
+                CLONE_VM | CLONE_PIDFD | CLONE_CHILD_CLEARTID | c->jail_flags | SIGCHLD | (sibling ? CLONE_PARENT : 0),
                 &a, &pidfd, NULL, &head->tid);
     saved_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -1797,8 +1798,9 @@ PyDoc_STRVAR(spawn_doc,
 "      listener_sock, umask, overlays=(), magic=0, jail_flags=0, netns_fd=-1,\n"
 "      proc_rights=0, hostname=None, report_fd=-1) -> (pid, pidfd) or, in a jail, (pid, pidfd, report)\n\n"
 "Clone a child that applies the prepared lockdown and execs path. Returns as soon as the child\n"
-"has exec'd. sibling=True (no jail): the child is the caller's parent's child (CLONE_PARENT: a\n"
-"slot's launcher starts runs for the process that waits for them). On failure the child exits 127 after writing (step, errno) to errpipe, which the\n"
+"has exec'd (in a jail: once its init reports). sibling=True: the child (in a jail, its init) is\n"
+"the caller's parent's child (CLONE_PARENT: a slot's launcher starts runs for the process that\n"
+"waits for them). On failure the child exits 127 after writing (step, errno) to errpipe, which the\n"
 "caller reads; this function only raises for errors of the clone itself. cgroup_dir_fd: the run's\n"
 "cgroup v2 directory; the program (in a jail: the program, not its init) is born in it\n"
 "(clone3 CLONE_INTO_CGROUP), or on kernels before 5.7 writes itself in through cgroup_fds.");
@@ -1829,10 +1831,6 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
                                      &overlays_obj, &magic, &jail_flags, &netns_fd, &proc_rights, &hostname,
                                      &report_fd, &root_obj, &root_rights, &template_fd, &sibling, &cgroup_dir_fd))
         return NULL;
-    if (jail_flags && sibling) {
-        PyErr_SetString(PyExc_ValueError, "sibling spawns have no jail");
-        return NULL;
-    }
     if (jail_flags && report_fd < 0) {
         PyErr_SetString(PyExc_ValueError, "a jail needs report_fd (the read end of errpipe)");
         return NULL;
@@ -1909,7 +1907,7 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     }
 
     if (jail_flags) {
-        result = spawn_jailed(&c, report_fd);
+        result = spawn_jailed(&c, report_fd, sibling);
         goto done;
     }
 

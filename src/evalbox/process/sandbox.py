@@ -40,7 +40,7 @@ class Sandbox:
         self.slot: warm.Slot | None = None
         self.launcher: warm.Template | None = None
         template = warm.template_for(plan) if warm.eligible(plan, host) else None
-        if warm.slots_usable(plan, host, warm_start=template is not None):
+        if warm.slots_usable(plan, host):
             # no migration into a v1 cgroup: the run is born in a resident slot's group, from a
             # warm copy or by a cold spawn done by the slot's launcher
             self.launcher = template or warm.launcher_template()
@@ -152,7 +152,7 @@ class Sandbox:
                 self.warm = True
                 return pending
             if self.slot is not None:
-                self.pid, self.pidfd, listener = self.slot.spawn(self.lock, stdin, stdout, stderr)
+                self.pid, self.pidfd, listener, self.init_report = self.slot.spawn(self.lock, stdin, stdout, stderr)
                 return listener
         except warm.TemplateUnavailable:
             # nothing of the run started; it goes cold (in a group of its own: prepare again)

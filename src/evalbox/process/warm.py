@@ -89,14 +89,14 @@ def eligible(plan: Plan, host: Host) -> bool:
     return not any(k.startswith(("PYTHON", "LC_")) and k not in WARM_ENV or k == "LANG" for k in plan.env)
 
 
-def slots_usable(plan: Plan, host: Host, warm_start: bool) -> bool:
+def slots_usable(plan: Plan, host: Host) -> bool:
     """Resident slots serve runs that need a v1 memory or pids group (v2 hosts join per run). A
     jailed run uses one only when it starts warm: the launcher forks the copy into the jail's
     namespaces as a template does (a launcher's cold spawn has no jail). EVALBOX_SLOTS=0 turns
     them off (every run then joins its group itself)."""
     layout = host.cgroup
-    if os.environ.get("EVALBOX_SLOTS", "1") == "0" or (jailed(plan, host) and not warm_start):
-        return False
+    if os.environ.get("EVALBOX_SLOTS", "1") == "0" or (host.jail_userns and jailed(plan, host)):
+        return False  # (a launcher cannot build a user namespace's jail)
     want = {c for c, needed in (("memory", plan.memory), ("pids", plan.max_pids)) if needed is not None}
     return layout.version == 1 and bool(want & layout.controllers)
 
@@ -440,12 +440,66 @@ class Slot(_Server):
             raise TemplateUnavailable(f"a warm slot did not start: {ready.get('error')}")
         self.group.reset()
 
-    def spawn(self, lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple[int, int, int]:
+    def spawn(self, lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple[int, int, int, int]:
         """A cold spawn (clone, lockdown, exec) done by the launcher, inside the slot's group:
-        the same child as process.spawn.spawn makes, and the same (pid, pidfd, listener)."""
+        the same child as process.spawn.spawn makes, and the same (pid, pidfd, listener, init
+        report fd or -1)."""
         request = {"exec": {**_lockdown_fields(lock), "path": os.fsencode(lock.executable), "argv": list(lock.argv),
                             "envp": list(lock.env), "magic": lock.magic}}
-        return self._launch(lock, request, stdin, stdout, stderr).finish()[:3]  # (answered after the exec)
+        if lock.jail_flags:
+            return self._spawn_jailed(lock, request, stdin, stdout, stderr)
+        return self._launch(lock, request, stdin, stdout, stderr).finish()  # (answered after the exec)
+
+    def _spawn_jailed(self, lock: Lockdown, request: dict[str, Any], stdin: int, stdout: int,
+                      stderr: int) -> tuple[int, int, int, int]:
+        """The launcher clones the jail's init as the run's sibling (process.spawn's jailed spawn,
+        done from inside the slot's group) and answers with the init's first report; the init's
+        record at the end comes on our copy of the report pipe."""
+        from evalbox.errors import SpawnError
+        from evalbox.process.spawn import spawn_error
+
+        wants_listener = any(flags & _spawn.SECCOMP_FILTER_FLAG_NEW_LISTENER for _, flags in lock.filters)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if wants_listener else (None, None)
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        fds = [stdin, stdout, stderr, write_end, read_end] + ([lock.ruleset.fd] if lock.ruleset.fd >= 0 else [])
+        fds += [theirs.fileno()] if theirs is not None else []
+        fds += [fd for fd in (lock.netns_fd, lock.template_fd) if fd >= 0]
+        channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        keep_read_end = False
+        try:
+            payload = marshal.dumps(request)
+            if len(payload) > _CHANNEL_ROOM:
+                channel[0].setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, len(payload) + 4096)
+            socket.send_fds(channel[0], [payload], fds)
+            del payload
+            answer = self._ask({"exec_channel": True}, [channel[1].fileno()])
+            if "pid" not in answer:
+                raise TemplateUnavailable(f"a warm slot could not start a run: {answer.get('error')}")
+            pid, report = answer["pid"], answer["report"]
+            pidfd = os.pidfd_open(pid)  # our child (CLONE_PARENT): its pid stays its own until we reap it
+            started = len(report) == 8 and struct.unpack("=ii", report)[0] == _spawn.STEP_STARTED
+            listener = -1
+            if started and ours is not None:
+                _, got, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
+                listener = got[0]
+                os.set_inheritable(listener, False)
+            keep_read_end = started
+        finally:
+            os.close(write_end)
+            if not keep_read_end:
+                os.close(read_end)
+            for end in (ours, theirs, *channel):
+                if end is not None:
+                    end.close()
+        if started:
+            os.set_blocking(read_end, False)
+            return pid, pidfd, listener, read_end
+        os.waitpid(pid, 0)
+        os.close(pidfd)
+        if len(report) < 8:
+            raise SpawnError(errno.ECHILD, "the sandbox's init died before the program started; nothing was run")
+        step, err = struct.unpack("=ii", report)
+        raise spawn_error(lock, step, err)
 
     def clean(self) -> bool:
         """No process of the last run is left in the group; its counters start again from zero."""
