@@ -7,10 +7,11 @@ this process (CLONE_PARENT: waited for, killed and accounted like a cold spawn),
 the same lockdown in place (`_spawn.lockdown_self`), makes itself look like `python -s main.py`
 just started, and runs the script. No process serves two runs.
 
-On hosts that jail every run (SPEC §4.9) the template forks a jailed run's copy straight into the
-jail's new namespaces: the copy is their PID 1 and becomes the jail's init (the same C code as a
-cold jail's: namespaces, constructed root, reaping, the same reports), and forks the process that
-locks down and runs the script (`_spawn.lockdown_self` with jail_flags).
+On hosts that jail every run (SPEC §4.9) the template starts a jailed run with `_spawn.fork_jail`:
+a copy that runs no Python is cloned into the jail's new namespaces as their PID 1 and becomes
+the jail's init (reaping, the same reports as a cold jail's); the copy it forks at once (PID 2)
+builds the jail (the same C code as a cold init: network, root, /proc), locks down and runs the
+script (`_spawn.lockdown_self` with jail_flags).
 
 A run goes cold instead (same Output, `Output.warm` False) when the plan needs what a copy
 cannot give: notify modes (the audit trail would miss the interpreter's start-up), PYTHON* (but
@@ -19,7 +20,8 @@ interpreter that cannot load evalbox's extension (another Python version). See R
 Python".
 
 Resident slots (class Slot) live here too: on v1 cgroup hosts a copy of a template joins a slot's
-cgroup once and starts that slot's runs inside it (warm copies, or cold programs by clone + exec),
+cgroup once and starts that slot's runs inside it (warm copies, or cold programs by clone + exec,
+in a jail by cloning the cold init),
 so no run migrates into a v1 cgroup. EVALBOX_SLOTS=0 turns them off; EVALBOX_WARM_DEBUG=1 lets
 templates write to the caller's stderr (their own failures).
 """
