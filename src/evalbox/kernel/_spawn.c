@@ -1443,7 +1443,9 @@ static NO_TLS void warm_init_give_up(long program, int status)
 static NO_TLS void warm_init(int sock, long program, int detach_root)
 {
     init_signals();
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
+    /* Not dumpable: its /proc files are root's and no one without CAP_SYS_PTRACE reaches its
+     * memory or, through /proc/1/root, the mount namespace it lives in (the template's). */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
         warm_init_give_up(program, 127);
     /* It holds copies of the template's fds (its control socket, this run's channel): only the
      * program's socket stays. */
