@@ -193,24 +193,39 @@ static void report(const struct config *c, int step, int err)
     _exit(127);
 }
 
-/* Send fd over a Unix socket with SCM_RIGHTS; a raw sendmsg is async-signal-safe. */
-static int send_fd(const struct config *c, int sock, int fd)
-{
-    char byte = 0;
-    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+/* One byte with room for one fd (SCM_RIGHTS): what both ends of an fd hand-over use. */
+struct fd_message {
+    char byte;
+    struct iovec iov;
     union {
         struct cmsghdr align;
         char buf[CMSG_SPACE(sizeof(int))];
     } control;
-    memset(&control, 0, sizeof control);
-    struct msghdr msg = {
-        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf};
-    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    struct msghdr msg;
+};
+
+static void fd_message_init(struct fd_message *m)
+{
+    memset(m, 0, sizeof *m);
+    m->iov.iov_base = &m->byte;
+    m->iov.iov_len = 1;
+    m->msg.msg_iov = &m->iov;
+    m->msg.msg_iovlen = 1;
+    m->msg.msg_control = m->control.buf;
+    m->msg.msg_controllen = sizeof m->control.buf;
+}
+
+/* Send fd over a Unix socket with SCM_RIGHTS; a raw sendmsg is async-signal-safe. */
+static int send_fd(const struct config *c, int sock, int fd)
+{
+    struct fd_message m;
+    fd_message_init(&m);
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&m.msg);
     cmsg->cmsg_level = SOL_SOCKET;
     cmsg->cmsg_type = SCM_RIGHTS;
     cmsg->cmsg_len = CMSG_LEN(sizeof(int));
     memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
-    return tagged(c, SYS_sendmsg, sock, (long)&msg, MSG_NOSIGNAL) == 1 ? 0 : -1;
+    return tagged(c, SYS_sendmsg, sock, (long)&m.msg, MSG_NOSIGNAL) == 1 ? 0 : -1;
 }
 
 /* "/proc/self/fd/N" without snprintf (not async-signal-safe). */
@@ -1407,19 +1422,12 @@ static int init_main(void *arg)
 /* One fd from a Unix socket (SCM_RIGHTS), with raw calls; -1 if none came. */
 static NO_TLS int recv_fd(int sock)
 {
-    char byte;
-    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
-    union {
-        struct cmsghdr align;
-        char buf[CMSG_SPACE(sizeof(int))];
-    } control;
-    memset(&control, 0, sizeof control);
-    struct msghdr msg = {
-        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf};
+    struct fd_message m;
+    fd_message_init(&m);
     long got;
-    while ((got = raw4(SYS_recvmsg, sock, (long)&msg, MSG_CMSG_CLOEXEC, 0)) == -EINTR)
+    while ((got = raw4(SYS_recvmsg, sock, (long)&m.msg, MSG_CMSG_CLOEXEC, 0)) == -EINTR)
         ;
-    struct cmsghdr *cmsg = got == 1 ? CMSG_FIRSTHDR(&msg) : NULL;
+    struct cmsghdr *cmsg = got == 1 ? CMSG_FIRSTHDR(&m.msg) : NULL;
     if (!cmsg || cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS ||
         cmsg->cmsg_len != CMSG_LEN(sizeof(int)))
         return -1;
