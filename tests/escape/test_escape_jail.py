@@ -480,3 +480,25 @@ def test_plan_files_are_in_the_jail_workspace():
                                                                                           executable=True)})
     assert out.success, out.stderr
     assert out.stdout == b"A\nB\n-rwxr-xr-x\nran\n"
+
+
+@pytest.mark.skipif(probe().cgroup.version != 1 or "memory" not in probe().cgroup.controllers or probe().jail_userns,
+                    reason="resident slots serve v1 memory/pids groups of a root caller's jail (cgroup v2: born in "
+                           "the group by clone3)")
+def test_cold_jailed_runs_are_born_in_a_slot_group_and_stay_alone():
+    """A cold jailed run with a memory limit is cloned by a slot's launcher inside the slot's
+    group (no migration into a v1 cgroup), yet sees only itself: no launcher, no earlier run."""
+    code = """
+        import os
+        print([l.split(':', 2)[2].strip() for l in open('/proc/self/cgroup') if ':memory:' in l][0])
+        print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))
+        print(os.getppid())
+    """
+    for _ in range(3):
+        out = run_py(code, memory=256 << 20)
+        assert out.success, out.stderr
+        group, pids, parent = out.stdout.decode().splitlines()
+        assert os.path.basename(group).startswith("slot-"), group
+        assert pids == "[2]" and parent == "1", out.stdout  # its init hidden, nothing else in the jail
+    out = run_py("import time; time.sleep(0.2); print('ok')", memory=256 << 20, max_pids=4)
+    assert out.stdout == b"ok\n" and out.success

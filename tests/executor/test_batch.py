@@ -25,7 +25,7 @@ def test_overrides_apply_to_argv_items():
 
 def test_concurrency_is_bounded(monkeypatch):
     peak = 0
-    spawn = executor_module.Executor.spawn
+    spawn = executor_module.Executor._spawn
 
     def counting_spawn(self, plan, **kw):
         nonlocal peak
@@ -33,7 +33,7 @@ def test_concurrency_is_bounded(monkeypatch):
         peak = max(peak, self.active_count)
         return sid
 
-    monkeypatch.setattr(executor_module.Executor, "spawn", counting_spawn)
+    monkeypatch.setattr(executor_module.Executor, "_spawn", counting_spawn)
     outs = evalbox.run_many([["sleep", "0.1"]] * 9, concurrency=3, progress=False)
     assert all(o.success for o in outs)
     assert peak == 3

@@ -105,14 +105,17 @@ def test_a_run_whose_mount_source_is_swapped_for_a_link_fails_before_the_program
     source = os.path.join(victim, "data")
     os.mkdir(source)
     marker = os.path.join(victim, "ran")
-    real = _spawn.spawn
+    from evalbox.process import sandbox
 
-    def swap_then_spawn(*args, **kwargs):
+    real = sandbox.prepare
+
+    def prepare_then_swap(*args, **kwargs):  # (before the spawn, by the caller or a slot's launcher)
+        lock = real(*args, **kwargs)
         os.rmdir(source)
         os.symlink(victim, source)
-        return real(*args, **kwargs)
+        return lock
 
-    monkeypatch.setattr(_spawn, "spawn", swap_then_spawn)
+    monkeypatch.setattr(sandbox, "prepare", prepare_then_swap)
     before_null = os.lstat("/dev/null")
     with pytest.raises(SpawnError) as failed:
         evalbox.run(["sh", "-c", f"touch {marker} /tmp/x; ls {source}"], mounts=[evalbox.Mount(source)],

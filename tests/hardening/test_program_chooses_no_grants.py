@@ -64,6 +64,17 @@ def root_dir():
         shutil.rmtree(d)
 
 
+def root_owned_secret(root_dir) -> str:
+    """An executable root-owned file: what a '#!' line or an ELF header may try to have granted."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root-owned files")
+    secret = os.path.join(root_dir, "secret")
+    with open(secret, "w") as f:
+        f.write("x")
+    os.chmod(secret, 0o755)
+    return secret
+
+
 def test_first_pt_interp_is_the_one_granted(root_dir):
     if os.geteuid() != 0:
         pytest.skip("needs root-owned files")
@@ -109,12 +120,7 @@ def test_each_runs_workspace_stays_untrusted_when_the_cache_is_warm(root_dir):
     """Resolution is cached across runs whatever their workspaces (each has a new random name);
     a file inside this run's workspace still names nothing, after runs with other workspaces
     warmed the cache for the same executable and for files of the same name."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root-owned files")
-    secret = os.path.join(root_dir, "secret")
-    with open(secret, "w") as f:
-        f.write("x")
-    os.chmod(secret, 0o755)
+    secret = root_owned_secret(root_dir)
     for n in range(3):
         ws = os.path.join(root_dir, f"ws{n}")
         os.makedirs(ws)
@@ -157,12 +163,7 @@ def test_env_lines_in_plan_files_grant_nothing(root_dir, line, granted):
 def test_env_split_follows_only_what_env_runs(root_dir):
     """A root-owned script's '#!/usr/bin/env -S NAME' is followed (to NAME on PATH); lines env
     reads differently from a plain split are not."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root-owned files")
-    secret = os.path.join(root_dir, "secret")
-    with open(secret, "w") as f:
-        f.write("x")
-    os.chmod(secret, 0o755)
+    secret = root_owned_secret(root_dir)
     for line in (f"#!/usr/bin/env -S \"{secret}\" x", f"#!/usr/bin/env -S ${{X}}{secret}", f"#!/usr/bin/env -i {secret}",
                  f"#!/usr/bin/env -S -i {secret}"):
         path = os.path.join(root_dir, "s")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import NewType
 
 from evalbox.executor.deferred import stop_signals_deferred
-from evalbox.errors import SandboxError, ValidationError
+from evalbox.errors import SandboxError, SpawnError, ValidationError
 from evalbox.policy.plan import NotifyMode, Plan
 from evalbox.policy.supervision import Decision, SyscallRequest
 from evalbox.process import watchdog
@@ -68,9 +68,25 @@ class Syscall:
     request: SyscallRequest
 
 
+@dataclass(frozen=True)
+class Started:
+    """A sandbox spawned with `wait=False` is locked down and its program runs (faces only)."""
+
+    id: SandboxId
+
+
+@dataclass(frozen=True)
+class StartFailed:
+    """A sandbox spawned with `wait=False` could not be locked down; nothing of its plan ran.
+    `error` is what `spawn` would have raised (faces only)."""
+
+    id: SandboxId
+    error: SandboxError
+
+
 Event = Stdout | Stderr | Completed | Timeout | Syscall
 
-_PIDFD, _STDOUT, _STDERR, _STDIN, _LISTENER, _GUARD = "pidfd", 1, 2, "stdin", "listener", "guard"
+_PIDFD, _STDOUT, _STDERR, _STDIN, _LISTENER, _GUARD, _STARTING = "pidfd", 1, 2, "stdin", "listener", "guard", "start"
 
 
 class _Running:
@@ -100,13 +116,19 @@ class Executor:
 
     # -- public API ------------------------------------------------------------------------------
 
-    @stop_signals_deferred  # a Ctrl-C while starting must not orphan the sandbox
     def spawn(self, plan: Plan, *, close_stdin: bool = False) -> SandboxId:
         """Start a sandbox; returns at once. Raises SandboxError if it cannot start safely.
 
         `plan.stdin` is queued first; stdin then stays open for `write_stdin` until
         `close_stdin` (or pass `close_stdin=True` when there is nothing more to send).
         """
+        return self._spawn(plan, close_stdin=close_stdin, wait=True)
+
+    @stop_signals_deferred  # a Ctrl-C while starting must not orphan the sandbox
+    def _spawn(self, plan: Plan, *, close_stdin: bool = False, wait: bool = True) -> SandboxId:
+        """`spawn`; with `wait=False` a warm copy's lockdown finishes while the loop serves other
+        sandboxes (the batch and asyncio faces: that wait is 2-4 ms of the copy's own CPU per run),
+        and a Started or StartFailed event says how it went."""
         if self._closed:
             raise SandboxError("this Executor is closed; create a new one")
         sid = SandboxId(next(self._ids))
@@ -123,18 +145,59 @@ class Executor:
             box = Sandbox(plan, self._host, sid)
         run = _Running(sid, box)
         self._running[sid] = run
-        self._watch(run, box.pidfd, _PIDFD, select.EPOLLIN)
         self._watch(run, box.stdout_r, _STDOUT, select.EPOLLIN)
         self._watch(run, box.stderr_r, _STDERR, select.EPOLLIN)
-        if box.supervision is not None:
-            self._watch(run, box.supervision.listener, _LISTENER, select.EPOLLIN)
         if self._guard_fd < 0:
             self._watch_guard()
+        if box.pending is None:
+            self._watch_started(run)
+        elif wait:
+            self._finish_start(run)
+        else:
+            self._watch(run, box.pending.fd, _STARTING, select.EPOLLIN)
         if plan.stdin:
             self.write_stdin(sid, plan.stdin)
         if close_stdin:
             self.close_stdin(sid)
         return sid
+
+    def starting(self, sid: SandboxId) -> bool:
+        """Is this sandbox (spawned with `wait=False`) still locking down?"""
+        run = self._running.get(sid)
+        return run is not None and run.box.pending is not None
+
+    def _watch_started(self, run: _Running) -> None:
+        box = run.box
+        self._watch(run, box.pidfd, _PIDFD, select.EPOLLIN)
+        if box.supervision is not None:
+            self._watch(run, box.supervision.listener, _LISTENER, select.EPOLLIN)
+
+    def _finish_start(self, run: _Running) -> None:
+        """Complete a pending start; on failure the run is forgotten and the error raised."""
+        box = run.box
+        assert box.pending is not None
+        self._unwatch(box.pending.fd)
+        ours = (box.stdout_r, box.stderr_r, box.stdin_w)
+        try:
+            box.finish_start()
+        except BaseException:
+            for fd in ours:  # closed by the failed start, so already out of the epoll set
+                self._by_fd.pop(fd, None)
+            del self._running[run.id]
+            raise
+        self._watch_started(run)
+
+    @stop_signals_deferred
+    def _finish_start_reported(self, run: _Running) -> bool:
+        """`_finish_start` for a `wait=False` spawn: the outcome becomes an event. True if started."""
+        try:
+            self._finish_start(run)
+        except (SandboxError, OSError) as e:
+            err = e if isinstance(e, SandboxError) else SpawnError(e.errno or 0, f"could not start: {e}")
+            self._ready.append(StartFailed(run.id, err))
+            return False
+        self._ready.append(Started(run.id))
+        return True
 
     @property
     def active_count(self) -> int:
@@ -179,7 +242,7 @@ class Executor:
     def kill(self, sid: SandboxId) -> None:
         """Kill the sandbox's whole process tree; its Completed event follows (status SIGNALED)."""
         run = self._running.get(sid)
-        if run is not None:
+        if run is not None and (run.box.pending is None or self._finish_start_reported(run)):
             run.box.kill_tree()
 
     def poll(self, timeout: float | None = None) -> list[Event]:
@@ -222,6 +285,8 @@ class Executor:
             return
         self._closed = True
         for run in list(self._running.values()):
+            if run.box.pending is not None and not self._finish_start_reported(run):
+                continue  # (cleaned up: nothing of it ran)
             run.box.end(None)
             if run.box.wait_status is None:
                 run.box.reap()
@@ -283,6 +348,8 @@ class Executor:
         soonest = None
         for run in self._running.values():
             box = run.box
+            if box.pending is not None:
+                continue
             for t in (box.deadline if box.wait_status is None else None, run.drain_until,
                       run.next_cpu_check if box.plan.cpu_time is not None and box.wait_status is None else None):
                 if t is not None and (soonest is None or t < soonest):
@@ -305,7 +372,9 @@ class Executor:
             self._watch_guard()
             return
         box = run.box
-        if kind is _PIDFD:
+        if kind is _STARTING:
+            self._finish_start_reported(run)
+        elif kind is _PIDFD:
             self._unwatch(fd)
             box.reap()
             if box.supervision is not None and box.plan.notify is NotifyMode.DISABLED:
@@ -386,7 +455,7 @@ class Executor:
     def _enforce_clocks(self, now: float) -> None:
         for run in self._running.values():
             box = run.box
-            if box.wait_status is not None:
+            if box.wait_status is not None or box.pending is not None:
                 continue
             if box.deadline is not None and now >= box.deadline:
                 if box.supervision is not None and box.supervision.pending:

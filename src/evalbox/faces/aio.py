@@ -12,7 +12,8 @@ from typing import Any
 
 from evalbox.errors import SandboxError
 from evalbox.faces.batch import Progress, Result, check_concurrency, prepare_items
-from evalbox.executor.executor import Completed, Event, Executor, SandboxId, Timeout, require_supervisor
+from evalbox.executor.executor import (Completed, Event, Executor, SandboxId, Started, StartFailed, Timeout,
+                                      require_supervisor)
 from evalbox.policy.plan import Plan, as_plan
 from evalbox.policy.supervision import Decision, SyscallRequest
 from evalbox.process.lockdown import expect_neighbours
@@ -74,6 +75,7 @@ class AsyncExecutor:
         self._ex: Executor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._boxes: dict[SandboxId, AsyncSandbox] = {}
+        self._starts: dict[SandboxId, asyncio.Future[None]] = {}  # warm copies still locking down
         self._timer: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> "AsyncExecutor":
@@ -94,6 +96,11 @@ class AsyncExecutor:
         if self._timer is not None:
             self._timer.cancel()
         self._ex.close()
+        for started in self._starts.values():
+            if not started.done():
+                started.set_exception(SandboxError("the sandbox was not started: its AsyncExecutor closed"))
+                started.exception()  # mark retrieved: nobody may be waiting
+        self._starts.clear()
         for box in self._boxes.values():
             if not box._done.done():
                 box._done.set_exception(SandboxError(f"sandbox {box.id} was killed: its AsyncExecutor closed"))
@@ -107,12 +114,21 @@ class AsyncExecutor:
         return self._ex.active_count if self._ex else 0
 
     async def spawn(self, plan: Plan, *, close_stdin: bool = False) -> AsyncSandbox:
-        """Start a sandbox (set-up runs on the loop: a millisecond or two)."""
-        if self._ex is None:
+        """Start a sandbox (set-up runs on the loop: a millisecond or two; a warm copy's lockdown
+        is awaited while the loop serves others). Raises SandboxError if it cannot start safely."""
+        if self._ex is None or self._loop is None:
             raise SandboxError("use `async with AsyncExecutor() as ex:` before spawning")
-        sid = self._ex.spawn(plan, close_stdin=close_stdin)
+        sid = self._ex._spawn(plan, close_stdin=close_stdin, wait=False)
         box = AsyncSandbox(self, sid)
         self._boxes[sid] = box
+        if self._ex.starting(sid):
+            started = self._starts[sid] = self._loop.create_future()
+            self._reschedule()
+            try:
+                await asyncio.shield(started)
+            except asyncio.CancelledError:
+                box.kill()  # (completes the start first)
+                raise
         self._reschedule()
         return box
 
@@ -129,6 +145,17 @@ class AsyncExecutor:
         if self._ex is None:
             return
         for ev in self._ex.poll(0):
+            if isinstance(ev, (Started, StartFailed)):
+                started = self._starts.pop(ev.id, None)
+                if isinstance(ev, StartFailed):
+                    self._boxes.pop(ev.id, None)
+                if started is not None and not started.done():
+                    if isinstance(ev, Started):
+                        started.set_result(None)
+                    else:
+                        started.set_exception(ev.error)
+                        started.exception()  # (raised in spawn if it still waits; silent if it was cancelled)
+                continue
             box = self._boxes.get(ev.id)
             if box is not None:
                 box._deliver(ev)

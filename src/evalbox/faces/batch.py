@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from evalbox.errors import SandboxError, SpawnError, ValidationError
-from evalbox.executor.executor import Completed, Executor, SandboxId, Timeout, require_supervisor
+from evalbox.executor.executor import Completed, Executor, SandboxId, StartFailed, Timeout, require_supervisor
 from evalbox.policy.plan import Plan, as_plan
 from evalbox.process.lockdown import expect_neighbours
 from evalbox.process.result import Output
@@ -115,7 +115,8 @@ def iter_results(plans: Iterable[Plan | Sequence[str]], concurrency: int | None 
                     index = todo[next_item]
                     next_item += 1
                     try:
-                        slot[ex.spawn(prepared[index], close_stdin=True)] = index  # type: ignore[arg-type]
+                        # (a warm copy locks itself down while the next runs start: StartFailed if it cannot)
+                        slot[ex._spawn(prepared[index], close_stdin=True, wait=False)] = index  # type: ignore[arg-type]
                     except (SandboxError, OSError) as e:  # one plan's failure never costs the others
                         err = e if isinstance(e, SandboxError) else SpawnError(e.errno or 0, f"could not start: {e}")
                         bar.advance(err)
@@ -127,5 +128,9 @@ def iter_results(plans: Iterable[Plan | Sequence[str]], concurrency: int | None 
                         index = slot.pop(ev.id)
                         bar.advance(ev.output)
                         yield index, ev.output
+                    elif isinstance(ev, StartFailed):
+                        index = slot.pop(ev.id)
+                        bar.advance(ev.error)
+                        yield index, ev.error
     finally:
         bar.close()

@@ -193,24 +193,39 @@ static void report(const struct config *c, int step, int err)
     _exit(127);
 }
 
-/* Send fd over a Unix socket with SCM_RIGHTS; a raw sendmsg is async-signal-safe. */
-static int send_fd(const struct config *c, int sock, int fd)
-{
-    char byte = 0;
-    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+/* One byte with room for one fd (SCM_RIGHTS): what both ends of an fd hand-over use. */
+struct fd_message {
+    char byte;
+    struct iovec iov;
     union {
         struct cmsghdr align;
         char buf[CMSG_SPACE(sizeof(int))];
     } control;
-    memset(&control, 0, sizeof control);
-    struct msghdr msg = {
-        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf};
-    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    struct msghdr msg;
+};
+
+static void fd_message_init(struct fd_message *m)
+{
+    memset(m, 0, sizeof *m);
+    m->iov.iov_base = &m->byte;
+    m->iov.iov_len = 1;
+    m->msg.msg_iov = &m->iov;
+    m->msg.msg_iovlen = 1;
+    m->msg.msg_control = m->control.buf;
+    m->msg.msg_controllen = sizeof m->control.buf;
+}
+
+/* Send fd over a Unix socket with SCM_RIGHTS; a raw sendmsg is async-signal-safe. */
+static int send_fd(const struct config *c, int sock, int fd)
+{
+    struct fd_message m;
+    fd_message_init(&m);
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&m.msg);
     cmsg->cmsg_level = SOL_SOCKET;
     cmsg->cmsg_type = SCM_RIGHTS;
     cmsg->cmsg_len = CMSG_LEN(sizeof(int));
     memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
-    return tagged(c, SYS_sendmsg, sock, (long)&msg, MSG_NOSIGNAL) == 1 ? 0 : -1;
+    return tagged(c, SYS_sendmsg, sock, (long)&m.msg, MSG_NOSIGNAL) == 1 ? 0 : -1;
 }
 
 /* "/proc/self/fd/N" without snprintf (not async-signal-safe). */
@@ -1159,7 +1174,7 @@ static NO_TLS void kill_namespace(int sig)
 }
 
 /* The init's life once the program runs: reap until the program exits, then report and exit. */
-static NO_TLS void init_reap(int errpipe, pid_t program)
+static NO_TLS void init_reap(int errpipe, pid_t program, int detach_root)
 {
     struct init_record rec = {INIT_RECORD_KIND, 0, 0, 0, 0};
     for (;;) {
@@ -1182,8 +1197,10 @@ static NO_TLS void init_reap(int errpipe, pid_t program)
         }
     }
     /* Detach the jail's mounts lazily: since Linux 6.15 their release then waits for RCU in the
-     * background, where the namespace's teardown at exit would wait for it (~0.1-3 ms). */
-    raw4(SYS_umount2, (long)"/", MNT_DETACH, 0, 0);
+     * background, where the namespace's teardown at exit would wait for it (~0.1-3 ms). (Only
+     * from the jail's own mount namespace: a warm copy's init may live in the host's.) */
+    if (detach_root)
+        raw4(SYS_umount2, (long)"/", MNT_DETACH, 0, 0);
     raw4(SYS_write, errpipe, (long)&rec, sizeof rec, 0);
     for (;;)
         raw4(SYS_exit_group, 0, 0, 0, 0); /* the kernel kills the rest of the namespace */
@@ -1383,92 +1400,111 @@ static int init_main(void *arg)
     raw4(SYS_rt_sigprocmask, SIG_SETMASK, (long)&only_usr1, 0, _NSIG / 8);
     int started[2] = {STEP_STARTED, (int)program};
     raw4(SYS_write, errpipe, (long)started, sizeof started, 0);
-    init_reap(errpipe, program);
+    init_reap(errpipe, program, 1);
     return 0;
 }
 
 /* ---- the jail of a warm copy ----
  *
- * A warm template (warm_template.py) forks each jailed run's copy straight into fresh PID, mount
- * (or none: it copies a template mount namespace), IPC and UTS namespaces (fork_sibling with
- * namespace flags), so the copy is their PID 1, and the caller's child, as a cold jail's init is.
- * The copy becomes that init here: the same namespace set-up (init_namespaces), then it forks the
- * program's process (PID 2, a copy of the interpreter, which returns to lock itself down and run
- * the script), reports on the caller's pipe exactly as a cold init does (STEP_STARTED and the
- * program's pid, or the failing step; then the init_record), reaps and exits (init_reap). It never
- * returns to Python. The program's process tells the init how its lockdown went on a pipe of
- * their own: (step, errno) if it failed, end of file once the program runs. */
+ * A warm template (warm_template.py) starts each jailed run with fork_jail: a copy of the
+ * template (no Python runs in it) is cloned into fresh PID, mount (or none: the program copies a
+ * template mount namespace), IPC and UTS namespaces as their PID 1 and the caller's child, as a
+ * cold jail's init is; it forks the program's process at once (PID 2, a copy of the interpreter,
+ * which returns to Python, reads its own request and locks itself down) and becomes the init.
+ * The program's lockdown_self hands the init the caller's report pipe and the caller's pidfd,
+ * builds the jail's namespaces itself (init_namespaces: the pooled network namespace, hostname,
+ * root, /proc), then locks down; on their own socket it tells the init how that went: (step,
+ * errno) if it failed, end of file once the program runs. The init reports on the caller's pipe
+ * exactly as a cold init does (STEP_STARTED and the program's pid, or the failing step; then
+ * the init_record), reaps and exits (init_reap). The init never reads a run's request: its
+ * memory is the template's, and holds no run's data. */
 
-/* Close every fd but `a` and `b` (a < b), with raw calls. */
-static void close_all_except(int a, int b)
+/* One fd from a Unix socket (SCM_RIGHTS), with raw calls; -1 if none came. */
+static NO_TLS int recv_fd(int sock)
 {
-    if (a > 0)
-        raw4(SYS_close_range, 0, a - 1, 0, 0);
-    if (b > a + 1)
-        raw4(SYS_close_range, a + 1, b - 1, 0, 0);
-    raw4(SYS_close_range, b + 1, ~0U, 0, 0);
+    struct fd_message m;
+    fd_message_init(&m);
+    long got;
+    while ((got = raw4(SYS_recvmsg, sock, (long)&m.msg, MSG_CMSG_CLOEXEC, 0)) == -EINTR)
+        ;
+    struct cmsghdr *cmsg = got == 1 ? CMSG_FIRSTHDR(&m.msg) : NULL;
+    if (!cmsg || cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS ||
+        cmsg->cmsg_len != CMSG_LEN(sizeof(int)))
+        return -1;
+    int fd;
+    memcpy(&fd, CMSG_DATA(cmsg), sizeof fd);
+    return fd;
 }
 
-/* Returns in the program's process only, with c->errpipe its pipe to the init; errors are
- * reported on the caller's pipe (the copy exits 127). Signals are blocked on entry. */
-static void warm_jail_init(struct config *c, int alive_fd)
+static NO_TLS void warm_init_give_up(long program, int status)
+{
+    int ignored;
+    raw4(SYS_kill, program, SIGKILL, 0, 0);
+    while (raw4(SYS_wait4, program, (long)&ignored, __WALL, 0) == -EINTR)
+        ;
+    for (;;)
+        raw4(SYS_exit_group, status, 0, 0, 0);
+}
+
+/* The init of a warm copy's jail (see above): `sock` is its end of the program's socket. Signals
+ * arrive blocked. Never returns. */
+static NO_TLS void warm_init(int sock, long program, int detach_root)
 {
     init_signals();
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
-        report(c, STEP_PDEATHSIG, errno);
+    /* Not dumpable: its /proc files are root's and no one without CAP_SYS_PTRACE reaches its
+     * memory or, through /proc/1/root, the mount namespace it lives in (the template's). */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
+        warm_init_give_up(program, 127);
+    /* It holds copies of the template's fds (its control socket, this run's channel): only the
+     * program's socket stays. */
+    if (sock > 0)
+        raw4(SYS_close_range, 0, sock - 1, 0, 0);
+    raw4(SYS_close_range, sock + 1, ~0U, 0, 0);
+    int caller = recv_fd(sock);
+    int alive = caller >= 0 ? recv_fd(sock) : -1;
+    if (alive < 0) /* the program failed before: it reported on the caller's pipe itself */
+        warm_init_give_up(program, 127);
     /* getppid() is 0 here (the parent lives outside the namespace): its pidfd says whether the
      * caller died before the signal was armed. */
-    struct pollfd parent = {.fd = alive_fd, .events = POLLIN};
-    if (alive_fd < 0 || poll(&parent, 1, 0) != 0)
-        report(c, STEP_PARENT_GONE, ESRCH);
-    init_namespaces(c);
-    int pipefd[2];
-    if (pipe2(pipefd, O_CLOEXEC) != 0)
-        report(c, STEP_JAIL, errno);
-    int caller = c->errpipe;
-    /* The C library caches the thread id: have the kernel write the child's (2) there, and keep
-     * the address for the child's own forks, as the library's fork does. */
-    int *tid_address = NULL;
-    unsigned long flags = SIGCHLD;
-    if (prctl(PR_GET_TID_ADDRESS, &tid_address, 0, 0, 0) == 0 && tid_address != NULL)
-        flags |= CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID;
-    else
-        tid_address = NULL;
-    PyOS_BeforeFork();
-    long program = syscall(SYS_clone, flags, 0L, NULL, tid_address, 0L);
-    if (program == 0) {
-        PyOS_AfterFork_Child();
-        close(pipefd[0]);
-        close(caller);
-        c->errpipe = pipefd[1];
-        return;
+    struct pollfd parent = {.fd = alive, .events = POLLIN};
+    if (poll(&parent, 1, 0) != 0) {
+        int gone[2] = {STEP_PARENT_GONE, ESRCH};
+        raw4(SYS_write, caller, (long)gone, sizeof gone, 0);
+        warm_init_give_up(program, 127);
     }
-    if (program < 0)
-        report(c, STEP_JAIL, errno);
-    /* From here on: the init. It holds copies of the run's fds (stdio, the ruleset, the network
-     * namespace...) and the template's: keep only the two pipes. */
-    int from_program = pipefd[0];
-    close_all_except(caller < from_program ? caller : from_program, caller < from_program ? from_program : caller);
+    raw4(SYS_close, alive, 0, 0, 0);
     int msg[2];
     long got;
-    while ((got = raw4(SYS_read, from_program, (long)msg, sizeof msg, 0)) == -EINTR)
+    while ((got = raw4(SYS_read, sock, (long)msg, sizeof msg, 0)) == -EINTR)
         ;
-    if (got == (long)sizeof msg) { /* the program's lockdown failed: pass its step on */
-        int status;
+    if (got != 0) { /* the program's lockdown failed (its step), or a garbled word: pass it on */
+        if (got != (long)sizeof msg) {
+            msg[0] = STEP_JAIL;
+            msg[1] = EPROTO;
+        }
         raw4(SYS_write, caller, (long)msg, sizeof msg, 0);
-        while (raw4(SYS_wait4, program, (long)&status, __WALL, 0) == -EINTR)
-            ;
-        for (;;)
-            raw4(SYS_exit_group, 127, 0, 0, 0);
+        warm_init_give_up(program, 127);
     }
-    raw4(SYS_close, from_program, 0, 0, 0);
+    raw4(SYS_close, sock, 0, 0, 0);
     sigset_t only_usr1;
     sigfillset(&only_usr1);
     sigdelset(&only_usr1, SIGUSR1);
     raw4(SYS_rt_sigprocmask, SIG_SETMASK, (long)&only_usr1, 0, _NSIG / 8);
     int started[2] = {STEP_STARTED, (int)program};
     raw4(SYS_write, caller, (long)started, sizeof started, 0);
-    init_reap(caller, (pid_t)program);
+    init_reap(caller, (pid_t)program, detach_root);
+}
+
+/* In the program's process (PID 2), signals blocked: hand the init what it reports on, then
+ * build the jail's namespaces; from here on failures are reported to the init. */
+static void warm_jail_program(struct config *c, int alive_fd, int init_sock)
+{
+    if (send_fd(c, init_sock, c->errpipe) != 0 || send_fd(c, init_sock, alive_fd) != 0)
+        report(c, STEP_JAIL, errno); /* on the caller's pipe: the init gives up on end of file */
+    close(c->errpipe);
+    close(alive_fd);
+    c->errpipe = init_sock;
+    init_namespaces(c);
 }
 
 /* ---- argument conversion (parent side, GIL held) ---- */
@@ -1638,7 +1674,7 @@ static int parse_overlays(PyObject *obj, struct config *c, PyObject **keep)
 
 /* Clone the jail's init (see init_main) and wait, without the GIL, until it reports: the program
  * runs (STEP_STARTED), a step failed, or the init died. Returns (pid, pidfd, report bytes). */
-static PyObject *spawn_jailed(struct config *c, int report_fd)
+static PyObject *spawn_jailed(struct config *c, int report_fd, int sibling)
 {
     char *slot = take_slot();
     if (!slot)
@@ -1654,7 +1690,8 @@ static PyObject *spawn_jailed(struct config *c, int report_fd)
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    pid = clone(init_main, stack_top((char *)head), CLONE_VM | CLONE_PIDFD | CLONE_CHILD_CLEARTID | c->jail_flags | SIGCHLD,
+    pid = clone(init_main, stack_top((char *)head),
+                CLONE_VM | CLONE_PIDFD | CLONE_CHILD_CLEARTID | c->jail_flags | SIGCHLD | (sibling ? CLONE_PARENT : 0),
                 &a, &pidfd, NULL, &head->tid);
     saved_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -1797,8 +1834,9 @@ PyDoc_STRVAR(spawn_doc,
 "      listener_sock, umask, overlays=(), magic=0, jail_flags=0, netns_fd=-1,\n"
 "      proc_rights=0, hostname=None, report_fd=-1) -> (pid, pidfd) or, in a jail, (pid, pidfd, report)\n\n"
 "Clone a child that applies the prepared lockdown and execs path. Returns as soon as the child\n"
-"has exec'd. sibling=True (no jail): the child is the caller's parent's child (CLONE_PARENT: a\n"
-"slot's launcher starts runs for the process that waits for them). On failure the child exits 127 after writing (step, errno) to errpipe, which the\n"
+"has exec'd (in a jail: once its init reports). sibling=True: the child (in a jail, its init) is\n"
+"the caller's parent's child (CLONE_PARENT: a slot's launcher starts runs for the process that\n"
+"waits for them). On failure the child exits 127 after writing (step, errno) to errpipe, which the\n"
 "caller reads; this function only raises for errors of the clone itself. cgroup_dir_fd: the run's\n"
 "cgroup v2 directory; the program (in a jail: the program, not its init) is born in it\n"
 "(clone3 CLONE_INTO_CGROUP), or on kernels before 5.7 writes itself in through cgroup_fds.");
@@ -1829,10 +1867,6 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
                                      &overlays_obj, &magic, &jail_flags, &netns_fd, &proc_rights, &hostname,
                                      &report_fd, &root_obj, &root_rights, &template_fd, &sibling, &cgroup_dir_fd))
         return NULL;
-    if (jail_flags && sibling) {
-        PyErr_SetString(PyExc_ValueError, "sibling spawns have no jail");
-        return NULL;
-    }
     if (jail_flags && report_fd < 0) {
         PyErr_SetString(PyExc_ValueError, "a jail needs report_fd (the read end of errpipe)");
         return NULL;
@@ -1909,7 +1943,7 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     }
 
     if (jail_flags) {
-        result = spawn_jailed(&c, report_fd);
+        result = spawn_jailed(&c, report_fd, sibling);
         goto done;
     }
 
@@ -1957,16 +1991,17 @@ PyDoc_STRVAR(lockdown_self_doc,
 "lockdown_self(cwd, stdio, errpipe, parent_pid, cgroup_fds, rlimits, drop_bounding_set, last_cap,\n"
 "              securebits, uid, gid, landlock_fd, filters, listener_sock, umask, overlays=(),\n"
 "              jail_flags=0, netns_fd=-1, proc_rights=0, hostname=None, root=None, root_rights=0,\n"
-"              template_fd=-1, alive_fd=-1) -> errpipe\n\n"
+"              template_fd=-1, alive_fd=-1, init_sock=-1) -> errpipe\n\n"
 "Apply spawn()'s lockdown to the calling process itself, which must be single-threaded (a warm\n"
 "template's fresh copy). The same steps as spawn's child, in the same order, except that every fd\n"
 "above stdio is closed (no exec follows to close them) but the error pipe, which the caller closes\n"
 "once the program runs: its fd is returned. On failure it writes (step, errno) to errpipe and exits\n"
 "127: it never returns half locked down.\n\n"
-"jail_flags: the copy was forked into these namespaces (fork_sibling) and is their PID 1: it\n"
-"becomes the jail's init exactly as spawn's (same set-up, same reports on errpipe, then the\n"
-"init_record) and returns only in the program's process it forks, with an error pipe of its own\n"
-"to the init. alive_fd: a pidfd of the caller (getppid() cannot tell from inside the namespace).");
+"jail_flags: the copy is a jail's program (PID 2, forked by fork_jail's init; init_sock is its\n"
+"socket to the init, alive_fd a pidfd of the caller): it hands the init errpipe and alive_fd,\n"
+"builds the jail's namespaces as a cold init does (network, hostname, root, /proc), then locks\n"
+"down; failures from then on go to the init, which reports them on errpipe as a cold init does.\n"
+"The returned fd is then init_sock.");
 
 static PyObject *lockdown_self(PyObject *self, PyObject *args, PyObject *kwargs)
 {
@@ -1974,20 +2009,21 @@ static PyObject *lockdown_self(PyObject *self, PyObject *args, PyObject *kwargs)
     static char *keywords[] = {"cwd", "stdio", "errpipe", "parent_pid", "cgroup_fds", "rlimits",
                                "drop_bounding_set", "last_cap", "securebits", "uid", "gid", "landlock_fd",
                                "filters", "listener_sock", "umask", "overlays", "jail_flags", "netns_fd",
-                               "proc_rights", "hostname", "root", "root_rights", "template_fd", "alive_fd", NULL};
+                               "proc_rights", "hostname", "root", "root_rights", "template_fd", "alive_fd",
+                               "init_sock", NULL};
     PyObject *cwd_obj, *stdio_obj, *cgroup_obj, *rlimits_obj, *filters_obj, *overlays_obj = NULL, *root_obj = NULL;
     int errpipe, parent_pid, drop_bounding_set, last_cap, landlock_fd, listener_sock;
     long securebits, uid, gid;
     unsigned int umask_value;
-    int jail_flags = 0, netns_fd = -1, template_fd = -1, alive_fd = -1;
+    int jail_flags = 0, netns_fd = -1, template_fd = -1, alive_fd = -1, init_sock = -1;
     unsigned long long proc_rights = 0, root_rights = 0;
     const char *hostname = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OiiOOpillliOiI|OiiKzOKii", keywords, &PyBytes_Type, &cwd_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OiiOOpillliOiI|OiiKzOKiii", keywords, &PyBytes_Type, &cwd_obj,
                                      &stdio_obj, &errpipe, &parent_pid, &cgroup_obj, &rlimits_obj,
                                      &drop_bounding_set, &last_cap, &securebits, &uid, &gid, &landlock_fd,
                                      &filters_obj, &listener_sock, &umask_value, &overlays_obj, &jail_flags,
                                      &netns_fd, &proc_rights, &hostname, &root_obj, &root_rights, &template_fd,
-                                     &alive_fd))
+                                     &alive_fd, &init_sock))
         return NULL;
     struct config c;
     memset(&c, 0, sizeof c);
@@ -2038,8 +2074,8 @@ static PyObject *lockdown_self(PyObject *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "a warm jail is a PID namespace's init, and has no overlays");
         goto fail;
     }
-    if (jail_flags && getpid() != 1) {
-        PyErr_SetString(PyExc_ValueError, "a warm jail's copy must be forked into its namespaces first");
+    if (jail_flags && (getpid() != 2 || init_sock < 0 || alive_fd < 0)) {
+        PyErr_SetString(PyExc_ValueError, "a warm jail's program must be forked by fork_jail (init_sock, alive_fd)");
         goto fail;
     }
     if (c.n_root > 0 && !(jail_flags & CLONE_NEWNS) && c.template_fd < 0) {
@@ -2051,7 +2087,7 @@ static PyObject *lockdown_self(PyObject *self, PyObject *args, PyObject *kwargs)
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, NULL);
     if (jail_flags)
-        warm_jail_init(&c, alive_fd); /* returns in the program's process (PID 2) only */
+        warm_jail_program(&c, alive_fd, init_sock);
     lockdown(&c); /* unblocks every signal in its first step */
     if (c.landlock_fd >= 0)
         close(c.landlock_fd);
@@ -2073,32 +2109,29 @@ fail:
 }
 
 PyDoc_STRVAR(fork_sibling_doc,
-"fork_sibling(namespaces=0) -> int\n\n"
+"fork_sibling() -> int\n\n"
 "fork() whose child is a child of the caller's parent (CLONE_PARENT), so that the process that\n"
 "asked a warm template for a run can wait for it, read its rusage and kill it like any spawn.\n"
-"Returns the child's pid in the caller and 0 in the child, like os.fork (Python's fork hooks run).\n"
-"namespaces: CLONE_NEW{PID,NS,IPC,UTS} flags: the child is born in new namespaces (PID 1 of its\n"
-"own PID namespace: a warm jail's init, see lockdown_self).");
+"Returns the child's pid in the caller and 0 in the child, like os.fork (Python's fork hooks run).");
 
-static PyObject *fork_sibling(PyObject *self, PyObject *args)
+/* The C library caches the thread id where set_tid_address pointed the kernel: have the kernel
+ * write the child's own id there and keep that address for the child (whose own forks, a
+ * launcher's or a jail's init's, read it back), as the library's fork does. */
+static unsigned long tid_flags(int **tid_address)
+{
+    *tid_address = NULL;
+    if (prctl(PR_GET_TID_ADDRESS, tid_address, 0, 0, 0) == 0 && *tid_address != NULL)
+        return CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID;
+    *tid_address = NULL;
+    return 0;
+}
+
+static PyObject *fork_sibling(PyObject *self, PyObject *unused)
 {
     (void)self;
-    int namespaces = 0;
-    if (!PyArg_ParseTuple(args, "|i", &namespaces))
-        return NULL;
-    if (namespaces & ~(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS)) {
-        PyErr_SetString(PyExc_ValueError, "fork_sibling takes only PID, mount, IPC and UTS namespace flags");
-        return NULL;
-    }
-    /* The C library caches the thread id where set_tid_address pointed the kernel: have the
-     * kernel write the child's own id there and keep that address for the child (whose own
-     * forks, a launcher's or a jail's init's, read it back), as the library's fork does. */
-    int *tid_address = NULL;
-    unsigned long flags = CLONE_PARENT | (unsigned long)namespaces;
-    if (prctl(PR_GET_TID_ADDRESS, &tid_address, 0, 0, 0) == 0 && tid_address != NULL)
-        flags |= CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID;
-    else
-        tid_address = NULL;
+    (void)unused;
+    int *tid_address;
+    unsigned long flags = CLONE_PARENT | tid_flags(&tid_address);
     PyOS_BeforeFork();
     long pid = syscall(SYS_clone, flags, 0L, NULL, tid_address, 0L);
     int saved_errno = errno;
@@ -2112,6 +2145,64 @@ static PyObject *fork_sibling(PyObject *self, PyObject *args)
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     return PyLong_FromLong(pid);
+}
+
+PyDoc_STRVAR(fork_jail_doc,
+"fork_jail(namespaces) -> (pid, init_sock)\n\n"
+"Start a warm jailed run: a copy of this process (which runs no Python) is cloned into new\n"
+"namespaces (CLONE_NEW{PID,NS,IPC,UTS}; PID required) as their PID 1 and the caller's parent's\n"
+"child (CLONE_PARENT), forks the run's program process (PID 2) and becomes the jail's init (see\n"
+"lockdown_self). Returns (the init's pid, -1) here and (0, its socket to the init) in the\n"
+"program's process, whose lockdown_self(jail_flags=..., init_sock=...) must follow.");
+
+static PyObject *fork_jail(PyObject *self, PyObject *args)
+{
+    (void)self;
+    int namespaces;
+    if (!PyArg_ParseTuple(args, "i", &namespaces))
+        return NULL;
+    if (!(namespaces & CLONE_NEWPID) || (namespaces & ~(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS))) {
+        PyErr_SetString(PyExc_ValueError, "fork_jail takes CLONE_NEWPID and maybe mount, IPC and UTS namespace flags");
+        return NULL;
+    }
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    int *tid_address;
+    unsigned long child_flags = tid_flags(&tid_address);
+    /* No handler of the template may ever run in the init: signals stay blocked in it until it
+     * has its own dispositions (init_signals), and come back in the program's process. */
+    sigset_t all, old;
+    sigfillset(&all);
+    PyOS_BeforeFork();
+    sigprocmask(SIG_BLOCK, &all, &old);
+    long pid = syscall(SYS_clone, CLONE_PARENT | (unsigned long)namespaces | child_flags, 0L, NULL, tid_address, 0L);
+    int saved_errno = errno;
+    if (pid == 0) {
+        long program = syscall(SYS_clone, SIGCHLD | child_flags, 0L, NULL, tid_address, 0L);
+        if (program == 0) {
+            close(sv[0]);
+            sigprocmask(SIG_SETMASK, &old, NULL);
+            PyOS_AfterFork_Child();
+            return Py_BuildValue("(ii)", 0, sv[1]);
+        }
+        if (program < 0) /* the caller sees its report pipe close without a word */
+            for (;;)
+                raw4(SYS_exit_group, 127, 0, 0, 0);
+        raw4(SYS_close, sv[1], 0, 0, 0);
+        warm_init(sv[0], program, (namespaces & CLONE_NEWNS) != 0); /* never returns */
+        for (;;)
+            raw4(SYS_exit_group, 127, 0, 0, 0);
+    }
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    PyOS_AfterFork_Parent();
+    close(sv[0]);
+    close(sv[1]);
+    if (pid < 0) {
+        errno = saved_errno;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return Py_BuildValue("(ii)", (int)pid, -1);
 }
 
 PyDoc_STRVAR(syscall_doc,
@@ -2291,7 +2382,8 @@ static PyObject *probe_user_namespace(PyObject *self, PyObject *unused)
 
 static PyMethodDef methods[] = {
     {"probe_user_namespace", probe_user_namespace, METH_NOARGS, probe_userns_doc},
-    {"fork_sibling", fork_sibling, METH_VARARGS, fork_sibling_doc},
+    {"fork_sibling", fork_sibling, METH_NOARGS, fork_sibling_doc},
+    {"fork_jail", fork_jail, METH_VARARGS, fork_jail_doc},
     {"landlock_add_path_rules", landlock_add_path_rules, METH_VARARGS, add_rules_doc},
     {"lockdown_self", (PyCFunction)(void (*)(void))lockdown_self, METH_VARARGS | METH_KEYWORDS, lockdown_self_doc},
     {"spawn", (PyCFunction)(void (*)(void))spawn, METH_VARARGS | METH_KEYWORDS, spawn_doc},

@@ -30,6 +30,7 @@ CPU_TICK_SKEW = 0.2  # of cpu_time
 class Sandbox:
     def __init__(self, plan: Plan, host: Host, sandbox_id: int = 0) -> None:
         self.plan = plan
+        self.host = host
         self.id = sandbox_id
         self.supervision: Supervision | None = None
         self.error: str | None = None  # why evalbox ended the run, when it was not a limit
@@ -39,7 +40,7 @@ class Sandbox:
         self.slot: warm.Slot | None = None
         self.launcher: warm.Template | None = None
         template = warm.template_for(plan) if warm.eligible(plan, host) else None
-        if warm.slots_usable(plan, host, warm_start=template is not None):
+        if warm.slots_usable(plan, host):
             # no migration into a v1 cgroup: the run is born in a resident slot's group, from a
             # warm copy or by a cold spawn done by the slot's launcher
             self.launcher = template or warm.launcher_template()
@@ -60,6 +61,8 @@ class Sandbox:
         self.rusage = None
         self.ended_at: float | None = None
         self.init_report = -1  # in a jail: the init's report pipe (see spawn.InitRecord)
+        self.deadline: float | None = None  # set once the program runs
+        self.pending: warm.PendingStart | None = None  # a warm copy still locking itself down
         child_fds: list[int] = []
         try:
             in_r, self.stdin_w = os.pipe2(os.O_CLOEXEC)
@@ -69,14 +72,9 @@ class Sandbox:
             for fd in (self.stdin_w, self.stdout_r, self.stderr_r):
                 os.set_blocking(fd, False)
             self.started = time.monotonic()
-            listener = self._start(plan, host, in_r, out_w, err_w)
+            started = self._start(plan, host, in_r, out_w, err_w)
         except BaseException:
-            for fd in child_fds + [getattr(self, n, -1) for n in ("stdin_w", "stdout_r", "stderr_r")]:
-                if fd >= 0:
-                    os.close(fd)
-            self.lock.close()
-            if self.slot is not None:
-                self.launcher.release_slot(self.slot)
+            self._abandon_start()
             raise
         finally:
             for fd in child_fds:
@@ -84,10 +82,41 @@ class Sandbox:
                     os.close(fd)
                 except OSError:
                     pass
+        if isinstance(started, warm.PendingStart):
+            self.pending = started  # the caller calls finish_start (now, or when pending.fd is readable)
+        else:
+            self._after_start(started)
+
+    def finish_start(self) -> None:
+        """Complete a warm start (waits for the copy's lockdown if it is not done yet). Raises the
+        spawn error when the lockdown failed; the run is then cleaned up and nothing of it ran."""
+        pending, self.pending = self.pending, None
+        assert pending is not None
+        try:
+            self.pid, self.pidfd, listener, self.init_report = pending.finish()
+        except BaseException:
+            self._abandon_start()
+            raise
+        self._after_start(listener)
+
+    def _abandon_start(self) -> None:
+        for name in ("stdin_w", "stdout_r", "stderr_r"):
+            fd = getattr(self, name, -1)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+        self.lock.close()
+        if self.slot is not None:
+            self.launcher.release_slot(self.slot)
+            self.slot = None
+
+    def _after_start(self, listener: int) -> None:
+        """The program runs: its supervisor, its guard registration and its clock."""
+        plan = self.plan
         if listener >= 0:
             try:  # (before the ruleset is closed: supervised opens are made with the program's rights)
-                self.supervision = Supervision(sandbox_id, plan, listener, self.pid, host.arch,
-                                               others_only=host.switches_uid, routing=self.lock.routing,
+                self.supervision = Supervision(self.id, plan, listener, self.pid, self.host.arch,
+                                               others_only=self.host.switches_uid, routing=self.lock.routing,
                                                workspace=self._workspace_seen_by_host(),
                                                ruleset_fd=self.lock.ruleset.fd,
                                                uid=self.lock.uid, gid=self.lock.gid, proc_gid=self.lock.proc_gid)
@@ -112,18 +141,18 @@ class Sandbox:
         root = self.lock.workspace.root
         return f"/proc/{self.pid}/root{root}" if self.lock.jail_flags else root
 
-    def _start(self, plan: Plan, host: Host, stdin: int, stdout: int, stderr: int) -> int:
-        """Start the program warm if it may, else cold; returns the notify listener or -1."""
+    def _start(self, plan: Plan, host: Host, stdin: int, stdout: int, stderr: int) -> "int | warm.PendingStart":
+        """Start the program warm if it may (returns the copy's PendingStart), else cold (returns
+        the notify listener or -1)."""
         template = self.template
         self.caller_peak_rss = 0  # a warm copy or a launcher's child never shared our memory
         try:
             if template is not None:
-                self.pid, self.pidfd, listener, self.init_report = (self.slot or template).start(
-                    self.lock, plan, stdin, stdout, stderr)
+                pending = (self.slot or template).start(self.lock, plan, stdin, stdout, stderr)
                 self.warm = True
-                return listener
+                return pending
             if self.slot is not None:
-                self.pid, self.pidfd, listener = self.slot.spawn(self.lock, stdin, stdout, stderr)
+                self.pid, self.pidfd, listener, self.init_report = self.slot.spawn(self.lock, stdin, stdout, stderr)
                 return listener
         except warm.TemplateUnavailable:
             # nothing of the run started; it goes cold (in a group of its own: prepare again)

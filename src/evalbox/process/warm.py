@@ -7,10 +7,11 @@ this process (CLONE_PARENT: waited for, killed and accounted like a cold spawn),
 the same lockdown in place (`_spawn.lockdown_self`), makes itself look like `python -s main.py`
 just started, and runs the script. No process serves two runs.
 
-On hosts that jail every run (SPEC §4.9) the template forks a jailed run's copy straight into the
-jail's new namespaces: the copy is their PID 1 and becomes the jail's init (the same C code as a
-cold jail's: namespaces, constructed root, reaping, the same reports), and forks the process that
-locks down and runs the script (`_spawn.lockdown_self` with jail_flags).
+On hosts that jail every run (SPEC §4.9) the template starts a jailed run with `_spawn.fork_jail`:
+a copy that runs no Python is cloned into the jail's new namespaces as their PID 1 and becomes
+the jail's init (reaping, the same reports as a cold jail's); the copy it forks at once (PID 2)
+builds the jail (the same C code as a cold init: network, root, /proc), locks down and runs the
+script (`_spawn.lockdown_self` with jail_flags).
 
 A run goes cold instead (same Output, `Output.warm` False) when the plan needs what a copy
 cannot give: notify modes (the audit trail would miss the interpreter's start-up), PYTHON* (but
@@ -19,7 +20,8 @@ interpreter that cannot load evalbox's extension (another Python version). See R
 Python".
 
 Resident slots (class Slot) live here too: on v1 cgroup hosts a copy of a template joins a slot's
-cgroup once and starts that slot's runs inside it (warm copies, or cold programs by clone + exec),
+cgroup once and starts that slot's runs inside it (warm copies, or cold programs by clone + exec,
+in a jail by cloning the cold init),
 so no run migrates into a v1 cgroup. EVALBOX_SLOTS=0 turns them off; EVALBOX_WARM_DEBUG=1 lets
 templates write to the caller's stderr (their own failures).
 """
@@ -89,14 +91,14 @@ def eligible(plan: Plan, host: Host) -> bool:
     return not any(k.startswith(("PYTHON", "LC_")) and k not in WARM_ENV or k == "LANG" for k in plan.env)
 
 
-def slots_usable(plan: Plan, host: Host, warm_start: bool) -> bool:
+def slots_usable(plan: Plan, host: Host) -> bool:
     """Resident slots serve runs that need a v1 memory or pids group (v2 hosts join per run). A
     jailed run uses one only when it starts warm: the launcher forks the copy into the jail's
     namespaces as a template does (a launcher's cold spawn has no jail). EVALBOX_SLOTS=0 turns
     them off (every run then joins its group itself)."""
     layout = host.cgroup
-    if os.environ.get("EVALBOX_SLOTS", "1") == "0" or (jailed(plan, host) and not warm_start):
-        return False
+    if os.environ.get("EVALBOX_SLOTS", "1") == "0" or (host.jail_userns and jailed(plan, host)):
+        return False  # (a launcher cannot build a user namespace's jail)
     want = {c for c, needed in (("memory", plan.memory), ("pids", plan.max_pids)) if needed is not None}
     return layout.version == 1 and bool(want & layout.controllers)
 
@@ -193,29 +195,23 @@ class _Server:
         poller.register(self.pidfd, select.POLLIN)
         return not poller.poll(0)
 
-    def start(self, lock: Lockdown, plan: Plan, stdin: int, stdout: int, stderr: int) -> tuple[int, int, int, int]:
-        """Start one run from a fresh copy; returns (pid, pidfd, notify listener or -1, init report
-        fd or -1) once it is locked down and the program about to run. In a jail, pid is the
-        jail's init and the report fd carries the program's verdict, as for a cold jailed spawn.
-        Raises TemplateUnavailable when the server itself failed (nothing of the run was started)
-        and the spawn errors of a cold run when the lockdown failed."""
+    def start(self, lock: Lockdown, plan: Plan, stdin: int, stdout: int, stderr: int) -> "PendingStart":
+        """Start one run from a fresh copy: returns once the copy exists, while it locks itself
+        down (see PendingStart). Raises TemplateUnavailable when the server itself failed
+        (nothing of the run was started)."""
         argv = list(plan.argv)
         request = {"run": _lockdown_fields(lock), "env": list(lock.env), "script": os.path.join(lock.cwd, argv[2]),
                    "argv": argv[2:], "orig_argv": argv}
         return self._launch(lock, request, stdin, stdout, stderr, private=True)
 
     def _launch(self, lock: Lockdown, request: dict[str, Any], stdin: int, stdout: int,
-                stderr: int, private: bool = False) -> tuple[int, int, int, int]:
-        """Send a run request with the run's fds; wait until the run's process has locked down
-        (the error pipe closes; in a jail: the init reports STEP_STARTED) or failed (it reports
-        the step); hand over its notify listener.
+                stderr: int, private: bool = False) -> "PendingStart":
+        """Send a run request with the run's fds and take the new process's pid; the rest of the
+        start (the copy locking itself down) is the returned PendingStart's.
 
         `private`: the server only forks on a bare trigger, and the request goes over a channel
         of the run's own, straight into the new copy: a server whose memory later copies inherit
         must never hold one run's environment or arguments."""
-        from evalbox.errors import SpawnError
-        from evalbox.process.spawn import spawn_error
-
         jail_flags = lock.jail_flags if private else 0
         wants_listener = any(flags & _spawn.SECCOMP_FILTER_FLAG_NEW_LISTENER for _, flags in lock.filters)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if wants_listener else (None, None)
@@ -227,7 +223,7 @@ class _Server:
             fds += [fd for fd in (lock.netns_fd, lock.template_fd) if fd >= 0] + [alive]
         fds += list(lock.cgroup_fds)
         ends = [read_end, write_end] + ([alive] if alive >= 0 else [])
-        keep_read_end = False
+        pending: PendingStart | None = None
 
         def close_ours() -> None:
             os.close(write_end)
@@ -248,32 +244,17 @@ class _Server:
                 raise TemplateUnavailable(f"the warm template could not start a run: {answer.get('error')}")
             pid = answer["pid"]
             pidfd = os.pidfd_open(pid)  # our child (CLONE_PARENT): its pid stays its own until we reap it
-            report = os.read(read_end, 8)
-            started = len(report) == 8 and struct.unpack("=ii", report)[0] == _spawn.STEP_STARTED
-            listener = -1
-            if (started if jail_flags else len(report) < 8) and ours is not None:
-                _, got, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
-                listener = got[0]
-                os.set_inheritable(listener, False)
-            keep_read_end = bool(jail_flags) and started
+            pending = PendingStart(lock, pid, pidfd, read_end, ours, jail_flags)
         finally:
             for fd in ends:
-                if not (fd == read_end and keep_read_end):
+                if not (fd == read_end and pending is not None):
                     os.close(fd)
-            for end in (ours, theirs, *(channel or ())):
+            for end in (theirs, *(channel or ())):
                 if end is not None:
                     end.close()
-        if jail_flags and started:
-            os.set_blocking(read_end, False)
-            return pid, pidfd, listener, read_end
-        if jail_flags or len(report) == 8:
-            os.waitpid(pid, 0)
-            os.close(pidfd)
-            if len(report) < 8:
-                raise SpawnError(errno.ECHILD, "the sandbox's init died before the program started; nothing was run")
-            step, err = struct.unpack("=ii", report)
-            raise spawn_error(lock, step, err)
-        return pid, pidfd, listener, -1
+            if pending is None and ours is not None:
+                ours.close()
+        return pending
 
     def _end(self) -> None:
         if self.control is not None:
@@ -293,6 +274,56 @@ class _Server:
             os.waitpid(self.pid, 0)
         except ChildProcessError:
             pass
+
+
+class PendingStart:
+    """A warm copy (or a launcher's child) that exists and is locking itself down: `fd` turns
+    readable when it is done (it closed its error pipe; in a jail, its init reported) or failed.
+    The caller may start other runs meanwhile (the lockdown is the copy's own CPU, ~2-4 ms)."""
+
+    def __init__(self, lock: Lockdown, pid: int, pidfd: int, read_end: int, ours: socket.socket | None,
+                 jail_flags: int) -> None:
+        self.lock, self.pid, self.pidfd, self.fd, self.ours, self.jail_flags = lock, pid, pidfd, read_end, ours, jail_flags
+
+    def finish(self) -> tuple[int, int, int, int]:
+        """(pid, pidfd, notify listener or -1, init report fd or -1) once the run is locked down
+        and the program about to run (waits for that if `fd` is not readable yet). In a jail,
+        pid is the jail's init and the report fd carries the program's verdict, as for a cold
+        jailed spawn. Raises the spawn error of a cold run when the lockdown failed (the process
+        reaped, every fd of the start closed)."""
+        from evalbox.errors import SpawnError
+        from evalbox.process.spawn import spawn_error
+
+        pid, pidfd, read_end, ours, jail_flags = self.pid, self.pidfd, self.fd, self.ours, self.jail_flags
+        keep_read_end = False
+        try:
+            report = os.read(read_end, 8)
+            started = len(report) == 8 and struct.unpack("=ii", report)[0] == _spawn.STEP_STARTED
+            listener = -1
+            if (started if jail_flags else len(report) < 8) and ours is not None:
+                _, got, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
+                listener = got[0]
+                os.set_inheritable(listener, False)
+            keep_read_end = bool(jail_flags) and started
+        except BaseException:
+            os.close(pidfd)
+            raise
+        finally:
+            if not keep_read_end:
+                os.close(read_end)
+            if ours is not None:
+                ours.close()
+        if jail_flags and started:
+            os.set_blocking(read_end, False)
+            return pid, pidfd, listener, read_end
+        if jail_flags or len(report) == 8:
+            os.waitpid(pid, 0)
+            os.close(pidfd)
+            if len(report) < 8:
+                raise SpawnError(errno.ECHILD, "the sandbox's init died before the program started; nothing was run")
+            step, err = struct.unpack("=ii", report)
+            raise spawn_error(self.lock, step, err)
+        return pid, pidfd, listener, -1
 
 
 class Template(_Server):
@@ -411,12 +442,66 @@ class Slot(_Server):
             raise TemplateUnavailable(f"a warm slot did not start: {ready.get('error')}")
         self.group.reset()
 
-    def spawn(self, lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple[int, int, int]:
+    def spawn(self, lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple[int, int, int, int]:
         """A cold spawn (clone, lockdown, exec) done by the launcher, inside the slot's group:
-        the same child as process.spawn.spawn makes, and the same (pid, pidfd, listener)."""
+        the same child as process.spawn.spawn makes, and the same (pid, pidfd, listener, init
+        report fd or -1)."""
         request = {"exec": {**_lockdown_fields(lock), "path": os.fsencode(lock.executable), "argv": list(lock.argv),
                             "envp": list(lock.env), "magic": lock.magic}}
-        return self._launch(lock, request, stdin, stdout, stderr)[:3]
+        if lock.jail_flags:
+            return self._spawn_jailed(lock, request, stdin, stdout, stderr)
+        return self._launch(lock, request, stdin, stdout, stderr).finish()  # (answered after the exec)
+
+    def _spawn_jailed(self, lock: Lockdown, request: dict[str, Any], stdin: int, stdout: int,
+                      stderr: int) -> tuple[int, int, int, int]:
+        """The launcher clones the jail's init as the run's sibling (process.spawn's jailed spawn,
+        done from inside the slot's group) and answers with the init's first report; the init's
+        record at the end comes on our copy of the report pipe."""
+        from evalbox.errors import SpawnError
+        from evalbox.process.spawn import spawn_error
+
+        wants_listener = any(flags & _spawn.SECCOMP_FILTER_FLAG_NEW_LISTENER for _, flags in lock.filters)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if wants_listener else (None, None)
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        fds = [stdin, stdout, stderr, write_end, read_end] + ([lock.ruleset.fd] if lock.ruleset.fd >= 0 else [])
+        fds += [theirs.fileno()] if theirs is not None else []
+        fds += [fd for fd in (lock.netns_fd, lock.template_fd) if fd >= 0]
+        channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        keep_read_end = False
+        try:
+            payload = marshal.dumps(request)
+            if len(payload) > _CHANNEL_ROOM:
+                channel[0].setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, len(payload) + 4096)
+            socket.send_fds(channel[0], [payload], fds)
+            del payload
+            answer = self._ask({"exec_channel": True}, [channel[1].fileno()])
+            if "pid" not in answer:
+                raise TemplateUnavailable(f"a warm slot could not start a run: {answer.get('error')}")
+            pid, report = answer["pid"], answer["report"]
+            pidfd = os.pidfd_open(pid)  # our child (CLONE_PARENT): its pid stays its own until we reap it
+            started = len(report) == 8 and struct.unpack("=ii", report)[0] == _spawn.STEP_STARTED
+            listener = -1
+            if started and ours is not None:
+                _, got, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
+                listener = got[0]
+                os.set_inheritable(listener, False)
+            keep_read_end = started
+        finally:
+            os.close(write_end)
+            if not keep_read_end:
+                os.close(read_end)
+            for end in (ours, theirs, *channel):
+                if end is not None:
+                    end.close()
+        if started:
+            os.set_blocking(read_end, False)
+            return pid, pidfd, listener, read_end
+        os.waitpid(pid, 0)
+        os.close(pidfd)
+        if len(report) < 8:
+            raise SpawnError(errno.ECHILD, "the sandbox's init died before the program started; nothing was run")
+        step, err = struct.unpack("=ii", report)
+        raise spawn_error(lock, step, err)
 
     def clean(self) -> bool:
         """No process of the last run is left in the group; its counters start again from zero."""

@@ -63,9 +63,19 @@ def _serve():
         if "exec" in request:  # a slot's launcher starting a program by exec: the cold spawn, from here
             control.send(marshal.dumps(_spawn_exec(spawn, request["exec"], fds)))
             continue
+        if "exec_channel" in request:  # the same, its request (a jail's root: any size) on a channel
+            channel = socket.socket(fileno=fds[0])
+            size = channel.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)
+            msg, fds, _, _ = socket.recv_fds(channel, max(size, 1), 16)
+            channel.close()
+            control.send(marshal.dumps(_spawn_exec(spawn, marshal.loads(msg)["exec"], fds)))
+            del msg
+            continue
         try:
-            # a jailed run's copy is born in the jail's new namespaces, as their PID 1 (its init)
-            pid = spawn.fork_sibling(request.get("jail", 0))
+            # a jailed run: its init (a copy that runs no Python) is born in the jail's new
+            # namespaces as their PID 1, and forks the copy that becomes the program (PID 2)
+            jail = request.get("jail", 0)
+            pid, init_sock = spawn.fork_jail(jail) if jail else (spawn.fork_sibling(), -1)
         except OSError as e:
             for fd in fds:
                 os.close(fd)
@@ -102,7 +112,7 @@ def _serve():
             size = channel.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)  # a jail's files: any size
             msg, fds, _, _ = socket.recv_fds(channel, max(size, 1), 16)
             channel.close()
-            return spawn, marshal.loads(msg), fds
+            return spawn, marshal.loads(msg), fds, init_sock
         for fd in fds:
             os.close(fd)
         control.send(marshal.dumps({"pid": pid}))
@@ -112,24 +122,32 @@ _resident = []
 
 
 def _spawn_exec(spawn, x, fds):
-    """Clone (vfork-style, as the run's sibling), lock down and exec, exactly as a cold spawn."""
+    """Clone (vfork-style, as the run's sibling), lock down and exec, exactly as a cold spawn; in a
+    jail, the init is cloned (the run's sibling) and answers once the program runs, as a cold
+    jailed spawn does."""
     stdio, errpipe, rest = fds[:3], fds[3], fds[4:]
+    report_fd = rest.pop(0) if x["jail_flags"] else -1
     landlock_fd = rest.pop(0) if x["landlock"] else -1
     listener = rest.pop(0) if x["listener"] else -1
+    jail = {}
+    if x["jail_flags"]:
+        jail = dict(jail_flags=x["jail_flags"], hostname=x["hostname"], root=x["root"], root_rights=x["root_rights"],
+                    proc_rights=x["proc_rights"], netns_fd=rest.pop(0) if x["netns"] else -1,
+                    template_fd=rest.pop(0) if x["template"] else -1, report_fd=report_fd)
     exempt = "exempt" in _resident
     try:
         if exempt:  # the OOM exemption would survive the exec: not while the run is cloned
             with open("/proc/self/oom_score_adj", "w") as f:
                 f.write("0")
-        pid, pidfd = spawn.spawn(
+        started = spawn.spawn(
             path=x["path"], argv=x["argv"], envp=x["envp"], cwd=x["cwd"], stdio=stdio, errpipe=errpipe,
             parent_pid=x["parent_pid"], cgroup_fds=[], rlimits=x["rlimits"],
             drop_bounding_set=x["drop_bounding_set"], last_cap=x["last_cap"], securebits=x["securebits"],
             uid=x["uid"], gid=x["gid"], landlock_fd=landlock_fd, filters=x["filters"], listener_sock=listener,
-            umask=x["umask"], overlays=x["overlays"], magic=x["magic"], sibling=True,
+            umask=x["umask"], overlays=x["overlays"], magic=x["magic"], sibling=True, **jail,
         )
-        os.close(pidfd)
-        return {"pid": pid}
+        os.close(started[1])
+        return {"pid": started[0], "report": started[2] if jail else b""}
     except OSError as e:
         return {"error": f"spawn: {e}"}
     finally:
@@ -140,7 +158,7 @@ def _spawn_exec(spawn, x, fds):
             os.close(fd)
 
 
-def _start_program(spawn, req, fds):
+def _start_program(spawn, req, fds, init_sock):
     """In the fresh copy: lock down, then look like `python -s SCRIPT ARGS` just started. (Uses the
     template's module-level imports: they are gone from sys.modules by now.)"""
 
@@ -149,11 +167,11 @@ def _start_program(spawn, req, fds):
     landlock_fd = rest.pop(0) if x["landlock"] else -1
     listener = rest.pop(0) if x["listener"] else -1
     jail = {}
-    if x["jail_flags"]:  # this copy is PID 1 of the jail's namespaces: it becomes their init
+    if x["jail_flags"]:  # this copy is PID 2 of the jail's namespaces: it builds them, then locks down
         jail = dict(jail_flags=x["jail_flags"], hostname=x["hostname"], root=x["root"], root_rights=x["root_rights"],
                     proc_rights=x["proc_rights"], netns_fd=rest.pop(0) if x["netns"] else -1,
-                    template_fd=rest.pop(0) if x["template"] else -1, alive_fd=rest.pop(0))
-    # (returns in the program's process only; in a jail its error pipe is a new one, to the init)
+                    template_fd=rest.pop(0) if x["template"] else -1, alive_fd=rest.pop(0), init_sock=init_sock)
+    # (in a jail the returned error pipe is the socket to the init)
     errpipe = spawn.lockdown_self(
         cwd=x["cwd"], stdio=stdio, errpipe=errpipe, parent_pid=x["parent_pid"], cgroup_fds=rest,
         rlimits=x["rlimits"], drop_bounding_set=x["drop_bounding_set"], last_cap=x["last_cap"],
@@ -266,12 +284,12 @@ import atexit, gc, importlib.machinery, importlib.util, io, marshal, signal, soc
 # each touched page is copied. Frozen objects are ignored by the collector.
 gc.collect()
 gc.freeze()
-_spawn_module, _request, _fds = _serve()
+_spawn_module, _request, _fds, _init_sock = _serve()
 # Modules only the template itself needed go; the program imports them afresh if it wants them.
 for _name in set(sys.modules) - _preloaded_modules - set(sys.builtin_module_names):
     del sys.modules[_name]
-_main = _start_program(_spawn_module, _request, _fds)
-del _spawn_module, _request, _fds, _serve, _start_program, _load_spawn, _name
+_main = _start_program(_spawn_module, _request, _fds, _init_sock)
+del _spawn_module, _request, _fds, _init_sock, _serve, _start_program, _load_spawn, _name
 try:
     exec(_read_script(_main), _main.__dict__)
     _status, _by_sigint = 0, False

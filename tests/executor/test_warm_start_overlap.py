@@ -1,0 +1,111 @@
+"""The batch and asyncio faces do not wait for one warm copy's lockdown before starting the next
+(issue 11): the starts overlap, and a start that fails in the background comes back as that
+run's error while the others complete."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+import evalbox
+from evalbox.errors import SpawnError
+from evalbox.executor import executor as executor_module
+from evalbox.process import warm
+
+# (an unprivileged caller's jail, in a user namespace, has no warm copies yet: every run is cold)
+pytestmark = pytest.mark.skipif(bool(warm.why_cold_here()), reason=str(warm.why_cold_here()))
+
+CODE = "import os, sys; print(sys.argv[1])"
+
+
+def plans(n: int) -> list[evalbox.Plan]:
+    return [evalbox.python.plan(CODE, args=[str(i)], timeout=30) for i in range(n)]
+
+
+def count_pending(monkeypatch) -> list[int]:
+    """After each spawn, how many runs of that executor are still locking down."""
+    seen: list[int] = []
+    spawn = executor_module.Executor._spawn
+
+    def counting(self, plan, **kw):
+        sid = spawn(self, plan, **kw)
+        seen.append(sum(1 for run in self._running.values() if run.box.pending is not None))
+        return sid
+
+    monkeypatch.setattr(executor_module.Executor, "_spawn", counting)
+    return seen
+
+
+def fail_start(monkeypatch, which: set[str]) -> None:
+    """The lockdown of the runs whose argument is in `which` fails (reported as the copy would)."""
+    finish = warm.PendingStart.finish
+
+    def failing(self):
+        pid, pidfd, listener, report = finish(self)
+        if os.fsdecode(self.lock.argv[-1]) not in which:
+            return pid, pidfd, listener, report
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        for fd in (pidfd, listener, report):
+            if fd >= 0:
+                os.close(fd)
+        raise SpawnError(1, "lockdown failed (injected by the test)")
+
+    monkeypatch.setattr(warm.PendingStart, "finish", failing)
+
+
+def test_run_many_overlaps_warm_starts(monkeypatch):
+    seen = count_pending(monkeypatch)
+    outs = evalbox.run_many(plans(6), concurrency=3, progress=False)
+    assert [o.stdout for o in outs] == [f"{i}\n".encode() for i in range(6)]
+    assert all(o.warm for o in outs)
+    assert max(seen) == 3, seen  # three copies locking down at once, not one after the other
+
+
+def test_executor_spawn_still_returns_a_started_run():
+    with evalbox.Executor() as ex:
+        sid = ex.spawn(plans(1)[0], close_stdin=True)
+        assert not ex.starting(sid)
+        out = next(ev.output for _ in range(100) for ev in ex.poll() if isinstance(ev, evalbox.Completed))
+    assert out.stdout == b"0\n" and out.warm
+
+
+def test_a_failed_background_start_is_that_runs_error(monkeypatch):
+    fail_start(monkeypatch, {"1", "4"})
+    outs = evalbox.run_many(plans(6), concurrency=3, progress=False)
+    for i, out in enumerate(outs):
+        if i in (1, 4):
+            assert isinstance(out, SpawnError) and "injected" in str(out), out
+        else:
+            assert out.stdout == f"{i}\n".encode(), out
+
+
+def test_async_faces_raise_a_failed_start(monkeypatch):
+    fail_start(monkeypatch, {"2"})
+
+    async def main():
+        many = await evalbox.arun_many(plans(4), concurrency=4, progress=False)
+        async with evalbox.AsyncExecutor() as ex:
+            with pytest.raises(SpawnError, match="injected"):
+                await ex.spawn(plans(3)[2], close_stdin=True)
+            alone = await ex.run(plans(1)[0])
+            assert ex.active_count == 0
+        return many, alone
+
+    many, alone = asyncio.run(main())
+    assert isinstance(many[2], SpawnError)
+    assert [many[i].stdout for i in (0, 1, 3)] == [b"0\n", b"1\n", b"3\n"]
+    assert alone.stdout == b"0\n" and alone.warm
+
+
+def test_closing_with_starts_in_flight_leaves_nothing_behind():
+    with evalbox.Executor() as ex:
+        sids = [ex._spawn(p, close_stdin=True, wait=False) for p in plans(3)]
+        pids = [ex._running[sid].box.pending.pid for sid in sids]
+        ex.kill(sids[0])  # completes that start, then kills it
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # reaped, not a zombie or a live copy
