@@ -374,7 +374,9 @@ def _identity_files(ws: Workspace, contents: list[tuple[bytes, bytes]]) -> list[
     into its own root instead: see jail.run_entries.)"""
     binds = []
     for target, content in contents:
-        path = os.path.join(ws.root, f".{os.path.basename(target.decode())}")
+        name = f".{os.path.basename(target.decode())}"
+        path = os.path.join(ws.root, name)
+        ws.root_files.append(name)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         with os.fdopen(fd, "wb") as out:
             out.write(content)

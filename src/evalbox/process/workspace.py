@@ -20,7 +20,6 @@ from evalbox.policy.plan import WORK_DIR, Plan
 from evalbox.process.identity import is_sandbox_uid
 
 SUBDIRS = (WORK_DIR, "tmp", "home")
-IDENTITY_FILES = (".passwd", ".group")  # a root host's per-run passwd/group entries (see lockdown)
 SHM = "/dev/shm"
 
 
@@ -225,6 +224,7 @@ class Workspace:
         Everything is made relative to directory fds with O_NOFOLLOW (the plan's paths are
         validated not to overlap, and nothing here follows a link even if one were there)."""
         self.owner = owner
+        self.root_files: list[str] = []  # files the host wrote into the root (see lockdown's identity files)
         # what we put directly in work/ (the plan's files and mount links): removed by name first
         self._top_names = [rel for rel in plan.files if "/" not in rel]
         self._top_names += [m.dest for m in plan.mounts if m.dest is not None and "/" not in m.dest]
@@ -312,7 +312,7 @@ class Workspace:
                             pass
                 finally:
                     os.close(work_fd)
-            for name in IDENTITY_FILES:
+            for name in self.root_files:
                 try:
                     os.unlink(os.path.join(self.root, name))
                 except FileNotFoundError:
