@@ -664,7 +664,7 @@ PROFILE_STAGES = (
     ("evalbox.process.sandbox", "Sandbox.close", "  Sandbox.close"),
     ("evalbox.process.lockdown", "Lockdown.close", "    Lockdown.close: cgroup, workspace, netns, uid"),
     ("evalbox.process.lockdown", "netns.release", "    network namespace: socket and traffic counters checked"),
-    ("evalbox.process.lockdown", "UidLease.release", "    uid lease release"),
+    ("evalbox.process.identity", "UidLease.release", "    uid lease release"),
     ("evalbox.process.supervisor", "Supervision.close", "    notify listener close"),
     ("evalbox.process.warm", "Slot.clean", "    slot recycling check: cgroup.procs read, counters reset"),
     ("evalbox.kernel.cgroups", "release", "    cgroup release: procs read, reset counters"),
