@@ -253,7 +253,7 @@ class Group:
     def _read_counter(self, path: str) -> str:
         if not self._keeps_fds():
             return _read(path)
-        return os.pread(self._fd(path), 4096, 0).decode()
+        return os.pread(self._fd(path), 65536, 0).decode()
 
     def _write_counter(self, path: str, value: str) -> None:
         if not self._keeps_fds():
