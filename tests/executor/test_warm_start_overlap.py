@@ -109,3 +109,49 @@ def test_closing_with_starts_in_flight_leaves_nothing_behind():
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # reaped, not a zombie or a live copy
+
+
+def our_children() -> set[int]:
+    """Live children of this process that are neither templates, launchers nor the guard."""
+    from evalbox.process import watchdog
+
+    servers = set(warm.resident_pids())
+    with warm._lock:
+        servers |= {t.pid for t in warm._templates.values() if isinstance(t, warm.Template)}
+    guard = watchdog._guard.pid if watchdog._guard is not None else -1
+    found = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in servers | {guard}:
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == os.getpid() and fields[0] != "Z":
+                found.add(int(name))
+    return found
+
+
+@pytest.mark.parametrize("slots", ["0", "1"])
+def test_a_start_cut_short_leaves_nothing_running_and_later_runs_their_own_verdict(monkeypatch, slots):
+    """An exception (Ctrl-C, an alarm handler that raises) that cuts a warm start short must not
+    leave its copy running unwatched, nor pair a later run with that copy (red team round 4)."""
+    monkeypatch.setenv("EVALBOX_SLOTS", slots)
+    assert evalbox.python.run("pass").warm
+    receive = warm._Server._receive
+    cut = []
+
+    def cut_once(self, timeout):
+        if not cut:
+            cut.append(self)
+            raise KeyboardInterrupt  # the template's answer (the copy's pid) stays unread
+        return receive(self, timeout)
+
+    monkeypatch.setattr(warm._Server, "_receive", cut_once)
+    with pytest.raises(KeyboardInterrupt):
+        evalbox.python.run("import time; time.sleep(30)", timeout=60)
+    monkeypatch.setattr(warm._Server, "_receive", receive)
+    for _ in range(2):
+        out = evalbox.python.run("import time; time.sleep(30)", timeout=0.5)
+        assert out.status is evalbox.Status.TIMEOUT and out.warm and out.wall_time < 5, out
+    assert our_children() == set()

@@ -143,8 +143,12 @@ class Executor:
                     ) from e
                 raise
             box = Sandbox(plan, self._host, sid)
-        run = _Running(sid, box)
-        self._running[sid] = run
+        try:
+            run = _Running(sid, box)
+            self._running[sid] = run
+        except BaseException:  # (an exception from a signal handler of another thread: see deferred.py)
+            box.discard()
+            raise
         self._watch(run, box.stdout_r, _STDOUT, select.EPOLLIN)
         self._watch(run, box.stderr_r, _STDERR, select.EPOLLIN)
         if self._guard_fd < 0:

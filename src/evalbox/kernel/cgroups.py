@@ -340,6 +340,23 @@ class Group:
     _peak_fd = -1
     _peak_stale = False  # a recycled group whose peak could not be reset
 
+    def _drop_page_cache(self) -> None:
+        """The files the last run read or wrote stay charged to the group as page cache, and a
+        peak reset starts from what is charged now: the next run's max_rss would include them.
+        Reclaim them first (what a slot's launcher holds stays: it is not cache) when there is
+        more than a launcher's worth."""
+        d = self.dirs.get("memory")
+        if d is None:
+            return
+        usage, reclaim = ("memory.usage_in_bytes", "memory.force_empty") if self.version == 1 else \
+            ("memory.current", "memory.reclaim")
+        try:
+            charged = int(self._read_counter(os.path.join(d, usage)))
+            if charged > CACHE_RESIDUE:
+                _write(os.path.join(d, reclaim), "0" if self.version == 1 else str(charged))
+        except (OSError, ValueError):
+            pass  # (v2 before 5.19, or not all of it could go: the figure may include cache, never a limit)
+
     def _reset_peak(self) -> None:
         d = self.dirs.get("memory")
         if d is None:
@@ -358,6 +375,7 @@ class Group:
     def reset(self) -> None:
         """Make a group whose processes are all gone ready for the next sandbox."""
         self._oom_baseline = self._oom_kills()
+        self._drop_page_cache()
         self._reset_peak()
         if self.version == 1:
             if "cpuacct" in self.dirs:
@@ -485,6 +503,7 @@ class Group:
 _made_parents: set[str] = set()
 _pool: list[Group] = []
 POOL_SIZE = 64
+CACHE_RESIDUE = 8 << 20  # bytes a recycled v1 group may keep charged before its page cache is reclaimed
 FD_HOLDERS = 4  # groups that keep their counter and cgroup.procs files open (see Group._keeps_fds)
 _fd_holders = 0
 

@@ -99,6 +99,18 @@ class Sandbox:
             raise
         self._after_start(listener)
 
+    def discard(self) -> None:
+        """Undo a sandbox its executor could not take (interrupted right after it was made): kill
+        and reap what was started, release everything."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.abandon()
+            self._abandon_start()
+            return
+        self.end(None)
+        self.reap()
+        self.close()
+
     def _abandon_start(self) -> None:
         for name in ("stdin_w", "stdout_r", "stderr_r"):
             fd = getattr(self, name, -1)

@@ -127,14 +127,43 @@ class _Spawner:
                 box.append(e)
             done.set()
 
-    def call(self, fn: Callable[[], Any]) -> Any:
+    def call(self, fn: Callable[[], Any], undo: Callable[[Any], None] | None = None) -> Any:
+        """fn() run on this thread, where no signal handler's exception (Ctrl-C, an alarm whose
+        handler raises) can cut it short. If such an exception reaches the waiting caller, the job
+        is still waited for, its result undone with undo(result), and the exception raised then."""
         box: list[Any] = []
         done = threading.Event()
         self._jobs.put((fn, box, done))
-        done.wait()
-        if isinstance(box[0], BaseException):
-            raise box[0]
-        return box[0]
+        interrupted: BaseException | None = None
+        while True:
+            try:
+                done.wait()
+                break
+            except BaseException as e:  # noqa: BLE001 - raised once the job is done and undone
+                interrupted = interrupted or e
+        result = box[0]
+        if interrupted is not None:
+            if undo is not None and not isinstance(result, BaseException):
+                undo(result)
+            raise interrupted
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+
+def kill_stray(pid: int) -> None:
+    """Kill and reap a process a template or launcher started for us that no run holds (its start
+    was interrupted): our child (CLONE_PARENT), so the pid is still its own. In a jail it is the
+    init, whose death ends the namespace; otherwise its process group goes too."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, 9)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 def _lockdown_fields(lock: Lockdown) -> dict[str, Any]:
@@ -176,16 +205,26 @@ class _Server:
         answer = marshal.loads(data)
         return answer if isinstance(answer, dict) else {"ok": False, "error": "garbled answer"}
 
+    _ids = itertools.count(1)
+
     def _ask(self, request: dict[str, Any], fds: list[int], before_answer: Callable[[], None] = lambda: None) -> dict[str, Any]:
+        """Send a request, return its answer. Answers carry their request's id: one left unread
+        (an exchange cut short) is recognised as stale, and the process it names is killed."""
         with self.lock:
             if self.control is None:
                 raise TemplateUnavailable("the warm template is closed")
+            request = {**request, "id": next(self._ids)}
             try:
                 socket.send_fds(self.control, [marshal.dumps(request)], fds)
             except OSError as e:
                 raise TemplateUnavailable(f"the warm template is gone ({e})") from None
             before_answer()
-            return self._receive(START_TIMEOUT)
+            while True:
+                answer = self._receive(START_TIMEOUT)
+                if "id" not in answer or answer["id"] == request["id"]:
+                    return answer
+                if isinstance(answer.get("pid"), int):
+                    kill_stray(answer["pid"])
 
     @property
     def alive(self) -> bool:
@@ -222,8 +261,7 @@ class _Server:
         if jail_flags:
             fds += [fd for fd in (lock.netns_fd, lock.template_fd) if fd >= 0] + [alive]
         fds += list(lock.cgroup_fds)
-        ends = [read_end, write_end] + ([alive] if alive >= 0 else [])
-        pending: PendingStart | None = None
+        ends = [write_end] + ([alive] if alive >= 0 else [])
 
         def close_ours() -> None:
             os.close(write_end)
@@ -231,30 +269,42 @@ class _Server:
             if theirs is not None:
                 theirs.close()
         channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC) if private else None
+
+        def exchange() -> PendingStart:
+            try:
+                if channel is not None:
+                    payload = marshal.dumps(request)  # (in a jail it holds the plan's files: may be large)
+                    if len(payload) > _CHANNEL_ROOM:
+                        channel[0].setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, len(payload) + 4096)
+                    socket.send_fds(channel[0], [payload], fds)  # read by the copy
+                    answer = self._ask({"run": True, "jail": jail_flags}, [channel[1].fileno()], close_ours)
+                else:
+                    answer = self._ask(request, fds, close_ours)
+                if "pid" not in answer:
+                    raise TemplateUnavailable(f"the warm template could not start a run: {answer.get('error')}")
+                pid = answer["pid"]
+                try:
+                    pidfd = os.pidfd_open(pid)  # our child (CLONE_PARENT): its pid stays its own until we reap it
+                except BaseException:
+                    kill_stray(pid)
+                    raise
+            except BaseException:
+                os.close(read_end)
+                if ours is not None:
+                    ours.close()
+                raise
+            return PendingStart(lock, pid, pidfd, read_end, ours, jail_flags)
+
         try:
-            if channel is not None:
-                payload = marshal.dumps(request)  # (in a jail it holds the plan's files: may be large)
-                if len(payload) > _CHANNEL_ROOM:
-                    channel[0].setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, len(payload) + 4096)
-                socket.send_fds(channel[0], [payload], fds)  # read by the copy
-                answer = self._ask({"run": True, "jail": jail_flags}, [channel[1].fileno()], close_ours)
-            else:
-                answer = self._ask(request, fds, close_ours)
-            if "pid" not in answer:
-                raise TemplateUnavailable(f"the warm template could not start a run: {answer.get('error')}")
-            pid = answer["pid"]
-            pidfd = os.pidfd_open(pid)  # our child (CLONE_PARENT): its pid stays its own until we reap it
-            pending = PendingStart(lock, pid, pidfd, read_end, ours, jail_flags)
+            # On the spawner thread, which no signal handler's exception interrupts: an exchange cut
+            # short would leave an answer unread and a started process nobody holds.
+            return _spawner().call(exchange, undo=PendingStart.abandon)  # type: ignore[no-any-return]
         finally:
             for fd in ends:
-                if not (fd == read_end and pending is not None):
-                    os.close(fd)
+                os.close(fd)
             for end in (theirs, *(channel or ())):
                 if end is not None:
                     end.close()
-            if pending is None and ours is not None:
-                ours.close()
-        return pending
 
     def _end(self) -> None:
         if self.control is not None:
@@ -296,6 +346,7 @@ class PendingStart:
 
         pid, pidfd, read_end, ours, jail_flags = self.pid, self.pidfd, self.fd, self.ours, self.jail_flags
         keep_read_end = False
+        self.fd = -1  # (from here on this start is finished or abandoned: never twice)
         try:
             report = os.read(read_end, 8)
             started = len(report) == 8 and struct.unpack("=ii", report)[0] == _spawn.STEP_STARTED
@@ -305,8 +356,9 @@ class PendingStart:
                 listener = got[0]
                 os.set_inheritable(listener, False)
             keep_read_end = bool(jail_flags) and started
-        except BaseException:
+        except BaseException:  # (interrupted: nothing of the run may go on unwatched)
             os.close(pidfd)
+            kill_stray(pid)
             raise
         finally:
             if not keep_read_end:
@@ -324,6 +376,17 @@ class PendingStart:
             step, err = struct.unpack("=ii", report)
             raise spawn_error(self.lock, step, err)
         return pid, pidfd, listener, -1
+
+    def abandon(self) -> None:
+        """The run will not be started after all: kill and reap what was started, close its fds."""
+        if self.fd < 0:
+            return
+        for fd in (self.fd, self.pidfd):
+            os.close(fd)
+        self.fd = -1
+        if self.ours is not None:
+            self.ours.close()
+        kill_stray(self.pid)
 
 
 class Template(_Server):
@@ -467,8 +530,8 @@ class Slot(_Server):
         fds += [theirs.fileno()] if theirs is not None else []
         fds += [fd for fd in (lock.netns_fd, lock.template_fd) if fd >= 0]
         channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        keep_read_end = False
-        try:
+
+        def exchange() -> tuple[int, int, int, bytes]:
             payload = marshal.dumps(request)
             if len(payload) > _CHANNEL_ROOM:
                 channel[0].setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, len(payload) + 4096)
@@ -478,13 +541,29 @@ class Slot(_Server):
             if "pid" not in answer:
                 raise TemplateUnavailable(f"a warm slot could not start a run: {answer.get('error')}")
             pid, report = answer["pid"], answer["report"]
-            pidfd = os.pidfd_open(pid)  # our child (CLONE_PARENT): its pid stays its own until we reap it
+            try:
+                pidfd = os.pidfd_open(pid)  # our child (CLONE_PARENT): its pid stays its own until we reap it
+                listener = -1
+                if len(report) == 8 and struct.unpack("=ii", report)[0] == _spawn.STEP_STARTED and ours is not None:
+                    _, got, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
+                    listener = got[0]
+                    os.set_inheritable(listener, False)
+            except BaseException:
+                kill_stray(pid)
+                raise
+            return pid, pidfd, listener, report
+
+        def undo(started: tuple[int, int, int, bytes]) -> None:
+            for fd in started[1:3]:
+                if fd >= 0:
+                    os.close(fd)
+            kill_stray(started[0])
+
+        keep_read_end = False
+        try:
+            # (on the spawner thread, as _launch's exchange)
+            pid, pidfd, listener, report = _spawner().call(exchange, undo)
             started = len(report) == 8 and struct.unpack("=ii", report)[0] == _spawn.STEP_STARTED
-            listener = -1
-            if started and ours is not None:
-                _, got, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
-                listener = got[0]
-                os.set_inheritable(listener, False)
             keep_read_end = started
         finally:
             os.close(write_end)
@@ -574,13 +653,16 @@ def forget(template: Template) -> None:
 
 
 def held_fds() -> set[int]:
-    """The fds evalbox keeps for its templates and idle slots (a socket and a pidfd each)."""
+    """The fds evalbox keeps for its templates and idle slots (a socket and a pidfd each, and the
+    files a slot's group keeps open: bounded, see cgroups.FD_HOLDERS)."""
     with _lock:
         servers: list[_Server] = []
         for t in _templates.values():
             if isinstance(t, Template):
                 servers += [t, *t.idle_slots]
-    return {fd for s in servers + list(Slot.busy) for fd in (s.pidfd, s.control.fileno() if s.control else -1) if fd >= 0}
+    servers += list(Slot.busy)
+    fds = {fd for s in servers for fd in (s.pidfd, s.control.fileno() if s.control else -1) if fd >= 0}
+    return fds.union(*(s.group.held_fds() for s in servers if isinstance(s, Slot)))
 
 
 def resident_pids() -> set[int]:

@@ -61,14 +61,14 @@ def _serve():
             os._exit(0)  # evalbox is done with us (a full interpreter teardown would copy every page)
         request = marshal.loads(msg)
         if "exec" in request:  # a slot's launcher starting a program by exec: the cold spawn, from here
-            control.send(marshal.dumps(_spawn_exec(spawn, request["exec"], fds)))
+            control.send(marshal.dumps({**_spawn_exec(spawn, request["exec"], fds), "id": request.get("id")}))
             continue
         if "exec_channel" in request:  # the same, its request (a jail's root: any size) on a channel
             channel = socket.socket(fileno=fds[0])
             size = channel.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)
             msg, fds, _, _ = socket.recv_fds(channel, max(size, 1), 16)
             channel.close()
-            control.send(marshal.dumps(_spawn_exec(spawn, marshal.loads(msg)["exec"], fds)))
+            control.send(marshal.dumps({**_spawn_exec(spawn, marshal.loads(msg)["exec"], fds), "id": request.get("id")}))
             del msg
             continue
         try:
@@ -79,7 +79,7 @@ def _serve():
         except OSError as e:
             for fd in fds:
                 os.close(fd)
-            control.send(marshal.dumps({"error": f"fork: {e}"}))
+            control.send(marshal.dumps({"error": f"fork: {e}", "id": request.get("id")}))
             continue
         if pid == 0 and request.get("slot"):
             # A resident launcher for one slot: joins the slot's cgroup once (its runs are born
@@ -115,7 +115,7 @@ def _serve():
             return spawn, marshal.loads(msg), fds, init_sock
         for fd in fds:
             os.close(fd)
-        control.send(marshal.dumps({"pid": pid}))
+        control.send(marshal.dumps({"pid": pid, "id": request.get("id")}))  # (evalbox matches answers by id)
 
 
 _resident = []
