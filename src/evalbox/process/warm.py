@@ -48,7 +48,7 @@ from evalbox.policy.plan import NotifyMode, Plan
 from evalbox.process.host import Host
 from evalbox.process.lockdown import UMASK, Lockdown
 
-IDLE_SLOTS = max(4, 2 * (os.cpu_count() or 1))  # idle slots kept per template
+IDLE_SLOTS = max(8, 4 * (os.cpu_count() or 1))  # idle slots kept per template (run_many at 8 makes none anew)
 START_TIMEOUT = 60.0
 # Start-up variables a warm copy applies itself (warm_template.py); any other PYTHON* runs cold.
 WARM_ENV = frozenset({"PYTHONUNBUFFERED"})  # seconds for a template to import its modules and report
