@@ -65,9 +65,13 @@ def test_stale_deep_workspace_never_stops_the_next_executor(tmp_path):
     outside.mkdir()
     (outside / "keep").write_text("sacrificial")
     stale = f"/tmp/evalbox-{_dead_pid()}-deeptest"
-    os.mkdir(stale, 0o700)
+    # built under a name no sweep takes, then put in place at once: another evalbox process on the
+    # machine may sweep it the moment it has the stale name (which is fine: it is gone either way)
+    building = f"/tmp/building-{os.getpid()}-deeptest"
+    os.mkdir(building, 0o700)
     try:
-        _build_chain(stale, 5000, str(outside))
+        _build_chain(building, 5000, str(outside))
+        os.rename(building, stale)
         probe = textwrap.dedent("""
             import evalbox
             with evalbox.Executor() as ex:
@@ -80,7 +84,7 @@ def test_stale_deep_workspace_never_stops_the_next_executor(tmp_path):
         assert not os.path.lexists(stale), "stale workspace not swept"
         assert (outside / "keep").read_text() == "sacrificial"
     finally:
-        subprocess.run(["rm", "-rf", stale])
+        subprocess.run(["rm", "-rf", stale, building])
 
 
 UNPRIVILEGED_REMOVE = textwrap.dedent("""
