@@ -228,21 +228,27 @@ static int send_fd(const struct config *c, int sock, int fd)
     return tagged(c, SYS_sendmsg, sock, (long)&m.msg, MSG_NOSIGNAL) == 1 ? 0 : -1;
 }
 
-/* "/proc/self/fd/N" without snprintf (not async-signal-safe). */
+/* The decimal digits of a non-negative number at out (no snprintf: not async-signal-safe);
+ * returns how many. */
+static size_t put_decimal(char *out, unsigned long value)
+{
+    char digits[24];
+    size_t n = 0;
+    do {
+        digits[n++] = (char)('0' + value % 10);
+        value /= 10;
+    } while (value > 0);
+    for (size_t i = 0; i < n; i++)
+        out[i] = digits[n - 1 - i];
+    return n;
+}
+
+/* "/proc/self/fd/N". */
 static void fd_path(char out[32], int fd)
 {
     static const char prefix[] = "/proc/self/fd/";
-    char digits[12];
-    int n = 0;
-    do {
-        digits[n++] = (char)('0' + fd % 10);
-        fd /= 10;
-    } while (fd > 0);
     memcpy(out, prefix, sizeof prefix - 1);
-    int i = sizeof prefix - 1;
-    while (n > 0)
-        out[i++] = digits[--n];
-    out[i] = '\0';
+    out[sizeof prefix - 1 + put_decimal(out + sizeof prefix - 1, (unsigned long)fd)] = '\0';
 }
 
 /* Create the directories leading to `path` below `top` (and `path` itself, a directory or an
@@ -1227,21 +1233,13 @@ static int interface_up(const char *name)
     return err;
 }
 
-/* "<id> <id> 1\n" into out (no snprintf); returns the length. */
+/* "<id> <id> 1\n" into out; returns the length. */
 static size_t id_map_line(char out[64], long id)
 {
-    char digits[24];
-    int n = 0;
-    do {
-        digits[n++] = (char)('0' + id % 10);
-        id /= 10;
-    } while (id > 0);
-    size_t len = 0;
-    for (int twice = 0; twice < 2; twice++) {
-        for (int i = n - 1; i >= 0; i--)
-            out[len++] = digits[i];
-        out[len++] = ' ';
-    }
+    size_t len = put_decimal(out, (unsigned long)id);
+    out[len++] = ' ';
+    len += put_decimal(out + len, (unsigned long)id);
+    out[len++] = ' ';
     out[len++] = '1';
     out[len++] = '\n';
     return len;

@@ -114,16 +114,22 @@ def _spawn_jailed(lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple
         for end in (ours, theirs):
             if end is not None:
                 end.close()
-    step, err = struct.unpack("=ii", report) if len(report) == 8 else (-1, errno.ECHILD)
-    if step == _spawn.STEP_STARTED:
+    if len(report) == 8 and struct.unpack("=ii", report)[0] == _spawn.STEP_STARTED:
         os.set_blocking(read_end, False)
         return pid, pidfd, listener, read_end
     os.close(read_end)
+    raise failed_start(lock, pid, pidfd, report)
+
+
+def failed_start(lock: Lockdown, pid: int, pidfd: int, report: bytes) -> Exception:
+    """The error of a start whose first report (step, errno) was not STEP_STARTED (in a jail: its
+    init's; a short report: it died without a word). Reaps the process and closes its pidfd."""
     os.waitpid(pid, 0)
     os.close(pidfd)
-    if step < 0:
-        raise SpawnError(errno.ECHILD, "the sandbox's init died before the program started; nothing was run")
-    raise _spawn_error(lock, step, err)
+    if len(report) < 8:
+        return SpawnError(errno.ECHILD, "the sandbox's init died before the program started; nothing was run")
+    step, err = struct.unpack("=ii", report)
+    return _spawn_error(lock, step, err)
 
 
 @dataclass(frozen=True)
@@ -169,7 +175,6 @@ def _spawn_error(lock: Lockdown, step: int, err: int) -> Exception:
     return SpawnError(err, f"sandbox set-up failed while trying to {what}: {reason}; nothing was run")
 
 
-spawn_error = _spawn_error  # also raised for a warm run whose in-place lockdown failed
 
 
 def kill_uid(uid: int, gid: int) -> None:

@@ -28,7 +28,6 @@ templates write to the caller's stderr (their own failures).
 
 from __future__ import annotations
 
-import errno
 import itertools
 import marshal
 import os
@@ -341,8 +340,7 @@ class PendingStart:
         pid is the jail's init and the report fd carries the program's verdict, as for a cold
         jailed spawn. Raises the spawn error of a cold run when the lockdown failed (the process
         reaped, every fd of the start closed)."""
-        from evalbox.errors import SpawnError
-        from evalbox.process.spawn import spawn_error
+        from evalbox.process.spawn import failed_start
 
         pid, pidfd, read_end, ours, jail_flags = self.pid, self.pidfd, self.fd, self.ours, self.jail_flags
         keep_read_end = False
@@ -369,12 +367,7 @@ class PendingStart:
             os.set_blocking(read_end, False)
             return pid, pidfd, listener, read_end
         if jail_flags or len(report) == 8:
-            os.waitpid(pid, 0)
-            os.close(pidfd)
-            if len(report) < 8:
-                raise SpawnError(errno.ECHILD, "the sandbox's init died before the program started; nothing was run")
-            step, err = struct.unpack("=ii", report)
-            raise spawn_error(self.lock, step, err)
+            raise failed_start(self.lock, pid, pidfd, report)
         return pid, pidfd, listener, -1
 
     def abandon(self) -> None:
@@ -520,8 +513,7 @@ class Slot(_Server):
         """The launcher clones the jail's init as the run's sibling (process.spawn's jailed spawn,
         done from inside the slot's group) and answers with the init's first report; the init's
         record at the end comes on our copy of the report pipe."""
-        from evalbox.errors import SpawnError
-        from evalbox.process.spawn import spawn_error
+        from evalbox.process.spawn import failed_start
 
         wants_listener = any(flags & _spawn.SECCOMP_FILTER_FLAG_NEW_LISTENER for _, flags in lock.filters)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if wants_listener else (None, None)
@@ -575,12 +567,7 @@ class Slot(_Server):
         if started:
             os.set_blocking(read_end, False)
             return pid, pidfd, listener, read_end
-        os.waitpid(pid, 0)
-        os.close(pidfd)
-        if len(report) < 8:
-            raise SpawnError(errno.ECHILD, "the sandbox's init died before the program started; nothing was run")
-        step, err = struct.unpack("=ii", report)
-        raise spawn_error(lock, step, err)
+        raise failed_start(lock, pid, pidfd, report)
 
     def clean(self) -> bool:
         """No process of the last run is left in the group; its counters start again from zero."""
