@@ -99,15 +99,17 @@ def _system_rules_packed(handled: int) -> bytes:
     return b"".join(packed)
 
 
-def _inside(path: str, trees: tuple[str, ...]) -> bool:
-    # `resolve` lists every file by its real path too, so a plain prefix test is enough: a link
-    # outside the trees that points into them only adds a redundant rule.
-    return any(path == t or path.startswith(t + "/") for t in trees)
-
-
 @functools.cache
 def _system_trees_real() -> tuple[str, ...]:
     return tuple(os.path.realpath(t) for t in SYSTEM_TREES if os.path.exists(t))
+
+
+@functools.cache
+def _system_trees_both() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The system trees by real path and by name, and the same with a trailing "/" (one
+    str.startswith call per runtime file instead of a Python loop over the trees)."""
+    trees = _system_trees_real() + SYSTEM_TREES
+    return trees, tuple(t + "/" for t in trees)
 
 
 # A sandbox that can have a private tmpfs on /dev/shm (root host: POSIX semaphores work) gets
@@ -137,9 +139,13 @@ def path_rules(plan: Plan, workspace: str, runtime: Runtime, own_uid: bool = Fal
     # (a path inside a system tree by name, /bin/true through /bin -> usr/bin say, reaches a file
     # below the tree's own rule, or, through a link further down, one `resolve` lists by its
     # real path too: either way its own rule would add nothing)
-    system_real = _system_trees_real() + SYSTEM_TREES
+    # (`resolve` lists every file by its real path too, so a plain prefix test is enough: a link
+    # outside the trees that points into them only adds a redundant rule)
+    system_trees, system_prefixes = _system_trees_both()
+    workspace_prefix = workspace + "/"
     for path in sorted(runtime.executables | runtime.libraries):
-        if not _inside(path, system_real) and not _inside(path, (workspace,)):
+        if not (path in system_trees or path.startswith(system_prefixes)
+                or path == workspace or path.startswith(workspace_prefix)):
             rules.append(PathRule(path, ll.READ_FILE | ll.EXECUTE))
     for mount in plan.mounts:
         rules.append(PathRule(mount.source, EVERYTHING if mount.writable else ll.READ_EXEC, no_symlinks=True))

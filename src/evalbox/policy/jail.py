@@ -16,6 +16,7 @@ The mechanism (mounting, pivot_root) is in kernel/_spawn.c; this module only lis
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import time
@@ -81,7 +82,13 @@ def no_view(reason: str) -> str:
 
 
 def _inside(path: str, trees: tuple[str, ...] | list[str]) -> bool:
-    return any(path == t or path.startswith(t.rstrip("/") + "/") for t in trees)
+    return path in trees or path.startswith(_prefixes(tuple(trees)))
+
+
+@functools.lru_cache(maxsize=256)
+def _prefixes(trees: tuple[str, ...]) -> tuple[str, ...]:
+    # (one str.startswith call over all of them: ~100 Python steps a run less)
+    return tuple(t.rstrip("/") + "/" for t in trees)
 
 
 def _bind(path: str, source: str | None = None, ro: bool = True, no_symlinks: bool = False) -> Entry:
