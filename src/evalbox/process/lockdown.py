@@ -212,8 +212,9 @@ def _check_other_access(path: str, writable: bool, can_expose: bool) -> None:
     Unsearchable ancestors are fine when the sandbox can get its own mount namespace (the path
     is then bound into it); the path itself must still be open to others.
     """
-    top = hidden_ancestor(path)
-    if top is not None and not can_expose:
+    # (only asked when it matters: a stat per ancestor, every run)
+    top = hidden_ancestor(path) if not can_expose else None
+    if top is not None:
         raise ValidationError(
             f"mount {path}: sandboxes of a root host run as their own uid, and {top} is not searchable by "
             f"other users (mode {stat.filemode(os.stat(top).st_mode)}); chmod o+x {top}, or mount a "
