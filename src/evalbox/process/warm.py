@@ -571,7 +571,7 @@ class Slot(_Server):
 
     def clean(self) -> bool:
         """No process of the last run is left in the group; its counters start again from zero."""
-        if self.group.pids():
+        if not self.group.only_resident_left(lambda: self.alive):
             return False
         self.group.reset()
         return True
