@@ -217,6 +217,12 @@ def _open_dirs(base_fd: int, parts: list[str], owner: tuple[int, int] | None) ->
         raise
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class Workspace:
     def __init__(self, plan: Plan, owner: tuple[int, int] | None = None, memory_bounded: bool = False) -> None:
         """Create the directory tree; `owner` (uid, gid) hands it to a sandbox user.
@@ -244,10 +250,12 @@ class Workspace:
                     try:
                         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                                      0o755 if f.executable else 0o644, dir_fd=parent)
-                        with os.fdopen(fd, "wb") as out:
-                            out.write(f.content)
+                        try:  # (os-level writes: a buffered file object costs ~10 us more per file)
+                            _write_all(fd, f.content)
                             if owner is not None:
-                                os.fchown(out.fileno(), *owner)
+                                os.fchown(fd, *owner)
+                        finally:
+                            os.close(fd)
                     finally:
                         os.close(parent)
                 for mount in plan.mounts:
