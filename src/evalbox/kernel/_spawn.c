@@ -2276,6 +2276,107 @@ static PyObject *fork_jail(PyObject *self, PyObject *args)
     return Py_BuildValue("(ii)", (int)pid, -1);
 }
 
+PyDoc_STRVAR(recv_request_doc,
+"recv_request(fd) -> (bytes, [fd, ...])\n\n"
+"Read the one message waiting on a Unix SOCK_SEQPACKET socket (any size) with the fds it carries\n"
+"(at most 16, close-on-exec), then close the socket. A warm copy reads its run's request so,\n"
+"touching (and so copying) as little of the template's memory as it can.");
+
+#define MAX_REQUEST_FDS 16
+
+static PyObject *recv_request(PyObject *self, PyObject *args)
+{
+    (void)self;
+    int sock;
+    if (!PyArg_ParseTuple(args, "i", &sock))
+        return NULL;
+    char peek;
+    struct iovec iov = {&peek, 1};
+    struct msghdr m;
+    memset(&m, 0, sizeof m);
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    ssize_t size;
+    while ((size = recvmsg(sock, &m, MSG_PEEK | MSG_TRUNC)) < 0 && errno == EINTR)
+        ;
+    if (size < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        close(sock);
+        return NULL;
+    }
+    PyObject *data = PyBytes_FromStringAndSize(NULL, size > 0 ? size : 1);
+    if (!data) {
+        close(sock);
+        return NULL;
+    }
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(MAX_REQUEST_FDS * sizeof(int))];
+    } control;
+    iov.iov_base = PyBytes_AS_STRING(data);
+    iov.iov_len = size > 0 ? (size_t)size : 1;
+    memset(&m, 0, sizeof m);
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = control.buf;
+    m.msg_controllen = sizeof control.buf;
+    ssize_t got;
+    while ((got = recvmsg(sock, &m, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
+        ;
+    int saved_errno = errno;
+    close(sock);
+    int fds[MAX_REQUEST_FDS];
+    size_t n = 0;
+    for (struct cmsghdr *c = got >= 0 ? CMSG_FIRSTHDR(&m) : NULL; c; c = CMSG_NXTHDR(&m, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < count; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+            if (n < MAX_REQUEST_FDS)
+                fds[n++] = fd;
+            else
+                close(fd);
+        }
+    }
+    if (got < 0 || got != size || (m.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+        for (size_t i = 0; i < n; i++)
+            close(fds[i]);
+        Py_DECREF(data);
+        if (got < 0) {
+            errno = saved_errno;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        PyErr_SetString(PyExc_OSError, "a run's request came cut short");
+        return NULL;
+    }
+    if (_PyBytes_Resize(&data, got) != 0)
+        goto fail;
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    if (!list) {
+        Py_DECREF(data);
+        goto fail;
+    }
+    for (size_t i = 0; i < n; i++) {
+        PyObject *fd = PyLong_FromLong(fds[i]);
+        if (!fd) {
+            Py_DECREF(list);
+            Py_DECREF(data);
+            goto fail;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, fd);
+    }
+    PyObject *result = PyTuple_Pack(2, data, list);
+    Py_DECREF(data);
+    Py_DECREF(list);
+    return result;
+fail:
+    for (size_t i = 0; i < n; i++)
+        close(fds[i]);
+    return NULL;
+}
+
 PyDoc_STRVAR(syscall_doc,
 "syscall(nr, *args) -> int\n\n"
 "A raw system call for kernel interfaces the os module lacks (Landlock). Each argument is an int\n"
@@ -2455,6 +2556,7 @@ static PyMethodDef methods[] = {
     {"probe_user_namespace", probe_user_namespace, METH_NOARGS, probe_userns_doc},
     {"fork_sibling", fork_sibling, METH_NOARGS, fork_sibling_doc},
     {"fork_jail", fork_jail, METH_VARARGS, fork_jail_doc},
+    {"recv_request", recv_request, METH_VARARGS, recv_request_doc},
     {"landlock_add_path_rules", landlock_add_path_rules, METH_VARARGS, add_rules_doc},
     {"lockdown_self", (PyCFunction)(void (*)(void))lockdown_self, METH_VARARGS | METH_KEYWORDS, lockdown_self_doc},
     {"spawn", (PyCFunction)(void (*)(void))spawn, METH_VARARGS | METH_KEYWORDS, spawn_doc},
