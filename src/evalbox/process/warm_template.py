@@ -72,8 +72,9 @@ def _serve():
             del msg
             continue
         try:
-            # a jailed run: its init (a copy that runs no Python) is born in the jail's new
-            # namespaces as their PID 1, and forks the copy that becomes the program (PID 2)
+            # a jailed run: its init (in this process's memory, running no Python) is born in the
+            # jail's new namespaces as their PID 1, and forks the copy that becomes the program
+            # (PID 2), which returns here
             jail = request.get("jail", 0)
             pid, init_sock = spawn.fork_jail(jail) if jail else (spawn.fork_sibling(), -1)
         except OSError as e:
