@@ -16,6 +16,7 @@ import time
 import pytest
 
 import evalbox
+from evalbox.executor.executor import Completed
 from evalbox.process import warm
 from evalbox.process.host import probe
 from rt_helpers import describe, ok
@@ -215,3 +216,59 @@ def test_a_jail_that_cannot_be_built_fails_the_warm_run_as_the_cold_one():
     assert errors[0] == errors[1] and "build the jail's root" in errors[0], errors
     assert set(os.listdir("/proc/self/fd")) <= fds | set(map(str, warm.held_fds()))
     assert ok(run("print('again')", True)).stdout == b"again\n"
+
+
+def _same_memory(a: int, b: int) -> bool:
+    """kcmp(KCMP_VM): do the two processes share one address space? (A process that is gone,
+    e.g. another test's closed template, shares nothing.)"""
+    import ctypes
+    import errno
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    got = libc.syscall(312 if os.uname().machine == "x86_64" else 272, a, b, 1, 0, 0)
+    if got < 0 and ctypes.get_errno() == errno.ESRCH:
+        return False
+    assert got >= 0, os.strerror(ctypes.get_errno())
+    return got == 0
+
+
+def test_the_init_shares_the_templates_memory_the_program_has_its_own_copy():
+    """The warm jail's init runs no Python, so it is cloned into the memory of the template (or
+    slot launcher) that started the run: no copy of the interpreter's page tables is made and torn
+    down for it. The program's process must never share that memory: it would write what every
+    later run starts from."""
+    sync = tempfile.mkdtemp(prefix="evalbox-warmjail-")
+    os.chmod(sync, 0o777)  # the sandbox runs as a uid of its own
+    code = f"""
+import os, time
+open({sync!r} + '/ready', 'w').close()
+deadline = time.monotonic() + 25
+while not os.path.exists({sync!r} + '/done') and time.monotonic() < deadline:
+    time.sleep(0.01)
+print('done')
+"""
+    plan = evalbox.python.plan(code, warm=True, timeout=30, mounts=[evalbox.Mount(sync, writable=True)])
+    with evalbox.Executor() as ex:
+        sid = ex.spawn(plan, close_stdin=True)
+        try:
+            init = ex._running[sid].box.pid
+            deadline = time.monotonic() + 30
+            while not os.path.exists(os.path.join(sync, "ready")):
+                assert time.monotonic() < deadline, "the warm run never started"
+                time.sleep(0.01)
+            with open(f"/proc/{init}/task/{init}/children") as f:
+                (program,) = map(int, f.read().split())
+            servers = _template_pids() | {s.pid for s in warm.Slot.busy if s.pid > 0}
+            starters = [p for p in servers if _same_memory(init, p)]
+            assert len(starters) == 1, f"the init shares memory with {starters} of {servers}"
+            assert not any(_same_memory(program, p) for p in servers | {init}), "the program shares memory"
+            with open(f"/proc/{program}/status") as f:
+                assert "\nPPid:\t%d\n" % init in f.read()
+        finally:
+            with open(os.path.join(sync, "done"), "w"):
+                pass
+        done = None
+        while done is None:
+            done = next((e.output for e in ex.poll(30) if isinstance(e, Completed) and e.id == sid), None)
+    shutil.rmtree(sync, ignore_errors=True)
+    assert ok(done).stdout == b"done\n"

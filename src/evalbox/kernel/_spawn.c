@@ -1404,11 +1404,12 @@ static int init_main(void *arg)
 
 /* ---- the jail of a warm copy ----
  *
- * A warm template (warm_template.py) starts each jailed run with fork_jail: a copy of the
- * template (no Python runs in it) is cloned into fresh PID, mount (or none: the program copies a
- * template mount namespace), IPC and UTS namespaces as their PID 1 and the caller's child, as a
- * cold jail's init is; it forks the program's process at once (PID 2, a copy of the interpreter,
- * which returns to Python, reads its own request and locks itself down) and becomes the init.
+ * A warm template (warm_template.py) starts each jailed run with fork_jail: an init that shares
+ * the template's memory (CLONE_VM, on a slot's stack; no Python runs in it) is cloned into fresh
+ * PID, mount (or none: the program copies a template mount namespace), IPC and UTS namespaces as
+ * their PID 1 and the caller's child, as a cold jail's init is; it forks the program's process
+ * at once (PID 2, a copy of the interpreter, which returns to Python, reads its own request and
+ * locks itself down) and becomes the init.
  * The program's lockdown_self hands the init the caller's report pipe and the caller's pidfd,
  * builds the jail's namespaces itself (init_namespaces: the pooled network namespace, hostname,
  * root, /proc), then locks down; on their own socket it tells the init how that went: (step,
@@ -1444,15 +1445,11 @@ static NO_TLS void warm_init_give_up(long program, int status)
         raw4(SYS_exit_group, status, 0, 0, 0);
 }
 
-/* The init of a warm copy's jail (see above): `sock` is its end of the program's socket. Signals
- * arrive blocked. Never returns. */
+/* The init of a warm copy's jail (see above), once fork_jail's caller runs again: raw calls only
+ * (it shares that template's memory and C library state). `sock` is its end of the program's
+ * socket. Its dispositions are set and signals blocked. Never returns. */
 static NO_TLS void warm_init(int sock, long program, int detach_root)
 {
-    init_signals();
-    /* Not dumpable: its /proc files are root's and no one without CAP_SYS_PTRACE reaches its
-     * memory or, through /proc/1/root, the mount namespace it lives in (the template's). */
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
-        warm_init_give_up(program, 127);
     /* It holds copies of the template's fds (its control socket, this run's channel): only the
      * program's socket stays. */
     if (sock > 0)
@@ -1465,7 +1462,8 @@ static NO_TLS void warm_init(int sock, long program, int detach_root)
     /* getppid() is 0 here (the parent lives outside the namespace): its pidfd says whether the
      * caller died before the signal was armed. */
     struct pollfd parent = {.fd = alive, .events = POLLIN};
-    if (poll(&parent, 1, 0) != 0) {
+    struct timespec now = {0, 0};
+    if (raw4(SYS_ppoll, (long)&parent, 1, (long)&now, 0) != 0) {
         int gone[2] = {STEP_PARENT_GONE, ESRCH};
         raw4(SYS_write, caller, (long)gone, sizeof gone, 0);
         warm_init_give_up(program, 127);
@@ -1491,6 +1489,51 @@ static NO_TLS void warm_init(int sock, long program, int detach_root)
     int started[2] = {STEP_STARTED, (int)program};
     raw4(SYS_write, caller, (long)started, sizeof started, 0);
     init_reap(caller, (pid_t)program, detach_root);
+}
+
+/* What fork_jail shares with the init it clones: the init runs on a slot's stack in the
+ * template's own memory (CLONE_VM: no copy of the interpreter's page tables to make and tear down
+ * for a process that runs no Python), while fork_jail waits on `forked` for it to fork the
+ * program. The program's process, a copy of that memory taken while fork_jail waits, resumes
+ * fork_jail at `resume`. */
+struct warm_fork {
+    void *resume[5]; /* __builtin_setjmp */
+    int *tid_address;
+    unsigned long child_flags;
+    int init_sock, program_sock, forked[2];
+    int detach_root;
+    sigset_t old_mask;
+};
+
+static NO_TLS __attribute__((noreturn)) void resume_as_program(struct warm_fork *f)
+{
+    __builtin_longjmp(f->resume, 1);
+}
+
+static NO_TLS int warm_init_main(void *arg)
+{
+    struct warm_fork *f = arg;
+    /* The template is blocked until the word on `forked`: this memory is its own, as fork_jail
+     * left it, so the copy forked now is the one a fork would have made. */
+    long program = syscall(SYS_clone, SIGCHLD | f->child_flags, 0L, NULL, f->tid_address, 0L);
+    if (program == 0)
+        resume_as_program(f); /* the program's process (PID 2) */
+    int sock = f->init_sock, forked = f->forked[1], detach_root = f->detach_root;
+    if (program < 0) /* the template reads end of file; the caller sees its report pipe close */
+        for (;;)
+            raw4(SYS_exit_group, 127, 0, 0, 0);
+    /* Still before the word (the C library's calls may set the template's errno): no handler of
+     * the template may ever run here, and the init dies with the caller. Not made non-dumpable:
+     * that flag belongs to the memory, which is the template's; the init is root's and hidden
+     * (hidepid), the program runs as another uid under Landlock, so neither its /proc files nor
+     * its memory are within the program's reach. */
+    init_signals();
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
+        warm_init_give_up(program, 127);
+    char word = 1;
+    raw4(SYS_write, forked, (long)&word, 1, 0);
+    warm_init(sock, program, detach_root); /* never returns */
+    return 127;
 }
 
 /* In the program's process (PID 2), signals blocked: hand the init what it reports on, then
@@ -2147,11 +2190,24 @@ static PyObject *fork_sibling(PyObject *self, PyObject *unused)
 
 PyDoc_STRVAR(fork_jail_doc,
 "fork_jail(namespaces) -> (pid, init_sock)\n\n"
-"Start a warm jailed run: a copy of this process (which runs no Python) is cloned into new\n"
-"namespaces (CLONE_NEW{PID,NS,IPC,UTS}; PID required) as their PID 1 and the caller's parent's\n"
-"child (CLONE_PARENT), forks the run's program process (PID 2) and becomes the jail's init (see\n"
+"Start a warm jailed run: an init that shares this process's memory and runs no Python is\n"
+"cloned into new namespaces (CLONE_NEW{PID,NS,IPC,UTS}; PID required) as their PID 1 and the\n"
+"caller's parent's child (CLONE_PARENT); it forks the run's program process (PID 2, a copy of\n"
+"this process that returns here) while this one waits, and becomes the jail's init (see\n"
 "lockdown_self). Returns (the init's pid, -1) here and (0, its socket to the init) in the\n"
 "program's process, whose lockdown_self(jail_flags=..., init_sock=...) must follow.");
+
+/* The program's process, resumed in fork_jail (see warm_fork): its memory is the template's as it
+ * was when fork_jail waited; fork_jail's other fds are copies it does not need. */
+static PyObject *fork_jail_program(struct warm_fork *f)
+{
+    close(f->init_sock);
+    close(f->forked[0]);
+    close(f->forked[1]);
+    sigprocmask(SIG_SETMASK, &f->old_mask, NULL);
+    PyOS_AfterFork_Child();
+    return Py_BuildValue("(ii)", 0, f->program_sock);
+}
 
 static PyObject *fork_jail(PyObject *self, PyObject *args)
 {
@@ -2163,36 +2219,53 @@ static PyObject *fork_jail(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "fork_jail takes CLONE_NEWPID and maybe mount, IPC and UTS namespace flags");
         return NULL;
     }
+    static struct warm_fork f; /* (static: its address is the same in the program's copy) */
+    memset(&f, 0, sizeof f);
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
         return PyErr_SetFromErrno(PyExc_OSError);
-    int *tid_address;
-    unsigned long child_flags = tid_flags(&tid_address);
+    if (pipe2(f.forked, O_CLOEXEC) != 0) {
+        int saved = errno;
+        close(sv[0]);
+        close(sv[1]);
+        errno = saved;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    char *slot = take_slot();
+    if (!slot) {
+        close(sv[0]);
+        close(sv[1]);
+        close(f.forked[0]);
+        close(f.forked[1]);
+        return PyErr_NoMemory();
+    }
+    struct slot_head *head = SLOT_HEAD(slot);
+    f.init_sock = sv[0];
+    f.program_sock = sv[1];
+    f.detach_root = (namespaces & CLONE_NEWNS) != 0;
+    f.child_flags = tid_flags(&f.tid_address);
     /* No handler of the template may ever run in the init: signals stay blocked in it until it
      * has its own dispositions (init_signals), and come back in the program's process. */
-    sigset_t all, old;
+    sigset_t all;
     sigfillset(&all);
     PyOS_BeforeFork();
-    sigprocmask(SIG_BLOCK, &all, &old);
-    long pid = syscall(SYS_clone, CLONE_PARENT | (unsigned long)namespaces | child_flags, 0L, NULL, tid_address, 0L);
+    sigprocmask(SIG_BLOCK, &all, &f.old_mask);
+    if (__builtin_setjmp(f.resume))
+        return fork_jail_program(&f);
+    head->tid = 1; /* cleared by the kernel when the init exits (CLONE_CHILD_CLEARTID) */
+    long pid = clone(warm_init_main, stack_top((char *)head),
+                     CLONE_VM | CLONE_PARENT | CLONE_CHILD_CLEARTID | (unsigned long)namespaces, &f, NULL, NULL,
+                     &head->tid);
     int saved_errno = errno;
-    if (pid == 0) {
-        long program = syscall(SYS_clone, SIGCHLD | child_flags, 0L, NULL, tid_address, 0L);
-        if (program == 0) {
-            close(sv[0]);
-            sigprocmask(SIG_SETMASK, &old, NULL);
-            PyOS_AfterFork_Child();
-            return Py_BuildValue("(ii)", 0, sv[1]);
-        }
-        if (program < 0) /* the caller sees its report pipe close without a word */
-            for (;;)
-                raw4(SYS_exit_group, 127, 0, 0, 0);
-        raw4(SYS_close, sv[1], 0, 0, 0);
-        warm_init(sv[0], program, (namespaces & CLONE_NEWNS) != 0); /* never returns */
-        for (;;)
-            raw4(SYS_exit_group, 127, 0, 0, 0);
-    }
-    sigprocmask(SIG_SETMASK, &old, NULL);
+    close(f.forked[1]);
+    if (pid > 0) { /* wait, touching nothing the copy needs, until the init has forked it */
+        char word;
+        while (read(f.forked[0], &word, 1) < 0 && errno == EINTR)
+            ;
+    } else
+        head->tid = 0;
+    close(f.forked[0]);
+    sigprocmask(SIG_SETMASK, &f.old_mask, NULL);
     PyOS_AfterFork_Parent();
     close(sv[0]);
     close(sv[1]);
@@ -2201,6 +2274,107 @@ static PyObject *fork_jail(PyObject *self, PyObject *args)
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     return Py_BuildValue("(ii)", (int)pid, -1);
+}
+
+PyDoc_STRVAR(recv_request_doc,
+"recv_request(fd) -> (bytes, [fd, ...])\n\n"
+"Read the one message waiting on a Unix SOCK_SEQPACKET socket (any size) with the fds it carries\n"
+"(at most 16, close-on-exec), then close the socket. A warm copy reads its run's request so,\n"
+"touching (and so copying) as little of the template's memory as it can.");
+
+#define MAX_REQUEST_FDS 16
+
+static PyObject *recv_request(PyObject *self, PyObject *args)
+{
+    (void)self;
+    int sock;
+    if (!PyArg_ParseTuple(args, "i", &sock))
+        return NULL;
+    char peek;
+    struct iovec iov = {&peek, 1};
+    struct msghdr m;
+    memset(&m, 0, sizeof m);
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    ssize_t size;
+    while ((size = recvmsg(sock, &m, MSG_PEEK | MSG_TRUNC)) < 0 && errno == EINTR)
+        ;
+    if (size < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        close(sock);
+        return NULL;
+    }
+    PyObject *data = PyBytes_FromStringAndSize(NULL, size > 0 ? size : 1);
+    if (!data) {
+        close(sock);
+        return NULL;
+    }
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(MAX_REQUEST_FDS * sizeof(int))];
+    } control;
+    iov.iov_base = PyBytes_AS_STRING(data);
+    iov.iov_len = size > 0 ? (size_t)size : 1;
+    memset(&m, 0, sizeof m);
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = control.buf;
+    m.msg_controllen = sizeof control.buf;
+    ssize_t got;
+    while ((got = recvmsg(sock, &m, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
+        ;
+    int saved_errno = errno;
+    close(sock);
+    int fds[MAX_REQUEST_FDS];
+    size_t n = 0;
+    for (struct cmsghdr *c = got >= 0 ? CMSG_FIRSTHDR(&m) : NULL; c; c = CMSG_NXTHDR(&m, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < count; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+            if (n < MAX_REQUEST_FDS)
+                fds[n++] = fd;
+            else
+                close(fd);
+        }
+    }
+    if (got < 0 || got != size || (m.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+        for (size_t i = 0; i < n; i++)
+            close(fds[i]);
+        Py_DECREF(data);
+        if (got < 0) {
+            errno = saved_errno;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        PyErr_SetString(PyExc_OSError, "a run's request came cut short");
+        return NULL;
+    }
+    if (_PyBytes_Resize(&data, got) != 0)
+        goto fail;
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    if (!list) {
+        Py_DECREF(data);
+        goto fail;
+    }
+    for (size_t i = 0; i < n; i++) {
+        PyObject *fd = PyLong_FromLong(fds[i]);
+        if (!fd) {
+            Py_DECREF(list);
+            Py_DECREF(data);
+            goto fail;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, fd);
+    }
+    PyObject *result = PyTuple_Pack(2, data, list);
+    Py_DECREF(data);
+    Py_DECREF(list);
+    return result;
+fail:
+    for (size_t i = 0; i < n; i++)
+        close(fds[i]);
+    return NULL;
 }
 
 PyDoc_STRVAR(syscall_doc,
@@ -2382,6 +2556,7 @@ static PyMethodDef methods[] = {
     {"probe_user_namespace", probe_user_namespace, METH_NOARGS, probe_userns_doc},
     {"fork_sibling", fork_sibling, METH_NOARGS, fork_sibling_doc},
     {"fork_jail", fork_jail, METH_VARARGS, fork_jail_doc},
+    {"recv_request", recv_request, METH_VARARGS, recv_request_doc},
     {"landlock_add_path_rules", landlock_add_path_rules, METH_VARARGS, add_rules_doc},
     {"lockdown_self", (PyCFunction)(void (*)(void))lockdown_self, METH_VARARGS | METH_KEYWORDS, lockdown_self_doc},
     {"spawn", (PyCFunction)(void (*)(void))spawn, METH_VARARGS | METH_KEYWORDS, spawn_doc},

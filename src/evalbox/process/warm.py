@@ -8,8 +8,8 @@ the same lockdown in place (`_spawn.lockdown_self`), makes itself look like `pyt
 just started, and runs the script. No process serves two runs.
 
 On hosts that jail every run (SPEC §4.9) the template starts a jailed run with `_spawn.fork_jail`:
-a copy that runs no Python is cloned into the jail's new namespaces as their PID 1 and becomes
-the jail's init (reaping, the same reports as a cold jail's); the copy it forks at once (PID 2)
+an init that shares the template's memory and runs no Python is cloned into the jail's new
+namespaces as their PID 1 (reaping, the same reports as a cold jail's); the copy it forks at once (PID 2)
 builds the jail (the same C code as a cold init: network, root, /proc), locks down and runs the
 script (`_spawn.lockdown_self` with jail_flags).
 

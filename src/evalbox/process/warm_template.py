@@ -52,6 +52,9 @@ def _serve():
         control.send(marshal.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}))
         sys.exit(1)
     control.send(marshal.dumps({"ok": True, "failed": failed, "version": list(sys.version_info[:2])}))
+    # What a copy drops from sys.modules, found once here rather than in each copy.
+    _template_only[:] = set(sys.modules) - _preloaded_modules - set(sys.builtin_module_names)
+    _template_only.append(len(sys.modules))
     while True:
         try:
             msg, fds, _, _ = socket.recv_fds(control, 1 << 20, 16)
@@ -64,16 +67,14 @@ def _serve():
             control.send(marshal.dumps({**_spawn_exec(spawn, request["exec"], fds), "id": request.get("id")}))
             continue
         if "exec_channel" in request:  # the same, its request (a jail's root: any size) on a channel
-            channel = socket.socket(fileno=fds[0])
-            size = channel.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)
-            msg, fds, _, _ = socket.recv_fds(channel, max(size, 1), 16)
-            channel.close()
+            msg, fds = spawn.recv_request(fds[0])
             control.send(marshal.dumps({**_spawn_exec(spawn, marshal.loads(msg)["exec"], fds), "id": request.get("id")}))
             del msg
             continue
         try:
-            # a jailed run: its init (a copy that runs no Python) is born in the jail's new
-            # namespaces as their PID 1, and forks the copy that becomes the program (PID 2)
+            # a jailed run: its init (in this process's memory, running no Python) is born in the
+            # jail's new namespaces as their PID 1, and forks the copy that becomes the program
+            # (PID 2), which returns here
             jail = request.get("jail", 0)
             pid, init_sock = spawn.fork_jail(jail) if jail else (spawn.fork_sibling(), -1)
         except OSError as e:
@@ -107,11 +108,9 @@ def _serve():
                     f.write("0")
             # The run's own request (environment, arguments, lockdown, fds) comes over a channel
             # of its own, read here in the copy: it never enters the template's (or a launcher's)
-            # memory, which later copies inherit.
-            channel = socket.socket(fileno=fds[0])
-            size = channel.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)  # a jail's files: any size
-            msg, fds, _, _ = socket.recv_fds(channel, max(size, 1), 16)
-            channel.close()
+            # memory, which later copies inherit. (Read in C: every page of the template that
+            # Python touches here is copied, ~2.5 us each.)
+            msg, fds = spawn.recv_request(fds[0])
             return spawn, marshal.loads(msg), fds, init_sock
         for fd in fds:
             os.close(fd)
@@ -119,6 +118,7 @@ def _serve():
 
 
 _resident = []
+_template_only = []
 
 
 def _spawn_exec(spawn, x, fds):
@@ -179,10 +179,11 @@ def _start_program(spawn, req, fds, init_sock):
         filters=x["filters"], listener_sock=listener, umask=x["umask"], overlays=x["overlays"], **jail,
     )
     # What CPython sets up at start (the lockdown put every disposition back to the default).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # (_signal, not signal: the latter's enum conversions touch, and so copy, ~40 pages)
+    _signal.signal(_signal.SIGINT, _signal.default_int_handler)
     for name in ("SIGPIPE", "SIGXFSZ"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
+        if hasattr(_signal, name):
+            _signal.signal(getattr(_signal, name), _signal.SIG_IGN)
     os.environ.clear()
     for item in req["env"]:
         key, _, value = item.partition(b"=")
@@ -252,8 +253,8 @@ def _finish(status, by_sigint=False):
             if stream is sys.stdout and not status:
                 status = 120  # as CPython when stdout cannot be flushed at exit
     if by_sigint:  # CPython ends by SIGINT after an uncaught KeyboardInterrupt
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
+        _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
+        os.kill(os.getpid(), _signal.SIGINT)
     os._exit(status & 0xFF if status >= 0 else 255)
 
 
@@ -278,7 +279,7 @@ for _name in _preload:
     except Exception as _e:  # noqa: BLE001 - reported to evalbox
         _preload_failures.append(f"{_name}: {type(_e).__name__}: {_e}")
 _preloaded_modules = set(sys.modules)
-import atexit, gc, importlib.machinery, importlib.util, io, marshal, signal, socket, time, types  # noqa: E401,E402
+import _signal, atexit, gc, importlib.machinery, importlib.util, io, marshal, socket, time, types  # noqa: E401,E402
 
 # Copies must not walk the template's objects: a collection touches every object it scans, and
 # each touched page is copied. Frozen objects are ignored by the collector.
@@ -286,10 +287,12 @@ gc.collect()
 gc.freeze()
 _spawn_module, _request, _fds, _init_sock = _serve()
 # Modules only the template itself needed go; the program imports them afresh if it wants them.
-for _name in set(sys.modules) - _preloaded_modules - set(sys.builtin_module_names):
-    del sys.modules[_name]
+if len(sys.modules) != _template_only.pop():  # the template imported more while serving
+    _template_only = set(sys.modules) - _preloaded_modules - set(sys.builtin_module_names)
+for _name in _template_only:
+    sys.modules.pop(_name, None)
 _main = _start_program(_spawn_module, _request, _fds, _init_sock)
-del _spawn_module, _request, _fds, _init_sock, _serve, _start_program, _load_spawn, _name
+del _spawn_module, _request, _fds, _init_sock, _serve, _start_program, _load_spawn, _name, _template_only
 try:
     exec(_read_script(_main), _main.__dict__)
     _status, _by_sigint = 0, False
