@@ -153,8 +153,9 @@ def path_rules(plan: Plan, workspace: str, runtime: Runtime, own_uid: bool = Fal
     return rules
 
 
-def build_ruleset(rules: list[PathRule], abi: int, network: bool) -> ll.Ruleset:
-    """A Landlock ruleset enforcing `rules`, TCP off unless `network`, and the ABI's scopes."""
+def build_ruleset(rules: list[PathRule], abi: int, network: bool, opened: dict[str, int] | None = None) -> ll.Ruleset:
+    """A Landlock ruleset enforcing `rules`, TCP off unless `network`, and the ABI's scopes.
+    `opened`: fds the caller already opened with open_named_path for no_symlinks rules (kept open)."""
     handled_net = 0 if network else ll.net_rights(abi)
     ruleset = ll.Ruleset(ll.fs_rights(abi), handled_net, ll.scopes(abi))
     try:
@@ -169,11 +170,15 @@ def build_ruleset(rules: list[PathRule], abi: int, network: bool) -> ll.Ruleset:
             ruleset.allow_packed(_system_rules_packed(ruleset.handled_fs))
         for rule in rules:
             if rule.no_symlinks:
-                fd = open_named_path(rule.path, "mount source")
+                fd = opened.get(rule.path, -1) if opened else -1
+                own = fd < 0
+                if own:
+                    fd = open_named_path(rule.path, "mount source")
                 try:
                     ruleset.allow_fd(fd, stat.S_ISDIR(os.fstat(fd).st_mode), rule.rights)
                 finally:
-                    os.close(fd)
+                    if own:
+                        os.close(fd)
             else:
                 ruleset.allow_path(rule.path, rule.rights)
     except BaseException:

@@ -385,21 +385,36 @@ def _identity_files(ws: Workspace, contents: list[tuple[bytes, bytes]]) -> list[
     return binds
 
 
-def _check_named_path(path: str, what: str) -> None:
+def _open_named_path(path: str, what: str) -> int:
     """A path the plan names must exist and be reached without a symlink (filesystem.open_named_path)."""
     try:
-        os.close(filesystem.open_named_path(path, what))
+        return filesystem.open_named_path(path, what)
     except (FileNotFoundError, NotADirectoryError):
         raise ValidationError(f"{what} {path} does not exist on this host; create it or fix the path") from None
+
+
+def _check_named_path(path: str, what: str) -> None:
+    os.close(_open_named_path(path, what))
 
 
 def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> Lockdown:
     """`slot_group`: the group of a resident slot whose launcher (`slot_group.resident`, one
     process, counted in pids.max) forks the run inside it; nothing then joins a group."""
     check_floor(host)
-    for mount in plan.mounts:
-        _check_named_path(mount.source, "mount source")
+    # the mount sources as checked: their Landlock rules are made from these very fds (one open
+    # without symlinks per source and run, not two)
+    sources: dict[str, int] = {}
+    try:
+        for mount in plan.mounts:
+            if mount.source not in sources:
+                sources[mount.source] = _open_named_path(mount.source, "mount source")
+        return _prepare(plan, host, slot_group, sources)
+    finally:
+        for fd in sources.values():
+            os.close(fd)
 
+
+def _prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None, sources: dict[str, int]) -> Lockdown:
     if host.switches_uid:
         for mount in plan.mounts:
             _check_other_access(mount.source, mount.writable, host.private_shm)
@@ -466,7 +481,7 @@ def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> 
         # (Landlock sees a bound file by its own inode, not by the path it is mounted at)
         rules += [filesystem.PathRule(source.decode(), landlock.READ_FILE) for _, _, source in identity]
         # In its own network namespace the run may use TCP: only its loopback is there.
-        ruleset = filesystem.build_ruleset(rules, host.landlock_abi, plan.network or bool(jail_flags))
+        ruleset = filesystem.build_ruleset(rules, host.landlock_abi, plan.network or bool(jail_flags), opened=sources)
         # The tree is found by its PID namespace, the cgroup, the sandbox's own uid, else by its
         # process group.
         group_only = group is None and uid < 0 and not jail_flags
