@@ -577,11 +577,28 @@ class Slot(_Server):
         return True
 
     def close(self) -> None:
+        """(Only a slot no run holds is closed: what is left in its group is nobody's.)"""
         self._end()
         if self.group.dirs:
+            # A jail's init whose start was cut short (its answer never read) is our child
+            # (CLONE_PARENT): killed with the group, it must be reaped here or stay a zombie.
+            strays = [pid for pid in self.group.pids() if _parent_of(pid) == os.getpid()]
             self.group.kill()
+            for pid in strays:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
             self.group.resident = 0
             self.group.remove()
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 _lock = threading.Lock()
 _templates: dict[tuple[str, str, tuple[str, ...]], Template | TemplateUnavailable] = {}
