@@ -375,3 +375,75 @@ os.execv("/bin/sh", ["sh", "-c", "i=0; while :; do i=$((i+1)); head -c 1048576 /
         assert out.status is evalbox.Status.MEMORY_LIMIT, describe(out)
         after = ok(run("print(6 * 7)", True, memory=memory))
         assert after.stdout == b"42\n"
+
+
+def _our_inits() -> list[int]:
+    """Our children that are a jail's PID 1 (NSpid: host pid, 1)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[1] != str(os.getpid()):
+                        continue
+                with open(f"/proc/{name}/status") as f:
+                    nspid = next(line.split()[1:] for line in f if line.startswith("NSpid:"))
+            except (OSError, StopIteration):
+                continue
+            if len(nspid) == 2 and nspid[1] == "1":
+                found.append(int(name))
+    return found
+
+
+def test_a_program_process_killed_during_its_set_up_fails_that_start_only(monkeypatch):
+    """Something outside (an operator, a host-wide OOM kill) SIGKILLs warm runs' program processes
+    while they lock down: each such run is that run's SpawnError (or, killed once running, its
+    SIGNALED verdict); the batch goes on, every other run has its own verdict, nothing is left
+    unreaped. (The init took the bare end of file for "the program runs" and run_many raised.)"""
+    monkeypatch.setenv("EVALBOX_SLOTS", "0")
+    assert run("pass", True).stdout == b""
+    stop, hit = threading.Event(), set()
+
+    def killer() -> None:
+        while not stop.is_set():
+            for init in _our_inits():
+                if init in hit:
+                    continue
+                try:
+                    fds = [os.readlink(f"/proc/{init}/fd/{fd}") for fd in os.listdir(f"/proc/{init}/fd")]
+                    with open(f"/proc/{init}/task/{init}/children") as f:
+                        kids = f.read().split()
+                except OSError:
+                    continue
+                # the init holds the caller's report pipe (handed over during the lockdown)
+                if kids and any(f.startswith("pipe:") for f in fds):
+                    hit.add(init)
+                    try:
+                        os.kill(int(kids[0]), 9)
+                    except OSError:
+                        pass
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        results = evalbox.run_many([evalbox.python.plan("print('hi')", timeout=30) for _ in range(60)],
+                                   concurrency=8, progress=False)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert hit, "the killer never found a run to kill"
+    for r in results:
+        if isinstance(r, evalbox.SpawnError):
+            continue
+        assert r.stdout == b"hi\n" or r.status is evalbox.Status.SIGNALED, describe(r)
+    assert not [p for p in _our_inits()], "a killed run's init is left"
+    zombies = []
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] == "Z" and fields[1] == str(os.getpid()):
+            zombies.append(name)
+    assert not zombies, f"unreaped: {zombies}"

@@ -99,6 +99,7 @@ enum step {
     STEP_ROOT,
     STEP_DUMPABLE,
     STEP_USERNS,
+    STEP_PROGRAM_GONE, /* a warm jail's program process died before it said it runs */
 };
 
 struct child_rlimit {
@@ -1474,7 +1475,7 @@ static int init_main(void *arg)
  * The program's lockdown_self hands the init the caller's report pipe and the caller's pidfd,
  * builds the jail's namespaces itself (init_namespaces: the pooled network namespace, hostname,
  * root, /proc), then locks down; on their own socket it tells the init how that went: (step,
- * errno) if it failed, end of file once the program runs. The init reports on the caller's pipe
+ * errno) if it failed, (STEP_STARTED, 0) once the program runs. The init reports on the caller's pipe
  * exactly as a cold init does (STEP_STARTED and the program's pid, or the failing step; then
  * the init_record), reaps and exits (init_reap). The init never reads a run's request: its
  * memory is the template's, and holds no run's data. */
@@ -1534,8 +1535,13 @@ static NO_TLS void warm_init(int sock, long program, int detach_root)
     long got;
     while ((got = raw4(SYS_read, sock, (long)msg, sizeof msg, 0)) == -EINTR)
         ;
-    if (got != 0) { /* the program's lockdown failed (its step), or a garbled word: pass it on */
-        if (got != (long)sizeof msg) {
+    /* The program says (STEP_STARTED, 0) once it runs; its lockdown's failing step otherwise.
+     * End of file without a word: its process died first (killed from outside). */
+    if (got != (long)sizeof msg || msg[0] != STEP_STARTED) {
+        if (got == 0) {
+            msg[0] = STEP_PROGRAM_GONE;
+            msg[1] = ESRCH;
+        } else if (got != (long)sizeof msg) {
             msg[0] = STEP_JAIL;
             msg[1] = EPROTO;
         }

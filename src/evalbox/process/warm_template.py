@@ -225,6 +225,8 @@ def _start_program(spawn, req, fds, init_sock):
     main.__dict__.update(__file__=script, __cached__=None, __builtins__=__builtins__, __annotations__={},
                          __loader__=importlib.machinery.SourceFileLoader("__main__", script), __spec__=None)
     sys.modules["__main__"] = main
+    if x["jail_flags"]:  # the init's word that the program runs (STEP_STARTED, 0); end of file alone: it died
+        os.write(errpipe, bytes(8))
     os.close(errpipe)  # the caller now knows the program runs
     return main
 
