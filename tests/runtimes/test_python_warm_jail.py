@@ -272,3 +272,178 @@ print('done')
             done = next((e.output for e in ex.poll(30) if isinstance(e, Completed) and e.id == sid), None)
     shutil.rmtree(sync, ignore_errors=True)
     assert ok(done).stdout == b"done\n"
+
+
+SLOT_READER = r'''
+import ctypes, struct
+regions = []
+for line in open("/proc/self/maps").read().splitlines():
+    f = line.split()
+    a, b = (int(x, 16) for x in f[0].split("-"))
+    regions.append((a, b, f[1], f[5] if len(f) > 5 else ""))
+found = []
+for (a, b, p, n), (a2, b2, p2, n2) in zip(regions, regions[1:]):
+    # an init's stack as the template maps it: a 4 KiB guard page, then the rest of 256 KiB
+    if p == "---p" and b - a == 4096 and a2 == b and p2.startswith("rw") and b2 - a == 256 * 1024 and not n2:
+        data = ctypes.string_at(b, b2 - b)
+        pos = data.find(struct.pack("<i", 0x45424f58))  # an init's report record
+        while pos >= 0:
+            found.append(struct.unpack_from("<i", data, pos + 4)[0] >> 8)
+            pos = data.find(struct.pack("<i", 0x45424f58), pos + 1)
+print(found)
+'''
+
+
+def test_a_later_run_holds_nothing_of_an_earlier_runs_init():
+    """A warm jailed run's init runs on a stack in its template's memory; a later run is a copy of
+    that memory and must not find what the earlier init left there (the earlier run's exit
+    status, CPU time, peak memory): every copy drops those stacks before anything runs. Also
+    while other runs are live (their inits' stacks are in use)."""
+    status = secrets.randbelow(200) + 30
+    assert run(f"raise SystemExit({status})", True).exit_code == status
+    sync = tempfile.mkdtemp(prefix="evalbox-warmjail-")
+    os.chmod(sync, 0o777)  # the sandbox runs as a uid of its own
+    holder = f"""
+import os, sys, time
+open({sync!r} + '/ready' + sys.argv[1], 'w').close()
+deadline = time.monotonic() + 25
+while not os.path.exists({sync!r} + '/done') and time.monotonic() < deadline:
+    time.sleep(0.01)
+"""
+    mounts = [evalbox.Mount(sync, writable=True)]
+    holders = [threading.Thread(target=run, args=(holder, True), kwargs={"args": [str(i)], "mounts": mounts})
+               for i in range(3)]
+    for t in holders:
+        t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len([n for n in os.listdir(sync) if n.startswith("ready")]) < 3:  # their inits are live
+            assert time.monotonic() < deadline, "the live runs never started"
+            time.sleep(0.01)
+        for _ in range(3):
+            out = ok(run(SLOT_READER, True))
+            assert out.stdout == b"[]\n", f"a warm run found other inits' records: {out.stdout!r}"
+    finally:
+        with open(os.path.join(sync, "done"), "w"):
+            pass
+        for t in holders:
+            t.join(30)
+        shutil.rmtree(sync, ignore_errors=True)
+
+
+THREAD_STATE = r'''
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+cpus = {}
+for cpu in sorted(os.sched_getaffinity(0)):
+    os.sched_setaffinity(0, {cpu})
+    cpus[cpu] = libc.sched_getcpu()  # glibc reads it from its rseq area, which the kernel updates
+head, size = ctypes.c_void_p(), ctypes.c_size_t()
+nr = 274 if os.uname().machine == "x86_64" else 100  # get_robust_list
+print(cpus, libc.syscall(nr, 0, ctypes.byref(head), ctypes.byref(size)), bool(head.value))
+'''
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to tell a stale CPU number from a true one")
+def test_a_warm_jailed_runs_thread_state_is_the_cold_ones():
+    """The program's process descends from an init that shares the template's memory (which the
+    kernel gives no rseq area): it registers the C library's rseq area and robust futex list again,
+    so sched_getcpu() and robust mutexes work as in a cold run."""
+    hot, cold = ok(run(THREAD_STATE, True)), ok(run(THREAD_STATE, False))
+    assert hot.stdout == cold.stdout, (hot.stdout, cold.stdout)
+    cpus = eval(hot.stdout.split(b"}")[0] + b"}")  # noqa: S307 - our own program's output
+    assert all(seen == cpu for cpu, seen in cpus.items()), hot.stdout
+    assert hot.stdout.endswith(b" 0 True\n"), hot.stdout
+
+
+def test_a_run_whose_oom_takes_its_launcher_is_memory_limit_and_the_next_runs_are_untouched():
+    """A program that fills its /tmp (charged to its group, in no process's RSS) and then shrinks
+    to a tiny process leaves its slot's launcher and its init (one memory) as the OOM killer's
+    biggest choice where evalbox cannot exempt them (no CAP_SYS_RESOURCE). Whatever the kernel
+    kills, the verdict is MEMORY_LIMIT and the next runs start warm and right."""
+    memory = 96 << 20
+    fill = f"""
+import os
+chunk = b"x" * (1 << 20)
+for i in range({(memory >> 20) - 24}):
+    with open(f"/tmp/fill{{i}}", "wb") as f:
+        f.write(chunk)
+os.execv("/bin/sh", ["sh", "-c", "i=0; while :; do i=$((i+1)); head -c 1048576 /dev/zero > /tmp/more$i || exit 3; done"])
+"""
+    for _ in range(2):
+        out = run(fill, True, memory=memory)
+        assert out.status is evalbox.Status.MEMORY_LIMIT, describe(out)
+        after = ok(run("print(6 * 7)", True, memory=memory))
+        assert after.stdout == b"42\n"
+
+
+def _our_inits() -> list[int]:
+    """Our children that are a jail's PID 1 (NSpid: host pid, 1)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[1] != str(os.getpid()):
+                        continue
+                with open(f"/proc/{name}/status") as f:
+                    nspid = next(line.split()[1:] for line in f if line.startswith("NSpid:"))
+            except (OSError, StopIteration):
+                continue
+            if len(nspid) == 2 and nspid[1] == "1":
+                found.append(int(name))
+    return found
+
+
+def test_a_program_process_killed_during_its_set_up_fails_that_start_only(monkeypatch):
+    """Something outside (an operator, a host-wide OOM kill) SIGKILLs warm runs' program processes
+    while they lock down: each such run is that run's SpawnError (or, killed once running, its
+    SIGNALED verdict); the batch goes on, every other run has its own verdict, nothing is left
+    unreaped. (The init took the bare end of file for "the program runs" and run_many raised.)"""
+    monkeypatch.setenv("EVALBOX_SLOTS", "0")
+    assert run("pass", True).stdout == b""
+    stop, hit = threading.Event(), set()
+
+    def killer() -> None:
+        while not stop.is_set():
+            for init in _our_inits():
+                if init in hit:
+                    continue
+                try:
+                    fds = [os.readlink(f"/proc/{init}/fd/{fd}") for fd in os.listdir(f"/proc/{init}/fd")]
+                    with open(f"/proc/{init}/task/{init}/children") as f:
+                        kids = f.read().split()
+                except OSError:
+                    continue
+                # the init holds the caller's report pipe (handed over during the lockdown)
+                if kids and any(f.startswith("pipe:") for f in fds):
+                    hit.add(init)
+                    try:
+                        os.kill(int(kids[0]), 9)
+                    except OSError:
+                        pass
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        results = evalbox.run_many([evalbox.python.plan("print('hi')", timeout=30) for _ in range(60)],
+                                   concurrency=8, progress=False)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert hit, "the killer never found a run to kill"
+    for r in results:
+        if isinstance(r, evalbox.SpawnError):
+            continue
+        assert r.stdout == b"hi\n" or r.status is evalbox.Status.SIGNALED, describe(r)
+    assert not [p for p in _our_inits()], "a killed run's init is left"
+    zombies = []
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] == "Z" and fields[1] == str(os.getpid()):
+            zombies.append(name)
+    assert not zombies, f"unreaped: {zombies}"

@@ -59,7 +59,7 @@ def test_no_zombie_after_a_failed_spawn(lockdown):
 
 
 def test_steps_table_matches_the_extension():
-    assert STEPS[20] == "exec" and len(STEPS) == 25
+    assert STEPS[20] == "exec" and len(STEPS) == 26
 
 
 def test_signal_state_is_reset_in_the_program():

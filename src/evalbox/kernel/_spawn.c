@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #include <Python.h>
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
@@ -98,6 +99,7 @@ enum step {
     STEP_ROOT,
     STEP_DUMPABLE,
     STEP_USERNS,
+    STEP_PROGRAM_GONE, /* a warm jail's program process died before it said it runs */
 };
 
 struct child_rlimit {
@@ -1166,6 +1168,66 @@ static char *take_slot(void)
     return base;
 }
 
+/* A copy of a template must not hold the stacks of inits that ran (or run) in the template's
+ * memory: they hold other runs' verdicts and rusage. Every process forked from a template drops
+ * them first (its own later inits map fresh ones). */
+static void drop_inherited_slots(void)
+{
+    for (size_t i = 0; i < n_slots; i++)
+        munmap(slots[i], SLOT_SIZE);
+    n_slots = 0;
+}
+
+/* What the C library registered with the kernel for this thread and a fork made with raw clone
+ * must register again in the child: its robust futex list (reset at every clone) and, when the
+ * child descends from a CLONE_VM init (which the kernel gives no rseq area), its rseq area. */
+struct thread_registrations {
+    void *robust_head;
+    size_t robust_len;
+    void *rseq_area;
+    unsigned int rseq_len;
+};
+
+#if defined(__x86_64__)
+#define EVALBOX_RSEQ_SIG 0x53053053U
+#elif defined(__aarch64__)
+#define EVALBOX_RSEQ_SIG 0xd428bc00U
+#endif
+
+static void save_thread_registrations(struct thread_registrations *r)
+{
+    memset(r, 0, sizeof *r);
+    if (syscall(SYS_get_robust_list, 0, &r->robust_head, &r->robust_len) != 0)
+        r->robust_head = NULL;
+#ifdef SYS_rseq
+    /* glibc >= 2.35 exports where its area is (0 size: it registered none) */
+    static const ptrdiff_t *offset;
+    static const unsigned int *size;
+    static int looked;
+    if (!looked) {
+        offset = dlsym(RTLD_DEFAULT, "__rseq_offset");
+        size = dlsym(RTLD_DEFAULT, "__rseq_size");
+        looked = 1;
+    }
+    if (offset && size && *size) {
+        r->rseq_area = (char *)__builtin_thread_pointer() + *offset;
+        r->rseq_len = *size < 32 ? 32 : *size; /* the kernel's original struct rseq is 32 bytes */
+    }
+#endif
+}
+
+static void restore_thread_registrations(const struct thread_registrations *r, int rseq)
+{
+    if (r->robust_head)
+        syscall(SYS_set_robust_list, r->robust_head, r->robust_len);
+#ifdef SYS_rseq
+    if (rseq && r->rseq_area)
+        syscall(SYS_rseq, r->rseq_area, r->rseq_len, 0, EVALBOX_RSEQ_SIG);
+#else
+    (void)rseq;
+#endif
+}
+
 static inline void *stack_top(char *p)
 {
     return (void *)((uintptr_t)p & ~(uintptr_t)15);
@@ -1413,7 +1475,7 @@ static int init_main(void *arg)
  * The program's lockdown_self hands the init the caller's report pipe and the caller's pidfd,
  * builds the jail's namespaces itself (init_namespaces: the pooled network namespace, hostname,
  * root, /proc), then locks down; on their own socket it tells the init how that went: (step,
- * errno) if it failed, end of file once the program runs. The init reports on the caller's pipe
+ * errno) if it failed, (STEP_STARTED, 0) once the program runs. The init reports on the caller's pipe
  * exactly as a cold init does (STEP_STARTED and the program's pid, or the failing step; then
  * the init_record), reaps and exits (init_reap). The init never reads a run's request: its
  * memory is the template's, and holds no run's data. */
@@ -1473,8 +1535,13 @@ static NO_TLS void warm_init(int sock, long program, int detach_root)
     long got;
     while ((got = raw4(SYS_read, sock, (long)msg, sizeof msg, 0)) == -EINTR)
         ;
-    if (got != 0) { /* the program's lockdown failed (its step), or a garbled word: pass it on */
-        if (got != (long)sizeof msg) {
+    /* The program says (STEP_STARTED, 0) once it runs; its lockdown's failing step otherwise.
+     * End of file without a word: its process died first (killed from outside). */
+    if (got != (long)sizeof msg || msg[0] != STEP_STARTED) {
+        if (got == 0) {
+            msg[0] = STEP_PROGRAM_GONE;
+            msg[1] = ESRCH;
+        } else if (got != (long)sizeof msg) {
             msg[0] = STEP_JAIL;
             msg[1] = EPROTO;
         }
@@ -1503,6 +1570,7 @@ struct warm_fork {
     int init_sock, program_sock, forked[2];
     int detach_root;
     sigset_t old_mask;
+    struct thread_registrations registered;
 };
 
 static NO_TLS __attribute__((noreturn)) void resume_as_program(struct warm_fork *f)
@@ -2173,10 +2241,14 @@ static PyObject *fork_sibling(PyObject *self, PyObject *unused)
     (void)unused;
     int *tid_address;
     unsigned long flags = CLONE_PARENT | tid_flags(&tid_address);
+    struct thread_registrations registered;
+    save_thread_registrations(&registered);
     PyOS_BeforeFork();
     long pid = syscall(SYS_clone, flags, 0L, NULL, tid_address, 0L);
     int saved_errno = errno;
     if (pid == 0) {
+        drop_inherited_slots();
+        restore_thread_registrations(&registered, 0); /* (rseq: the kernel kept it) */
         PyOS_AfterFork_Child();
         return PyLong_FromLong(0);
     }
@@ -2201,6 +2273,8 @@ PyDoc_STRVAR(fork_jail_doc,
  * was when fork_jail waited; fork_jail's other fds are copies it does not need. */
 static PyObject *fork_jail_program(struct warm_fork *f)
 {
+    drop_inherited_slots(); /* (the init's own included: this process is back on the template's stack) */
+    restore_thread_registrations(&f->registered, 1);
     close(f->init_sock);
     close(f->forked[0]);
     close(f->forked[1]);
@@ -2244,6 +2318,7 @@ static PyObject *fork_jail(PyObject *self, PyObject *args)
     f.program_sock = sv[1];
     f.detach_root = (namespaces & CLONE_NEWNS) != 0;
     f.child_flags = tid_flags(&f.tid_address);
+    save_thread_registrations(&f.registered);
     /* No handler of the template may ever run in the init: signals stay blocked in it until it
      * has its own dispositions (init_signals), and come back in the program's process. */
     sigset_t all;

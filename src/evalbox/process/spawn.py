@@ -24,8 +24,36 @@ STEPS = {
     17: "apply Landlock", 18: "install the seccomp filter", 19: "hand over the notify listener", 20: "exec",
     21: "set up the private mounts (/dev/shm, hidden paths)", 22: "set up the jail's namespaces", 23: "build the jail's root",
     24: "make the process dumpable again (warm run)", 25: "map your uid and gid into the jail's user namespace",
+    26: "start the program (its process died during the set-up)",
 }
-STEP_LANDLOCK, STEP_SECCOMP, STEP_EXEC = 17, 18, 20
+STEP_LANDLOCK, STEP_SECCOMP, STEP_LISTENER, STEP_EXEC = 17, 18, 19, 20
+# The first report of a start whose program process died (killed from outside) before it handed
+# over its notify listener: a failed start, never a run without its supervisor.
+LISTENER_LOST = struct.pack("=ii", STEP_LISTENER, errno.EPIPE)
+
+
+def take_listener(ours: socket.socket) -> int:
+    """The seccomp notify listener the program's process handed over before it ran, or -1 if it
+    never came (its process was killed during its set-up)."""
+    try:
+        _, got, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return -1
+    if not got:
+        return -1
+    for extra in got[1:]:
+        os.close(extra)
+    os.set_inheritable(got[0], False)
+    return got[0]
+
+
+def kill_started(pid: int) -> None:
+    """SIGKILL a start's process (in a jail its init: the namespace goes with it) before its
+    failure is reported; failed_start reaps it."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _high_fd(fd: int) -> int:
@@ -100,9 +128,10 @@ def _spawn_jailed(lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple
             template_fd=lock.template_fd,
         )
         if len(report) == 8 and struct.unpack("=ii", report)[0] == _spawn.STEP_STARTED and ours is not None:
-            _, fds, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
-            listener = fds[0]
-            os.set_inheritable(listener, False)
+            listener = take_listener(ours)
+            if listener < 0:
+                kill_started(pid)
+                report = LISTENER_LOST
     except BaseException:
         os.close(read_end)
         raise

@@ -340,7 +340,7 @@ class PendingStart:
         pid is the jail's init and the report fd carries the program's verdict, as for a cold
         jailed spawn. Raises the spawn error of a cold run when the lockdown failed (the process
         reaped, every fd of the start closed)."""
-        from evalbox.process.spawn import failed_start
+        from evalbox.process.spawn import LISTENER_LOST, failed_start, kill_started, take_listener
 
         pid, pidfd, read_end, ours, jail_flags = self.pid, self.pidfd, self.fd, self.ours, self.jail_flags
         keep_read_end = False
@@ -350,9 +350,10 @@ class PendingStart:
             started = len(report) == 8 and struct.unpack("=ii", report)[0] == _spawn.STEP_STARTED
             listener = -1
             if (started if jail_flags else len(report) < 8) and ours is not None:
-                _, got, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
-                listener = got[0]
-                os.set_inheritable(listener, False)
+                listener = take_listener(ours)
+                if listener < 0:
+                    kill_started(pid)
+                    report, started = LISTENER_LOST, False
             keep_read_end = bool(jail_flags) and started
         except BaseException:  # (interrupted: nothing of the run may go on unwatched)
             os.close(pidfd)
@@ -513,7 +514,7 @@ class Slot(_Server):
         """The launcher clones the jail's init as the run's sibling (process.spawn's jailed spawn,
         done from inside the slot's group) and answers with the init's first report; the init's
         record at the end comes on our copy of the report pipe."""
-        from evalbox.process.spawn import failed_start
+        from evalbox.process.spawn import LISTENER_LOST, failed_start, kill_started, take_listener
 
         wants_listener = any(flags & _spawn.SECCOMP_FILTER_FLAG_NEW_LISTENER for _, flags in lock.filters)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if wants_listener else (None, None)
@@ -537,9 +538,10 @@ class Slot(_Server):
                 pidfd = os.pidfd_open(pid)  # our child (CLONE_PARENT): its pid stays its own until we reap it
                 listener = -1
                 if len(report) == 8 and struct.unpack("=ii", report)[0] == _spawn.STEP_STARTED and ours is not None:
-                    _, got, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
-                    listener = got[0]
-                    os.set_inheritable(listener, False)
+                    listener = take_listener(ours)
+                    if listener < 0:
+                        kill_started(pid)
+                        report = LISTENER_LOST
             except BaseException:
                 kill_stray(pid)
                 raise
@@ -577,11 +579,28 @@ class Slot(_Server):
         return True
 
     def close(self) -> None:
+        """(Only a slot no run holds is closed: what is left in its group is nobody's.)"""
         self._end()
         if self.group.dirs:
+            # A jail's init whose start was cut short (its answer never read) is our child
+            # (CLONE_PARENT): killed with the group, it must be reaped here or stay a zombie.
+            strays = [pid for pid in self.group.pids() if _parent_of(pid) == os.getpid()]
             self.group.kill()
+            for pid in strays:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
             self.group.resident = 0
             self.group.remove()
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 _lock = threading.Lock()
 _templates: dict[tuple[str, str, tuple[str, ...]], Template | TemplateUnavailable] = {}
