@@ -14,6 +14,7 @@ import evalbox
 from evalbox.errors import SpawnError
 from evalbox.executor import executor as executor_module
 from evalbox.process import warm
+from proc_helpers import zombie_children
 
 # (an unprivileged caller's jail, in a user namespace, has no warm copies yet: every run is cold)
 pytestmark = pytest.mark.skipif(bool(warm.why_cold_here()), reason=str(warm.why_cold_here()))
@@ -111,20 +112,6 @@ def test_closing_with_starts_in_flight_leaves_nothing_behind():
             os.kill(pid, 0)  # reaped, not a zombie or a live copy
 
 
-def our_zombies() -> set[int]:
-    found = set()
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == os.getpid() and fields[0] == "Z":
-                found.add(int(name))
-    return found
-
-
 def our_children() -> set[int]:
     """Live children of this process that are neither templates, launchers nor the guard."""
     from evalbox.process import watchdog
@@ -169,4 +156,4 @@ def test_a_start_cut_short_leaves_nothing_running_and_later_runs_their_own_verdi
         out = evalbox.python.run("import time; time.sleep(30)", timeout=0.5)
         assert out.status is evalbox.Status.TIMEOUT and out.warm and out.wall_time < 5, out
     assert our_children() == set()
-    assert our_zombies() == set(), "the cut start's process was killed but never reaped"
+    assert zombie_children() == [], "the cut start's process was killed but never reaped"

@@ -19,6 +19,7 @@ import evalbox
 from evalbox.executor.executor import Completed
 from evalbox.process import warm
 from evalbox.process.host import probe
+from proc_helpers import zombie_children
 from rt_helpers import describe, ok
 
 _no_jail = pytest.mark.skipif(not probe().jail, reason="no jail on this host (needs root with CAP_SYS_ADMIN; "
@@ -437,13 +438,4 @@ def test_a_program_process_killed_during_its_set_up_fails_that_start_only(monkey
             continue
         assert r.stdout == b"hi\n" or r.status is evalbox.Status.SIGNALED, describe(r)
     assert not [p for p in _our_inits()], "a killed run's init is left"
-    zombies = []
-    for name in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] == "Z" and fields[1] == str(os.getpid()):
-            zombies.append(name)
-    assert not zombies, f"unreaped: {zombies}"
+    assert zombie_children() == [], "a killed run's process was never reaped"
