@@ -1475,10 +1475,11 @@ static int init_main(void *arg)
  * The program's lockdown_self hands the init the caller's report pipe and the caller's pidfd,
  * builds the jail's namespaces itself (init_namespaces: the pooled network namespace, hostname,
  * root, /proc), then locks down; on their own socket it tells the init how that went: (step,
- * errno) if it failed, (STEP_STARTED, 0) once the program runs. The init reports on the caller's pipe
- * exactly as a cold init does (STEP_STARTED and the program's pid, or the failing step; then
- * the init_record), reaps and exits (init_reap). The init never reads a run's request: its
- * memory is the template's, and holds no run's data. */
+ * errno) if it failed, (STEP_STARTED, 0) once the program runs. The init reports on the caller's
+ * pipe exactly as a cold init does (STEP_STARTED and the program's pid, or the failing step; then
+ * the init_record), reaps and exits (init_reap). The init never reads a run's request; what it
+ * keeps of its run (wait statuses, rusage) is on its slot stack, which every copy of the template
+ * drops before anything runs (drop_inherited_slots). */
 
 /* One fd from a Unix socket (SCM_RIGHTS), with raw calls; -1 if none came. */
 static NO_TLS int recv_fd(int sock)
