@@ -32,28 +32,32 @@ STEP_LANDLOCK, STEP_SECCOMP, STEP_LISTENER, STEP_EXEC = 17, 18, 19, 20
 LISTENER_LOST = struct.pack("=ii", STEP_LISTENER, errno.EPIPE)
 
 
-def take_listener(ours: socket.socket) -> int:
-    """The seccomp notify listener the program's process handed over before it ran, or -1 if it
-    never came (its process was killed during its set-up)."""
+def reports_started(report: bytes) -> bool:
+    """A start's first report says the program runs (STEP_STARTED and its pid)."""
+    return len(report) == 8 and struct.unpack("=ii", report)[0] == _spawn.STEP_STARTED
+
+
+def start_listener(pid: int, ours: socket.socket | None, report: bytes, started: bool) -> tuple[int, bytes]:
+    """(the seccomp notify listener the program's process handed over, or -1 when none is due;
+    the start's report). A started program that never handed it over was killed during its
+    set-up: its process (in a jail, the init: the namespace goes with it) is killed and the report
+    becomes LISTENER_LOST, for failed_start to reap and report."""
+    if not started or ours is None:
+        return -1, report
     try:
         _, got, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
     except BlockingIOError:
-        return -1
+        got = []
     if not got:
-        return -1
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return -1, LISTENER_LOST
     for extra in got[1:]:
         os.close(extra)
     os.set_inheritable(got[0], False)
-    return got[0]
-
-
-def kill_started(pid: int) -> None:
-    """SIGKILL a start's process (in a jail its init: the namespace goes with it) before its
-    failure is reported; failed_start reaps it."""
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    return got[0], report
 
 
 def _high_fd(fd: int) -> int:
@@ -127,11 +131,7 @@ def _spawn_jailed(lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple
             hostname=lock.hostname, report_fd=read_end, root=lock.root, root_rights=lock.root_rights,
             template_fd=lock.template_fd,
         )
-        if len(report) == 8 and struct.unpack("=ii", report)[0] == _spawn.STEP_STARTED and ours is not None:
-            listener = take_listener(ours)
-            if listener < 0:
-                kill_started(pid)
-                report = LISTENER_LOST
+        listener, report = start_listener(pid, ours, report, reports_started(report))
     except BaseException:
         os.close(read_end)
         raise
@@ -143,7 +143,7 @@ def _spawn_jailed(lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple
         for end in (ours, theirs):
             if end is not None:
                 end.close()
-    if len(report) == 8 and struct.unpack("=ii", report)[0] == _spawn.STEP_STARTED:
+    if reports_started(report):
         os.set_blocking(read_end, False)
         return pid, pidfd, listener, read_end
     os.close(read_end)

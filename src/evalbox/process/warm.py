@@ -34,7 +34,6 @@ import os
 import queue
 import select
 import socket
-import struct
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -340,20 +339,17 @@ class PendingStart:
         pid is the jail's init and the report fd carries the program's verdict, as for a cold
         jailed spawn. Raises the spawn error of a cold run when the lockdown failed (the process
         reaped, every fd of the start closed)."""
-        from evalbox.process.spawn import LISTENER_LOST, failed_start, kill_started, take_listener
+        from evalbox.process.spawn import failed_start, reports_started, start_listener
 
         pid, pidfd, read_end, ours, jail_flags = self.pid, self.pidfd, self.fd, self.ours, self.jail_flags
         keep_read_end = False
         self.fd = -1  # (from here on this start is finished or abandoned: never twice)
         try:
             report = os.read(read_end, 8)
-            started = len(report) == 8 and struct.unpack("=ii", report)[0] == _spawn.STEP_STARTED
-            listener = -1
-            if (started if jail_flags else len(report) < 8) and ours is not None:
-                listener = take_listener(ours)
-                if listener < 0:
-                    kill_started(pid)
-                    report, started = LISTENER_LOST, False
+            # (a warm copy without a jail says it runs by closing its error pipe: end of file)
+            runs = reports_started(report) if jail_flags else len(report) < 8
+            listener, report = start_listener(pid, ours, report, runs)
+            started = reports_started(report)
             keep_read_end = bool(jail_flags) and started
         except BaseException:  # (interrupted: nothing of the run may go on unwatched)
             os.close(pidfd)
@@ -514,7 +510,7 @@ class Slot(_Server):
         """The launcher clones the jail's init as the run's sibling (process.spawn's jailed spawn,
         done from inside the slot's group) and answers with the init's first report; the init's
         record at the end comes on our copy of the report pipe."""
-        from evalbox.process.spawn import LISTENER_LOST, failed_start, kill_started, take_listener
+        from evalbox.process.spawn import failed_start, reports_started, start_listener
 
         wants_listener = any(flags & _spawn.SECCOMP_FILTER_FLAG_NEW_LISTENER for _, flags in lock.filters)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if wants_listener else (None, None)
@@ -536,12 +532,7 @@ class Slot(_Server):
             pid, report = answer["pid"], answer["report"]
             try:
                 pidfd = os.pidfd_open(pid)  # our child (CLONE_PARENT): its pid stays its own until we reap it
-                listener = -1
-                if len(report) == 8 and struct.unpack("=ii", report)[0] == _spawn.STEP_STARTED and ours is not None:
-                    listener = take_listener(ours)
-                    if listener < 0:
-                        kill_started(pid)
-                        report = LISTENER_LOST
+                listener, report = start_listener(pid, ours, report, reports_started(report))
             except BaseException:
                 kill_stray(pid)
                 raise
@@ -557,7 +548,7 @@ class Slot(_Server):
         try:
             # (on the spawner thread, as _launch's exchange)
             pid, pidfd, listener, report = _spawner().call(exchange, undo)
-            started = len(report) == 8 and struct.unpack("=ii", report)[0] == _spawn.STEP_STARTED
+            started = reports_started(report)
             keep_read_end = started
         finally:
             os.close(write_end)
