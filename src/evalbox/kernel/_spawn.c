@@ -1194,26 +1194,27 @@ struct thread_registrations {
 #define EVALBOX_RSEQ_SIG 0xd428bc00U
 #endif
 
+/* Looked up once: a template serves from one thread, whose registrations never change (and a
+ * launcher, its copy, has them at the same addresses). */
 static void save_thread_registrations(struct thread_registrations *r)
 {
-    memset(r, 0, sizeof *r);
-    if (syscall(SYS_get_robust_list, 0, &r->robust_head, &r->robust_len) != 0)
-        r->robust_head = NULL;
-#ifdef SYS_rseq
-    /* glibc >= 2.35 exports where its area is (0 size: it registered none) */
-    static const ptrdiff_t *offset;
-    static const unsigned int *size;
+    static struct thread_registrations saved;
     static int looked;
     if (!looked) {
-        offset = dlsym(RTLD_DEFAULT, "__rseq_offset");
-        size = dlsym(RTLD_DEFAULT, "__rseq_size");
+        if (syscall(SYS_get_robust_list, 0, &saved.robust_head, &saved.robust_len) != 0)
+            saved.robust_head = NULL;
+#ifdef SYS_rseq
+        /* glibc >= 2.35 exports where its area is (0 size: it registered none) */
+        const ptrdiff_t *offset = dlsym(RTLD_DEFAULT, "__rseq_offset");
+        const unsigned int *size = dlsym(RTLD_DEFAULT, "__rseq_size");
+        if (offset && size && *size) {
+            saved.rseq_area = (char *)__builtin_thread_pointer() + *offset;
+            saved.rseq_len = *size < 32 ? 32 : *size; /* the kernel's original struct rseq is 32 bytes */
+        }
+#endif
         looked = 1;
     }
-    if (offset && size && *size) {
-        r->rseq_area = (char *)__builtin_thread_pointer() + *offset;
-        r->rseq_len = *size < 32 ? 32 : *size; /* the kernel's original struct rseq is 32 bytes */
-    }
-#endif
+    *r = saved;
 }
 
 static void restore_thread_registrations(const struct thread_registrations *r, int rseq)
