@@ -45,7 +45,7 @@ def test_every_row_is_present_and_measured(quick):
                      f"evalbox warm python print(1), c={c}"]
     expected += ["bare pool python print(1): CPU per run", "evalbox python print(1): CPU per run",
                  "evalbox warm python print(1): CPU per run", "evalbox warm python print(1): CPU per run vs cold",
-                 bench.FLOOR_PYTHON]
+                 bench.FLOOR_PYTHON, bench.FLOOR_FORK]
     expected += ["getppid() not intercepted, per call", "getppid() monitored (MONITOR), per call",
                  "getppid() supervised, Python ALLOW, per call"]
     expected += ["run_many python, 128 plans", "evalbox serve /run_code, 128 at once", "serve latency in a 128-burst",
@@ -192,3 +192,12 @@ def test_the_floor_runs_the_program_in_the_sandbox(tmp_path):
             assert floor.latency() > 0 and floor.cpu() >= 0, who
         finally:
             floor.close()
+
+
+def test_the_warm_fork_floor_runs_every_program_and_counts_failures(tmp_path):
+    py = bench.find_python(None)
+    marks = [tmp_path / f"ran-{i}" for i in range(6)]
+    result = bench.warm_fork_floor(py, [f"open({str(m)!r}, 'w').close()" for m in marks], 2)
+    assert all(m.exists() for m in marks) and result["failures"] == 0 and result["cpu_ms"] > 0
+    with pytest.raises(bench.BenchError, match="1 programs failed"):
+        bench.warm_fork_floor(py, ["print(1)", "raise ValueError", "print(2)"], 2)

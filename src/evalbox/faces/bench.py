@@ -68,6 +68,10 @@ FLOOR_TRUE = "floor: the sandbox's system calls alone, /bin/true"
 FLOOR_TRUE_NOJAIL = "floor without the jail, /bin/true"
 FLOOR_PYTHON = "floor: the sandbox's system calls alone, python print(1): CPU per run"
 FLOOR_PYTHON_NOJAIL = "floor without the jail, python print(1): CPU per run"
+FLOOR_FORK = "floor: fork of a warm interpreter, no sandbox at all, print(1): CPU per run"
+FLOOR_FORK_NOTE = ("an interpreter with the warm template's modules forks a copy per run: fork, copy-on-write "
+                   "and exit alone, under any warm sandbox (3x throughput allows 1/3 of the bare CPU)")
+FLOOR_HUMANEVAL = "floor: fork of a warm interpreter per problem, no sandbox, 4 at once"
 FLOOR_NOTE = ("the C spawn of a lockdown prepared beforehand (untimed), to the program's end and reap: "
               "the kernel's share of a run, which no work of the caller can remove")
 
@@ -382,6 +386,60 @@ def floors(argv: Sequence[str], host: Any) -> dict[str, SandboxFloor]:
     return out
 
 
+# The floor under warm runs: an interpreter that imported the warm template's modules forks one
+# copy per program (up to `concurrency` at once), with NO sandbox at all; stdout to /dev/null, a
+# copy exits 1 if its program raised. Prints {"seconds", "cpu_ms", "failures"} (CPU of the forking
+# process and the reaped copies, per program).
+_FORK_FLOOR = r"""
+import importlib, json, os, resource, sys, time
+job = json.load(sys.stdin)
+for name in job["preload"]:
+    importlib.import_module(name)
+null = os.open(os.devnull, os.O_WRONLY)
+def cpu():
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+codes = [compile(p, "<main>", "exec") for p in job["programs"]]
+failures = live = 0
+start, used = time.perf_counter(), cpu()
+for code in codes:
+    if live == job["concurrency"]:
+        failures += os.wait()[1] != 0
+        live -= 1
+    if os.fork() == 0:
+        os.dup2(null, 1)
+        try:
+            exec(code, {"__name__": "__main__"})
+            sys.stdout.flush()
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+    live += 1
+while live:
+    failures += os.wait()[1] != 0
+    live -= 1
+print(json.dumps({"seconds": time.perf_counter() - start, "cpu_ms": (cpu() - used) * 1000 / len(codes),
+                  "failures": failures}))
+"""
+
+
+def warm_fork_floor(py: str, programs: Sequence[str], concurrency: int) -> dict[str, float]:
+    """Run `programs` in forked copies of a warm `py` with no sandbox (see _FORK_FLOOR)."""
+    import json
+    import subprocess
+
+    from evalbox.runtimes.python import DEFAULT_PRELOAD
+
+    job = json.dumps({"preload": list(DEFAULT_PRELOAD), "programs": list(programs), "concurrency": concurrency})
+    proc = subprocess.run([py, "-I", "-S", "-c", _FORK_FLOOR], input=job, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise BenchError(f"the warm fork floor failed: {proc.stderr[-500:]}")
+    result = json.loads(proc.stdout)
+    if result["failures"]:
+        raise BenchError(f"{result['failures']} programs failed in the warm fork floor")
+    return result
+
+
 # -- sections --------------------------------------------------------------------------------------
 
 
@@ -574,6 +632,9 @@ def python_section(cfg: Config) -> list[Row]:
         note = FLOOR_NOTE + "; CPU ms of the spawn, the program and its init" if who == "floor" else \
             "as above, without the jail's namespaces and root"
         rows.append(compare(latency_row(name, "python", used, note=note), base, round(1 / TARGET_PYTHON, 3)))
+    forked = [warm_fork_floor(py, ["print(1)"] * size, 1)["cpu_ms"] for _ in range(batches)]
+    rows.append(compare(latency_row(FLOOR_FORK, "python", forked, note=FLOOR_FORK_NOTE), base,
+                        round(1 / TARGET_PYTHON_WARM, 3)))
     return rows
 
 
@@ -662,7 +723,8 @@ def humaneval_section(cfg: Config) -> list[Row]:
     if isinstance(problems, str):
         return [skipped_row(base_name, "humaneval", "runs/s", problems),
                 skipped_row(name, "humaneval", "runs/s", problems),
-                skipped_row(warm_name, "humaneval", "runs/s", problems)]
+                skipped_row(warm_name, "humaneval", "runs/s", problems),
+                skipped_row(FLOOR_HUMANEVAL, "humaneval", "runs/s", problems)]
     py = find_python(cfg.python)
     repeats = cfg.humaneval_repeats or (1 if cfg.quick else 3)
     # warm-up: imports, page cache, multiprocessing machinery, the template
@@ -670,7 +732,7 @@ def humaneval_section(cfg: Config) -> list[Row]:
     humaneval_evalbox(problems[:8], py)
     humaneval_evals(problems[:8], py)
     humaneval_evalbox(problems[:8], py, warm=True)
-    order = ("harness", "evalbox", "evals", "warm")
+    order = ("harness", "evalbox", "evals", "warm", "floor")
     rates: dict[str, list[float]] = {who: [] for who in order}
     cpu: dict[str, list[float]] = {who: [] for who in order}
     harness_failures: set[str] = set()
@@ -681,6 +743,9 @@ def humaneval_section(cfg: Config) -> list[Row]:
             if who == "harness":
                 elapsed, failures = humaneval_harness(problems)
                 harness_failures.update(failures)
+            elif who == "floor":
+                floor = warm_fork_floor(py, [humaneval_program(p) for p in problems], HUMANEVAL_WORKERS)
+                elapsed = floor["seconds"]
             else:
                 if who == "evals":
                     elapsed, failures = humaneval_evals(problems, py)
@@ -704,8 +769,11 @@ def humaneval_section(cfg: Config) -> list[Row]:
     hot = rate_row(warm_name, "humaneval", rates["warm"],
                    note="run_many of evalbox.python.plan(program) (warm, the default); 164/164 passed")
     cpu_hot = latency_row("evalbox warm HumanEval: CPU per problem", "humaneval", cpu["warm"])
+    floor_row = rate_row(FLOOR_HUMANEVAL, "humaneval", rates["floor"],
+                         note="each problem in a forked copy of a warm interpreter with no sandbox at all: the "
+                              "most any warm sandbox could reach (a fresh process per run)")
     return [base, compare(row, base, TARGET_HUMANEVAL), compare(hot, base, TARGET_HUMANEVAL_WARM),
-            compare(evals_row, base), cpu_base, compare(cpu_row, cpu_base), compare(cpu_hot, cpu_base),
+            compare(floor_row, base, TARGET_HUMANEVAL_WARM), compare(evals_row, base), cpu_base, compare(cpu_row, cpu_base), compare(cpu_hot, cpu_base),
             compare(evals_cpu, cpu_base)]
 
 
