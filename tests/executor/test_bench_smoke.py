@@ -45,7 +45,7 @@ def test_every_row_is_present_and_measured(quick):
                      f"evalbox warm python print(1), c={c}"]
     expected += ["bare pool python print(1): CPU per run", "evalbox python print(1): CPU per run",
                  "evalbox warm python print(1): CPU per run", "evalbox warm python print(1): CPU per run vs cold",
-                 bench.FLOOR_PYTHON, bench.FLOOR_FORK]
+                 bench.BARE_ONE_CPU, bench.FLOOR_PYTHON, bench.FLOOR_FORK]
     expected += ["getppid() not intercepted, per call", "getppid() monitored (MONITOR), per call",
                  "getppid() supervised, Python ALLOW, per call"]
     expected += ["run_many python, 128 plans", "evalbox serve /run_code, 128 at once", "serve latency in a 128-burst",

@@ -66,6 +66,7 @@ PYTHON_CANDIDATES = ("/usr/bin/python3.11", "/usr/bin/python3", "/usr/local/bin/
 SYSTEM_READABLE = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc"]
 FLOOR_TRUE = "floor: the sandbox's system calls alone, /bin/true"
 FLOOR_TRUE_NOJAIL = "floor without the jail, /bin/true"
+BARE_ONE_CPU = "posix_spawn python print(1), one at a time: CPU per run"
 FLOOR_PYTHON = "floor: the sandbox's system calls alone, python print(1): CPU per run"
 FLOOR_PYTHON_NOJAIL = "floor without the jail, python print(1): CPU per run"
 FLOOR_FORK = "floor: fork of a warm interpreter, no sandbox at all, print(1): CPU per run"
@@ -619,23 +620,43 @@ def python_section(cfg: Config) -> list[Row]:
     versus = latency_row("evalbox warm python print(1): CPU per run vs cold", "python", cpu["warm"],
                          note="the same warm figure, as a ratio to evalbox's cold runs")
     rows += [base, compare(row, base), compare(hot, base), compare(versus, row)]
-    # The floor under a cold run's CPU: 0.95x the bare pool's throughput on busy cores allows
-    # 1/0.95 of its CPU per run, all included
+    # The floors under a run's CPU, against bare spawns of the same argv measured the same way
+    # (one at a time, interleaved): on busy cores 0.95x (3x) the bare pool's throughput allows
+    # 1/0.95 (1/3) of a bare run's CPU per run, everything included.
     from evalbox.process.host import probe
 
-    for who, floor in floors(argv, probe()).items():
-        try:
-            used = [floor.cpu() for _ in range(size)]
-        finally:
+    under = floors(argv, probe())
+    used: dict[str, list[float]] = {"bare": [], **{who: [] for who in under}}
+    try:
+        for _ in range(size):
+            used["bare"].append(bare_cpu(argv))
+            for who, floor in under.items():
+                used[who].append(floor.cpu())
+    finally:
+        for floor in under.values():
             floor.close()
+    one = latency_row(BARE_ONE_CPU, "python", used["bare"],
+                      note="posix_spawn and wait, one at a time: the floors' baseline")
+    rows.append(one)
+    for who in under:
         name = FLOOR_PYTHON if who == "floor" else FLOOR_PYTHON_NOJAIL
         note = FLOOR_NOTE + "; CPU ms of the spawn, the program and its init" if who == "floor" else \
             "as above, without the jail's namespaces and root"
-        rows.append(compare(latency_row(name, "python", used, note=note), base, round(1 / TARGET_PYTHON, 3)))
+        rows.append(compare(latency_row(name, "python", used[who], note=note), one, round(1 / TARGET_PYTHON, 3)))
     forked = [warm_fork_floor(py, ["print(1)"] * size, 1)["cpu_ms"] for _ in range(batches)]
-    rows.append(compare(latency_row(FLOOR_FORK, "python", forked, note=FLOOR_FORK_NOTE), base,
+    rows.append(compare(latency_row(FLOOR_FORK, "python", forked, note=FLOOR_FORK_NOTE), one,
                         round(1 / TARGET_PYTHON_WARM, 3)))
     return rows
+
+
+def bare_cpu(argv: Sequence[str]) -> float:
+    """CPU ms of one bare posix_spawn of argv (stdout to /dev/null) and its wait."""
+    start = _own_cpu_seconds()
+    pid = os.posix_spawn(argv[0], list(argv), {}, file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)])
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise BenchError(f"bare {argv[0]} failed: wait status {status:#x}")
+    return (_own_cpu_seconds() - start) * 1000
 
 
 def _cpu_seconds() -> float:
