@@ -202,6 +202,7 @@ def test_a_server_that_dies_before_forking_the_copy_means_a_cold_run(monkeypatch
         os.kill(broken[0], 0)  # that server is gone (and reaped)
     assert evalbox.python.run("pass").warm
     assert our_children() == set() and zombie_children() == []
+    assert not warm.Slot.busy  # the failed slot is not counted as serving a run
 
 
 def test_a_server_that_never_answers_means_a_cold_run_after_the_start_timeout(monkeypatch):

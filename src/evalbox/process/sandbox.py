@@ -223,6 +223,7 @@ class Sandbox:
         if self.slot is not None:
             broken = self.slot
             self.slot = None
+            warm.Slot.busy.discard(broken)  # (never back to the idle ones: its launcher failed)
             broken.close()
             self.lock.close()
             self.lock = prepare(plan, host)
