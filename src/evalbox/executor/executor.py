@@ -311,18 +311,24 @@ class Executor:
         if self._closed:
             return
         self._closed = True
+        first: BaseException | None = None
         for run in list(self._running.values()):
-            if run.box.pending is not None and not self._finish_start_reported(run):
-                continue  # (cleaned up: nothing of it ran)
-            run.box.end(None)
-            if run.box.wait_status is None:
-                run.box.reap()
-            self._release(run)
+            try:  # (one run's failure to clean up must not leave the others running)
+                if run.box.pending is not None and not self._finish_start_reported(run):
+                    continue  # (cleaned up: nothing of it ran)
+                run.box.end(None)
+                if run.box.wait_status is None:
+                    run.box.reap()
+                self._release(run)
+            except BaseException as e:  # noqa: BLE001 - raised once every run is cleaned up
+                first = first or e
         self._running.clear()
         if self._guard_fd >= 0:
             os.close(self._guard_fd)
             self._guard_fd = -1
         self._epoll.close()
+        if first is not None:
+            raise first
 
     def __enter__(self) -> "Executor":
         return self
@@ -409,7 +415,7 @@ class Executor:
                 self._finish_start_reported(run)
         elif kind is _PIDFD:
             self._unwatch(fd)
-            box.reap()
+            self._reap(run)
             if box.supervision is not None and box.plan.notify is NotifyMode.DISABLED:
                 # the tree is dead: no decision can be pending (saves the listener's hang-up event)
                 self._unwatch(box.supervision.listener)
@@ -521,13 +527,18 @@ class Executor:
                         break
                 self._close_pipe(run, fd)
             output = box.output()
-            del self._running[sid]
             try:
                 self._release(run)
             except OSError:
                 pass  # cleanup of one run (swept later) must never cost the others their results
+            del self._running[sid]  # (only now: a release cut short is done again by close())
             self._ready.append(Timeout(sid, output) if output.status is Status.TIMEOUT else Completed(sid, output))
 
+    @stop_signals_deferred
+    def _reap(self, run: _Running) -> None:
+        run.box.reap()
+
+    @stop_signals_deferred  # (a handler's exception midway would leave the workspace, slot, uid)
     def _release(self, run: _Running) -> None:
         box = run.box
         for fd in (box.pidfd, box.stdout_r, box.stderr_r, box.stdin_w,

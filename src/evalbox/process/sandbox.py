@@ -106,8 +106,7 @@ class Sandbox:
                 raise warm.TemplateUnavailable(f"the warm template did not start a run in {warm.START_TIMEOUT:g} s")
         except warm.TemplateUnavailable:
             self.pending = None
-            pending.close()
-            self._start_cold_instead()
+            self._start_cold_instead(pending)
             return False
         except BaseException:
             self.pending = None
@@ -123,8 +122,8 @@ class Sandbox:
         assert pending is not None
         try:
             self.pid, self.pidfd, listener, self.init_report = pending.finish()
-        except warm.TemplateUnavailable:  # (its server failed before the copy existed)
-            self._start_cold_instead()
+        except warm.TemplateUnavailable:  # (its server failed or never answered)
+            self._start_cold_instead(pending)
             return
         except BaseException:
             self._abandon_start()
@@ -132,12 +131,15 @@ class Sandbox:
         self._close_child_fds()
         self._after_start(listener)
 
-    def _start_cold_instead(self) -> None:
-        """A warm start whose server failed before forking the copy (nothing of the run exists,
-        or it is in the slot closed here): the run starts cold."""
+    def _start_cold_instead(self, pending: warm.PendingStart) -> None:
+        """A warm start whose server failed or never answered: the server is killed (with its
+        slot), then anything it started is (PendingStart.settle), and the run starts cold."""
         try:
             self.warm = False
-            self._drop_warm(self.plan, self.host)
+            try:
+                self._drop_warm(self.plan, self.host)
+            finally:
+                pending.settle()
             listener = self._spawn_cold(*self._child_fds)
         except BaseException:
             self._abandon_start()
@@ -306,7 +308,13 @@ class Sandbox:
             return
         self.ended_at = time.monotonic()
         self.kill_tree()
-        _, self.wait_status, self.rusage = os.wait4(self.pid, 0)
+        try:
+            _, self.wait_status, self.rusage = os.wait4(self.pid, 0)
+        except ChildProcessError:
+            # reaped by an earlier reap cut short (a signal handler's exception right after the
+            # wait): the status is lost; the tree is dead all the same (killed above)
+            self.wait_status, self.rusage = 9, resource.getrusage(resource.RUSAGE_CHILDREN)
+            self.error = self.error or "evalbox was interrupted while collecting the run's exit status, which is lost"
         os.close(self.pidfd)
         self.pidfd = -1
         if self.lock.jail_flags:

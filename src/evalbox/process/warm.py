@@ -415,8 +415,7 @@ class PendingStart:
             try:
                 self.take_pid(START_TIMEOUT)
             except TemplateUnavailable:
-                self.close()  # its server failed: no copy of ours to kill (a slot's is killed with it)
-                raise
+                raise  # (the caller kills the server, then settles this start: see settle)
             except BaseException:
                 self.abandon()
                 raise
@@ -445,6 +444,20 @@ class PendingStart:
         if jail_flags or len(report) == 8:
             raise failed_start(self.lock, pid, pidfd, report)
         return pid, pidfd, listener, -1
+
+    def settle(self) -> None:
+        """After the server failed and was killed and reaped (or its slot closed): whatever it
+        answered before that is all it ever will. A copy it named is killed and reaped; one it
+        forked but never named cannot pass its gate (warm_template.py) and exits. Then every fd
+        of this start is closed."""
+        if self.answer is not None and self.pid <= 0:
+            try:
+                self.take_pid(None)
+            except (TemplateUnavailable, OSError):
+                pass
+        self.close()
+        if self.pid > 0:
+            kill_stray(self.pid)
 
     def close(self) -> None:
         """Close this start's fds (its server failed, or what it started is killed next)."""

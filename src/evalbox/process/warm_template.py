@@ -80,6 +80,9 @@ def _serve():
             control.send(marshal.dumps({**_spawn_exec(spawn, marshal.loads(msg)["exec"], fds), "id": request.get("id")}))
             del msg
             continue
+        # A run's copy waits at this gate until its pid reached evalbox's end of the channel: a
+        # copy whose pid evalbox never got (this server died or was too slow) must never run.
+        gate = os.pipe() if request.get("run") else None
         try:
             # a jailed run: its init (in this process's memory, running no Python) is born in the
             # jail's new namespaces as their PID 1, and forks the copy that becomes the program
@@ -88,6 +91,9 @@ def _serve():
             pid, init_sock = spawn.fork_jail(jail) if jail else (spawn.fork_sibling(), -1)
         except OSError as e:
             _answer(control, request, fds, {"error": f"fork: {e}"})
+            if gate:
+                os.close(gate[0])
+                os.close(gate[1])
             continue
         if pid == 0 and request.get("slot"):
             # A resident launcher for one slot: joins the slot's cgroup once (its runs are born
@@ -110,6 +116,10 @@ def _serve():
             continue
         if pid == 0:
             control.close()
+            os.close(gate[1])
+            if os.read(gate[0], 1) != b"1":
+                os._exit(0)  # (end of file: the server died or evalbox had given up on the run)
+            os.close(gate[0])
             if "exempt" in _resident:  # a run must not inherit the launcher's exemption
                 with open("/proc/self/oom_score_adj", "w") as f:
                     f.write("0")
@@ -119,20 +129,26 @@ def _serve():
             # Python touches here is copied, ~2.5 us each.)
             msg, fds = spawn.recv_request(fds[0])
             return spawn, marshal.loads(msg), fds, init_sock
-        _answer(control, request, fds, {"pid": pid})
+        answered = _answer(control, request, fds, {"pid": pid})
+        if gate:
+            os.close(gate[0])
+            if answered:
+                os.write(gate[1], b"1")
+            os.close(gate[1])
 
 
 def _answer(control, request, fds, answer):
     """A run's answer goes on its own channel (fds[0]: evalbox does not wait for it there), any
     other request's on the control socket (where evalbox matches answers by id); then the fds
-    of the request are closed."""
+    of the request are closed. False if it could not be sent."""
     try:
         if request.get("run") and fds:
             os.write(fds[0], marshal.dumps(answer))  # (one record of the SOCK_SEQPACKET channel)
         else:
             control.send(marshal.dumps({**answer, "id": request.get("id")}))
+        return True
     except OSError:
-        pass  # evalbox gave up on this run (its channel is closed): the copy finds no request
+        return False  # evalbox gave up on this run (its channel is closed)
     finally:
         for fd in fds:
             os.close(fd)
