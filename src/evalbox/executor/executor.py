@@ -201,10 +201,12 @@ class Executor:
         ours = (box.stdout_r, box.stderr_r, box.stdin_w)
         try:
             still_pending = box.advance_start(overdue)
-        except (SandboxError, OSError) as e:
+        except BaseException as e:
             for fd in ours:  # closed by the failed start, so already out of the epoll set
                 self._by_fd.pop(fd, None)
-            del self._running[run.id]
+            del self._running[run.id]  # (nothing of it runs: advance_start cleaned it up)
+            if not isinstance(e, (SandboxError, OSError)):
+                raise
             err = e if isinstance(e, SandboxError) else SpawnError(e.errno or 0, f"could not start: {e}")
             self._ready.append(StartFailed(run.id, err))
             return

@@ -126,6 +126,7 @@ class Sandbox:
             self._start_cold_instead(pending)
             return
         except BaseException:
+            pending.abandon()  # (idempotent: whatever it started is killed and reaped)
             self._abandon_start()
             raise
         self._close_child_fds()
@@ -275,6 +276,8 @@ class Sandbox:
         self.kill_tree()
 
     def kill_tree(self) -> None:
+        if getattr(self, "pid", 0) <= 0:
+            return  # never started (or its start was cleaned up): there is no tree
         if self.lock.jail_flags:
             # The init kills the rest of its namespace, then reports the program's end. (Once
             # the init is reaped, its namespace is empty: see reap.)

@@ -153,6 +153,8 @@ def kill_stray(pid: int) -> None:
     """Kill and reap a process a template or launcher started for us that no run holds (its start
     was interrupted): our child (CLONE_PARENT), so the pid is still its own. In a jail it is the
     init, whose death ends the namespace; otherwise its process group goes too."""
+    if pid <= 0:  # (never "every process" or "our own group")
+        return
     for kill in (os.killpg, os.kill):
         try:
             kill(pid, 9)
@@ -413,7 +415,8 @@ class PendingStart:
 
         if self.answer is not None:
             try:
-                self.take_pid(START_TIMEOUT)
+                if not self.take_pid(START_TIMEOUT):  # (never a start without its pid)
+                    raise TemplateUnavailable("the warm template's answer vanished")
             except TemplateUnavailable:
                 raise  # (the caller kills the server, then settles this start: see settle)
             except BaseException:
@@ -421,8 +424,8 @@ class PendingStart:
                 raise
         pid, pidfd, read_end, ours, jail_flags = self.pid, self.pidfd, self.read_end, self.ours, self.jail_flags
         keep_read_end = False
-        self.read_end = -1  # (from here on this start is finished or abandoned: never twice)
         try:
+            self.read_end = -1  # (from here on this start is finished or abandoned: never twice)
             report = os.read(read_end, 8)
             # (a warm copy without a jail says it runs by closing its error pipe: end of file)
             runs = reports_started(report) if jail_flags else len(report) < 8
