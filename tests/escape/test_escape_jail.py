@@ -502,3 +502,28 @@ def test_cold_jailed_runs_are_born_in_a_slot_group_and_stay_alone():
         assert pids == "[2]" and parent == "1", out.stdout  # its init hidden, nothing else in the jail
     out = run_py("import time; time.sleep(0.2); print('ok')", memory=256 << 20, max_pids=4)
     assert out.stdout == b"ok\n" and out.success
+
+
+@pytest.mark.parametrize("cwd", [None, "work/deep/er"])
+def test_a_run_without_files_has_its_workspace_in_the_jail_only(cwd):
+    # The jail makes the workspace in its own tmpfs; for a plan with no files (nothing to resolve
+    # through it on the host) no host directory of that name is made at all.
+    script = ('echo w > f && echo h > "$HOME/h" && echo t > "$TMPDIR/t" && cat f "$HOME/h" "$TMPDIR/t" && '
+              'pwd && exec sleep 30')
+    with evalbox.Executor() as ex:
+        sid = ex.spawn(evalbox.Plan(["/bin/sh", "-c", script], cwd=cwd, timeout=20))
+        seen, out = b"", None
+        while out is None:
+            for ev in ex.poll(timeout=20):
+                if isinstance(ev, evalbox.Stdout):
+                    seen += ev.data
+                    if seen.count(b"\n") == 4:
+                        cwd_inside = seen.split(b"\n")[3].decode()
+                        assert cwd_inside.endswith("/" + (cwd or "work")), seen
+                        root = cwd_inside[: -len("/" + (cwd or "work"))]
+                        assert not os.path.lexists(root)  # nothing on the host while it runs
+                        ex.kill(sid)  # (it waits for that)
+                elif isinstance(ev, (evalbox.Completed, evalbox.Timeout)):
+                    out = ev.output
+    assert out.status is evalbox.Status.SIGNALED, (out, seen)
+    assert seen.startswith(b"w\nh\nt\n"), seen
