@@ -39,12 +39,13 @@ def test_every_row_is_present_and_measured(quick):
     gap = f"{bench.SPORADIC_GAP * 1000:g}"
     expected = ["posix_spawn /bin/true (bare)", "evalbox /bin/true", "bwrap --unshare-all /bin/true",
                 "sandlock run /bin/true", f"posix_spawn /bin/true, {gap} ms idle before",
-                f"evalbox /bin/true, {gap} ms idle before"]
+                f"evalbox /bin/true, {gap} ms idle before", bench.FLOOR_TRUE, f"{bench.FLOOR_TRUE}, {gap} ms idle before"]
     for c in bench.CONCURRENCY_LEVELS:
         expected += [f"bare pool python print(1), c={c}", f"evalbox python print(1), c={c}",
                      f"evalbox warm python print(1), c={c}"]
     expected += ["bare pool python print(1): CPU per run", "evalbox python print(1): CPU per run",
-                 "evalbox warm python print(1): CPU per run", "evalbox warm python print(1): CPU per run vs cold"]
+                 "evalbox warm python print(1): CPU per run", "evalbox warm python print(1): CPU per run vs cold",
+                 bench.BARE_ONE_CPU, bench.FLOOR_PYTHON, bench.FLOOR_FORK]
     expected += ["getppid() not intercepted, per call", "getppid() monitored (MONITOR), per call",
                  "getppid() supervised, Python ALLOW, per call"]
     expected += ["run_many python, 128 plans", "evalbox serve /run_code, 128 at once", "serve latency in a 128-burst",
@@ -167,3 +168,36 @@ def test_notify_round_trip_smoke(quick):
     plain = rows["getppid() not intercepted, per call"]
     watched = rows["getppid() monitored (MONITOR), per call"]
     assert plain["median"] < watched["median"] < 2000, (plain, watched)  # us; generous for CI
+
+
+def test_the_floor_runs_the_program_in_the_sandbox(tmp_path):
+    """The floor rows time the real thing, with and without the jail: the program runs locked
+    down (a write outside its workspace fails), and its failure is not timed as a run."""
+    from evalbox.process.host import probe
+
+    target = tmp_path / "outside"
+    target.write_text("intact")
+    target.chmod(0o666)
+    for who, floor in bench.floors(["/bin/sh", "-c", f"echo changed > {target}"], probe()).items():
+        try:
+            with pytest.raises(bench.BenchError, match="failed"):
+                floor.latency()
+            with pytest.raises(bench.BenchError, match="failed"):
+                floor.cpu()
+        finally:
+            floor.close()
+        assert target.read_text() == "intact", who
+    for who, floor in bench.floors(["/bin/true"], probe()).items():
+        try:
+            assert floor.latency() > 0 and floor.cpu() >= 0, who
+        finally:
+            floor.close()
+
+
+def test_the_warm_fork_floor_runs_every_program_and_counts_failures(tmp_path):
+    py = bench.find_python(None)
+    marks = [tmp_path / f"ran-{i}" for i in range(6)]
+    result = bench.warm_fork_floor(py, [f"open({str(m)!r}, 'w').close()" for m in marks], 2)
+    assert all(m.exists() for m in marks) and result["failures"] == 0 and result["cpu_ms"] > 0
+    with pytest.raises(bench.BenchError, match="1 programs failed"):
+        bench.warm_fork_floor(py, ["print(1)", "raise ValueError", "print(2)"], 2)

