@@ -103,10 +103,25 @@ def test_async_faces_raise_a_failed_start(monkeypatch):
 
 
 def test_closing_with_starts_in_flight_leaves_nothing_behind():
+    """Closed before the servers said their copies' pids: the copies are still found and killed."""
+    before = our_children()
     with evalbox.Executor() as ex:
         sids = [ex._spawn(p, close_stdin=True, wait=False) for p in plans(3)]
-        pids = [ex._running[sid].box.pending.pid for sid in sids]
+        assert all(ex._running[sid].box.pending.awaiting_pid for sid in sids)  # (nobody took them yet)
         ex.kill(sids[0])  # completes that start, then kills it
+    assert not our_children() - before and not zombie_children()
+
+
+def test_closing_with_lockdowns_in_flight_leaves_nothing_behind():
+    with evalbox.Executor() as ex:
+        sids = [ex._spawn(p, close_stdin=True, wait=False) for p in plans(3)]
+        while any(ex._running[sid].box.pending is not None and ex._running[sid].box.pending.awaiting_pid
+                  for sid in sids if sid in ex._running):
+            ex.poll(0.01)  # the servers' answers are taken; the copies may still be locking down
+        pids = [ex._running[sid].box.pid if ex._running[sid].box.pending is None else ex._running[sid].box.pending.pid
+                for sid in sids if sid in ex._running]
+        assert pids and all(pid > 0 for pid in pids)
+        ex.kill(sids[0])
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # reaped, not a zombie or a live copy
@@ -139,21 +154,75 @@ def test_a_start_cut_short_leaves_nothing_running_and_later_runs_their_own_verdi
     leave its copy running unwatched, nor pair a later run with that copy (red team round 4)."""
     monkeypatch.setenv("EVALBOX_SLOTS", slots)
     assert evalbox.python.run("pass").warm
-    receive = warm._Server._receive
+    take_pid = warm.PendingStart.take_pid
     cut = []
 
-    def cut_once(self, timeout):
+    def cut_once(self, *args, **kwargs):
         if not cut:
             cut.append(self)
-            raise KeyboardInterrupt  # the template's answer (the copy's pid) stays unread
-        return receive(self, timeout)
+            raise KeyboardInterrupt  # the server's answer (the copy's pid) stays unread
+        return take_pid(self, *args, **kwargs)
 
-    monkeypatch.setattr(warm._Server, "_receive", cut_once)
+    monkeypatch.setattr(warm.PendingStart, "take_pid", cut_once)
     with pytest.raises(KeyboardInterrupt):
         evalbox.python.run("import time; time.sleep(30)", timeout=60)
-    monkeypatch.setattr(warm._Server, "_receive", receive)
+    monkeypatch.setattr(warm.PendingStart, "take_pid", take_pid)
     for _ in range(2):
         out = evalbox.python.run("import time; time.sleep(30)", timeout=0.5)
         assert out.status is evalbox.Status.TIMEOUT and out.warm and out.wall_time < 5, out
     assert our_children() == set()
     assert zombie_children() == [], "the cut start's process was killed but never reaped"
+
+
+@pytest.mark.parametrize("slots", ["0", "1"])
+@pytest.mark.parametrize("wait", [True, False])
+def test_a_server_that_dies_before_forking_the_copy_means_a_cold_run(monkeypatch, slots, wait):
+    """The run's template (or slot launcher) dies on its request before forking: the server's
+    answer is the end of the run's channel, and the run starts cold instead (nothing left over);
+    the next run is warm again."""
+    monkeypatch.setenv("EVALBOX_SLOTS", slots)
+    assert evalbox.python.run("pass").warm
+    trigger = warm._Server._trigger
+    broken = []
+
+    def crashing(self, request, fds, after_send):
+        if not broken:  # an impossible jail: the server's fork_jail raises and the server dies
+            broken.append(self.pid)
+            request = {**request, "jail": -1}
+        return trigger(self, request, fds, after_send)
+
+    monkeypatch.setattr(warm._Server, "_trigger", crashing)
+    if wait:
+        out = evalbox.python.run("import sys; print(sys.argv[1])", args=["x"], timeout=30)
+    else:
+        [out] = evalbox.run_many([evalbox.python.plan("import sys; print(sys.argv[1])", args=["x"], timeout=30)],
+                                 progress=False)
+    assert broken and out.success and out.stdout == b"x\n" and not out.warm, out
+    with pytest.raises(ProcessLookupError):
+        os.kill(broken[0], 0)  # that server is gone (and reaped)
+    assert evalbox.python.run("pass").warm
+    assert our_children() == set() and zombie_children() == []
+    assert not warm.Slot.busy  # the failed slot is not counted as serving a run
+
+
+def test_a_server_that_never_answers_means_a_cold_run_after_the_start_timeout(monkeypatch):
+    """A server that takes the request but never forks (hung): after START_TIMEOUT the run
+    starts cold, in run_many (the event loop) as in Executor.run."""
+    monkeypatch.setattr(warm, "START_TIMEOUT", 0.5)
+    assert evalbox.python.run("pass").warm
+    held = []
+
+    def swallowed(self, request, fds, after_send):
+        held.extend(os.dup(fd) for fd in fds)  # the channel stays open: no end of file either
+        after_send()
+
+    monkeypatch.setattr(warm._Server, "_trigger", swallowed)
+    try:
+        outs = evalbox.run_many([evalbox.python.plan("print(7)", timeout=30)] * 2, concurrency=2, progress=False)
+        alone = evalbox.python.run("print(8)", timeout=30)
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert [(o.stdout, o.warm) for o in outs] == [(b"7\n", False)] * 2, outs
+    assert alone.stdout == b"8\n" and not alone.warm
+    assert our_children() == set() and zombie_children() == []

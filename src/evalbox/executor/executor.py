@@ -21,7 +21,7 @@ from evalbox.executor.deferred import stop_signals_deferred
 from evalbox.errors import SandboxError, SpawnError, ValidationError
 from evalbox.policy.plan import NotifyMode, Plan
 from evalbox.policy.supervision import Decision, SyscallRequest
-from evalbox.process import watchdog
+from evalbox.process import warm, watchdog
 from evalbox.process.host import probe
 from evalbox.process.result import Output, Status
 from evalbox.process.sandbox import Sandbox
@@ -192,6 +192,29 @@ class Executor:
         self._watch_started(run)
 
     @stop_signals_deferred
+    def _advance_start(self, run: _Running, overdue: bool = False) -> None:
+        """A warm start's server said its copy's pid (or failed: the run then starts cold): watch
+        what comes next. A failure becomes a StartFailed event."""
+        box = run.box
+        assert box.pending is not None
+        self._unwatch(box.pending.fd)
+        ours = (box.stdout_r, box.stderr_r, box.stdin_w)
+        try:
+            still_pending = box.advance_start(overdue)
+        except (SandboxError, OSError) as e:
+            for fd in ours:  # closed by the failed start, so already out of the epoll set
+                self._by_fd.pop(fd, None)
+            del self._running[run.id]
+            err = e if isinstance(e, SandboxError) else SpawnError(e.errno or 0, f"could not start: {e}")
+            self._ready.append(StartFailed(run.id, err))
+            return
+        if still_pending:
+            self._watch(run, box.pending.fd, _STARTING, select.EPOLLIN)
+        else:
+            self._watch_started(run)
+            self._ready.append(Started(run.id))
+
+    @stop_signals_deferred
     def _finish_start_reported(self, run: _Running) -> bool:
         """`_finish_start` for a `wait=False` spawn: the outcome becomes an event. True if started."""
         try:
@@ -353,6 +376,9 @@ class Executor:
         for run in self._running.values():
             box = run.box
             if box.pending is not None:
+                if box.pending.awaiting_pid:
+                    t = box.started + warm.START_TIMEOUT
+                    soonest = t if soonest is None or t < soonest else soonest
                 continue
             for t in (box.deadline if box.wait_status is None else None, run.drain_until,
                       run.next_cpu_check if box.plan.cpu_time is not None and box.wait_status is None else None):
@@ -377,7 +403,10 @@ class Executor:
             return
         box = run.box
         if kind is _STARTING:
-            self._finish_start_reported(run)
+            if box.pending is not None and box.pending.awaiting_pid:
+                self._advance_start(run)
+            else:
+                self._finish_start_reported(run)
         elif kind is _PIDFD:
             self._unwatch(fd)
             box.reap()
@@ -457,8 +486,11 @@ class Executor:
             box.stdin_w = -1
 
     def _enforce_clocks(self, now: float) -> None:
-        for run in self._running.values():
+        for run in list(self._running.values()):
             box = run.box
+            if box.pending is not None and box.pending.awaiting_pid and now >= box.started + warm.START_TIMEOUT:
+                self._advance_start(run, overdue=True)  # its server never answered: the run goes cold
+                continue
             if box.wait_status is not None or box.pending is not None:
                 continue
             if box.deadline is not None and now >= box.deadline:

@@ -63,12 +63,14 @@ class Sandbox:
         self.init_report = -1  # in a jail: the init's report pipe (see spawn.InitRecord)
         self.deadline: float | None = None  # set once the program runs
         self.pending: warm.PendingStart | None = None  # a warm copy still locking itself down
-        child_fds: list[int] = []
+        # the program's ends of its stdio pipes: kept while a warm start is pending (should its
+        # server fail, the run starts cold with them)
+        self._child_fds: list[int] = []
         try:
             in_r, self.stdin_w = os.pipe2(os.O_CLOEXEC)
             self.stdout_r, out_w = os.pipe2(os.O_CLOEXEC)
             self.stderr_r, err_w = os.pipe2(os.O_CLOEXEC)
-            child_fds = [in_r, out_w, err_w]
+            self._child_fds = [in_r, out_w, err_w]
             for fd in (self.stdin_w, self.stdout_r, self.stderr_r):
                 os.set_blocking(fd, False)
             self.started = time.monotonic()
@@ -76,16 +78,43 @@ class Sandbox:
         except BaseException:
             self._abandon_start()
             raise
-        finally:
-            for fd in child_fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
         if isinstance(started, warm.PendingStart):
             self.pending = started  # the caller calls finish_start (now, or when pending.fd is readable)
         else:
+            self._close_child_fds()
             self._after_start(started)
+
+    def _close_child_fds(self) -> None:
+        fds, self._child_fds = self._child_fds, []
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def advance_start(self, overdue: bool = False) -> bool:
+        """A warm start's first stage is over (its server said the copy's pid: `pending.fd` was
+        readable). True while the start is still pending (the copy's lockdown, on the new
+        `pending.fd`); False when its server had failed and the run started cold instead.
+        `overdue`: the server did not answer in time; if it still has not, the run goes cold."""
+        pending = self.pending
+        assert pending is not None and pending.awaiting_pid
+        try:
+            if not pending.take_pid(timeout=None):
+                if not overdue:
+                    return True  # (woken early: nothing there yet)
+                raise warm.TemplateUnavailable(f"the warm template did not start a run in {warm.START_TIMEOUT:g} s")
+        except warm.TemplateUnavailable:
+            self.pending = None
+            pending.close()
+            self._start_cold_instead()
+            return False
+        except BaseException:
+            self.pending = None
+            pending.abandon()
+            self._abandon_start()
+            raise
+        return True
 
     def finish_start(self) -> None:
         """Complete a warm start (waits for the copy's lockdown if it is not done yet). Raises the
@@ -94,9 +123,26 @@ class Sandbox:
         assert pending is not None
         try:
             self.pid, self.pidfd, listener, self.init_report = pending.finish()
+        except warm.TemplateUnavailable:  # (its server failed before the copy existed)
+            self._start_cold_instead()
+            return
         except BaseException:
             self._abandon_start()
             raise
+        self._close_child_fds()
+        self._after_start(listener)
+
+    def _start_cold_instead(self) -> None:
+        """A warm start whose server failed before forking the copy (nothing of the run exists,
+        or it is in the slot closed here): the run starts cold."""
+        try:
+            self.warm = False
+            self._drop_warm(self.plan, self.host)
+            listener = self._spawn_cold(*self._child_fds)
+        except BaseException:
+            self._abandon_start()
+            raise
+        self._close_child_fds()
         self._after_start(listener)
 
     def discard(self) -> None:
@@ -112,6 +158,7 @@ class Sandbox:
         self.close()
 
     def _abandon_start(self) -> None:
+        self._close_child_fds()
         for name in ("stdin_w", "stdout_r", "stderr_r"):
             fd = getattr(self, name, -1)
             if fd >= 0:
@@ -168,16 +215,24 @@ class Sandbox:
                 self.pid, self.pidfd, listener, self.init_report = self.slot.spawn(self.lock, stdin, stdout, stderr)
                 return listener
         except warm.TemplateUnavailable:
-            # nothing of the run started; it goes cold (in a group of its own: prepare again)
-            if self.slot is not None:
-                broken = self.slot
-                self.slot = None
-                broken.close()
-                self.lock.close()
-                self.lock = prepare(plan, host)
-            elif template is not None:
-                warm.forget(template)
-            self.template = None
+            self._drop_warm(plan, host)
+        return self._spawn_cold(stdin, stdout, stderr)
+
+    def _drop_warm(self, plan: Plan, host: Host) -> None:
+        """Nothing of the run started in its template or slot, which failed: it goes cold (in a
+        group of its own: prepare again)."""
+        if self.slot is not None:
+            broken = self.slot
+            self.slot = None
+            warm.Slot.busy.discard(broken)  # (never back to the idle ones: its launcher failed)
+            broken.close()
+            self.lock.close()
+            self.lock = prepare(plan, host)
+        elif self.template is not None:
+            warm.forget(self.template)
+        self.template = None
+
+    def _spawn_cold(self, stdin: int, stdout: int, stderr: int) -> int:
         self.pid, self.pidfd, listener, self.init_report = spawn(self.lock, stdin, stdout, stderr)
         # the spawn child shared our memory until it exec'd (spawn returns after that), and the
         # kernel folds that memory's peak into the program's ru_maxrss: remember our peak now

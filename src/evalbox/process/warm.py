@@ -229,6 +229,17 @@ class _Server:
                 if isinstance(answer.get("pid"), int):
                     kill_stray(answer["pid"])
 
+    def _trigger(self, request: dict[str, Any], fds: list[int], after_send: Callable[[], None]) -> None:
+        """Send a request that is answered elsewhere (a private run: on its own channel)."""
+        with self.lock:
+            if self.control is None:
+                raise TemplateUnavailable("the warm template is closed")
+            try:
+                socket.send_fds(self.control, [marshal.dumps(request)], fds)
+            except OSError as e:
+                raise TemplateUnavailable(f"the warm template is gone ({e})") from None
+            after_send()
+
     @property
     def alive(self) -> bool:
         if self.control is None:
@@ -273,16 +284,28 @@ class _Server:
                 theirs.close()
         channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC) if private else None
 
+        def send() -> PendingStart:
+            """A private run: the request goes to the copy-to-be, the trigger to the server, and
+            the copy's pid comes back on the channel later (PendingStart.take_pid)."""
+            assert channel is not None
+            try:
+                payload = marshal.dumps(request)  # (in a jail it holds the plan's files: may be large)
+                if len(payload) > _CHANNEL_ROOM:
+                    channel[0].setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, len(payload) + 4096)
+                socket.send_fds(channel[0], [payload], fds)  # read by the copy
+                del payload
+                self._trigger({"run": True, "jail": jail_flags}, [channel[1].fileno()], close_ours)
+            except BaseException:
+                os.close(read_end)
+                channel[0].close()
+                if ours is not None:
+                    ours.close()
+                raise
+            return PendingStart(lock, -1, -1, read_end, ours, jail_flags, answer=channel[0])
+
         def exchange() -> PendingStart:
             try:
-                if channel is not None:
-                    payload = marshal.dumps(request)  # (in a jail it holds the plan's files: may be large)
-                    if len(payload) > _CHANNEL_ROOM:
-                        channel[0].setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, len(payload) + 4096)
-                    socket.send_fds(channel[0], [payload], fds)  # read by the copy
-                    answer = self._ask({"run": True, "jail": jail_flags}, [channel[1].fileno()], close_ours)
-                else:
-                    answer = self._ask(request, fds, close_ours)
+                answer = self._ask(request, fds, close_ours)
                 if "pid" not in answer:
                     raise TemplateUnavailable(f"the warm template could not start a run: {answer.get('error')}")
                 pid = answer["pid"]
@@ -301,11 +324,11 @@ class _Server:
         try:
             # On the spawner thread, which no signal handler's exception interrupts: an exchange cut
             # short would leave an answer unread and a started process nobody holds.
-            return _spawner().call(exchange, undo=PendingStart.abandon)  # type: ignore[no-any-return]
+            return _spawner().call(send if private else exchange, undo=PendingStart.abandon)  # type: ignore[no-any-return]
         finally:
             for fd in ends:
                 os.close(fd)
-            for end in (theirs, *(channel or ())):
+            for end in (theirs, channel[1] if channel else None):
                 if end is not None:
                     end.close()
 
@@ -330,13 +353,60 @@ class _Server:
 
 
 class PendingStart:
-    """A warm copy (or a launcher's child) that exists and is locking itself down: `fd` turns
-    readable when it is done (it closed its error pipe; in a jail, its init reported) or failed.
-    The caller may start other runs meanwhile (the lockdown is the copy's own CPU, ~2-4 ms)."""
+    """A warm copy (or a launcher's child) being started. First its server forks it and says its
+    pid on the run's own channel (`answer`; `fd` is that channel until `take_pid`), then the copy
+    locks itself down: `fd` (its report pipe) turns readable when it is done (it closed its error
+    pipe; in a jail, its init reported) or failed. The caller may serve other runs meanwhile
+    (the fork is the server's ~0.5 ms, the lockdown the copy's own CPU, ~2-4 ms)."""
 
     def __init__(self, lock: Lockdown, pid: int, pidfd: int, read_end: int, ours: socket.socket | None,
-                 jail_flags: int) -> None:
-        self.lock, self.pid, self.pidfd, self.fd, self.ours, self.jail_flags = lock, pid, pidfd, read_end, ours, jail_flags
+                 jail_flags: int, answer: socket.socket | None = None) -> None:
+        self.lock, self.pid, self.pidfd, self.read_end, self.ours, self.jail_flags = lock, pid, pidfd, read_end, ours, jail_flags
+        self.answer = answer
+
+    @property
+    def fd(self) -> int:
+        """What to wait on next: the channel (for the pid), then the report pipe; -1 when done."""
+        return self.answer.fileno() if self.answer is not None else self.read_end
+
+    @property
+    def awaiting_pid(self) -> bool:
+        return self.answer is not None
+
+    def take_pid(self, timeout: float | None) -> bool:
+        """Take the copy's pid from its server's answer, waiting up to `timeout` seconds (None:
+        not at all; False if it is not there yet). Raises TemplateUnavailable if the server
+        failed before the copy existed. The answer is only peeked at until the pid is kept: an
+        exception in between leaves it for `abandon`, which then still finds what to kill."""
+        answer = self.answer
+        assert answer is not None
+        if timeout is not None:
+            poller = select.poll()
+            poller.register(answer, select.POLLIN)
+            if not poller.poll(timeout * 1000):
+                raise TemplateUnavailable(f"the warm template did not start a run in {timeout:g} s")
+        try:
+            data = answer.recv(4096, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        try:
+            reply = marshal.loads(data) if data else {"error": "it exited"}
+        except (EOFError, ValueError, TypeError):
+            reply = {}
+        pid = reply.get("pid") if isinstance(reply, dict) else None
+        if not isinstance(pid, int) or pid <= 0:
+            why = reply.get("error", "garbled answer") if isinstance(reply, dict) else "garbled answer"
+            raise TemplateUnavailable(f"the warm template could not start a run: {why}")
+        self.pid = pid  # our child (CLONE_PARENT): its pid stays its own until we reap it
+        # consumed before the close: closing a socket with unread data resets its peer, the
+        # channel the copy may not have read its request from yet
+        answer.recv(4096, socket.MSG_DONTWAIT)
+        self.answer = None
+        answer.close()
+        self.pidfd = os.pidfd_open(pid)
+        return True
 
     def finish(self) -> tuple[int, int, int, int]:
         """(pid, pidfd, notify listener or -1, init report fd or -1) once the run is locked down
@@ -346,9 +416,18 @@ class PendingStart:
         reaped, every fd of the start closed)."""
         from evalbox.process.spawn import failed_start, reports_started, start_listener
 
-        pid, pidfd, read_end, ours, jail_flags = self.pid, self.pidfd, self.fd, self.ours, self.jail_flags
+        if self.answer is not None:
+            try:
+                self.take_pid(START_TIMEOUT)
+            except TemplateUnavailable:
+                self.close()  # its server failed: no copy of ours to kill (a slot's is killed with it)
+                raise
+            except BaseException:
+                self.abandon()
+                raise
+        pid, pidfd, read_end, ours, jail_flags = self.pid, self.pidfd, self.read_end, self.ours, self.jail_flags
         keep_read_end = False
-        self.fd = -1  # (from here on this start is finished or abandoned: never twice)
+        self.read_end = -1  # (from here on this start is finished or abandoned: never twice)
         try:
             report = os.read(read_end, 8)
             # (a warm copy without a jail says it runs by closing its error pipe: end of file)
@@ -372,16 +451,30 @@ class PendingStart:
             raise failed_start(self.lock, pid, pidfd, report)
         return pid, pidfd, listener, -1
 
+    def close(self) -> None:
+        """Close this start's fds (its server failed, or what it started is killed next)."""
+        for end in (self.answer, self.ours):
+            if end is not None:
+                end.close()
+        self.answer = self.ours = None
+        for fd in (self.read_end, self.pidfd):
+            if fd >= 0:
+                os.close(fd)
+        self.read_end = self.pidfd = -1
+
     def abandon(self) -> None:
-        """The run will not be started after all: kill and reap what was started, close its fds."""
-        if self.fd < 0:
+        """The run will not be started after all: kill and reap what was started, close its fds.
+        (A copy whose pid is not known yet is waited for: its server forks it in a moment.)"""
+        if self.read_end < 0:
             return
-        for fd in (self.fd, self.pidfd):
-            os.close(fd)
-        self.fd = -1
-        if self.ours is not None:
-            self.ours.close()
-        kill_stray(self.pid)
+        if self.answer is not None and self.pid <= 0:
+            try:
+                self.take_pid(START_TIMEOUT)
+            except (TemplateUnavailable, OSError):
+                pass  # nothing was forked, or its server died with it (then it is in a killed slot)
+        self.close()
+        if self.pid > 0:
+            kill_stray(self.pid)
 
 
 class Template(_Server):

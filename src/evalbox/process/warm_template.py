@@ -87,9 +87,7 @@ def _serve():
             jail = request.get("jail", 0)
             pid, init_sock = spawn.fork_jail(jail) if jail else (spawn.fork_sibling(), -1)
         except OSError as e:
-            for fd in fds:
-                os.close(fd)
-            control.send(marshal.dumps({"error": f"fork: {e}", "id": request.get("id")}))
+            _answer(control, request, fds, {"error": f"fork: {e}"})
             continue
         if pid == 0 and request.get("slot"):
             # A resident launcher for one slot: joins the slot's cgroup once (its runs are born
@@ -121,9 +119,23 @@ def _serve():
             # Python touches here is copied, ~2.5 us each.)
             msg, fds = spawn.recv_request(fds[0])
             return spawn, marshal.loads(msg), fds, init_sock
+        _answer(control, request, fds, {"pid": pid})
+
+
+def _answer(control, request, fds, answer):
+    """A run's answer goes on its own channel (fds[0]: evalbox does not wait for it there), any
+    other request's on the control socket (where evalbox matches answers by id); then the fds
+    of the request are closed."""
+    try:
+        if request.get("run") and fds:
+            os.write(fds[0], marshal.dumps(answer))  # (one record of the SOCK_SEQPACKET channel)
+        else:
+            control.send(marshal.dumps({**answer, "id": request.get("id")}))
+    except OSError:
+        pass  # evalbox gave up on this run (its channel is closed): the copy finds no request
+    finally:
         for fd in fds:
             os.close(fd)
-        control.send(marshal.dumps({"pid": pid, "id": request.get("id")}))  # (evalbox matches answers by id)
 
 
 _resident = []
