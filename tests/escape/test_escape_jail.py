@@ -253,8 +253,10 @@ def fresh_netns_pool(monkeypatch):
 
     from evalbox.process import netns
 
+    netns.check_released()
     monkeypatch.setattr(netns, "_idle", collections.deque())
     yield netns
+    netns.check_released()
     while netns._idle:
         fd = netns._idle.pop()
         stats, _ = netns._stats.pop(fd, ([], b""))
@@ -289,17 +291,22 @@ def _netns_run(what):
 @pytest.mark.skipif(probe().jail_userns, reason="an unprivileged caller's jail gets a fresh network namespace "
                     "per run (a pooled one belongs to another user namespace): there is no pool to reuse")
 def test_a_run_never_inherits_a_previous_run_tcp_sockets(fresh_netns_pool):
-    first = _netns_run("tcp")
-    second = _netns_run("tcp")  # the same port again, without SO_REUSEADDR
-    assert first[1:] == [b"0", b"bound"] and second[1:] == [b"0", b"bound"], (first, second)
-    assert fresh_netns_pool.dropped_dirty >= 2
+    # (three runs: back-to-back runs alternate between two namespaces, a released one being
+    # checked while the next run starts)
+    runs = [_netns_run("tcp") for _ in range(3)]  # the same port again, without SO_REUSEADDR
+    assert all(run[1:] == [b"0", b"bound"] for run in runs), runs
+    fresh_netns_pool.check_released()  # (the last one too)
+    assert fresh_netns_pool.dropped_dirty >= 3
 
 
 @pytest.mark.skipif(probe().jail_userns, reason="an unprivileged caller's jail gets a fresh network namespace "
                     "per run (a pooled one belongs to another user namespace): there is no pool to reuse")
 def test_a_namespace_without_sockets_left_is_reused(fresh_netns_pool):
-    first, second = _netns_run("none"), _netns_run("none")
-    assert first == second and first[1] == b"0", (first, second)  # the same namespace, lent again
+    runs = [_netns_run("none") for _ in range(3)]
+    assert all(run[1] == b"0" for run in runs), runs
+    # the same namespace, lent again (back-to-back runs alternate between two: each is checked
+    # while the next run starts)
+    assert len({run[0] for run in runs}) < len(runs), runs
 
 
 COUNTERS = """
@@ -319,11 +326,11 @@ def test_a_run_reads_no_previous_runs_traffic_counters(fresh_netns_pool):
     """Red-team finding (round 3): a pooled namespace kept its counters, so a run could leave the
     next one a number (37 datagrams) to read: a channel between runs."""
     runs = []
-    for what in ("send", "read"):
+    for what in ("send", "read", "read"):  # (back-to-back runs alternate between two namespaces)
         out = evalbox.run([PY, "-I", "-S", "-c", textwrap.dedent(COUNTERS), what], timeout=20)
         assert out.success, out.stderr
         runs.append(out.stdout.split())
-    assert runs[1][1] == b"0", f"the next run read the previous run's traffic: {runs}"
+    assert runs[1][1] == runs[2][1] == b"0", f"a later run read the previous run's traffic: {runs}"
 
 
 def test_network_on_keeps_the_host_network():
@@ -502,3 +509,28 @@ def test_cold_jailed_runs_are_born_in_a_slot_group_and_stay_alone():
         assert pids == "[2]" and parent == "1", out.stdout  # its init hidden, nothing else in the jail
     out = run_py("import time; time.sleep(0.2); print('ok')", memory=256 << 20, max_pids=4)
     assert out.stdout == b"ok\n" and out.success
+
+
+@pytest.mark.parametrize("cwd", [None, "work/deep/er"])
+def test_a_run_without_files_has_its_workspace_in_the_jail_only(cwd):
+    # The jail makes the workspace in its own tmpfs; for a plan with no files (nothing to resolve
+    # through it on the host) no host directory of that name is made at all.
+    script = ('echo w > f && echo h > "$HOME/h" && echo t > "$TMPDIR/t" && cat f "$HOME/h" "$TMPDIR/t" && '
+              'pwd && exec sleep 30')
+    with evalbox.Executor() as ex:
+        sid = ex.spawn(evalbox.Plan(["/bin/sh", "-c", script], cwd=cwd, timeout=20))
+        seen, out = b"", None
+        while out is None:
+            for ev in ex.poll(timeout=20):
+                if isinstance(ev, evalbox.Stdout):
+                    seen += ev.data
+                    if seen.count(b"\n") == 4:
+                        cwd_inside = seen.split(b"\n")[3].decode()
+                        assert cwd_inside.endswith("/" + (cwd or "work")), seen
+                        root = cwd_inside[: -len("/" + (cwd or "work"))]
+                        assert not os.path.lexists(root)  # nothing on the host while it runs
+                        ex.kill(sid)  # (it waits for that)
+                elif isinstance(ev, (evalbox.Completed, evalbox.Timeout)):
+                    out = ev.output
+    assert out.status is evalbox.Status.SIGNALED, (out, seen)
+    assert seen.startswith(b"w\nh\nt\n"), seen

@@ -91,3 +91,17 @@ def test_guard_reads_the_callers_table_once_the_caller_is_gone():
         for d in dirs:
             if os.path.isdir(d):
                 os.rmdir(d)
+
+
+def test_guard_removes_nothing_for_a_run_without_a_host_workspace():
+    # A jailed run whose workspace lives only in its own tmpfs is registered with an empty
+    # workspace: the guard must not take that for its own working directory.
+    cwd = tempfile.mkdtemp(prefix="evalbox-guard-cwd-")
+    keep = os.path.join(cwd, "keep")
+    open(keep, "w").close()
+    try:
+        guard = subprocess.Popen([sys.executable, "-I", "-S", "-c", watchdog._GUARD], stdin=subprocess.PIPE, cwd=cwd)
+        guard.communicate(b"+\t1\t999999\t-1\t\t\n", timeout=30)
+        assert os.path.exists(keep)
+    finally:
+        subprocess.run(["rm", "-rf", cwd])

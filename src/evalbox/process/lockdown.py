@@ -397,6 +397,21 @@ def _check_named_path(path: str, what: str) -> None:
     os.close(_open_named_path(path, what))
 
 
+def _jail_makes_workspace_alone(plan: Plan) -> bool:
+    """Whether a jailed run can do without a host directory for its workspace: the jail builds
+    the workspace in its own tmpfs from the plan (jail.run_entries), and the host would make
+    and remove an empty directory for nothing. It is needed when the plan has files or mount
+    links (the program's name may be resolved through them, and its #! line read), collects
+    files (work/ is then bound from the host), or when the program's name could be looked up
+    in the workspace (a relative name, a relative PATH entry)."""
+    if plan.collect or plan.files or any(m.dest is not None for m in plan.mounts):
+        return False
+    name = plan.argv[0]
+    if name.startswith("/"):
+        return True
+    return "/" not in name and all(entry.startswith("/") for entry in plan.env.get("PATH", DEFAULT_PATH).split(":"))
+
+
 def prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None = None) -> Lockdown:
     """`slot_group`: the group of a resident slot whose launcher (`slot_group.resident`, one
     process, counted in pids.max) forks the run inside it; nothing then joins a group."""
@@ -433,8 +448,12 @@ def _prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None, sources: 
     try:
         if lease is not None:
             uid = gid = lease.uid
+        # the files a supervisor opens for the program are resolved in the program's mount namespace,
+        # which a caller without capabilities cannot join when a user namespace owns it
+        userns_refused = host.jail and host.jail_userns and _opens_on_behalf(plan)
         ws = Workspace(plan, (uid, gid) if lease else None,
-                       memory_bounded=plan.memory is not None and "memory" in host.cgroup.controllers)
+                       memory_bounded=plan.memory is not None and "memory" in host.cgroup.controllers,
+                       on_host=not (host.jail and not userns_refused and _jail_makes_workspace_alone(plan)))
         env = _environment(plan, ws, uid)
         cwd = ws.path(plan.workdir) if plan.workdir == "work" else ws.make_dir(plan.workdir)
         executable = find_executable(plan.argv[0], env["PATH"], cwd)
@@ -443,9 +462,6 @@ def _prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None, sources: 
         runtime = runtime_files(executable, env_path=env["PATH"], ld_library_path=env.get("LD_LIBRARY_PATH", ""),
                                 untrusted=untrusted, fresh=(ws.root,))
 
-        # the files a supervisor opens for the program are resolved in the program's mount namespace,
-        # which a caller without capabilities cannot join when a user namespace owns it
-        userns_refused = host.jail and host.jail_userns and _opens_on_behalf(plan)
         no_jail_reason = ("supervised opens (notify with open, stat, access or exec calls intercepted) are done in "
                           "the program's mount namespace, which an unprivileged caller cannot join; intercept "
                           "other calls, or run as root, for the jail") if userns_refused else host.no_jail_reason
@@ -475,6 +491,8 @@ def _prepare(plan: Plan, host: Host, slot_group: cgroups.Group | None, sources: 
         rules = filesystem.path_rules(plan, ws.root, runtime, own_uid=uid >= 0 and not jail_flags,
                                       cgroup_dirs=tuple(group.distinct_dirs) if group is not None and not jail_flags
                                       else ())
+        if not ws.on_host:  # (the jail grants its own workspace: jail.run_entries)
+            rules = [r for r in rules if r.path != ws.root]
         identity_contents = _identity_contents(ws, uid, gid) if host.private_shm and lease is not None else []
         # (the jail writes them into its own root: nothing to write on the host)
         identity = _identity_files(ws, identity_contents) if identity_contents and not jail_flags else []

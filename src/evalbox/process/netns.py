@@ -15,6 +15,14 @@ are compared with those it had when made, likewise: a run that sent or received 
 otherwise leave the next one a number to read (a channel between runs). Nothing else survives a
 run: the program cannot change the namespace's interfaces, routes or sysctls (no capabilities).
 Never shared between concurrent runs, nor with a forked child of the caller.
+
+Those reads (~70 us, most of it the kernel formatting netstat and snmp6) are kept off a run's
+critical path where they can be: `release` only queues the namespace, unlent, and
+`check_released` (called while the caller waits anyway, for a launcher's answer: see
+warm._Spawner.call) pools it if the run left nothing in it, else closes it. A namespace is lent
+only once found clean. `acquire` with none clean idle makes a new one while the pool holds fewer
+than two per run in use (so that one caller's back-to-back runs alternate between two, each
+checked during the other's start), else checks the queued ones itself, as before.
 """
 
 from __future__ import annotations
@@ -22,13 +30,16 @@ from __future__ import annotations
 import collections
 import os
 import threading
+from typing import Callable
 
 from evalbox.kernel import namespaces
 
 MAX_IDLE = 64  # idle namespaces kept; more are closed (the kernel frees them)
 
 _lock = threading.Lock()
-_idle: collections.deque[int] = collections.deque()
+_idle: collections.deque[int] = collections.deque()  # found clean: lent to the next run
+_unchecked: collections.deque[int] = collections.deque()  # released, not checked yet: never lent
+_in_check = 0  # taken from _unchecked by a check under way
 _stats: dict[int, tuple[list[int], bytes]] = {}  # namespace fd -> fds of its /proc/net files, counters when made
 dropped_dirty = 0  # namespaces closed on release because a run left sockets or traffic in them
 
@@ -38,6 +49,13 @@ def acquire() -> int:
     with _lock:
         if _idle:
             return _idle.popleft()
+        in_use = len(_stats) - len(_unchecked) - _in_check
+        spare = len(_stats) < 2 * (in_use + 1)
+    if not spare:
+        check_released(until_clean=True)
+        with _lock:
+            if _idle:
+                return _idle.popleft()
     fd, stats = namespaces.new_network_namespace(with_stats=True)
     with _lock:
         _stats[fd] = (stats, namespaces.counters(stats))
@@ -62,29 +80,56 @@ def _clean(fd: int) -> bool:
 
 
 def release(fd: int) -> None:
-    """Give a namespace back once every process of its run is dead (the init was reaped)."""
-    global dropped_dirty
-    if _clean(fd):
-        with _lock:
-            if len(_idle) < MAX_IDLE:
-                _idle.append(fd)
-                return
-    else:
-        dropped_dirty += 1
+    """Give a namespace back once every process of its run is dead (the init was reaped): queued
+    for check_released, which pools it or closes it."""
     with _lock:
-        stats, _ = _stats.pop(fd, ([], b""))
-    for stat in stats:
-        os.close(stat)
-    os.close(fd)
+        _unchecked.append(fd)
+
+
+def check_released(until_clean: bool = False, stop: Callable[[], bool] | None = None) -> None:
+    """Decide the released namespaces: pooled if the run left no socket and no traffic in it,
+    else closed (`until_clean`: stop at the first clean one; `stop`: asked before each one).
+    Never raises but for a signal handler's exception, and then leaves nothing undecided."""
+    global _in_check, dropped_dirty
+    while True:
+        if stop is not None and stop():
+            return
+        with _lock:
+            if not _unchecked:
+                return
+            fd = _unchecked.popleft()
+            _in_check += 1
+        clean = False
+        try:
+            clean = _clean(fd)
+        finally:  # (an interrupted check counts as not clean: the namespace is closed)
+            with _lock:
+                _in_check -= 1
+                if clean and len(_idle) < MAX_IDLE:
+                    _idle.append(fd)
+                    fd = -1
+                elif not clean:
+                    dropped_dirty += 1
+                if fd >= 0:
+                    # (closed before it leaves the table: held_fds never omits an fd still open)
+                    for held in (*_stats.get(fd, ([], b""))[0], fd):
+                        try:
+                            os.close(held)
+                        except OSError:
+                            pass
+                    _stats.pop(fd, None)
+        if clean and until_clean:
+            return
 
 
 def _forget_after_fork() -> None:
     # A forked child must not lend the parent's namespaces: the parent may lend them too.
-    global _lock
+    global _lock, _in_check
     _lock = threading.Lock()
-    while _idle:
+    _in_check = 0
+    while _idle or _unchecked:
         try:
-            os.close(_idle.pop())
+            os.close((_idle or _unchecked).pop())
         except OSError:
             pass
     for stats, _ in _stats.values():

@@ -193,7 +193,8 @@ class Sandbox:
         group = self.lock.cgroup
         lease = self.lock.uid_lease
         watchdog.register(str(self.pid), self.pid, self.lock.uid, lease.path if lease else "",
-                          group.distinct_dirs if group else [], self.lock.workspace.root)
+                          group.distinct_dirs if group else [],
+                          self.lock.workspace.root if self.lock.workspace.on_host else "")
         self.deadline = self.started + plan.timeout if plan.timeout is not None else None
 
     def _workspace_seen_by_host(self) -> str:

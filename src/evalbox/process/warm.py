@@ -44,6 +44,7 @@ from evalbox.kernel import capabilities as caps
 from evalbox.kernel import cgroups
 from evalbox.policy.plan import NotifyMode, Plan
 from evalbox.process.host import Host
+from evalbox.process import netns
 from evalbox.process.lockdown import UMASK, Lockdown
 
 IDLE_SLOTS = max(8, 4 * (os.cpu_count() or 1))  # idle slots kept per template (run_many at 8 makes none anew)
@@ -133,6 +134,10 @@ class _Spawner:
         done = threading.Event()
         self._jobs.put((fn, box, done))
         interrupted: BaseException | None = None
+        try:  # (work of ended runs, done while this thread would only wait, and only then)
+            netns.check_released(stop=done.is_set)
+        except BaseException as e:  # noqa: BLE001 - raised once the job is done and undone
+            interrupted = e
         while True:
             try:
                 done.wait()

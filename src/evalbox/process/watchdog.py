@@ -119,6 +119,8 @@ def rmtree_inside(top):
     # (its processes are dead: nothing changes the tree meanwhile.) Directories the program
     # chmod'ed to 0 are opened up first, from the top down, never through a symlink and never
     # above `top` (the base dir, /tmp...).
+    if not top:
+        return  # (a jail's workspace: it was never on the host)
     top = os.path.abspath(top)
     if not os.path.isdir(top) or os.path.islink(top):
         return

@@ -11,6 +11,7 @@ leftovers of a process that died are swept away later.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import stat
 import tempfile
@@ -223,14 +224,32 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+_names = random.Random()  # (as tempfile's: unpredictable enough, no syscall per name)
+_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+os.register_at_fork(after_in_child=_names.seed)  # (a forked caller does not repeat our names)
+
+
 class Workspace:
-    def __init__(self, plan: Plan, owner: tuple[int, int] | None = None, memory_bounded: bool = False) -> None:
+    on_host = True  # False: a name only, for a jail that builds the workspace in its own tmpfs
+
+    def __init__(self, plan: Plan, owner: tuple[int, int] | None = None, memory_bounded: bool = False,
+                 on_host: bool = True) -> None:
         """Create the directory tree; `owner` (uid, gid) hands it to a sandbox user.
 
         Everything is made relative to directory fds with O_NOFOLLOW (the plan's paths are
-        validated not to overlap, and nothing here follows a link even if one were there)."""
+        validated not to overlap, and nothing here follows a link even if one were there).
+
+        `on_host=False`: nothing is made on the host, the workspace is only a path, in the same
+        form, for a jail that makes it in its own tmpfs (policy/jail.run_entries); `remove` then
+        touches nothing (a host directory of that name, if someone made one, is not ours)."""
         self.owner = owner
         self.root_files: list[str] = []  # files the host wrote into the root (see lockdown's identity files)
+        if not on_host:
+            self.on_host = False
+            self._top_names = []
+            token = "".join(_names.choices(_NAME_CHARS, k=8))
+            self.root = os.path.join(base_dir(memory_bounded), f"evalbox-{os.getpid()}-{token}")
+            return
         # what we put directly in work/ (the plan's files and mount links): removed by name first
         self._top_names = [rel for rel in plan.files if "/" not in rel]
         self._top_names += [m.dest for m in plan.mounts if m.dest is not None and "/" not in m.dest]
@@ -287,6 +306,8 @@ class Workspace:
     def make_dir(self, rel: str) -> str:
         """Make the workspace directory `rel` (a validated relative path) and its parents,
         without following links, given to the sandbox's owner; returns its path."""
+        if not self.on_host:
+            return self.path(rel)  # (the jail makes it: jail.run_entries)
         root_fd = os.open(self.root, _DIR_FLAGS)
         try:
             os.close(_open_dirs(root_fd, rel.split("/"), self.owner))
@@ -306,6 +327,8 @@ class Workspace:
         return self.path("tmp")
 
     def remove(self) -> None:
+        if not self.on_host:
+            return
         # fast path: the program left its three directories as they were made (rmdir refuses
         # anything else), work/ holding just the plan's files (removed through an fd of work/
         # opened without following a link)
