@@ -310,13 +310,7 @@ class SandboxFloor:
         from evalbox.process.lockdown import prepare
 
         lock = prepare(Plan(self.argv), self.host)
-        # not joining its group: the migration into a v1 group is what a slot's launcher avoids
-        for fd in lock.cgroup_fds:
-            os.close(fd)
-        lock.cgroup_fds = []
-        if lock.cgroup_dir_fd >= 0:
-            os.close(lock.cgroup_dir_fd)
-            lock.cgroup_dir_fd = -1
+        lock.close_cgroup_fds()  # not joining its group: the v1 migration a slot's launcher avoids
         return lock
 
     def _spawn(self, lock: Any) -> tuple[int, int, int]:

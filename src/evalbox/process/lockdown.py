@@ -75,15 +75,19 @@ class Lockdown:
     owns_cgroup: bool = True  # False: a resident slot's group, which the slot recycles itself
     pids_reserved: int = 0  # counted in _pids_reserved until close()
 
-    def release_spawn_resources(self) -> None:
-        """Close what only the child needed (the Landlock ruleset, the cgroup.procs fds)."""
-        self.ruleset.close()
+    def close_cgroup_fds(self) -> None:
+        """The fds by which the child joins (or is born in) its group: no longer needed."""
         for fd in self.cgroup_fds:
             os.close(fd)
         self.cgroup_fds = []
         if self.cgroup_dir_fd >= 0:
             os.close(self.cgroup_dir_fd)
             self.cgroup_dir_fd = -1
+
+    def release_spawn_resources(self) -> None:
+        """Close what only the child needed (the Landlock ruleset, the cgroup.procs fds)."""
+        self.ruleset.close()
+        self.close_cgroup_fds()
         if self.template_fd >= 0:
             templates.release(self.template_fd)
             self.template_fd = -1
