@@ -138,7 +138,7 @@ class Sandbox:
         try:
             self.warm = False
             try:
-                self._drop_warm(self.plan, self.host)
+                self._drop_warm()
             finally:
                 pending.settle()
             listener = self._spawn_cold(*self._child_fds)
@@ -218,10 +218,10 @@ class Sandbox:
                 self.pid, self.pidfd, listener, self.init_report = self.slot.spawn(self.lock, stdin, stdout, stderr)
                 return listener
         except warm.TemplateUnavailable:
-            self._drop_warm(plan, host)
+            self._drop_warm()
         return self._spawn_cold(stdin, stdout, stderr)
 
-    def _drop_warm(self, plan: Plan, host: Host) -> None:
+    def _drop_warm(self) -> None:
         """Nothing of the run started in its template or slot, which failed: it goes cold (in a
         group of its own: prepare again)."""
         if self.slot is not None:
@@ -230,7 +230,7 @@ class Sandbox:
             warm.Slot.busy.discard(broken)  # (never back to the idle ones: its launcher failed)
             broken.close()
             self.lock.close()
-            self.lock = prepare(plan, host)
+            self.lock = prepare(self.plan, self.host)
         elif self.template is not None:
             warm.forget(self.template)
         self.template = None
