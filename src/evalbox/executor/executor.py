@@ -177,7 +177,7 @@ class Executor:
             self._watch(run, box.supervision.listener, _LISTENER, select.EPOLLIN)
 
     def _finish_start(self, run: _Running) -> None:
-        """Complete a pending start; on failure the run is forgotten and the error raised."""
+        """Complete a pending start; on failure the run is discarded and the error raised."""
         box = run.box
         assert box.pending is not None
         self._unwatch(box.pending.fd)
@@ -185,11 +185,19 @@ class Executor:
         try:
             box.finish_start()
         except BaseException:
-            for fd in ours:  # closed by the failed start, so already out of the epoll set
-                self._by_fd.pop(fd, None)
-            del self._running[run.id]
+            self._drop_failed_start(run, ours)
             raise
         self._watch_started(run)
+
+    def _drop_failed_start(self, run: _Running, ours: tuple[int, ...]) -> None:
+        """A start that failed or was cut short: the sandbox released itself (nothing of it runs);
+        should that release have been cut short too, it is done again here."""
+        try:
+            run.box.discard()  # (nothing to do once released)
+        finally:
+            for fd in ours:  # closed by the failed start, so already out of the epoll set
+                self._by_fd.pop(fd, None)
+            self._running.pop(run.id, None)
 
     @stop_signals_deferred
     def _advance_start(self, run: _Running, overdue: bool = False) -> None:
@@ -202,9 +210,7 @@ class Executor:
         try:
             still_pending = box.advance_start(overdue)
         except BaseException as e:
-            for fd in ours:  # closed by the failed start, so already out of the epoll set
-                self._by_fd.pop(fd, None)
-            del self._running[run.id]  # (nothing of it runs: advance_start cleaned it up)
+            self._drop_failed_start(run, ours)
             if not isinstance(e, (SandboxError, OSError)):
                 raise
             err = e if isinstance(e, SandboxError) else SpawnError(e.errno or 0, f"could not start: {e}")

@@ -61,6 +61,8 @@ class Sandbox:
         self.rusage = None
         self.ended_at: float | None = None
         self.init_report = -1  # in a jail: the init's report pipe (see spawn.InitRecord)
+        self.pidfd = -1
+        self.released = False  # every process reaped and every resource given back (close, _abandon_start)
         self.deadline: float | None = None  # set once the program runs
         self.pending: warm.PendingStart | None = None  # a warm copy still locking itself down
         # the program's ends of its stdio pipes: kept while a warm start is pending (should its
@@ -81,7 +83,6 @@ class Sandbox:
         if isinstance(started, warm.PendingStart):
             self.pending = started  # the caller calls finish_start (now, or when pending.fd is readable)
         else:
-            self._close_child_fds()
             self._after_start(started)
 
     def _close_child_fds(self) -> None:
@@ -129,7 +130,6 @@ class Sandbox:
             pending.abandon()  # (idempotent: whatever it started is killed and reaped)
             self._abandon_start()
             raise
-        self._close_child_fds()
         self._after_start(listener)
 
     def _start_cold_instead(self, pending: warm.PendingStart) -> None:
@@ -145,12 +145,14 @@ class Sandbox:
         except BaseException:
             self._abandon_start()
             raise
-        self._close_child_fds()
         self._after_start(listener)
 
     def discard(self) -> None:
-        """Undo a sandbox its executor could not take (interrupted right after it was made): kill
-        and reap what was started, release everything."""
+        """Undo a sandbox its executor could not take (interrupted right after it was made, or
+        while its start was finished): kill and reap what was started, release everything. Does
+        nothing once the sandbox is released (a start cut short releases its own)."""
+        if self.released:
+            return
         if self.pending is not None:
             pending, self.pending = self.pending, None
             pending.abandon()
@@ -161,6 +163,11 @@ class Sandbox:
         self.close()
 
     def _abandon_start(self) -> None:
+        """A start that failed or was cut short: nothing of the run may go on. A program already
+        started (the cut came after its spawn returned) is killed, reaped and released."""
+        if getattr(self, "pid", 0) > 0 and self.wait_status is None:
+            self._end_unwatched(-1)
+            return
         self._close_child_fds()
         for name in ("stdin_w", "stdout_r", "stderr_r"):
             fd = getattr(self, name, -1)
@@ -171,24 +178,48 @@ class Sandbox:
         if self.slot is not None:
             self.launcher.release_slot(self.slot)
             self.slot = None
+        self.released = True
 
     def _after_start(self, listener: int) -> None:
-        """The program runs: its supervisor, its guard registration and its clock."""
+        """The program runs: its supervisor, its guard registration and its clock. Whatever
+        cuts this short (a supervisor that cannot be made, a signal handler's exception) first
+        kills, reaps and releases the program: nothing of it may run on unwatched, unreaped."""
+        try:
+            self._close_child_fds()
+            self._watch_started(listener)
+        except BaseException:
+            self._end_unwatched(listener)
+            raise
+
+    def _end_unwatched(self, listener: int) -> None:
+        """Kill the started program's tree, reap it, release everything (its status is nobody's:
+        no Output is made). `listener` is closed unless the supervision holds it."""
+        self._close_child_fds()
+        if listener >= 0 and self.supervision is None:
+            try:
+                os.close(listener)
+            except OSError:
+                pass
+        self.lock.release_spawn_resources()
+        self.kill_tree()
+        if self.wait_status is None:
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass  # (reaped by an earlier attempt cut short)
+            self.wait_status = 0
+        self.close()
+
+    def _watch_started(self, listener: int) -> None:
         plan = self.plan
         if listener >= 0:
-            try:  # (before the ruleset is closed: supervised opens are made with the program's rights)
-                self.supervision = Supervision(self.id, plan, listener, self.pid, self.host.arch,
-                                               others_only=self.host.switches_uid, routing=self.lock.routing,
-                                               workspace=self._workspace_seen_by_host(),
-                                               ruleset_fd=self.lock.ruleset.fd,
-                                               uid=self.lock.uid, gid=self.lock.gid, proc_gid=self.lock.proc_gid)
-            except BaseException:  # (Supervision closed the listener)
-                self.lock.release_spawn_resources()
-                self.kill_tree()
-                os.waitpid(self.pid, 0)
-                self.wait_status = 0
-                self.close()
-                raise
+            # (before the ruleset is closed: supervised opens are made with the program's rights;
+            # should this fail, the listener is still ours to close)
+            self.supervision = Supervision(self.id, plan, listener, self.pid, self.host.arch,
+                                           others_only=self.host.switches_uid, routing=self.lock.routing,
+                                           workspace=self._workspace_seen_by_host(),
+                                           ruleset_fd=self.lock.ruleset.fd,
+                                           uid=self.lock.uid, gid=self.lock.gid, proc_gid=self.lock.proc_gid)
         self.lock.release_spawn_resources()
         group = self.lock.cgroup
         lease = self.lock.uid_lease
@@ -319,8 +350,9 @@ class Sandbox:
             # wait): the status is lost; the tree is dead all the same (killed above)
             self.wait_status, self.rusage = 9, resource.getrusage(resource.RUSAGE_CHILDREN)
             self.error = self.error or "evalbox was interrupted while collecting the run's exit status, which is lost"
-        os.close(self.pidfd)
-        self.pidfd = -1
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
         if self.lock.jail_flags:
             # The init exits only once every other process of its namespace is dead; its own
             # status and rusage are not the program's (it shares the caller's memory).
@@ -434,3 +466,4 @@ class Sandbox:
         if self.slot is not None:
             self.launcher.release_slot(self.slot)  # recycled only if provably clean
             self.slot = None
+        self.released = True

@@ -156,12 +156,18 @@ class Supervision:
             try:
                 fd = open_named_path(host, f"virtual_paths[{virtual!r}]", os.O_PATH | os.O_DIRECTORY)
             except ValidationError:
-                self.close()
+                self._close_all_but_listener()
                 raise
             except OSError as e:
-                self.close()
+                self._close_all_but_listener()
                 raise ValidationError(f"virtual_paths[{virtual!r}]: {host} is not a directory on this host ({e.strerror})") from None
             self.roots.append((virtual, host, fd))
+
+    def _close_all_but_listener(self) -> None:
+        """A constructor that fails leaves the listener to its caller (who closes it, with the
+        program it listens to, whatever the failure was)."""
+        self.listener = -1
+        self.close()
 
     def close(self) -> None:
         for _, _, fd in self.roots:
