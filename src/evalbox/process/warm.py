@@ -583,6 +583,12 @@ class Slot(_Server):
 
     def __init__(self, template: Template, layout: cgroups.Layout) -> None:
         super().__init__()
+        # On the spawner thread, which no signal handler's exception interrupts (as _launch's
+        # exchange): a launcher asked for is either ready and held here, or killed, reaped and
+        # its group removed; an interrupted caller undoes the slot it made (close).
+        _spawner().call(lambda: self._make(template, layout), undo=lambda _: self.close())
+
+    def _make(self, template: Template, layout: cgroups.Layout) -> None:
         self.group = cgroups.Group(layout, f"slot-{next(self._names)}")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         procs: list[int] = []
@@ -597,17 +603,22 @@ class Slot(_Server):
             theirs.close()
             for fd in procs:
                 os.close(fd)
-        if "pid" not in answer:
-            ours.close()
-            self.group.remove()
-            raise TemplateUnavailable(f"the warm template could not make a slot: {answer.get('error')}")
-        self.pid, self.pidfd, self.control = answer["pid"], os.pidfd_open(answer["pid"]), ours
-        ready = self._receive(START_TIMEOUT)
-        self.group.resident = self.pid
-        if not ready.get("ready"):
+        self.control = ours
+        try:
+            if "pid" not in answer:
+                raise TemplateUnavailable(f"the warm template could not make a slot: {answer.get('error')}")
+            self.pid = answer["pid"]  # our child (CLONE_PARENT): its pid stays its own until we reap it
+            self.pidfd = os.pidfd_open(self.pid)
+            ready = self._receive(START_TIMEOUT)
+            self.group.resident = self.pid
+            if not ready.get("ready"):
+                raise TemplateUnavailable(f"a warm slot did not start: {ready.get('error')}")
+            self.group.reset()
+        except BaseException:  # (the launcher is killed and reaped, its group removed)
+            if self.pidfd < 0:
+                kill_stray(self.pid)
             self.close()
-            raise TemplateUnavailable(f"a warm slot did not start: {ready.get('error')}")
-        self.group.reset()
+            raise
 
     def spawn(self, lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple[int, int, int, int]:
         """A cold spawn (clone, lockdown, exec) done by the launcher, inside the slot's group:
