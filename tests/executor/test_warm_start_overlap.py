@@ -108,7 +108,7 @@ def test_closing_with_starts_in_flight_leaves_nothing_behind():
     with evalbox.Executor() as ex:
         sids = [ex._spawn(p, close_stdin=True, wait=False) for p in plans(3)]
         assert all(ex._running[sid].box.pending.awaiting_pid for sid in sids)  # (nobody took them yet)
-        ex.kill(sids[0])  # completes that start, then kills it
+        ex.kill(sids[0])  # gives that start up (its copy killed once its pid comes)
     assert not our_children() - before and not zombie_children()
 
 

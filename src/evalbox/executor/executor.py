@@ -33,6 +33,9 @@ CPU_CHECK_INTERVAL = 0.05  # seconds between tree CPU samples for plans with cpu
 DRAIN_GRACE = 1.0  # after the tree is killed, how long pipes may take to report EOF
 READ_CHUNK = 65536
 DRAIN_CHUNKS = 256  # at most 16 MiB read from a pipe after the grace period
+# close(): how long, in all, warm starts may take to get their copies' pids before their
+# servers are given up (killed, with their slots): a healthy server forks in well under 1 ms
+CLOSE_PID_GRACE = 0.5
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class _Running:
         self.stdin_closing = False
         self.drain_until: float | None = None
         self.next_cpu_check = box.started + CPU_CHECK_INTERVAL
+        self.killed_before_pid = False  # kill() came while its warm start awaited the copy's pid
 
 
 class Executor:
@@ -207,6 +211,22 @@ class Executor:
         assert box.pending is not None
         self._unwatch(box.pending.fd)
         ours = (box.stdout_r, box.stderr_r, box.stdin_w)
+        if run.killed_before_pid:
+            try:
+                given_up = box.cancel_start(give_up=overdue)
+            except BaseException:
+                if box.pending is None:
+                    self._drop_failed_start(run, ours)
+                else:  # (tried again when its channel says something, or at START_TIMEOUT)
+                    self._watch(run, box.pending.fd, _STARTING, select.EPOLLIN)
+                raise
+            if not given_up:
+                self._watch(run, box.pending.fd, _STARTING, select.EPOLLIN)  # (woken early)
+                return
+            self._drop_failed_start(run, ours)
+            self._ready.append(StartFailed(run.id, SandboxError(
+                f"sandbox {run.id} was killed before its program started (nothing of it ran)")))
+            return
         try:
             still_pending = box.advance_start(overdue)
         except BaseException as e:
@@ -275,9 +295,17 @@ class Executor:
             run.box.end(None)
 
     def kill(self, sid: SandboxId) -> None:
-        """Kill the sandbox's whole process tree; its Completed event follows (status SIGNALED)."""
+        """Kill the sandbox's whole process tree; its Completed event follows (status SIGNALED).
+        A sandbox spawned with `wait=False` whose warm copy's pid has not come yet is never
+        started: its StartFailed event follows (once its server answers, or is given up after
+        warm.START_TIMEOUT), and this call never waits for the server."""
         run = self._running.get(sid)
-        if run is not None and (run.box.pending is None or self._finish_start_reported(run)):
+        if run is None:
+            return
+        if run.box.pending is not None and run.box.pending.awaiting_pid:
+            run.killed_before_pid = True  # (given up in _advance_start, when the channel says something)
+            return
+        if run.box.pending is None or self._finish_start_reported(run):
             run.box.kill_tree()
 
     def poll(self, timeout: float | None = None) -> list[Event]:
@@ -320,8 +348,13 @@ class Executor:
             return
         self._closed = True
         first: BaseException | None = None
+        grace_ends = time.monotonic() + CLOSE_PID_GRACE
         for run in list(self._running.values()):
             try:  # (one run's failure to clean up must not leave the others running)
+                if run.box.pending is not None and run.box.pending.awaiting_pid:
+                    _readable(run.box.pending.fd, grace_ends - time.monotonic())
+                    run.box.cancel_start(give_up=True)  # (its server not waited for any longer)
+                    continue
                 if run.box.pending is not None and not self._finish_start_reported(run):
                     continue  # (cleaned up: nothing of it ran)
                 run.box.end(None)
@@ -562,6 +595,12 @@ def require_supervisor(plan: Plan) -> None:
     if plan.notify is NotifyMode.SUPERVISE and plan.supervisor is None:
         raise ValidationError("notify=SUPERVISE without supervisor= needs someone to answer Syscall events: "
                               "pass supervisor=callable, or use Executor.spawn + poll + respond")
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0.0, timeout) * 1000))
 
 
 def _raise_fd_limit() -> bool:

@@ -147,6 +147,34 @@ class Sandbox:
             raise
         self._after_start(listener)
 
+    def cancel_start(self, give_up: bool) -> bool:
+        """Give up a warm start whose copy's pid has not been taken yet (its run was killed):
+        nothing of the run runs, everything is released. A copy whose pid has come is killed and
+        reaped; a server that failed, or that is given up (`give_up`: it did not answer in time,
+        or the caller cannot wait), is killed first (with its slot), then whatever it started
+        (PendingStart.settle): no waiting on the server. False (nothing done) when the server
+        has not answered yet and is not given up."""
+        pending = self.pending
+        assert pending is not None and pending.awaiting_pid
+        try:
+            taken, failed = pending.take_pid(timeout=None), False
+        except warm.TemplateUnavailable:
+            taken, failed = False, True
+        if not (taken or failed or give_up):
+            return False
+        self.pending = None
+        try:
+            if not taken:
+                self.warm = False
+                try:
+                    self._drop_warm()
+                finally:
+                    pending.settle()
+            pending.abandon()  # (the copy whose pid came is killed and reaped; else nothing left)
+        finally:
+            self._abandon_start()
+        return True
+
     def discard(self) -> None:
         """Undo a sandbox its executor could not take (interrupted right after it was made, or
         while its start was finished): kill and reap what was started, release everything. Does
