@@ -34,7 +34,9 @@ import os
 import queue
 import select
 import socket
+import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -463,9 +465,13 @@ class PendingStart:
                 self.take_pid(None)
             except (TemplateUnavailable, OSError):
                 pass
+        strays = _strays_named(self.answer) if self.answer is not None else set()
         self.close()
         if self.pid > 0:
             kill_stray(self.pid)
+        for pid in strays:
+            if _parent_of(pid) == os.getpid():  # (never a process that is not our child)
+                kill_stray(pid)
 
     def close(self) -> None:
         """Close this start's fds (its server failed, or what it started is killed next)."""
@@ -709,6 +715,44 @@ class Slot(_Server):
                     pass
             self.group.resident = 0
             self.group.remove()
+
+
+SETTLE_TIMEOUT = 5.0  # seconds for the unnamed copies of a dead server to exit at their gate
+_CREDS_SIZE = 12  # struct ucred: pid, uid, gid
+
+
+def _strays_named(channel: socket.socket) -> set[int]:
+    """The run's channel once its server is dead: read to its end of file (bounded), which comes
+    when every copy holding it exited; the pids of the copies that said they never got past
+    their gate (warm_template._name_stray), as the kernel translated their credentials."""
+    strays: set[int] = set()
+    try:
+        channel.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        channel.setblocking(False)
+        poller = select.poll()
+        poller.register(channel, select.POLLIN)
+        end = time.monotonic() + SETTLE_TIMEOUT
+        while poller.poll(max(0.0, end - time.monotonic()) * 1000):
+            try:
+                data, ancillary, _, _ = channel.recvmsg(4096, socket.CMSG_SPACE(_CREDS_SIZE))
+            except BlockingIOError:
+                continue
+            if not data:
+                break  # (end of file: nothing holds the other end any more)
+            try:
+                said = marshal.loads(data)
+            except (EOFError, ValueError, TypeError):
+                continue
+            if not isinstance(said, dict) or not said.get("stray"):
+                continue  # (the server's own answer: an error, taken care of by the caller)
+            for level, kind, creds in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(creds) >= 4:
+                    pid = int.from_bytes(creds[:4], sys.byteorder, signed=True)
+                    if pid > 0:
+                        strays.add(pid)
+    except OSError:
+        pass
+    return strays
 
 
 def _parent_of(pid: int) -> int:

@@ -118,7 +118,9 @@ def _serve():
             control.close()
             os.close(gate[1])
             if os.read(gate[0], 1) != b"1":
-                os._exit(0)  # (end of file: the server died or evalbox had given up on the run)
+                # (end of file: the server died or evalbox had given up on the run)
+                _name_stray(fds[0], jail)
+                os._exit(0)
             os.close(gate[0])
             if "exempt" in _resident:  # a run must not inherit the launcher's exemption
                 with open("/proc/self/oom_score_adj", "w") as f:
@@ -135,6 +137,20 @@ def _serve():
             if answered:
                 os.write(gate[1], b"1")
             os.close(gate[1])
+
+
+def _name_stray(channel, jail):
+    """A copy whose pid evalbox never got is still evalbox's child (CLONE_PARENT; in a jail, its
+    init is): say so on the run's channel, with credentials naming that child (this process, or
+    PID 1 of the jail: the kernel gives evalbox its pid as evalbox sees it), so that evalbox can
+    reap it after its exit (PendingStart.settle)."""
+    try:
+        named = (1 if jail else os.getpid(), os.getuid(), os.getgid())
+        creds = b"".join(v.to_bytes(4, sys.byteorder, signed=True) for v in named)
+        with socket.socket(fileno=os.dup(channel)) as sock:
+            sock.sendmsg([marshal.dumps({"stray": True})], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, creds)])
+    except OSError:
+        pass  # (evalbox closed the channel: it settled without us; or no right to name the init)
 
 
 def _answer(control, request, fds, answer):
