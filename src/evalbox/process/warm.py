@@ -465,13 +465,10 @@ class PendingStart:
                 self.take_pid(None)
             except (TemplateUnavailable, OSError):
                 pass
-        strays = _strays_named(self.answer) if self.answer is not None else set()
+        stray = _named_child(self.answer, "stray") if self.answer is not None else 0
         self.close()
-        if self.pid > 0:
-            kill_stray(self.pid)
-        for pid in strays:
-            if _parent_of(pid) == os.getpid():  # (never a process that is not our child)
-                kill_stray(pid)
+        for pid in (self.pid, stray):
+            kill_stray(pid)  # (nothing for 0 or -1)
 
     def close(self) -> None:
         """Close this start's fds (its server failed, or what it started is killed next)."""
@@ -508,6 +505,7 @@ class Template(_Server):
         self.failed: list[str] = []
         self.idle_slots: list[Slot] = []
         self.slots_lock = threading.Lock()
+        self.closed = False  # (a slot given back after this is closed, never kept idle)
         _spawner().call(self._start)
 
     def _start(self) -> None:
@@ -544,6 +542,7 @@ class Template(_Server):
 
     def close(self) -> None:
         with self.slots_lock:
+            self.closed = True
             slots, self.idle_slots = self.idle_slots, []
         for slot in slots:
             slot.close()
@@ -572,7 +571,8 @@ class Template(_Server):
         Slot.busy.discard(slot)
         if slot.alive and slot.clean():
             with self.slots_lock:
-                if len(self.idle_slots) < IDLE_SLOTS:
+                # (a closed template's idle slots are nobody's: their launchers would be left)
+                if len(self.idle_slots) < IDLE_SLOTS and not self.closed:
                     self.idle_slots.append(slot)
                     return
         slot.close()
@@ -609,6 +609,10 @@ class Slot(_Server):
             theirs.close()
             for fd in procs:
                 os.close(fd)
+        if "pid" not in answer and not template.alive:
+            # its server died, maybe after forking the launcher: one that says it is ready (it
+            # joined the group) is our child (CLONE_PARENT) that nobody named; killed and reaped
+            kill_stray(_named_child(ours, "ready"))
         self.control = ours
         try:
             if "pid" not in answer:
@@ -721,11 +725,11 @@ SETTLE_TIMEOUT = 5.0  # seconds for the unnamed copies of a dead server to exit 
 _CREDS_SIZE = 12  # struct ucred: pid, uid, gid
 
 
-def _strays_named(channel: socket.socket) -> set[int]:
-    """The run's channel once its server is dead: read to its end of file (bounded), which comes
-    when every copy holding it exited; the pids of the copies that said they never got past
-    their gate (warm_template._name_stray), as the kernel translated their credentials."""
-    strays: set[int] = set()
+def _named_child(channel: socket.socket, word: str) -> int:
+    """A run's channel (or a slot's control socket) once its server is dead: the pid of the child
+    that said `word` on it (a copy that never got past its gate, warm_template._name_stray; a
+    launcher whose "ready" nobody expected), as the kernel translated its credentials; 0 at end
+    of file (nothing holds the other end: nobody was forked) or after SETTLE_TIMEOUT."""
     try:
         channel.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         channel.setblocking(False)
@@ -738,21 +742,21 @@ def _strays_named(channel: socket.socket) -> set[int]:
             except BlockingIOError:
                 continue
             if not data:
-                break  # (end of file: nothing holds the other end any more)
+                return 0
             try:
                 said = marshal.loads(data)
             except (EOFError, ValueError, TypeError):
                 continue
-            if not isinstance(said, dict) or not said.get("stray"):
+            if not isinstance(said, dict) or not said.get(word):
                 continue  # (the server's own answer: an error, taken care of by the caller)
             for level, kind, creds in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(creds) >= 4:
                     pid = int.from_bytes(creds[:4], sys.byteorder, signed=True)
-                    if pid > 0:
-                        strays.add(pid)
+                    if pid > 0 and _parent_of(pid) == os.getpid():  # (never a process not our child)
+                        return pid
     except OSError:
         pass
-    return strays
+    return 0
 
 
 def _parent_of(pid: int) -> int:

@@ -112,7 +112,9 @@ def _serve():
                 _resident.append("exempt")
             except OSError:  # no CAP_SYS_RESOURCE: a run's copy maps all the launcher has, and more
                 _resident.append("plain")
-            control.send(marshal.dumps({"ready": True}))
+            # (with credentials naming this launcher: should its server have died before naming
+            # it, evalbox still finds which child to reap)
+            control.sendmsg([marshal.dumps({"ready": True})], [_credentials(os.getpid())])
             continue
         if pid == 0:
             control.close()
@@ -145,12 +147,16 @@ def _name_stray(channel, jail):
     PID 1 of the jail: the kernel gives evalbox its pid as evalbox sees it), so that evalbox can
     reap it after its exit (PendingStart.settle)."""
     try:
-        named = (1 if jail else os.getpid(), os.getuid(), os.getgid())
-        creds = b"".join(v.to_bytes(4, sys.byteorder, signed=True) for v in named)
         with socket.socket(fileno=os.dup(channel)) as sock:
-            sock.sendmsg([marshal.dumps({"stray": True})], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, creds)])
+            sock.sendmsg([marshal.dumps({"stray": True})], [_credentials(1 if jail else os.getpid())])
     except OSError:
         pass  # (evalbox closed the channel: it settled without us; or no right to name the init)
+
+
+def _credentials(pid):
+    """SCM_CREDENTIALS naming `pid` (of this pid namespace): evalbox receives it as its own pid."""
+    creds = b"".join(v.to_bytes(4, sys.byteorder, signed=True) for v in (pid, os.getuid(), os.getgid()))
+    return socket.SOL_SOCKET, socket.SCM_CREDENTIALS, creds
 
 
 def _answer(control, request, fds, answer):
