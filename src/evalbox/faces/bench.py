@@ -72,6 +72,11 @@ FLOOR_PYTHON_NOJAIL = "floor without the jail, python print(1): CPU per run"
 FLOOR_FORK = "floor: fork of a warm interpreter, no sandbox at all, print(1): CPU per run"
 FLOOR_FORK_NOTE = ("an interpreter with the warm template's modules forks a copy per run: fork, copy-on-write "
                    "and exit alone, under any warm sandbox (3x throughput allows 1/3 of the bare CPU)")
+FLOOR_WARM = "floor: a warm copy's fork and the sandbox's system calls, print(1): CPU per run"
+FLOOR_WARM_NOJAIL = "floor without the jail, a warm copy, print(1): CPU per run"
+FLOOR_WARM_NOTE = ("a process with the template's modules forks a copy per run, which applies a lockdown prepared "
+                   "beforehand (untimed) with the warm copies' C call and runs the program: CPU of the fork, "
+                   "the copy and its init; what a warm run costs above it is ours")
 FLOOR_HUMANEVAL = "floor: fork of a warm interpreter per problem, no sandbox, 4 at once"
 FLOOR_NOTE = ("the C spawn of a lockdown prepared beforehand (untimed), to the program's end and reap: "
               "the kernel's share of a run, which no work of the caller can remove")
@@ -435,6 +440,154 @@ def warm_fork_floor(py: str, programs: Sequence[str], concurrency: int) -> dict[
     return result
 
 
+# The floor under a sandboxed warm run: a process like the warm template (the same modules,
+# frozen, an empty capability bounding set) forks one copy per run exactly as a slot's launcher
+# does (into the jail's namespaces, as the run's sibling), and the copy applies the run's whole
+# lockdown with the same C call as a warm copy, then runs the program. Left out, as ours: the
+# caller's Python, the request's way to the copy, the copy's Python set-up around the lockdown.
+# Answers each request with (pid, its own CPU seconds so far).
+_WARM_FLOOR = r"""
+import gc, importlib.machinery, importlib.util, marshal, os, resource, socket, sys
+for name in sys.argv[2].split(","):
+    if name:
+        __import__(name)
+loader = importlib.machinery.ExtensionFileLoader("_spawn", sys.argv[1])
+spawn = importlib.util.module_from_spec(importlib.util.spec_from_file_location("_spawn", sys.argv[1], loader=loader))
+loader.exec_module(spawn)
+for cap in range(64):
+    try:
+        spawn.syscall(int(sys.argv[4]), 24, cap)  # prctl(PR_CAPBSET_DROP): as the template
+    except OSError:
+        break
+code = compile(sys.argv[3], "<main>", "exec")
+control = socket.socket(fileno=os.dup(0))
+gc.collect()
+gc.freeze()
+me = resource.getrusage(resource.RUSAGE_SELF)
+control.send(marshal.dumps(me.ru_utime + me.ru_stime))  # ready
+while True:
+    msg, fds, _, _ = socket.recv_fds(control, 1 << 20, 16)
+    if not msg:
+        os._exit(0)
+    x = marshal.loads(msg)
+    stdio, errpipe, rest = fds[:3], fds[3], fds[4:]
+    landlock_fd = rest.pop(0) if x["landlock"] else -1
+    listener = rest.pop(0) if x["listener"] else -1
+    jail = {}
+    if x["jail_flags"]:
+        jail = dict(jail_flags=x["jail_flags"], hostname=x["hostname"], root=x["root"], root_rights=x["root_rights"],
+                    proc_rights=x["proc_rights"], netns_fd=rest.pop(0) if x["netns"] else -1,
+                    template_fd=rest.pop(0) if x["template"] else -1, alive_fd=rest.pop(0))
+    pid, init_sock = spawn.fork_jail(x["jail_flags"]) if x["jail_flags"] else (spawn.fork_sibling(), -1)
+    if pid == 0:
+        if init_sock >= 0:
+            jail["init_sock"] = init_sock
+        errpipe = spawn.lockdown_self(
+            cwd=x["cwd"], stdio=stdio, errpipe=errpipe, parent_pid=x["parent_pid"], cgroup_fds=rest,
+            rlimits=x["rlimits"], drop_bounding_set=x["drop_bounding_set"], last_cap=x["last_cap"],
+            securebits=x["securebits"], uid=x["uid"], gid=x["gid"], landlock_fd=landlock_fd,
+            filters=x["filters"], listener_sock=listener, umask=x["umask"], overlays=x["overlays"], **jail)
+        if x["jail_flags"]:
+            os.write(errpipe, bytes(8))  # the init's word that the program runs
+        os.close(errpipe)
+        try:
+            exec(code, {"__name__": "__main__"})
+            sys.stdout.flush()
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+    for fd in fds:
+        os.close(fd)
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    control.send(marshal.dumps((pid, me.ru_utime + me.ru_stime)))
+"""
+
+
+class WarmFloor:
+    """The floor under a warm run (see _WARM_FLOOR): CPU of the fork, the copy's lockdown, the
+    program, its end and reap, per run. Each run's lockdown is prepared beforehand (untimed),
+    from the same plan as a warm run; no cgroup join (a slot's launcher is born in its group)."""
+
+    def __init__(self, py: str, program: str, host: Any) -> None:
+        import marshal
+        import socket
+        import subprocess
+
+        from evalbox.kernel import _spawn
+        from evalbox.process import warm
+        from evalbox.runtimes.python import DEFAULT_PRELOAD
+
+        self.plan, self.host = warm_python_plan(py, program), host
+        self.null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            self.process = subprocess.Popen(
+                [py, "-s", "-c", _WARM_FLOOR, _spawn.__file__, ",".join(DEFAULT_PRELOAD), program,
+                 str(warm._PRCTL[os.uname().machine])],
+                stdin=theirs, stdout=subprocess.DEVNULL, cwd="/", env=warm.TEMPLATE_ENV, umask=warm.UMASK)
+        finally:
+            theirs.close()
+        ready = self.control.recv(64)
+        if not ready:
+            self.close()
+            raise BenchError("the warm floor's interpreter did not start")
+        self.forker_cpu: float = marshal.loads(ready)  # its CPU so far: each answer says it anew
+
+    def close(self) -> None:
+        self.control.close()
+        self.process.wait()
+        os.close(self.null)
+
+    def cpu(self) -> float:
+        """One run; CPU ms of the fork (the forking process's CPU since its previous answer), the
+        copy and its init (reaped here), preparing the lockdown not counted."""
+        import marshal
+        import socket
+
+        from evalbox.kernel import _spawn
+        from evalbox.process.lockdown import prepare
+        from evalbox.process.warm import PendingStart, _lockdown_fields
+
+        lock = prepare(self.plan, self.host)
+        lock.close_cgroup_fds()  # (not joining its group, as SandboxFloor)
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        wants_listener = any(f & _spawn.SECCOMP_FILTER_FLAG_NEW_LISTENER for _, f in lock.filters)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if wants_listener else (None, None)
+        alive = os.pidfd_open(os.getpid()) if lock.jail_flags else -1
+        fds = [self.null] * 3 + [write_end] + ([lock.ruleset.fd] if lock.ruleset.fd >= 0 else [])
+        fds += [theirs.fileno()] if theirs is not None else []
+        if lock.jail_flags:
+            fds += [fd for fd in (lock.netns_fd, lock.template_fd) if fd >= 0] + [alive]
+        try:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            try:
+                socket.send_fds(self.control, [marshal.dumps(_lockdown_fields(lock))], fds)
+            finally:
+                for fd in (write_end, alive):
+                    if fd >= 0:
+                        os.close(fd)
+                if theirs is not None:
+                    theirs.close()
+            pid, forker = marshal.loads(self.control.recv(4096))
+            start = PendingStart(lock, pid, os.pidfd_open(pid), read_end, ours, lock.jail_flags)
+            read_end, ours = -1, None  # (the start's now)
+            pid, pidfd, listener, report = start.finish()
+            if listener >= 0:
+                os.close(listener)
+            status = SandboxFloor._end(pid, pidfd, report)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        finally:
+            if read_end >= 0:
+                os.close(read_end)
+            if ours is not None:
+                ours.close()
+            lock.close()
+        if status != 0:
+            raise BenchError(f"the warm floor's program failed: wait status {status:#x}")
+        forker, self.forker_cpu = forker - self.forker_cpu, forker
+        return (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime + forker) * 1000
+
+
 # -- sections --------------------------------------------------------------------------------------
 
 
@@ -619,7 +772,12 @@ def python_section(cfg: Config) -> list[Row]:
     # 1/0.95 (1/3) of a bare run's CPU per run, everything included.
     from evalbox.process.host import probe
 
-    under = floors(argv, probe())
+    host = probe()
+    under: dict[str, SandboxFloor | WarmFloor] = dict(floors(argv, host))
+    if not why_cold_here():
+        under["warm"] = WarmFloor(py, "print(1)", host)
+        if host.jail:
+            under["warm_nojail"] = WarmFloor(py, "print(1)", dataclasses.replace(host, jail=False))
     used: dict[str, list[float]] = {"bare": [], **{who: [] for who in under}}
     try:
         for _ in range(size):
@@ -632,14 +790,22 @@ def python_section(cfg: Config) -> list[Row]:
     one = latency_row(BARE_ONE_CPU, "python", used["bare"],
                       note="posix_spawn and wait, one at a time: the floors' baseline")
     rows.append(one)
-    for who in under:
-        name = FLOOR_PYTHON if who == "floor" else FLOOR_PYTHON_NOJAIL
-        note = FLOOR_NOTE + "; CPU ms of the spawn, the program and its init" if who == "floor" else \
-            "as above, without the jail's namespaces and root"
-        rows.append(compare(latency_row(name, "python", used[who], note=note), one, round(1 / TARGET_PYTHON, 3)))
+    for who in ("floor", "floor_nojail"):
+        if who in under:
+            name = FLOOR_PYTHON if who == "floor" else FLOOR_PYTHON_NOJAIL
+            note = FLOOR_NOTE + "; CPU ms of the spawn, the program and its init" if who == "floor" else \
+                "as above, without the jail's namespaces and root"
+            rows.append(compare(latency_row(name, "python", used[who], note=note), one, round(1 / TARGET_PYTHON, 3)))
     forked = [warm_fork_floor(py, ["print(1)"] * size, 1)["cpu_ms"] for _ in range(batches)]
     rows.append(compare(latency_row(FLOOR_FORK, "python", forked, note=FLOOR_FORK_NOTE), one,
                         round(1 / TARGET_PYTHON_WARM, 3)))
+    if "warm" not in under:
+        rows.append(skipped_row(FLOOR_WARM, "python", "ms", f"no warm copies here: {why_cold_here()}"))
+    for who in ("warm", "warm_nojail"):
+        if who in under:
+            name, note = (FLOOR_WARM, FLOOR_WARM_NOTE) if who == "warm" else \
+                (FLOOR_WARM_NOJAIL, "as above, without the jail's namespaces and root")
+            rows.append(compare(latency_row(name, "python", used[who], note=note), one, round(1 / TARGET_PYTHON_WARM, 3)))
     return rows
 
 
