@@ -222,7 +222,7 @@ def test_the_warm_floor_runs_the_program_in_the_sandbox(tmp_path, jail):
     target = tmp_path / "outside"
     target.write_text("intact")
     target.chmod(0o666)
-    floor = bench.WarmFloor(py, f"open({str(target)!r}, 'w').write('changed')", host)
+    floor = bench.WarmFloor(py, host, f"open({str(target)!r}, 'w').write('changed')")
     try:
         with pytest.raises(bench.BenchError, match="failed"):
             floor.cpu()
@@ -231,8 +231,8 @@ def test_the_warm_floor_runs_the_program_in_the_sandbox(tmp_path, jail):
     assert target.read_text() == "intact"
     locked = ("import os\nstatus = open('/proc/self/status').read()\n"
               "assert os.getuid() != 0 and 'Seccomp:\\t2' in status and 'NoNewPrivs:\\t1' in status\n")
-    floor = bench.WarmFloor(py, locked, host)
+    floor = bench.WarmFloor(py, host)
     try:
-        assert floor.cpu() > 0
+        assert floor.cpu(locked) > 0 and floor.cpu() > 0
     finally:
         floor.close()

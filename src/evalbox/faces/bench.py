@@ -78,6 +78,7 @@ FLOOR_WARM_NOTE = ("a process with the template's modules forks a copy per run, 
                    "beforehand (untimed) with the warm copies' C call and runs the program: CPU of the fork, "
                    "the copy and its init; what a warm run costs above it is ours")
 FLOOR_HUMANEVAL = "floor: fork of a warm interpreter per problem, no sandbox, 4 at once"
+FLOOR_HUMANEVAL_WARM = "floor: a warm copy per problem with the sandbox's system calls, what the cores allow"
 FLOOR_NOTE = ("the C spawn of a lockdown prepared beforehand (untimed), to the program's end and reap: "
               "the kernel's share of a run, which no work of the caller can remove")
 
@@ -358,8 +359,8 @@ class SandboxFloor:
             raise BenchError(f"the floor's {self.argv[0]} failed: wait status {status:#x}")
         return elapsed
 
-    def cpu(self) -> float:
-        """One run; CPU ms of the spawn, the program and its init (RUSAGE_CHILDREN holds what the
+    def cpu(self, program: str | None = None) -> float:
+        """One run of `program` (by default the floor's own); CPU ms of the spawn, the program and its init (RUSAGE_CHILDREN holds what the
         init reaped), preparing the lockdown not counted."""
         lock = self._prepare()
         try:
@@ -445,7 +446,8 @@ def warm_fork_floor(py: str, programs: Sequence[str], concurrency: int) -> dict[
 # does (into the jail's namespaces, as the run's sibling), and the copy applies the run's whole
 # lockdown with the same C call as a warm copy, then runs the program. Left out, as ours: the
 # caller's Python, the request's way to the copy, the copy's Python set-up around the lockdown.
-# Answers each request with (pid, its own CPU seconds so far).
+# A request is (lockdown, program); the copy compiles and runs the program. Answers each request
+# with (pid, its own CPU seconds so far).
 _WARM_FLOOR = r"""
 import gc, importlib.machinery, importlib.util, marshal, os, resource, socket, sys
 for name in sys.argv[2].split(","):
@@ -456,10 +458,9 @@ spawn = importlib.util.module_from_spec(importlib.util.spec_from_file_location("
 loader.exec_module(spawn)
 for cap in range(64):
     try:
-        spawn.syscall(int(sys.argv[4]), 24, cap)  # prctl(PR_CAPBSET_DROP): as the template
+        spawn.syscall(int(sys.argv[3]), 24, cap)  # prctl(PR_CAPBSET_DROP): as the template
     except OSError:
         break
-code = compile(sys.argv[3], "<main>", "exec")
 control = socket.socket(fileno=os.dup(0))
 gc.collect()
 gc.freeze()
@@ -469,7 +470,7 @@ while True:
     msg, fds, _, _ = socket.recv_fds(control, 1 << 20, 16)
     if not msg:
         os._exit(0)
-    x = marshal.loads(msg)
+    x, program = marshal.loads(msg)
     stdio, errpipe, rest = fds[:3], fds[3], fds[4:]
     landlock_fd = rest.pop(0) if x["landlock"] else -1
     listener = rest.pop(0) if x["listener"] else -1
@@ -491,7 +492,7 @@ while True:
             os.write(errpipe, bytes(8))  # the init's word that the program runs
         os.close(errpipe)
         try:
-            exec(code, {"__name__": "__main__"})
+            exec(compile(program, "<main>", "exec"), {"__name__": "__main__"})
             sys.stdout.flush()
         except BaseException:
             os._exit(1)
@@ -508,7 +509,7 @@ class WarmFloor:
     program, its end and reap, per run. Each run's lockdown is prepared beforehand (untimed),
     from the same plan as a warm run; no cgroup join (a slot's launcher is born in its group)."""
 
-    def __init__(self, py: str, program: str, host: Any) -> None:
+    def __init__(self, py: str, host: Any, program: str = "print(1)") -> None:
         import marshal
         import socket
         import subprocess
@@ -517,13 +518,12 @@ class WarmFloor:
         from evalbox.process import warm
         from evalbox.runtimes.python import DEFAULT_PRELOAD
 
-        self.plan, self.host = warm_python_plan(py, program), host
+        self.py, self.host, self.program = py, host, program
         self.null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
             self.process = subprocess.Popen(
-                [py, "-s", "-c", _WARM_FLOOR, _spawn.__file__, ",".join(DEFAULT_PRELOAD), program,
-                 str(warm._PRCTL[os.uname().machine])],
+                [py, "-s", "-c", _WARM_FLOOR, _spawn.__file__, ",".join(DEFAULT_PRELOAD), str(warm._PRCTL[os.uname().machine])],
                 stdin=theirs, stdout=subprocess.DEVNULL, cwd="/", env=warm.TEMPLATE_ENV, umask=warm.UMASK)
         finally:
             theirs.close()
@@ -538,8 +538,8 @@ class WarmFloor:
         self.process.wait()
         os.close(self.null)
 
-    def cpu(self) -> float:
-        """One run; CPU ms of the fork (the forking process's CPU since its previous answer), the
+    def cpu(self, program: str | None = None) -> float:
+        """One run of `program` (by default the floor's own); CPU ms of the fork (the forking process's CPU since its previous answer), the
         copy and its init (reaped here), preparing the lockdown not counted."""
         import marshal
         import socket
@@ -548,7 +548,8 @@ class WarmFloor:
         from evalbox.process.lockdown import prepare
         from evalbox.process.warm import PendingStart, _lockdown_fields
 
-        lock = prepare(self.plan, self.host)
+        program = self.program if program is None else program
+        lock = prepare(warm_python_plan(self.py, program), self.host)
         lock.close_cgroup_fds()  # (not joining its group, as SandboxFloor)
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         wants_listener = any(f & _spawn.SECCOMP_FILTER_FLAG_NEW_LISTENER for _, f in lock.filters)
@@ -561,7 +562,7 @@ class WarmFloor:
         try:
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             try:
-                socket.send_fds(self.control, [marshal.dumps(_lockdown_fields(lock))], fds)
+                socket.send_fds(self.control, [marshal.dumps((_lockdown_fields(lock), program))], fds)
             finally:
                 for fd in (write_end, alive):
                     if fd >= 0:
@@ -775,9 +776,9 @@ def python_section(cfg: Config) -> list[Row]:
     host = probe()
     under: dict[str, SandboxFloor | WarmFloor] = dict(floors(argv, host))
     if not why_cold_here():
-        under["warm"] = WarmFloor(py, "print(1)", host)
+        under["warm"] = WarmFloor(py, host)
         if host.jail:
-            under["warm_nojail"] = WarmFloor(py, "print(1)", dataclasses.replace(host, jail=False))
+            under["warm_nojail"] = WarmFloor(py, dataclasses.replace(host, jail=False))
     used: dict[str, list[float]] = {"bare": [], **{who: [] for who in under}}
     try:
         for _ in range(size):
@@ -905,7 +906,8 @@ def humaneval_section(cfg: Config) -> list[Row]:
         return [skipped_row(base_name, "humaneval", "runs/s", problems),
                 skipped_row(name, "humaneval", "runs/s", problems),
                 skipped_row(warm_name, "humaneval", "runs/s", problems),
-                skipped_row(FLOOR_HUMANEVAL, "humaneval", "runs/s", problems)]
+                skipped_row(FLOOR_HUMANEVAL, "humaneval", "runs/s", problems),
+                skipped_row(FLOOR_HUMANEVAL_WARM, "humaneval", "runs/s", problems)]
     py = find_python(cfg.python)
     repeats = cfg.humaneval_repeats or (1 if cfg.quick else 3)
     # warm-up: imports, page cache, multiprocessing machinery, the template
@@ -913,7 +915,12 @@ def humaneval_section(cfg: Config) -> list[Row]:
     humaneval_evalbox(problems[:8], py)
     humaneval_evals(problems[:8], py)
     humaneval_evalbox(problems[:8], py, warm=True)
-    order = ("harness", "evalbox", "evals", "warm", "floor")
+    order = ("harness", "evalbox", "evals", "warm", "floor", "warm floor")
+    from evalbox.process.host import probe
+    from evalbox.process.warm import why_cold_here
+
+    warm_floor = None if why_cold_here() else WarmFloor(py, probe())
+    cores = len(os.sched_getaffinity(0))
     rates: dict[str, list[float]] = {who: [] for who in order}
     cpu: dict[str, list[float]] = {who: [] for who in order}
     harness_failures: set[str] = set()
@@ -927,6 +934,11 @@ def humaneval_section(cfg: Config) -> list[Row]:
             elif who == "floor":
                 floor = warm_fork_floor(py, [humaneval_program(p) for p in problems], HUMANEVAL_WORKERS)
                 elapsed = floor["seconds"]
+            elif who == "warm floor":  # one at a time: its CPU bounds the rate the cores allow
+                if warm_floor is None:
+                    continue
+                used = sum(warm_floor.cpu(humaneval_program(p)) for p in problems) / 1000
+                elapsed = used / cores
             else:
                 if who == "evals":
                     elapsed, failures = humaneval_evals(problems, py)
@@ -950,11 +962,19 @@ def humaneval_section(cfg: Config) -> list[Row]:
     hot = rate_row(warm_name, "humaneval", rates["warm"],
                    note="run_many of evalbox.python.plan(program) (warm, the default); 164/164 passed")
     cpu_hot = latency_row("evalbox warm HumanEval: CPU per problem", "humaneval", cpu["warm"])
+    if warm_floor is not None:
+        warm_floor.close()
+        warm_floor_row = rate_row(FLOOR_HUMANEVAL_WARM, "humaneval", rates["warm floor"],
+                                  note=f"{cores} cores / the CPU of a warm copy's fork, lockdown (see the python "
+                                       "section's warm floor), program and reap, per problem, one at a time")
+    else:
+        warm_floor_row = skipped_row(FLOOR_HUMANEVAL_WARM, "humaneval", "runs/s", f"no warm copies here: {why_cold_here()}")
     floor_row = rate_row(FLOOR_HUMANEVAL, "humaneval", rates["floor"],
                          note="each problem in a forked copy of a warm interpreter with no sandbox at all: the "
                               "most any warm sandbox could reach (a fresh process per run)")
     return [base, compare(row, base, TARGET_HUMANEVAL), compare(hot, base, TARGET_HUMANEVAL_WARM),
-            compare(floor_row, base, TARGET_HUMANEVAL_WARM), compare(evals_row, base), cpu_base, compare(cpu_row, cpu_base), compare(cpu_hot, cpu_base),
+            compare(floor_row, base, TARGET_HUMANEVAL_WARM), compare(warm_floor_row, base, TARGET_HUMANEVAL_WARM),
+            compare(evals_row, base), cpu_base, compare(cpu_row, cpu_base), compare(cpu_hot, cpu_base),
             compare(evals_cpu, cpu_base)]
 
 
