@@ -73,6 +73,7 @@ FLOOR_FORK = "floor: fork of a warm interpreter, no sandbox at all, print(1): CP
 FLOOR_FORK_NOTE = ("an interpreter with the warm template's modules forks a copy per run: fork, copy-on-write "
                    "and exit alone, under any warm sandbox (3x throughput allows 1/3 of the bare CPU)")
 FLOOR_WARM = "floor: a warm copy's fork and the sandbox's system calls, print(1): CPU per run"
+FLOOR_WARM_RATE = "floor: warm copies with the sandbox's system calls, what the cores allow, print(1)"
 FLOOR_WARM_NOJAIL = "floor without the jail, a warm copy, print(1): CPU per run"
 FLOOR_WARM_NOTE = ("a process with the template's modules forks a copy per run, which applies a lockdown prepared "
                    "beforehand (untimed) with the warm copies' C call and runs the program: CPU of the fork, "
@@ -734,6 +735,7 @@ def python_section(cfg: Config) -> list[Row]:
     rows: list[Row] = []
     order = ("bare", "evalbox", "warm")
     cpu: dict[str, list[float]] = {who: [] for who in ("bare", "evalbox", "warm")}  # CPU ms per run, per batch
+    bare_rows: list[Row] = []
     for c in CONCURRENCY_LEVELS:
         rates: dict[str, list[float]] = {who: [] for who in ("bare", "evalbox", "warm")}
         for b in range(batches):
@@ -758,6 +760,7 @@ def python_section(cfg: Config) -> list[Row]:
         hot = rate_row(f"evalbox warm python print(1), c={c}", "python", rates["warm"],
                        note=f"run_many of evalbox.python.plan('print(1)'), {size}/batch")
         rows += [base, compare(row, base, TARGET_PYTHON), compare(hot, base, TARGET_PYTHON_WARM)]
+        bare_rows.append(base)
     # CPU per run is what bounds throughput once the cores are busy, and it hardly depends on
     # other load: caller (this process) + the programs it reaped, per run.
     base = latency_row("bare pool python print(1): CPU per run", "python", cpu["bare"])
@@ -807,6 +810,13 @@ def python_section(cfg: Config) -> list[Row]:
             name, note = (FLOOR_WARM, FLOOR_WARM_NOTE) if who == "warm" else \
                 (FLOOR_WARM_NOJAIL, "as above, without the jail's namespaces and root")
             rows.append(compare(latency_row(name, "python", used[who], note=note), one, round(1 / TARGET_PYTHON_WARM, 3)))
+    if "warm" in under:  # the same as a throughput: what the cores allow at the warm floor's CPU
+        cores = len(os.sched_getaffinity(0))
+        best = max(bare_rows, key=lambda r: r.median or 0)
+        bound = rate_row(FLOOR_WARM_RATE, "python", [cores * 1000 / ms for ms in used["warm"]],
+                         note=f"{cores} cores / the warm floor's CPU per run, against the bare pool at its best "
+                              "concurrency: no warm sandbox can run faster")
+        rows.append(compare(bound, best, TARGET_PYTHON_WARM))
     return rows
 
 
