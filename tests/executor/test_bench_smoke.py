@@ -45,7 +45,7 @@ def test_every_row_is_present_and_measured(quick):
                      f"evalbox warm python print(1), c={c}"]
     expected += ["bare pool python print(1): CPU per run", "evalbox python print(1): CPU per run",
                  "evalbox warm python print(1): CPU per run", "evalbox warm python print(1): CPU per run vs cold",
-                 bench.BARE_ONE_CPU, bench.FLOOR_PYTHON, bench.FLOOR_FORK]
+                 bench.BARE_ONE_CPU, bench.FLOOR_PYTHON, bench.FLOOR_FORK, bench.FLOOR_WARM]
     expected += ["getppid() not intercepted, per call", "getppid() monitored (MONITOR), per call",
                  "getppid() supervised, Python ALLOW, per call"]
     expected += ["run_many python, 128 plans", "evalbox serve /run_code, 128 at once", "serve latency in a 128-burst",
@@ -201,3 +201,38 @@ def test_the_warm_fork_floor_runs_every_program_and_counts_failures(tmp_path):
     assert all(m.exists() for m in marks) and result["failures"] == 0 and result["cpu_ms"] > 0
     with pytest.raises(bench.BenchError, match="1 programs failed"):
         bench.warm_fork_floor(py, ["print(1)", "raise ValueError", "print(2)"], 2)
+
+
+@pytest.mark.parametrize("jail", [True, False], ids=["jail", "nojail"])
+def test_the_warm_floor_runs_the_program_in_the_sandbox(tmp_path, jail):
+    """The warm floor's copies really are locked down (a write outside the workspace fails, the
+    program runs as another uid under seccomp), and a failed program is not timed as a run."""
+    import dataclasses
+
+    from evalbox.process.host import probe
+    from evalbox.process.warm import why_cold_here
+
+    if why_cold_here():
+        pytest.skip(f"no warm copies here: {why_cold_here()}")
+    host = probe()
+    if jail and not host.jail:
+        pytest.skip("no jail on this host")
+    host = dataclasses.replace(host, jail=jail)
+    py = bench.find_python(None)
+    target = tmp_path / "outside"
+    target.write_text("intact")
+    target.chmod(0o666)
+    floor = bench.WarmFloor(py, host, f"open({str(target)!r}, 'w').write('changed')")
+    try:
+        with pytest.raises(bench.BenchError, match="failed"):
+            floor.cpu()
+    finally:
+        floor.close()
+    assert target.read_text() == "intact"
+    locked = ("import os\nstatus = open('/proc/self/status').read()\n"
+              "assert os.getuid() != 0 and 'Seccomp:\\t2' in status and 'NoNewPrivs:\\t1' in status\n")
+    floor = bench.WarmFloor(py, host)
+    try:
+        assert floor.cpu(locked) > 0 and floor.cpu() > 0
+    finally:
+        floor.close()

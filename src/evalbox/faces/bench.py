@@ -72,7 +72,14 @@ FLOOR_PYTHON_NOJAIL = "floor without the jail, python print(1): CPU per run"
 FLOOR_FORK = "floor: fork of a warm interpreter, no sandbox at all, print(1): CPU per run"
 FLOOR_FORK_NOTE = ("an interpreter with the warm template's modules forks a copy per run: fork, copy-on-write "
                    "and exit alone, under any warm sandbox (3x throughput allows 1/3 of the bare CPU)")
+FLOOR_WARM = "floor: a warm copy's fork and the sandbox's system calls, print(1): CPU per run"
+FLOOR_WARM_RATE = "floor: warm copies with the sandbox's system calls, what the cores allow, print(1)"
+FLOOR_WARM_NOJAIL = "floor without the jail, a warm copy, print(1): CPU per run"
+FLOOR_WARM_NOTE = ("a process with the template's modules forks a copy per run, which applies a lockdown prepared "
+                   "beforehand (untimed) with the warm copies' C call and runs the program: CPU of the fork, "
+                   "the copy and its init; what a warm run costs above it is ours")
 FLOOR_HUMANEVAL = "floor: fork of a warm interpreter per problem, no sandbox, 4 at once"
+FLOOR_HUMANEVAL_WARM = "floor: a warm copy per problem with the sandbox's system calls, what the cores allow"
 FLOOR_NOTE = ("the C spawn of a lockdown prepared beforehand (untimed), to the program's end and reap: "
               "the kernel's share of a run, which no work of the caller can remove")
 
@@ -353,8 +360,8 @@ class SandboxFloor:
             raise BenchError(f"the floor's {self.argv[0]} failed: wait status {status:#x}")
         return elapsed
 
-    def cpu(self) -> float:
-        """One run; CPU ms of the spawn, the program and its init (RUSAGE_CHILDREN holds what the
+    def cpu(self, program: str | None = None) -> float:
+        """One run of `program` (by default the floor's own); CPU ms of the spawn, the program and its init (RUSAGE_CHILDREN holds what the
         init reaped), preparing the lockdown not counted."""
         lock = self._prepare()
         try:
@@ -433,6 +440,154 @@ def warm_fork_floor(py: str, programs: Sequence[str], concurrency: int) -> dict[
     if result["failures"]:
         raise BenchError(f"{result['failures']} programs failed in the warm fork floor")
     return result
+
+
+# The floor under a sandboxed warm run: a process like the warm template (the same modules,
+# frozen, an empty capability bounding set) forks one copy per run exactly as a slot's launcher
+# does (into the jail's namespaces, as the run's sibling), and the copy applies the run's whole
+# lockdown with the same C call as a warm copy, then runs the program. Left out, as ours: the
+# caller's Python, the request's way to the copy, the copy's Python set-up around the lockdown.
+# A request is (lockdown, program); the copy compiles and runs the program. Answers each request
+# with (pid, its own CPU seconds so far).
+_WARM_FLOOR = r"""
+import gc, importlib.machinery, importlib.util, marshal, os, resource, socket, sys
+for name in sys.argv[2].split(","):
+    if name:
+        __import__(name)
+loader = importlib.machinery.ExtensionFileLoader("_spawn", sys.argv[1])
+spawn = importlib.util.module_from_spec(importlib.util.spec_from_file_location("_spawn", sys.argv[1], loader=loader))
+loader.exec_module(spawn)
+for cap in range(64):
+    try:
+        spawn.syscall(int(sys.argv[3]), 24, cap)  # prctl(PR_CAPBSET_DROP): as the template
+    except OSError:
+        break
+control = socket.socket(fileno=os.dup(0))
+gc.collect()
+gc.freeze()
+me = resource.getrusage(resource.RUSAGE_SELF)
+control.send(marshal.dumps(me.ru_utime + me.ru_stime))  # ready
+while True:
+    msg, fds, _, _ = socket.recv_fds(control, 1 << 20, 16)
+    if not msg:
+        os._exit(0)
+    x, program = marshal.loads(msg)
+    stdio, errpipe, rest = fds[:3], fds[3], fds[4:]
+    landlock_fd = rest.pop(0) if x["landlock"] else -1
+    listener = rest.pop(0) if x["listener"] else -1
+    jail = {}
+    if x["jail_flags"]:
+        jail = dict(jail_flags=x["jail_flags"], hostname=x["hostname"], root=x["root"], root_rights=x["root_rights"],
+                    proc_rights=x["proc_rights"], netns_fd=rest.pop(0) if x["netns"] else -1,
+                    template_fd=rest.pop(0) if x["template"] else -1, alive_fd=rest.pop(0))
+    pid, init_sock = spawn.fork_jail(x["jail_flags"]) if x["jail_flags"] else (spawn.fork_sibling(), -1)
+    if pid == 0:
+        if init_sock >= 0:
+            jail["init_sock"] = init_sock
+        errpipe = spawn.lockdown_self(
+            cwd=x["cwd"], stdio=stdio, errpipe=errpipe, parent_pid=x["parent_pid"], cgroup_fds=rest,
+            rlimits=x["rlimits"], drop_bounding_set=x["drop_bounding_set"], last_cap=x["last_cap"],
+            securebits=x["securebits"], uid=x["uid"], gid=x["gid"], landlock_fd=landlock_fd,
+            filters=x["filters"], listener_sock=listener, umask=x["umask"], overlays=x["overlays"], **jail)
+        if x["jail_flags"]:
+            os.write(errpipe, bytes(8))  # the init's word that the program runs
+        os.close(errpipe)
+        try:
+            exec(compile(program, "<main>", "exec"), {"__name__": "__main__"})
+            sys.stdout.flush()
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+    for fd in fds:
+        os.close(fd)
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    control.send(marshal.dumps((pid, me.ru_utime + me.ru_stime)))
+"""
+
+
+class WarmFloor:
+    """The floor under a warm run (see _WARM_FLOOR): CPU of the fork, the copy's lockdown, the
+    program, its end and reap, per run. Each run's lockdown is prepared beforehand (untimed),
+    from the same plan as a warm run; no cgroup join (a slot's launcher is born in its group)."""
+
+    def __init__(self, py: str, host: Any, program: str = "print(1)") -> None:
+        import marshal
+        import socket
+        import subprocess
+
+        from evalbox.kernel import _spawn
+        from evalbox.process import warm
+        from evalbox.runtimes.python import DEFAULT_PRELOAD
+
+        self.py, self.host, self.program = py, host, program
+        self.null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            self.process = subprocess.Popen(
+                [py, "-s", "-c", _WARM_FLOOR, _spawn.__file__, ",".join(DEFAULT_PRELOAD), str(warm._PRCTL[os.uname().machine])],
+                stdin=theirs, stdout=subprocess.DEVNULL, cwd="/", env=warm.TEMPLATE_ENV, umask=warm.UMASK)
+        finally:
+            theirs.close()
+        ready = self.control.recv(64)
+        if not ready:
+            self.close()
+            raise BenchError("the warm floor's interpreter did not start")
+        self.forker_cpu: float = marshal.loads(ready)  # its CPU so far: each answer says it anew
+
+    def close(self) -> None:
+        self.control.close()
+        self.process.wait()
+        os.close(self.null)
+
+    def cpu(self, program: str | None = None) -> float:
+        """One run of `program` (by default the floor's own); CPU ms of the fork (the forking process's CPU since its previous answer), the
+        copy and its init (reaped here), preparing the lockdown not counted."""
+        import marshal
+        import socket
+
+        from evalbox.kernel import _spawn
+        from evalbox.process.lockdown import prepare
+        from evalbox.process.warm import PendingStart, _lockdown_fields
+
+        program = self.program if program is None else program
+        lock = prepare(warm_python_plan(self.py, program), self.host)
+        lock.close_cgroup_fds()  # (not joining its group, as SandboxFloor)
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        wants_listener = any(f & _spawn.SECCOMP_FILTER_FLAG_NEW_LISTENER for _, f in lock.filters)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if wants_listener else (None, None)
+        alive = os.pidfd_open(os.getpid()) if lock.jail_flags else -1
+        fds = [self.null] * 3 + [write_end] + ([lock.ruleset.fd] if lock.ruleset.fd >= 0 else [])
+        fds += [theirs.fileno()] if theirs is not None else []
+        if lock.jail_flags:
+            fds += [fd for fd in (lock.netns_fd, lock.template_fd) if fd >= 0] + [alive]
+        try:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            try:
+                socket.send_fds(self.control, [marshal.dumps((_lockdown_fields(lock), program))], fds)
+            finally:
+                for fd in (write_end, alive):
+                    if fd >= 0:
+                        os.close(fd)
+                if theirs is not None:
+                    theirs.close()
+            pid, forker = marshal.loads(self.control.recv(4096))
+            start = PendingStart(lock, pid, os.pidfd_open(pid), read_end, ours, lock.jail_flags)
+            read_end, ours = -1, None  # (the start's now)
+            pid, pidfd, listener, report = start.finish()
+            if listener >= 0:
+                os.close(listener)
+            status = SandboxFloor._end(pid, pidfd, report)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        finally:
+            if read_end >= 0:
+                os.close(read_end)
+            if ours is not None:
+                ours.close()
+            lock.close()
+        if status != 0:
+            raise BenchError(f"the warm floor's program failed: wait status {status:#x}")
+        forker, self.forker_cpu = forker - self.forker_cpu, forker
+        return (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime + forker) * 1000
 
 
 # -- sections --------------------------------------------------------------------------------------
@@ -580,6 +735,7 @@ def python_section(cfg: Config) -> list[Row]:
     rows: list[Row] = []
     order = ("bare", "evalbox", "warm")
     cpu: dict[str, list[float]] = {who: [] for who in ("bare", "evalbox", "warm")}  # CPU ms per run, per batch
+    bare_rows: list[Row] = []
     for c in CONCURRENCY_LEVELS:
         rates: dict[str, list[float]] = {who: [] for who in ("bare", "evalbox", "warm")}
         for b in range(batches):
@@ -604,6 +760,7 @@ def python_section(cfg: Config) -> list[Row]:
         hot = rate_row(f"evalbox warm python print(1), c={c}", "python", rates["warm"],
                        note=f"run_many of evalbox.python.plan('print(1)'), {size}/batch")
         rows += [base, compare(row, base, TARGET_PYTHON), compare(hot, base, TARGET_PYTHON_WARM)]
+        bare_rows.append(base)
     # CPU per run is what bounds throughput once the cores are busy, and it hardly depends on
     # other load: caller (this process) + the programs it reaped, per run.
     base = latency_row("bare pool python print(1): CPU per run", "python", cpu["bare"])
@@ -619,7 +776,12 @@ def python_section(cfg: Config) -> list[Row]:
     # 1/0.95 (1/3) of a bare run's CPU per run, everything included.
     from evalbox.process.host import probe
 
-    under = floors(argv, probe())
+    host = probe()
+    under: dict[str, SandboxFloor | WarmFloor] = dict(floors(argv, host))
+    if not why_cold_here():
+        under["warm"] = WarmFloor(py, host)
+        if host.jail:
+            under["warm_nojail"] = WarmFloor(py, dataclasses.replace(host, jail=False))
     used: dict[str, list[float]] = {"bare": [], **{who: [] for who in under}}
     try:
         for _ in range(size):
@@ -632,14 +794,29 @@ def python_section(cfg: Config) -> list[Row]:
     one = latency_row(BARE_ONE_CPU, "python", used["bare"],
                       note="posix_spawn and wait, one at a time: the floors' baseline")
     rows.append(one)
-    for who in under:
-        name = FLOOR_PYTHON if who == "floor" else FLOOR_PYTHON_NOJAIL
-        note = FLOOR_NOTE + "; CPU ms of the spawn, the program and its init" if who == "floor" else \
-            "as above, without the jail's namespaces and root"
-        rows.append(compare(latency_row(name, "python", used[who], note=note), one, round(1 / TARGET_PYTHON, 3)))
+    for who in ("floor", "floor_nojail"):
+        if who in under:
+            name = FLOOR_PYTHON if who == "floor" else FLOOR_PYTHON_NOJAIL
+            note = FLOOR_NOTE + "; CPU ms of the spawn, the program and its init" if who == "floor" else \
+                "as above, without the jail's namespaces and root"
+            rows.append(compare(latency_row(name, "python", used[who], note=note), one, round(1 / TARGET_PYTHON, 3)))
     forked = [warm_fork_floor(py, ["print(1)"] * size, 1)["cpu_ms"] for _ in range(batches)]
     rows.append(compare(latency_row(FLOOR_FORK, "python", forked, note=FLOOR_FORK_NOTE), one,
                         round(1 / TARGET_PYTHON_WARM, 3)))
+    if "warm" not in under:
+        rows.append(skipped_row(FLOOR_WARM, "python", "ms", f"no warm copies here: {why_cold_here()}"))
+    for who in ("warm", "warm_nojail"):
+        if who in under:
+            name, note = (FLOOR_WARM, FLOOR_WARM_NOTE) if who == "warm" else \
+                (FLOOR_WARM_NOJAIL, "as above, without the jail's namespaces and root")
+            rows.append(compare(latency_row(name, "python", used[who], note=note), one, round(1 / TARGET_PYTHON_WARM, 3)))
+    if "warm" in under:  # the same as a throughput: what the cores allow at the warm floor's CPU
+        cores = len(os.sched_getaffinity(0))
+        best = max(bare_rows, key=lambda r: r.median or 0)
+        bound = rate_row(FLOOR_WARM_RATE, "python", [cores * 1000 / ms for ms in used["warm"]],
+                         note=f"{cores} cores / the warm floor's CPU per run, against the bare pool at its best "
+                              "concurrency: no warm sandbox can run faster")
+        rows.append(compare(bound, best, TARGET_PYTHON_WARM))
     return rows
 
 
@@ -739,7 +916,8 @@ def humaneval_section(cfg: Config) -> list[Row]:
         return [skipped_row(base_name, "humaneval", "runs/s", problems),
                 skipped_row(name, "humaneval", "runs/s", problems),
                 skipped_row(warm_name, "humaneval", "runs/s", problems),
-                skipped_row(FLOOR_HUMANEVAL, "humaneval", "runs/s", problems)]
+                skipped_row(FLOOR_HUMANEVAL, "humaneval", "runs/s", problems),
+                skipped_row(FLOOR_HUMANEVAL_WARM, "humaneval", "runs/s", problems)]
     py = find_python(cfg.python)
     repeats = cfg.humaneval_repeats or (1 if cfg.quick else 3)
     # warm-up: imports, page cache, multiprocessing machinery, the template
@@ -747,7 +925,12 @@ def humaneval_section(cfg: Config) -> list[Row]:
     humaneval_evalbox(problems[:8], py)
     humaneval_evals(problems[:8], py)
     humaneval_evalbox(problems[:8], py, warm=True)
-    order = ("harness", "evalbox", "evals", "warm", "floor")
+    order = ("harness", "evalbox", "evals", "warm", "floor", "warm floor")
+    from evalbox.process.host import probe
+    from evalbox.process.warm import why_cold_here
+
+    warm_floor = None if why_cold_here() else WarmFloor(py, probe())
+    cores = len(os.sched_getaffinity(0))
     rates: dict[str, list[float]] = {who: [] for who in order}
     cpu: dict[str, list[float]] = {who: [] for who in order}
     harness_failures: set[str] = set()
@@ -761,6 +944,11 @@ def humaneval_section(cfg: Config) -> list[Row]:
             elif who == "floor":
                 floor = warm_fork_floor(py, [humaneval_program(p) for p in problems], HUMANEVAL_WORKERS)
                 elapsed = floor["seconds"]
+            elif who == "warm floor":  # one at a time: its CPU bounds the rate the cores allow
+                if warm_floor is None:
+                    continue
+                used = sum(warm_floor.cpu(humaneval_program(p)) for p in problems) / 1000
+                elapsed = used / cores
             else:
                 if who == "evals":
                     elapsed, failures = humaneval_evals(problems, py)
@@ -784,11 +972,19 @@ def humaneval_section(cfg: Config) -> list[Row]:
     hot = rate_row(warm_name, "humaneval", rates["warm"],
                    note="run_many of evalbox.python.plan(program) (warm, the default); 164/164 passed")
     cpu_hot = latency_row("evalbox warm HumanEval: CPU per problem", "humaneval", cpu["warm"])
+    if warm_floor is not None:
+        warm_floor.close()
+        warm_floor_row = rate_row(FLOOR_HUMANEVAL_WARM, "humaneval", rates["warm floor"],
+                                  note=f"{cores} cores / the CPU of a warm copy's fork, lockdown (see the python "
+                                       "section's warm floor), program and reap, per problem, one at a time")
+    else:
+        warm_floor_row = skipped_row(FLOOR_HUMANEVAL_WARM, "humaneval", "runs/s", f"no warm copies here: {why_cold_here()}")
     floor_row = rate_row(FLOOR_HUMANEVAL, "humaneval", rates["floor"],
                          note="each problem in a forked copy of a warm interpreter with no sandbox at all: the "
                               "most any warm sandbox could reach (a fresh process per run)")
     return [base, compare(row, base, TARGET_HUMANEVAL), compare(hot, base, TARGET_HUMANEVAL_WARM),
-            compare(floor_row, base, TARGET_HUMANEVAL_WARM), compare(evals_row, base), cpu_base, compare(cpu_row, cpu_base), compare(cpu_hot, cpu_base),
+            compare(floor_row, base, TARGET_HUMANEVAL_WARM), compare(warm_floor_row, base, TARGET_HUMANEVAL_WARM),
+            compare(evals_row, base), cpu_base, compare(cpu_row, cpu_base), compare(cpu_hot, cpu_base),
             compare(evals_cpu, cpu_base)]
 
 
