@@ -167,7 +167,7 @@ class Sandbox:
             if not taken:
                 self.warm = False
                 try:
-                    self._drop_warm()
+                    self._drop_warm(then_cold=False)
                 finally:
                     pending.settle()
             pending.abandon()  # (the copy whose pid came is killed and reaped; else nothing left)
@@ -280,16 +280,17 @@ class Sandbox:
             self._drop_warm()
         return self._spawn_cold(stdin, stdout, stderr)
 
-    def _drop_warm(self) -> None:
+    def _drop_warm(self, then_cold: bool = True) -> None:
         """Nothing of the run started in its template or slot, which failed: it goes cold (in a
-        group of its own: prepare again)."""
+        group of its own: prepare again), or nowhere (`then_cold` False: the caller releases it)."""
         if self.slot is not None:
             broken = self.slot
             self.slot = None
             warm.Slot.busy.discard(broken)  # (never back to the idle ones: its launcher failed)
             broken.close()
-            self.lock.close()
-            self.lock = prepare(self.plan, self.host)
+            if then_cold:
+                self.lock.close()
+                self.lock = prepare(self.plan, self.host)
         elif self.template is not None:
             warm.forget(self.template)
         self.template = None
