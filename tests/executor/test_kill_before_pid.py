@@ -51,6 +51,21 @@ def no_cold_start(monkeypatch) -> list:
     return cold
 
 
+def warm_servers_stopped(monkeypatch, slots: str, start_timeout: float) -> tuple[list, list[int]]:
+    """Warm runs on (slots on or off), no cold start expected, every server SIGSTOPped: returns
+    (the ids of runs started cold, the stopped pids)."""
+    monkeypatch.setenv("EVALBOX_SLOTS", slots)
+    assert evalbox.python.run("pass").warm
+    monkeypatch.setattr(warm, "START_TIMEOUT", start_timeout)
+    return no_cold_start(monkeypatch), stop_servers()
+
+
+def spawn_awaiting_pid(ex: evalbox.Executor):
+    sid = ex._spawn(evalbox.python.plan("print('ran')", timeout=30), close_stdin=True, wait=False)
+    assert ex._running[sid].box.pending.awaiting_pid
+    return sid
+
+
 def events_until_settled(ex: evalbox.Executor, sid, bound: float = 60.0) -> list:
     seen: list = []
     for _ in range(int(bound * 10)):
@@ -71,15 +86,10 @@ def assert_nothing_left() -> None:
 @pytest.mark.parametrize("slots", ["0", "1"])
 @pytest.mark.parametrize("server", ["answers_late", "never_answers"])
 def test_kill_of_a_start_awaiting_its_pid_does_not_wait_for_the_server(monkeypatch, slots, server):
-    monkeypatch.setenv("EVALBOX_SLOTS", slots)
-    assert evalbox.python.run("pass").warm
-    monkeypatch.setattr(warm, "START_TIMEOUT", 2.0)  # (never_answers: the server is given up then)
-    cold = no_cold_start(monkeypatch)
-    stopped = stop_servers()
+    cold, stopped = warm_servers_stopped(monkeypatch, slots, 2.0)  # (never_answers: given up after 2 s)
     try:
         with evalbox.Executor() as ex:
-            sid = ex._spawn(evalbox.python.plan("print('ran')", timeout=30), close_stdin=True, wait=False)
-            assert ex._running[sid].box.pending.awaiting_pid
+            sid = spawn_awaiting_pid(ex)
             ex.kill(sid)
             # kill() came back while every server was stopped: it did not wait for one
             assert all(alive(pid) for pid in stopped)
@@ -100,15 +110,11 @@ def test_kill_of_a_start_awaiting_its_pid_does_not_wait_for_the_server(monkeypat
 
 @pytest.mark.parametrize("slots", ["0", "1"])
 def test_close_with_a_start_awaiting_its_pid_gives_the_hung_server_up(monkeypatch, slots):
-    monkeypatch.setenv("EVALBOX_SLOTS", slots)
-    assert evalbox.python.run("pass").warm
-    monkeypatch.setattr(warm, "START_TIMEOUT", 20.0)  # close() must not wait for it (before: a cold start after it)
-    cold = no_cold_start(monkeypatch)
-    stopped = stop_servers()
+    # close() must not wait the 20 s for it (before: a cold start after it)
+    cold, stopped = warm_servers_stopped(monkeypatch, slots, 20.0)
     try:
         with evalbox.Executor() as ex:
-            sid = ex._spawn(evalbox.python.plan("print('ran')", timeout=30), close_stdin=True, wait=False)
-            assert ex._running[sid].box.pending.awaiting_pid
+            spawn_awaiting_pid(ex)
         # (had close() waited for the stopped server, it would still be waiting)
     finally:
         resume(stopped)

@@ -448,7 +448,7 @@ def warm_fork_floor(py: str, programs: Sequence[str], concurrency: int) -> dict[
 # lockdown with the same C call as a warm copy, then runs the program. Left out, as ours: the
 # caller's Python, the request's way to the copy, the copy's Python set-up around the lockdown.
 # A request is (lockdown, program); the copy compiles and runs the program. Answers each request
-# with (pid, its own CPU seconds so far).
+# with (pid, its own CPU seconds so far). The template's `_lock_down` is put in front of it.
 _WARM_FLOOR = r"""
 import gc, importlib.machinery, importlib.util, marshal, os, resource, socket, sys
 for name in sys.argv[2].split(","):
@@ -472,23 +472,9 @@ while True:
     if not msg:
         os._exit(0)
     x, program = marshal.loads(msg)
-    stdio, errpipe, rest = fds[:3], fds[3], fds[4:]
-    landlock_fd = rest.pop(0) if x["landlock"] else -1
-    listener = rest.pop(0) if x["listener"] else -1
-    jail = {}
-    if x["jail_flags"]:
-        jail = dict(jail_flags=x["jail_flags"], hostname=x["hostname"], root=x["root"], root_rights=x["root_rights"],
-                    proc_rights=x["proc_rights"], netns_fd=rest.pop(0) if x["netns"] else -1,
-                    template_fd=rest.pop(0) if x["template"] else -1, alive_fd=rest.pop(0))
     pid, init_sock = spawn.fork_jail(x["jail_flags"]) if x["jail_flags"] else (spawn.fork_sibling(), -1)
     if pid == 0:
-        if init_sock >= 0:
-            jail["init_sock"] = init_sock
-        errpipe = spawn.lockdown_self(
-            cwd=x["cwd"], stdio=stdio, errpipe=errpipe, parent_pid=x["parent_pid"], cgroup_fds=rest,
-            rlimits=x["rlimits"], drop_bounding_set=x["drop_bounding_set"], last_cap=x["last_cap"],
-            securebits=x["securebits"], uid=x["uid"], gid=x["gid"], landlock_fd=landlock_fd,
-            filters=x["filters"], listener_sock=listener, umask=x["umask"], overlays=x["overlays"], **jail)
+        errpipe = _lock_down(spawn, x, fds, init_sock)  # (the warm template's own function)
         if x["jail_flags"]:
             os.write(errpipe, bytes(8))  # the init's word that the program runs
         os.close(errpipe)
@@ -503,6 +489,20 @@ while True:
     me = resource.getrusage(resource.RUSAGE_SELF)
     control.send(marshal.dumps((pid, me.ru_utime + me.ru_stime)))
 """
+
+
+def _template_function(name: str) -> str:
+    """The source of one function of the warm template (which is a script, not a module)."""
+    import ast
+
+    from evalbox.process import warm
+
+    with open(warm._SOURCE_PATH, encoding="utf-8") as f:
+        source = f.read()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return (ast.get_source_segment(source, node) or "") + "\n"
+    raise BenchError(f"the warm template has no function {name}")
 
 
 class WarmFloor:
@@ -524,7 +524,7 @@ class WarmFloor:
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
             self.process = subprocess.Popen(
-                [py, "-s", "-c", _WARM_FLOOR, _spawn.__file__, ",".join(DEFAULT_PRELOAD), str(warm._PRCTL[os.uname().machine])],
+                [py, "-s", "-c", _template_function("_lock_down") + _WARM_FLOOR, _spawn.__file__, ",".join(DEFAULT_PRELOAD), str(warm._PRCTL[os.uname().machine])],
                 stdin=theirs, stdout=subprocess.DEVNULL, cwd="/", env=warm.TEMPLATE_ENV, umask=warm.UMASK)
         finally:
             theirs.close()

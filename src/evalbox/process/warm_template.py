@@ -217,11 +217,10 @@ def _spawn_exec(spawn, x, fds):
             os.close(fd)
 
 
-def _start_program(spawn, req, fds, init_sock):
-    """In the fresh copy: lock down, then look like `python -s SCRIPT ARGS` just started. (Uses the
-    template's module-level imports: they are gone from sys.modules by now.)"""
-
-    x = req["run"]
+def _lock_down(spawn, x, fds, init_sock):
+    """Apply a run's whole lockdown (`x`: warm._lockdown_fields, `fds` as evalbox sent them) to
+    this copy with the C code of a cold spawn; returns the error pipe (in a jail: the socket to
+    the init). (Also used as is by `evalbox bench`'s warm floor.)"""
     stdio, errpipe, rest = fds[:3], fds[3], fds[4:]
     landlock_fd = rest.pop(0) if x["landlock"] else -1
     listener = rest.pop(0) if x["listener"] else -1
@@ -230,13 +229,20 @@ def _start_program(spawn, req, fds, init_sock):
         jail = dict(jail_flags=x["jail_flags"], hostname=x["hostname"], root=x["root"], root_rights=x["root_rights"],
                     proc_rights=x["proc_rights"], netns_fd=rest.pop(0) if x["netns"] else -1,
                     template_fd=rest.pop(0) if x["template"] else -1, alive_fd=rest.pop(0), init_sock=init_sock)
-    # (in a jail the returned error pipe is the socket to the init)
-    errpipe = spawn.lockdown_self(
+    return spawn.lockdown_self(
         cwd=x["cwd"], stdio=stdio, errpipe=errpipe, parent_pid=x["parent_pid"], cgroup_fds=rest,
         rlimits=x["rlimits"], drop_bounding_set=x["drop_bounding_set"], last_cap=x["last_cap"],
         securebits=x["securebits"], uid=x["uid"], gid=x["gid"], landlock_fd=landlock_fd,
         filters=x["filters"], listener_sock=listener, umask=x["umask"], overlays=x["overlays"], **jail,
     )
+
+
+def _start_program(spawn, req, fds, init_sock):
+    """In the fresh copy: lock down, then look like `python -s SCRIPT ARGS` just started. (Uses the
+    template's module-level imports: they are gone from sys.modules by now.)"""
+
+    x = req["run"]
+    errpipe = _lock_down(spawn, x, fds, init_sock)
     # What CPython sets up at start (the lockdown put every disposition back to the default).
     # (_signal, not signal: the latter's enum conversions touch, and so copy, ~40 pages)
     _signal.signal(_signal.SIGINT, _signal.default_int_handler)
@@ -365,7 +371,7 @@ if len(sys.modules) != _template_only.pop():  # the template imported more while
 for _name in _template_only:
     sys.modules.pop(_name, None)
 _main = _start_program(_spawn_module, _request, _fds, _init_sock)
-del _spawn_module, _request, _fds, _init_sock, _serve, _start_program, _load_spawn, _name, _template_only
+del _spawn_module, _request, _fds, _init_sock, _serve, _start_program, _lock_down, _load_spawn, _name, _template_only
 try:
     exec(_read_script(_main), _main.__dict__)
     _status, _by_sigint = 0, False
