@@ -139,9 +139,9 @@ class Ruleset:
         _spawn.syscall(SYS_ADD_RULE, self.fd, RULE_NET_PORT, attr, 0)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        fd, self.fd = self.fd, -1  # (forgotten first: a close done again never closes it twice)
+        if fd >= 0:
+            os.close(fd)
 
     def __enter__(self) -> "Ruleset":
         return self

@@ -77,20 +77,20 @@ class Lockdown:
 
     def close_cgroup_fds(self) -> None:
         """The fds by which the child joins (or is born in) its group: no longer needed."""
-        for fd in self.cgroup_fds:
+        fds, self.cgroup_fds = self.cgroup_fds, []  # (forgotten before closed: see Sandbox.close)
+        for fd in fds:
             os.close(fd)
-        self.cgroup_fds = []
-        if self.cgroup_dir_fd >= 0:
-            os.close(self.cgroup_dir_fd)
-            self.cgroup_dir_fd = -1
+        fd, self.cgroup_dir_fd = self.cgroup_dir_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def release_spawn_resources(self) -> None:
         """Close what only the child needed (the Landlock ruleset, the cgroup.procs fds)."""
         self.ruleset.close()
         self.close_cgroup_fds()
-        if self.template_fd >= 0:
-            templates.release(self.template_fd)
-            self.template_fd = -1
+        fd, self.template_fd = self.template_fd, -1
+        if fd >= 0:
+            templates.release(fd)
 
     def close(self, keep_uid: bool = False) -> None:
         """Release everything: call after every process of the run is dead."""
@@ -99,22 +99,21 @@ class Lockdown:
             self.pids_reserved = 0
             _forget_process_count()  # its processes are gone: a cached count would overstate the others
         self.release_spawn_resources()
-        if self.cgroup is not None:
-            if self.owns_cgroup:
-                cgroups.release(self.cgroup)
-            self.cgroup = None
+        group, self.cgroup = self.cgroup, None
+        if group is not None and self.owns_cgroup:
+            cgroups.release(group)
         self.workspace.remove()
-        if self.netns_fd >= 0:
-            netns.release(self.netns_fd)
-            self.netns_fd = -1
+        fd, self.netns_fd = self.netns_fd, -1
+        if fd >= 0:
+            netns.release(fd)
         if not keep_uid:
             self.release_uid()
 
     def release_uid(self) -> None:
         """Give the uid back (last: nothing of the run may outlive its lease)."""
-        if self.uid_lease is not None:
-            self.uid_lease.release()
-            self.uid_lease = None
+        lease, self.uid_lease = self.uid_lease, None
+        if lease is not None:
+            lease.release()
 
 
 _user_procs_cache: tuple[float, int] = (0.0, 0)

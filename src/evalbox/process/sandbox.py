@@ -186,6 +186,9 @@ class Sandbox:
             pending.abandon()
             self._abandon_start()
             return
+        if getattr(self, "pid", 0) <= 0:  # no program was ever started: a start cut short
+            self._abandon_start()
+            return
         self.end(None)
         self.reap()
         self.close()
@@ -196,16 +199,18 @@ class Sandbox:
         if getattr(self, "pid", 0) > 0 and self.wait_status is None:
             self._end_unwatched(-1)
             return
+        # (each fd forgotten before it is closed, here and in close(): a release cut short and
+        # done again never closes a number twice, which may belong to someone else by then)
         self._close_child_fds()
         for name in ("stdin_w", "stdout_r", "stderr_r"):
             fd = getattr(self, name, -1)
+            setattr(self, name, -1)
             if fd >= 0:
                 os.close(fd)
-                setattr(self, name, -1)
         self.lock.close()
-        if self.slot is not None:
-            self.launcher.release_slot(self.slot)
-            self.slot = None
+        slot, self.slot = self.slot, None
+        if slot is not None:
+            self.launcher.release_slot(slot)
         self.released = True
 
     def _after_start(self, listener: int) -> None:
@@ -476,12 +481,12 @@ class Sandbox:
             self.supervision.close()
         for name in ("stdin_w", "stdout_r", "stderr_r", "pidfd", "init_report"):
             fd = getattr(self, name)
+            setattr(self, name, -1)
             if fd >= 0:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
-                setattr(self, name, -1)
         # Without the jail, a caller that is a subreaper or PID 1 inherited the run's orphans:
         # reap their zombies (before the uid is given up: nothing of it may persist).
         leader = getattr(self, "pid", 0)
@@ -492,7 +497,7 @@ class Sandbox:
         self.lock.close(keep_uid=True)
         watchdog.unregister(str(self.pid))
         self.lock.release_uid()
-        if self.slot is not None:
-            self.launcher.release_slot(self.slot)  # recycled only if provably clean
-            self.slot = None
+        slot, self.slot = self.slot, None
+        if slot is not None:
+            self.launcher.release_slot(slot)  # recycled only if provably clean
         self.released = True

@@ -62,12 +62,12 @@ class _Prepared:
         self.fds = fds or []
 
     def close(self) -> None:
-        for fd in self.fds:
+        fds, self.fds = self.fds, []
+        for fd in fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self.fds = []
 
 
 def _normal(path: str) -> str:
@@ -170,22 +170,23 @@ class Supervision:
         self.close()
 
     def close(self) -> None:
-        for _, _, fd in self.roots:
+        # (everything forgotten before it is closed: a close cut short and done again never
+        # closes an fd number twice, which may belong to someone else by then)
+        roots, self.roots = self.roots, []
+        for _, _, fd in roots:
             os.close(fd)
-        self.roots = []
-        for prepared in self._prepared.values():
-            prepared.close()
-        self._prepared.clear()
-        if self.opener is not None:
-            self.opener.close()
-            self.opener = None
-        if self._opener_needs is not None:
-            if self._opener_needs[0] >= 0:
-                os.close(self._opener_needs[0])
-            self._opener_needs = None
-        if self.listener >= 0:
-            os.close(self.listener)
-            self.listener = -1
+        prepared, self._prepared = list(self._prepared.values()), {}
+        for one in prepared:
+            one.close()
+        opener, self.opener = self.opener, None
+        if opener is not None:
+            opener.close()
+        needs, self._opener_needs = self._opener_needs, None
+        if needs is not None and needs[0] >= 0:
+            os.close(needs[0])
+        listener, self.listener = self.listener, -1
+        if listener >= 0:
+            os.close(listener)
 
     # -- reading requests -------------------------------------------------------------------------
 

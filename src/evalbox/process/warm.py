@@ -472,14 +472,15 @@ class PendingStart:
 
     def close(self) -> None:
         """Close this start's fds (its server failed, or what it started is killed next)."""
-        for end in (self.answer, self.ours):
+        ends, fds = (self.answer, self.ours), (self.read_end, self.pidfd)
+        self.answer = self.ours = None  # (forgotten before closed: never closed twice if cut short)
+        self.read_end = self.pidfd = -1
+        for end in ends:
             if end is not None:
                 end.close()
-        self.answer = self.ours = None
-        for fd in (self.read_end, self.pidfd):
+        for fd in fds:
             if fd >= 0:
                 os.close(fd)
-        self.read_end = self.pidfd = -1
 
     def abandon(self) -> None:
         """The run will not be started after all: kill and reap what was started, close its fds.
