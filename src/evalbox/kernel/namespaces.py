@@ -64,10 +64,12 @@ def sockets_left(stats_fd: int) -> int:
     return used + tw
 
 
-def new_network_namespace(with_stats: bool = False):  # type: ignore[no-untyped-def]
+def new_network_namespace(with_stats: bool = False, keep=None):  # type: ignore[no-untyped-def]
     """A fresh network namespace with only its loopback, up; returns an fd that keeps it alive
     (with `with_stats`: (that fd, fds of its /proc/net files STAT_FILES: sockstat first, for
-    sockets_left, then its traffic counters, for counters)).
+    sockets_left, then its traffic counters, for counters)). `keep(fd, stats)`, if given, is
+    called by the thread that made it, before the caller hears of it: it takes ownership there
+    (a caller whose wait is cut short by a signal handler's exception leaks nothing).
 
     Made in a short-lived thread (unshare changes the calling thread's namespace only), so the
     caller's own threads never leave the host network. Needs CAP_SYS_ADMIN.
@@ -88,8 +90,17 @@ def new_network_namespace(with_stats: bool = False):  # type: ignore[no-untyped-
             try:
                 _loopback_up()
                 # (seq files of this namespace: read again from offset 0, each is made anew)
-                stats = [os.open(f"/proc/thread-self/net/{name}", os.O_RDONLY | os.O_CLOEXEC)
-                         for name in STAT_FILES if os.path.exists(f"/proc/thread-self/net/{name}")] if with_stats else []
+                stats: list[int] = []
+                try:
+                    for name in STAT_FILES if with_stats else ():
+                        if os.path.exists(f"/proc/thread-self/net/{name}"):
+                            stats.append(os.open(f"/proc/thread-self/net/{name}", os.O_RDONLY | os.O_CLOEXEC))
+                    if keep is not None:
+                        keep(fd, stats)
+                except BaseException:
+                    for stat in stats:
+                        os.close(stat)
+                    raise
             except BaseException:
                 os.close(fd)
                 raise

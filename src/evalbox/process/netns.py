@@ -56,10 +56,23 @@ def acquire() -> int:
         with _lock:
             if _idle:
                 return _idle.popleft()
-    fd, stats = namespaces.new_network_namespace(with_stats=True)
+    while True:
+        # pooled, idle, by the thread that makes it (see _pool_new), then taken back here: a
+        # caller cut short meanwhile leaves it to the pool
+        fd = namespaces.new_network_namespace(with_stats=True, keep=_pool_new)[0]
+        with _lock:
+            if fd in _idle:
+                _idle.remove(fd)
+                return fd
+            if _idle:  # (another thread took ours)
+                return _idle.popleft()
+
+
+def _pool_new(fd: int, stats: list[int]) -> None:
+    made = namespaces.counters(stats)
     with _lock:
-        _stats[fd] = (stats, namespaces.counters(stats))
-    return fd
+        _stats[fd] = (stats, made)
+        _idle.append(fd)
 
 
 def held_fds() -> set[int]:
