@@ -215,7 +215,7 @@ class Executor:
             try:
                 given_up = box.cancel_start(give_up=overdue)
             except BaseException:
-                if box.pending is None:
+                if box.pending is None or not box.pending.awaiting_pid:  # (a give-up cut short: done again)
                     self._drop_failed_start(run, ours)
                 else:  # (tried again when its channel says something, or at START_TIMEOUT)
                     self._watch(run, box.pending.fd, _STARTING, select.EPOLLIN)

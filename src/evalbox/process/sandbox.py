@@ -106,20 +106,17 @@ class Sandbox:
                     return True  # (woken early: nothing there yet)
                 raise warm.TemplateUnavailable(f"the warm template did not start a run in {warm.START_TIMEOUT:g} s")
         except warm.TemplateUnavailable:
-            self.pending = None
             self._start_cold_instead(pending)
             return False
         except BaseException:
-            self.pending = None
-            pending.abandon()
-            self._abandon_start()
+            self._give_up(pending)
             raise
         return True
 
     def finish_start(self) -> None:
         """Complete a warm start (waits for the copy's lockdown if it is not done yet). Raises the
         spawn error when the lockdown failed; the run is then cleaned up and nothing of it ran."""
-        pending, self.pending = self.pending, None
+        pending = self.pending
         assert pending is not None
         try:
             self.pid, self.pidfd, listener, self.init_report = pending.finish()
@@ -127,9 +124,9 @@ class Sandbox:
             self._start_cold_instead(pending)
             return
         except BaseException:
-            pending.abandon()  # (idempotent: whatever it started is killed and reaped)
-            self._abandon_start()
+            self._give_up(pending)
             raise
+        self.pending = None
         self._after_start(listener)
 
     def _start_cold_instead(self, pending: warm.PendingStart) -> None:
@@ -140,7 +137,8 @@ class Sandbox:
             try:
                 self._drop_warm()
             finally:
-                pending.settle()
+                pending.settle()  # (self.pending until settled: a settle cut short is done again by discard)
+            self.pending = None
             listener = self._spawn_cold(*self._child_fds)
         except BaseException:
             self._abandon_start()
@@ -162,18 +160,23 @@ class Sandbox:
             taken, failed = False, True
         if not (taken or failed or give_up):
             return False
-        self.pending = None
-        try:
-            if not taken:
-                self.warm = False
-                try:
-                    self._drop_warm(then_cold=False)
-                finally:
-                    pending.settle()
-            pending.abandon()  # (the copy whose pid came is killed and reaped; else nothing left)
-        finally:
-            self._abandon_start()
+        if not taken:
+            self.warm = False
+            try:
+                self._drop_warm(then_cold=False)
+            finally:
+                pending.settle()
+        self._give_up(pending)  # (the copy whose pid came is killed and reaped; else nothing left)
         return True
+
+    def _give_up(self, pending: warm.PendingStart) -> None:
+        """Kill and reap what a warm start started, then release the run. The start stays this
+        sandbox's `pending` until its copy is dead: a give-up cut short is done again by
+        discard() (never a release of the uid while the copy may still run)."""
+        self.pending = pending
+        pending.abandon()
+        self.pending = None
+        self._abandon_start()
 
     def discard(self) -> None:
         """Undo a sandbox its executor could not take (interrupted right after it was made, or
@@ -182,9 +185,7 @@ class Sandbox:
         if self.released:
             return
         if self.pending is not None:
-            pending, self.pending = self.pending, None
-            pending.abandon()
-            self._abandon_start()
+            self._give_up(self.pending)
             return
         if getattr(self, "pid", 0) <= 0:  # no program was ever started: a start cut short
             self._abandon_start()
@@ -195,7 +196,11 @@ class Sandbox:
 
     def _abandon_start(self) -> None:
         """A start that failed or was cut short: nothing of the run may go on. A program already
-        started (the cut came after its spawn returned) is killed, reaped and released."""
+        started (the cut came after its spawn returned) is killed, reaped and released; so is a
+        warm copy still held as `pending` (a give-up or settle cut short)."""
+        if self.pending is not None:
+            self._give_up(self.pending)
+            return
         if getattr(self, "pid", 0) > 0 and self.wait_status is None:
             self._end_unwatched(-1)
             return

@@ -162,6 +162,8 @@ def kill_stray(pid: int) -> None:
     init, whose death ends the namespace; otherwise its process group goes too."""
     if pid <= 0:  # (never "every process" or "our own group")
         return
+    if _parent_of(pid) != os.getpid():  # reaped already (by an earlier try cut short): the number
+        return                          # may be someone else's by now
     for kill in (os.killpg, os.kill):
         try:
             kill(pid, 9)
@@ -466,9 +468,9 @@ class PendingStart:
             except (TemplateUnavailable, OSError):
                 pass
         stray = _named_child(self.answer, "stray") if self.answer is not None else 0
-        self.close()
-        for pid in (self.pid, stray):
+        for pid in (self.pid, stray):  # killed before anything is closed: see abandon
             kill_stray(pid)  # (nothing for 0 or -1)
+        self.close()
 
     def close(self) -> None:
         """Close this start's fds (its server failed, or what it started is killed next)."""
@@ -484,7 +486,9 @@ class PendingStart:
 
     def abandon(self) -> None:
         """The run will not be started after all: kill and reap what was started, close its fds.
-        (A copy whose pid is not known yet is waited for: its server forks it in a moment.)"""
+        (A copy whose pid is not known yet is waited for: its server forks it in a moment.)
+        Killed first, closed after: an abandon cut short leaves its read end open, and done
+        again it finishes the job (nothing to do once finish() took the start over)."""
         if self.read_end < 0:
             return
         if self.answer is not None and self.pid <= 0:
@@ -492,9 +496,9 @@ class PendingStart:
                 self.take_pid(START_TIMEOUT)
             except (TemplateUnavailable, OSError):
                 pass  # nothing was forked, or its server died with it (then it is in a killed slot)
-        self.close()
         if self.pid > 0:
             kill_stray(self.pid)
+        self.close()
 
 
 class Template(_Server):
@@ -507,7 +511,11 @@ class Template(_Server):
         self.idle_slots: list[Slot] = []
         self.slots_lock = threading.Lock()
         self.closed = False  # (a slot given back after this is closed, never kept idle)
-        _spawner().call(self._start)
+        try:
+            _spawner().call(self._start)
+        except BaseException:  # (a caller cut short while it waits: the template it started goes)
+            self.close()
+            raise
 
     def _start(self) -> None:
         # Not _spawn.spawn: that drops every capability, and the template must keep the ones the
