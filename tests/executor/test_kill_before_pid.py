@@ -1,7 +1,7 @@
 """Killing a warm start whose server has not said its copy's pid yet (red team 6, finding 08):
 `Executor.kill()` and `close()` never wait for that server (before, up to warm.START_TIMEOUT on
 a hung one), and the run is never started cold only to be killed: its StartFailed event says it
-was killed before its program started. A server that answers late keeps serving."""
+was killed as it started. A server that answers late keeps serving."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def test_kill_of_a_start_awaiting_its_pid_does_not_wait_for_the_server(monkeypat
         resume(stopped)
     assert [type(e).__name__ for e in events if e.id == sid] == ["StartFailed"], events
     failed = [e for e in events if isinstance(e, StartFailed)][0]
-    assert "killed before its program started" in str(failed.error)
+    assert "killed as it started" in str(failed.error)
     assert cold == [], "the killed run was started cold"
     if server == "answers_late" and slots == "0":
         assert all(alive(pid) for pid in stopped), "a server that answered was killed for one run's kill"

@@ -225,7 +225,8 @@ class Executor:
                 return
             self._drop_failed_start(run, ours)
             self._ready.append(StartFailed(run.id, SandboxError(
-                f"sandbox {run.id} was killed before its program started (nothing of it ran)")))
+                f"sandbox {run.id} was killed as it started (its copy is killed when its pid comes, so its "
+                "program may have begun; it is dead and reaped, its output dropped)")))
             return
         try:
             still_pending = box.advance_start(overdue)
@@ -365,8 +366,8 @@ class Executor:
                 first = first or e
         self._running.clear()
         if self._guard_fd >= 0:
-            os.close(self._guard_fd)
-            self._guard_fd = -1
+            fd, self._guard_fd = self._guard_fd, -1  # (forgotten first: never closed twice)
+            os.close(fd)
         self._epoll.close()
         if first is not None:
             raise first
@@ -405,8 +406,8 @@ class Executor:
         """(Re)watch the guard: if it is killed, it is restarted at once (issue 9, class 6)."""
         if self._guard_fd >= 0:
             self._unwatch(self._guard_fd)
-            os.close(self._guard_fd)
-            self._guard_fd = -1
+            fd, self._guard_fd = self._guard_fd, -1  # (forgotten first: never closed twice)
+            os.close(fd)
         fd = watchdog.guard_pidfd()
         if fd >= 0:
             self._epoll.register(fd, select.EPOLLIN)

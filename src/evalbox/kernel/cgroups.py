@@ -498,8 +498,8 @@ class Group:
     def remove(self) -> None:
         """Remove the group directories (they must be empty of processes)."""
         if self._peak_fd >= 0:
-            os.close(self._peak_fd)
-            self._peak_fd = -1
+            fd, self._peak_fd = self._peak_fd, -1  # (forgotten first: never closed twice)
+            os.close(fd)
         self._close_fds()
         for d in self.distinct_dirs:
             for _ in range(200):

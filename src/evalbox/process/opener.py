@@ -187,8 +187,8 @@ class Opener:
             self._jobs.put(None)
             self._thread.join(1.0)
         if self._proc >= 0:
-            os.close(self._proc)
-            self._proc = -1
+            fd, self._proc = self._proc, -1  # (forgotten first: never closed twice)
+            os.close(fd)
 
 
 def is_regular_dir_or_char(fd: int) -> bool:

@@ -82,8 +82,14 @@ class Sandbox:
             raise
         if isinstance(started, warm.PendingStart):
             self.pending = started  # the caller calls finish_start (now, or when pending.fd is readable)
-        else:
+            return
+        try:
             self._after_start(started)
+        except BaseException:
+            # (its own clean-up cut short too: the program is dead by then, finish releasing; the
+            # caller never gets this sandbox to do it, as an executor does for a warm start)
+            self.discard()
+            raise
 
     def _close_child_fds(self) -> None:
         fds, self._child_fds = self._child_fds, []
@@ -231,14 +237,8 @@ class Sandbox:
 
     def _end_unwatched(self, listener: int) -> None:
         """Kill the started program's tree, reap it, release everything (its status is nobody's:
-        no Output is made). `listener` is closed unless the supervision holds it."""
-        self._close_child_fds()
-        if listener >= 0 and self.supervision is None:
-            try:
-                os.close(listener)
-            except OSError:
-                pass
-        self.lock.release_spawn_resources()
+        no Output is made). `listener` is closed unless the supervision holds it. Killed and
+        reaped first: a second cut in what follows leaves fds, never a program running."""
         self.kill_tree()
         if self.wait_status is None:
             try:
@@ -246,6 +246,13 @@ class Sandbox:
             except ChildProcessError:
                 pass  # (reaped by an earlier attempt cut short)
             self.wait_status = 0
+        self._close_child_fds()
+        if listener >= 0 and self.supervision is None:
+            try:
+                os.close(listener)
+            except OSError:
+                pass
+        self.lock.release_spawn_resources()
         self.close()
 
     def _watch_started(self, listener: int) -> None:
@@ -390,8 +397,8 @@ class Sandbox:
             self.wait_status, self.rusage = 9, resource.getrusage(resource.RUSAGE_CHILDREN)
             self.error = self.error or "evalbox was interrupted while collecting the run's exit status, which is lost"
         if self.pidfd >= 0:
-            os.close(self.pidfd)
-            self.pidfd = -1
+            fd, self.pidfd = self.pidfd, -1  # (forgotten first: never closed twice)
+            os.close(fd)
         if self.lock.jail_flags:
             # The init exits only once every other process of its namespace is dead; its own
             # status and rusage are not the program's (it shares the caller's memory).

@@ -348,8 +348,8 @@ class _Server:
             except ProcessLookupError:
                 pass
             self._reap()
-            os.close(self.pidfd)
-            self.pidfd = -1
+            fd, self.pidfd = self.pidfd, -1  # (forgotten first: never closed twice)
+            os.close(fd)
 
     def _reap(self) -> None:
         try:
