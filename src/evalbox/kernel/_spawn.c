@@ -1946,14 +1946,16 @@ PyDoc_STRVAR(spawn_doc,
 "spawn(path, argv, envp, cwd, stdio, errpipe, parent_pid, cgroup_fds, rlimits,\n"
 "      drop_bounding_set, last_cap, securebits, uid, gid, landlock_fd, filters,\n"
 "      listener_sock, umask, overlays=(), magic=0, jail_flags=0, netns_fd=-1,\n"
-"      proc_rights=0, hostname=None, report_fd=-1) -> (pid, pidfd) or, in a jail, (pid, pidfd, report)\n\n"
+"      proc_rights=0, hostname=None, report_fd=-1, ..., started=[]) -> (pid, pidfd)\n"
+"      or, in a jail, (pid, pidfd, report)\n\n"
 "Clone a child that applies the prepared lockdown and execs path. Returns as soon as the child\n"
 "has exec'd (in a jail: once its init reports). sibling=True: the child (in a jail, its init) is\n"
 "the caller's parent's child (CLONE_PARENT: a slot's launcher starts runs for the process that\n"
 "waits for them). On failure the child exits 127 after writing (step, errno) to errpipe, which the\n"
 "caller reads; this function only raises for errors of the clone itself. cgroup_dir_fd: the run's\n"
 "cgroup v2 directory; the program (in a jail: the program, not its init) is born in it\n"
-"(clone3 CLONE_INTO_CGROUP), or on kernels before 5.7 writes itself in through cgroup_fds.");
+"(clone3 CLONE_INTO_CGROUP), or on kernels before 5.7 writes itself in through cgroup_fds.\n"
+"started: a list the result is appended to before this function returns.");
 
 static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
 {
@@ -1962,7 +1964,7 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
                                "rlimits", "drop_bounding_set", "last_cap", "securebits", "uid", "gid",
                                "landlock_fd", "filters", "listener_sock", "umask", "overlays", "magic",
                                "jail_flags", "netns_fd", "proc_rights", "hostname", "report_fd", "root",
-                               "root_rights", "template_fd", "sibling", "cgroup_dir_fd", NULL};
+                               "root_rights", "template_fd", "sibling", "cgroup_dir_fd", "started", NULL};
     PyObject *path, *argv_obj, *envp_obj, *cwd_obj, *stdio_obj, *cgroup_obj, *rlimits_obj, *filters_obj;
     PyObject *overlays_obj = NULL;
     int errpipe, parent_pid, drop_bounding_set, last_cap, landlock_fd, listener_sock;
@@ -1974,12 +1976,14 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     PyObject *root_obj = NULL;
     unsigned long long root_rights = 0;
     int template_fd = -1, sibling = 0, cgroup_dir_fd = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOiiOOpillliOiI|OKiiKziOKipi", keywords, &PyBytes_Type, &path,
+    PyObject *started = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOOiiOOpillliOiI|OKiiKziOKipiO!", keywords, &PyBytes_Type, &path,
                                      &argv_obj, &envp_obj, &cwd_obj, &stdio_obj, &errpipe, &parent_pid,
                                      &cgroup_obj, &rlimits_obj, &drop_bounding_set, &last_cap, &securebits, &uid,
                                      &gid, &landlock_fd, &filters_obj, &listener_sock, &umask_value,
                                      &overlays_obj, &magic, &jail_flags, &netns_fd, &proc_rights, &hostname,
-                                     &report_fd, &root_obj, &root_rights, &template_fd, &sibling, &cgroup_dir_fd))
+                                     &report_fd, &root_obj, &root_rights, &template_fd, &sibling, &cgroup_dir_fd,
+                                     &PyList_Type, &started))
         return NULL;
     if (jail_flags && report_fd < 0) {
         PyErr_SetString(PyExc_ValueError, "a jail needs report_fd (the read end of errpipe)");
@@ -2088,6 +2092,11 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     result = Py_BuildValue("(ii)", (int)pid, pidfd);
 
 done:
+    /* The child runs: recorded in the caller's list before Python sees the result, so that a
+       signal handler's exception raised as this call returns cannot lose it (the caller kills
+       and reaps what the list names). */
+    if (result && started && PyList_Append(started, result) < 0)
+        PyErr_Clear(); /* (out of memory: the result still says it) */
     PyMem_RawFree(stack);
     PyMem_Free(argv);
     PyMem_Free(envp);

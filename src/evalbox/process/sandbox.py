@@ -62,6 +62,7 @@ class Sandbox:
         self.ended_at: float | None = None
         self.init_report = -1  # in a jail: the init's report pipe (see spawn.InitRecord)
         self.pidfd = -1
+        self._spawned: list[tuple[int, ...]] = []  # a cold spawn's child, as soon as it exists (see _spawn_cold)
         self.released = False  # every process reaped and every resource given back (close, _abandon_start)
         self.deadline: float | None = None  # set once the program runs
         self.pending: warm.PendingStart | None = None  # a warm copy still locking itself down
@@ -207,6 +208,8 @@ class Sandbox:
         if self.pending is not None:
             self._give_up(self.pending)
             return
+        if getattr(self, "pid", 0) <= 0 and self._spawned:  # cut as its cold spawn returned
+            self.pid, self.pidfd = self._spawned[0][:2]
         if getattr(self, "pid", 0) > 0 and self.wait_status is None:
             self._end_unwatched(-1)
             return
@@ -313,7 +316,9 @@ class Sandbox:
         self.template = None
 
     def _spawn_cold(self, stdin: int, stdout: int, stderr: int) -> int:
-        self.pid, self.pidfd, listener, self.init_report = spawn(self.lock, stdin, stdout, stderr)
+        # (the C spawn records the child in `_spawned` before it returns: an exception raised as it
+        # returns, before self.pid is set, still lets _abandon_start kill and reap it)
+        self.pid, self.pidfd, listener, self.init_report = spawn(self.lock, stdin, stdout, stderr, self._spawned)
         # the spawn child shared our memory until it exec'd (spawn returns after that), and the
         # kernel folds that memory's peak into the program's ru_maxrss: remember our peak now
         self.caller_peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -9,6 +9,7 @@ import signal
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from evalbox.errors import CommandNotFound, SpawnError, UnsupportedKernel
 from evalbox.kernel import _spawn
@@ -65,12 +66,17 @@ def _high_fd(fd: int) -> int:
     return fd if fd > 2 else fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
 
 
-def spawn(lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple[int, int, int, int]:
+def spawn(lock: Lockdown, stdin: int, stdout: int, stderr: int,
+          started: list[tuple[int, ...]] | None = None) -> tuple[int, int, int, int]:
     """Clone, lock down and exec. Returns (pid, pidfd, notify listener or -1, init report fd or
     -1) once the program runs; raises otherwise. In a jail, pid is the jail's init (its exit ends
-    the run, see InitRecord) and the report fd carries the program's verdict when it ends."""
+    the run, see InitRecord) and the report fd carries the program's verdict when it ends.
+    `started`: a list that holds (pid, pidfd, ...) from the moment the child exists until this
+    function reaps it itself (a failed start): whoever catches an exception raised meanwhile (a
+    signal handler's) kills and reaps what it names."""
+    extra = {} if started is None else {"started": started}
     if lock.jail_flags:
-        return _spawn_jailed(lock, stdin, stdout, stderr)
+        return _spawn_jailed(lock, stdin, stdout, stderr, started, extra)
     stdio = [_high_fd(fd) for fd in (stdin, stdout, stderr)]
     # the child hands a notify listener over this pair before exec (SCM_RIGHTS)
     wants_listener = any(flags & _spawn.SECCOMP_FILTER_FLAG_NEW_LISTENER for _, flags in lock.filters)
@@ -85,6 +91,7 @@ def spawn(lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple[int, in
             drop_bounding_set=lock.drop_bounding_set, last_cap=caps.last_cap(), securebits=lock.securebits,
             uid=lock.uid, gid=lock.gid, landlock_fd=lock.ruleset.fd, filters=lock.filters,
             listener_sock=theirs.fileno() if theirs else -1, umask=UMASK, overlays=lock.overlays, magic=lock.magic,
+            **extra,
         )
         os.close(write_end)
         write_end = -1
@@ -107,12 +114,15 @@ def spawn(lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple[int, in
     if len(report) < 8:
         return pid, pidfd, listener, -1
     step, err = struct.unpack("=ii", report)
+    if started is not None:
+        started.clear()  # (reaped here: from now on its pid may be someone else's)
     os.waitpid(pid, 0)
     os.close(pidfd)
     raise _spawn_error(lock, step, err)
 
 
-def _spawn_jailed(lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple[int, int, int, int]:
+def _spawn_jailed(lock: Lockdown, stdin: int, stdout: int, stderr: int, started: list[tuple[int, ...]] | None,
+                  extra: dict[str, Any]) -> tuple[int, int, int, int]:
     stdio = [_high_fd(fd) for fd in (stdin, stdout, stderr)]
     wants_listener = any(flags & _spawn.SECCOMP_FILTER_FLAG_NEW_LISTENER for _, flags in lock.filters)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if wants_listener else (None, None)
@@ -129,7 +139,7 @@ def _spawn_jailed(lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple
             listener_sock=theirs.fileno() if theirs else -1, umask=UMASK, overlays=lock.overlays, magic=lock.magic,
             jail_flags=lock.jail_flags, netns_fd=lock.netns_fd, proc_rights=lock.proc_rights,
             hostname=lock.hostname, report_fd=read_end, root=lock.root, root_rights=lock.root_rights,
-            template_fd=lock.template_fd,
+            template_fd=lock.template_fd, **extra,
         )
         listener, report = start_listener(pid, ours, report, reports_started(report))
     except BaseException:
@@ -147,6 +157,8 @@ def _spawn_jailed(lock: Lockdown, stdin: int, stdout: int, stderr: int) -> tuple
         os.set_blocking(read_end, False)
         return pid, pidfd, listener, read_end
     os.close(read_end)
+    if started is not None:
+        started.clear()  # (reaped by failed_start: from now on its pid may be someone else's)
     raise failed_start(lock, pid, pidfd, report)
 
 
