@@ -352,18 +352,16 @@ class Executor:
         grace_ends = time.monotonic() + CLOSE_PID_GRACE
         for run in list(self._running.values()):
             try:  # (one run's failure to clean up must not leave the others running)
-                if run.box.pending is not None and run.box.pending.awaiting_pid:
-                    _readable(run.box.pending.fd, grace_ends - time.monotonic())
-                    run.box.cancel_start(give_up=True)  # (its server not waited for any longer)
-                    continue
-                if run.box.pending is not None and not self._finish_start_reported(run):
-                    continue  # (cleaned up: nothing of it ran)
-                run.box.end(None)
-                if run.box.wait_status is None:
-                    run.box.reap()
-                self._release(run)
+                self._close_run(run, grace_ends)
             except BaseException as e:  # noqa: BLE001 - raised once every run is cleaned up
                 first = first or e
+                try:  # (cut short: killed, reaped and released all the same before it is forgotten)
+                    if run.box.pending is not None and run.box.pending.awaiting_pid:
+                        run.box.cancel_start(give_up=True)
+                    else:
+                        run.box.discard()
+                except BaseException as again:  # noqa: BLE001
+                    first = first or again
         self._running.clear()
         if self._guard_fd >= 0:
             fd, self._guard_fd = self._guard_fd, -1  # (forgotten first: never closed twice)
@@ -371,6 +369,20 @@ class Executor:
         self._epoll.close()
         if first is not None:
             raise first
+
+    @stop_signals_deferred
+    def _close_run(self, run: _Running, grace_ends: float) -> None:
+        """close() for one run: kill, reap and release it (or give up its start)."""
+        if run.box.pending is not None and run.box.pending.awaiting_pid:
+            _readable(run.box.pending.fd, grace_ends - time.monotonic())
+            run.box.cancel_start(give_up=True)  # (its server not waited for any longer)
+            return
+        if run.box.pending is not None and not self._finish_start_reported(run):
+            return  # (cleaned up: nothing of it ran)
+        run.box.end(None)
+        if run.box.wait_status is None:
+            run.box.reap()
+        self._release(run)
 
     def __enter__(self) -> "Executor":
         return self

@@ -433,6 +433,7 @@ class PendingStart:
                 raise
         pid, pidfd, read_end, ours, jail_flags = self.pid, self.pidfd, self.read_end, self.ours, self.jail_flags
         keep_read_end = False
+        listener = -1
         try:
             self.read_end = -1  # (from here on this start is finished or abandoned: never twice)
             report = os.read(read_end, 8)
@@ -441,17 +442,27 @@ class PendingStart:
             listener, report = start_listener(pid, ours, report, runs)
             started = reports_started(report)
             keep_read_end = bool(jail_flags) and started
-        except BaseException:  # (interrupted: nothing of the run may go on unwatched)
-            os.close(pidfd)
-            kill_stray(pid)
-            raise
-        finally:
-            if not keep_read_end:
-                os.close(read_end)
+            # Everything that is not returned is closed in here, before the point of no return:
+            # a signal handler's exception in between must find the run still to be killed.
+            self.ours = None
             if ours is not None:
                 ours.close()
-        if jail_flags and started:
-            os.set_blocking(read_end, False)
+            if keep_read_end:
+                os.set_blocking(read_end, False)
+            else:
+                read_end, closing = -1, read_end
+                os.close(closing)
+        except BaseException:  # (interrupted: nothing of the run may go on unwatched)
+            self.pidfd = -1
+            os.close(pidfd)
+            kill_stray(pid)
+            for fd in (listener, read_end):
+                if fd >= 0:
+                    os.close(fd)
+            if ours is not None:
+                ours.close()
+            raise
+        if keep_read_end:
             return pid, pidfd, listener, read_end
         if jail_flags or len(report) == 8:
             raise failed_start(self.lock, pid, pidfd, report)
