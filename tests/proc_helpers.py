@@ -51,3 +51,19 @@ def wait_until(cond, deadline: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return cond()
+
+
+def kill_and_reap(pids) -> None:
+    """A failed test's clean-up: SIGKILL `pids`, then reap every zombie child of this process."""
+    import signal
+
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for pid in [*zombie_children(), *pids]:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass

@@ -8,7 +8,6 @@ given back. (Checked too: the program does not run after the template answers la
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 import pytest
@@ -18,7 +17,7 @@ sys.path[:0] = [os.path.dirname(os.path.dirname(__file__)), os.path.dirname(__fi
 import evalbox  # noqa: E402
 from evalbox.executor import executor as executor_module  # noqa: E402
 from evalbox.process import warm  # noqa: E402
-from proc_helpers import alive_with, zombie_children  # noqa: E402
+from proc_helpers import alive_with, kill_and_reap, zombie_children  # noqa: E402
 from test_kill_before_pid import resume, stop_servers  # noqa: E402
 
 pytestmark = pytest.mark.skipif(bool(warm.why_cold_here()), reason=str(warm.why_cold_here()))
@@ -54,13 +53,7 @@ def test_a_cut_while_close_waits_for_a_pending_pid_never_lets_the_program_run(mo
         glob.glob(os.path.join(workspace.base_dir(True), f"evalbox-{os.getpid()}-*"))
     leased = set(netns._stats) - set(netns._idle) - set(netns._unchecked)
     zombies = zombie_children()
-    for pid in running:
-        os.kill(pid, signal.SIGKILL)
-    for pid in zombie_children() + list(running):
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
+    kill_and_reap(running)
     assert not running, f"the program {running} runs after close() raised, past its time limit: unwatched"
     assert not warm.Slot.busy, "the run's slot stays busy for ever"
     assert not zombies, f"zombies of the caller left: {zombies}"

@@ -12,7 +12,6 @@ handler's exception is injected at that exact point."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import sys
 import time
@@ -23,7 +22,7 @@ sys.path[:0] = [os.path.dirname(os.path.dirname(__file__)), os.path.dirname(__fi
 
 import evalbox  # noqa: E402
 from evalbox.process import warm  # noqa: E402
-from proc_helpers import alive_with, zombie_children  # noqa: E402
+from proc_helpers import alive_with, kill_and_reap, zombie_children  # noqa: E402
 
 pytestmark = pytest.mark.skipif(bool(warm.why_cold_here()), reason=str(warm.why_cold_here()))
 
@@ -69,16 +68,7 @@ def test_a_cut_while_finish_closes_its_socket_leaves_nothing_running(monkeypatch
     left = alive_with(marker)  # (run() raised: what it started is dead and reaped by now)
     zombies = zombie_children()
     leaked = {fd: k for fd, k in kinds().items() if fd not in fds_before and ("pidfd" in k or "seccomp" in k)}
-    for pid in left:  # (clean up: the program would sleep its 30 s)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    for pid in zombie_children() + list(left):
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
+    kill_and_reap(left)  # (clean up: the program would sleep its 30 s)
     assert not left, f"the program {left} runs on after run() raised: unwatched, no time limit"
     assert not zombies, f"the cut run's process {zombies} is left a zombie of the caller (never reaped)"
     assert not leaked, f"the cut run's fds are left open: {leaked}"
