@@ -61,7 +61,7 @@ class Sandbox:
         self.rusage = None
         self.ended_at: float | None = None
         self.init_report = -1  # in a jail: the init's report pipe (see spawn.InitRecord)
-        self.pidfd = -1
+        self.pid = self.pidfd = -1  # the program (in a jail, its init), once started
         self._spawned: list[tuple[int, ...]] = []  # a cold spawn's child, as soon as it exists (see _spawn_cold)
         self.released = False  # every process reaped and every resource given back (close, _abandon_start)
         self.deadline: float | None = None  # set once the program runs
@@ -154,8 +154,8 @@ class Sandbox:
 
     def cancel_start(self, give_up: bool) -> bool:
         """Give up a warm start whose copy's pid has not been taken yet (its run was killed):
-        nothing of the run runs, everything is released. A copy whose pid has come is killed and
-        reaped; a server that failed, or that is given up (`give_up`: it did not answer in time,
+        nothing of the run runs on, everything is released. A copy whose pid has come is killed
+        and reaped (its program may have begun meanwhile); a server that failed, or that is given up (`give_up`: it did not answer in time,
         or the caller cannot wait), is killed first (with its slot), then whatever it started
         (PendingStart.settle): no waiting on the server. False (nothing done) when the server
         has not answered yet and is not given up."""
@@ -194,7 +194,7 @@ class Sandbox:
         if self.pending is not None:
             self._give_up(self.pending)
             return
-        if getattr(self, "pid", 0) <= 0:  # no program was ever started: a start cut short
+        if self.pid <= 0:  # no program was ever started: a start cut short
             self._abandon_start()
             return
         self.end(None)
@@ -208,24 +208,31 @@ class Sandbox:
         if self.pending is not None:
             self._give_up(self.pending)
             return
-        if getattr(self, "pid", 0) <= 0 and self._spawned:  # cut as its cold spawn returned
+        if self.pid <= 0 and self._spawned:  # cut as its cold spawn returned
             self.pid, self.pidfd = self._spawned[0][:2]
-        if getattr(self, "pid", 0) > 0 and self.wait_status is None:
+        if self.pid > 0 and self.wait_status is None:
             self._end_unwatched(-1)
             return
         # (each fd forgotten before it is closed, here and in close(): a release cut short and
         # done again never closes a number twice, which may belong to someone else by then)
         self._close_child_fds()
-        for name in ("stdin_w", "stdout_r", "stderr_r"):
-            fd = getattr(self, name, -1)
-            setattr(self, name, -1)
-            if fd >= 0:
-                os.close(fd)
+        self._close_fds("stdin_w", "stdout_r", "stderr_r")
         self.lock.close()
         slot, self.slot = self.slot, None
         if slot is not None:
             self.launcher.release_slot(slot)
         self.released = True
+
+    def _close_fds(self, *names: str) -> None:
+        """Close the fds these attributes hold, each forgotten before it is closed."""
+        for name in names:
+            fd = getattr(self, name, -1)
+            setattr(self, name, -1)
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     def _after_start(self, listener: int) -> None:
         """The program runs: its supervisor, its guard registration and its clock. Whatever
@@ -359,7 +366,7 @@ class Sandbox:
         self.kill_tree()
 
     def kill_tree(self) -> None:
-        if getattr(self, "pid", 0) <= 0:
+        if self.pid <= 0:
             return  # never started (or its start was cleaned up): there is no tree
         if self.lock.jail_flags:
             # The init kills the rest of its namespace, then reports the program's end. (Once
@@ -496,17 +503,10 @@ class Sandbox:
         """Release every fd and the workspace/cgroup. The tree must already be dead and reaped."""
         if self.supervision is not None:
             self.supervision.close()
-        for name in ("stdin_w", "stdout_r", "stderr_r", "pidfd", "init_report"):
-            fd = getattr(self, name)
-            setattr(self, name, -1)
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        self._close_fds("stdin_w", "stdout_r", "stderr_r", "pidfd", "init_report")
         # Without the jail, a caller that is a subreaper or PID 1 inherited the run's orphans:
         # reap their zombies (before the uid is given up: nothing of it may persist).
-        leader = getattr(self, "pid", 0)
+        leader = self.pid
         if not self.lock.jail_flags and leader > 0 and orphans.caller_adopts():
             orphans.reap(self.lock.uid, leader)
         # Order matters if the caller dies midway: the guard may only forget the run once its
